@@ -13,7 +13,10 @@ from shoal.cli._app import app, bench_app, plan_app, zoo_app
 from shoal.core.errors import DeviceUnavailableError, ShoalError
 
 # Importing a command module registers its commands on the apps above.
+from shoal.cli import demo as _demo  # noqa: F401,E402
 from shoal.cli import plan as _plan  # noqa: F401,E402
+from shoal.cli import profile as _profile  # noqa: F401,E402
+from shoal.cli import zoo as _zoo  # noqa: F401,E402
 
 __all__ = ["app", "bench_app", "main", "plan_app", "zoo_app"]
 

@@ -1,0 +1,107 @@
+"""Helpers shared by command modules: the console, option types and table rendering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from shoal.core.errors import InvalidInputError
+from shoal.core.models import Device
+from shoal.zoo import ModelRepository, default_repository_path
+
+console = Console()
+error_console = Console(stderr=True)
+
+RepoOption = Annotated[
+    Path | None,
+    typer.Option("--repo", help="Model repository (default: $SHOAL_REPO or ~/.cache/shoal/repo).", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def open_repository(repo: Path | None) -> ModelRepository:
+    return ModelRepository(repo or default_repository_path())
+
+
+def parse_device(name: str) -> Device:
+    try:
+        return Device.parse(name)
+    except ValueError as error:
+        raise InvalidInputError(f"--device: {error}") from None
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise InvalidInputError(f"--batch-sizes must be comma-separated integers like 1,2,4,8, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise InvalidInputError(f"--batch-sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def print_json(value: Any) -> None:
+    # Plain print, not rich: other programs parse this, so no markup or wrapping.
+    print(json.dumps(value, indent=2, default=str))
+
+
+def progress_bar(transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=error_console,
+        transient=transient,
+    )
+
+
+def family_table(repository: ModelRepository, family: str, device: Device) -> tuple[Table, list[dict[str, Any]]]:
+    """The family's variants with accuracy and profiled latency, as a rich table and as rows."""
+    rows = []
+    for variant in repository.variants(family):
+        profile = repository.load_profile(family, variant.name, device)
+        batch_one = profile.batches.get(1) if profile else None
+        rows.append(
+            {
+                "family": family,
+                "variant": variant.name,
+                "input_size_px": variant.input_size_px,
+                "accuracy": variant.accuracy,
+                "p50_ms_batch_1": batch_one.p50_ms if batch_one else None,
+                "peak_throughput_rps": round(profile.peak_throughput_rps(), 1) if profile else None,
+                "parameter_count": variant.parameter_count,
+                "multiply_adds": variant.multiply_adds,
+                "device": device.name,
+                "profiled": profile is not None,
+            }
+        )
+    table = Table(title=f"family {family!r} on {device.name}")
+    for column, justify in [
+        ("variant", "left"),
+        ("input px", "right"),
+        ("accuracy", "right"),
+        ("p50 ms @1", "right"),
+        ("peak img/s", "right"),
+        ("params", "right"),
+        ("MACs", "right"),
+    ]:
+        table.add_column(column, justify=justify)
+    for row in rows:
+        table.add_row(
+            row["variant"],
+            str(row["input_size_px"]),
+            "-" if row["accuracy"] is None else f"{row['accuracy']:.1%}",
+            "-" if row["p50_ms_batch_1"] is None else f"{row['p50_ms_batch_1']:.3f}",
+            "-" if row["peak_throughput_rps"] is None else f"{row['peak_throughput_rps']:.0f}",
+            f"{row['parameter_count']:,}",
+            f"{row['multiply_adds'] / 1e6:.1f}M" if row["multiply_adds"] else "-",
+        )
+    return table, rows

@@ -1,0 +1,85 @@
+"""ONNX Runtime sessions on a named device, and the model signature checks built on them.
+
+Opening a session is the one place where a device name meets ONNX Runtime, so device
+availability is checked here: asking for `cuda:0` on a machine without the CUDA execution
+provider is an error, not a silent fall-back to the CPU that would make profiles lie.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime
+
+from shoal.core.errors import DeviceUnavailableError, RepositoryError
+from shoal.core.models import Device, TensorSpec
+
+__all__ = ["available_devices", "create_session", "default_intra_op_threads", "tensor_specs"]
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+}
+
+
+def default_intra_op_threads() -> int:
+    """Threads per session when the user does not say: every core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def available_devices() -> list[Device]:
+    """Devices that ONNX Runtime can run on here (CUDA devices are listed by index 0 only)."""
+    devices = [Device(name="cpu", kind="cpu", description="CPUExecutionProvider")]
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        devices.append(Device(name="cuda:0", kind="cuda", index=0, description="CUDAExecutionProvider"))
+    return devices
+
+
+def check_device(device: Device) -> None:
+    if device.kind == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise DeviceUnavailableError(
+            f"device {device.name!r} is not available: ONNX Runtime here has only "
+            f"{', '.join(onnxruntime.get_available_providers())} (install onnxruntime-gpu on a CUDA machine, or use --device cpu)"
+        )
+
+
+def create_session(
+    model: Path | bytes,
+    device: Device,
+    *,
+    intra_op_threads: int | None = None,
+) -> onnxruntime.InferenceSession:
+    """Open an inference session for a model file (or its bytes) on the given device."""
+    check_device(device)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return onnxruntime.InferenceSession(source, sess_options=options, providers=device.onnxruntime_providers)
+    except Exception as error:  # ORT raises several unrelated exception types for bad files
+        name = "model bytes" if isinstance(model, bytes) else str(model)
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RepositoryError(f"{name} is not a loadable ONNX model: {first_line[:300]}") from None
+
+
+def tensor_specs(session: onnxruntime.InferenceSession) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of a session; dynamic or symbolic axes become -1."""
+
+    def convert(node) -> TensorSpec:
+        dtype = _ORT_DTYPES.get(node.type)
+        if dtype is None:
+            raise RepositoryError(f"tensor {node.name!r} has unsupported type {node.type}")
+        shape = tuple(dim if isinstance(dim, int) and dim > 0 else -1 for dim in (node.shape or []))
+        return TensorSpec(name=node.name, dtype=dtype, shape=shape)
+
+    return [convert(node) for node in session.get_inputs()], [convert(node) for node in session.get_outputs()]

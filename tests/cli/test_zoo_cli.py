@@ -1,0 +1,97 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+
+from shoal.cli import main
+from shoal.zoo.fixture import random_feature_model
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_zoo_list_json_shows_every_variant(capsys, fixture_repository_path):
+    code, out, _ = run_cli(capsys, "zoo", "list", "--repo", str(fixture_repository_path), "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [row["variant"] for row in rows] == ["rf-16", "rf-32", "rf-64"]
+    assert all(row["accuracy"] is not None and row["parameter_count"] > 0 for row in rows)
+
+
+def test_zoo_list_defaults_to_shoal_repo_env(capsys, fixture_repository_path, monkeypatch):
+    monkeypatch.setenv("SHOAL_REPO", str(fixture_repository_path))
+    code, out, _ = run_cli(capsys, "zoo", "list", "--json")
+    assert code == 0 and len(json.loads(out)) == 3
+
+
+def test_zoo_add_then_remove(capsys, writable_repository, tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "new.onnx"
+    onnx.save(random_feature_model(48, rng.normal(size=(6, 3, 3, 3)).astype(np.float32), rng.normal(size=(6, 10)), np.zeros(10)), str(path))
+    repo = str(writable_repository.root)
+    code, out, err = run_cli(capsys, "zoo", "add", "--repo", repo, "--family", "fixture", "--variant", "new-48", "--model", str(path), "--json")
+    assert code == 0, err
+    added = json.loads(out)
+    assert added["input_size_px"] == 48 and 0.0 <= added["accuracy"] <= 1.0
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", repo, "--family", "fixture", "--variant", "new-48", "--model", str(path))
+    assert code == 2 and err.count("\n") == 1 and "already exists" in err
+    code, _, _ = run_cli(capsys, "zoo", "remove", "--repo", repo, "--family", "fixture", "--variant", "new-48")
+    assert code == 0 and "new-48" not in writable_repository.variant_names("fixture")
+
+
+def test_zoo_add_creates_a_family_with_its_validation_set(capsys, fixture_repository_path, tmp_path):
+    source = fixture_repository_path / "fixture"
+    validation_dir = tmp_path / "val"
+    validation_dir.mkdir()
+    shutil.copy(source / "validation.npz", validation_dir / "validation.npz")
+    repo = tmp_path / "repo"
+    code, out, err = run_cli(
+        capsys, "zoo", "add", "--repo", str(repo), "--family", "fresh", "--variant", "rf-64",
+        "--model", str(source / "rf-64" / "model.onnx"), "--validation", str(validation_dir), "--json",
+    )
+    assert code == 0, err
+    import yaml
+
+    original = yaml.safe_load((source / "rf-64" / "variant.yaml").read_text())
+    assert json.loads(out)["accuracy"] == original["accuracy"]
+    assert (repo / "fresh" / "validation.npz").is_file()
+
+
+def test_errors_are_one_line_with_nonzero_status(capsys, tmp_path, fixture_repository_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not onnx")
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", str(tmp_path), "--family", "f", "--variant", "v", "--model", str(bad))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "not a loadable ONNX model" in err
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", str(tmp_path), "--family", "../up", "--variant", "v", "--model", str(fixture_repository_path / "fixture" / "rf-16" / "model.onnx"))
+    assert code == 2 and "not a valid name" in err
+    code, _, err = run_cli(capsys, "zoo", "list", "--repo", str(fixture_repository_path), "--family", "missing")
+    assert code == 2 and "family 'missing' is not in repository" in err
+    code, _, err = run_cli(capsys, "profile", "--repo", str(fixture_repository_path), "--family", "fixture", "--batch-sizes", "1,x")
+    assert code == 2 and "--batch-sizes must be comma-separated integers" in err
+
+
+def test_profile_command_writes_profiles_and_prints_json(capsys, writable_repository):
+    code, out, err = run_cli(
+        capsys, "profile", "--repo", str(writable_repository.root), "--family", "fixture",
+        "--variant", "rf-16", "--batch-sizes", "1,2", "--repeats", "3", "--json",
+    )
+    assert code == 0, err
+    (profile,) = json.loads(out)
+    assert profile["variant"] == "rf-16" and sorted(profile["batches"]) == ["1", "2"]
+    assert "samples_ms" not in profile["batches"]["1"]
+    assert (writable_repository.root / "fixture" / "rf-16" / "profiles" / "cpu.json").is_file()
+
+
+def test_console_script_entry_point_runs(fixture_repository_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "shoal", "zoo", "list", "--repo", str(fixture_repository_path), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 3
