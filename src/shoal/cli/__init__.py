@@ -15,7 +15,9 @@ from shoal.core.errors import DeviceUnavailableError, ShoalError
 # Importing a command module registers its commands on the apps above.
 from shoal.cli import demo as _demo  # noqa: F401,E402
 from shoal.cli import plan as _plan  # noqa: F401,E402
+from shoal.cli import plan_capacity as _plan_capacity  # noqa: F401,E402
 from shoal.cli import profile as _profile  # noqa: F401,E402
+from shoal.cli import serve as _serve  # noqa: F401,E402
 from shoal.cli import zoo as _zoo  # noqa: F401,E402
 
 __all__ = ["app", "bench_app", "main", "plan_app", "zoo_app"]

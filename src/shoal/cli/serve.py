@@ -1,0 +1,61 @@
+"""`shoal serve`: the serving runtime on a model repository."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from shoal.cli._app import app
+from shoal.cli._common import RepoOption, open_repository, parse_device
+from shoal.core.errors import InvalidInputError
+from shoal.planner.serving_policy import make_policy
+
+
+@app.command("serve")
+def serve(
+    repo: RepoOption = None,
+    host: Annotated[str, typer.Option("--host", help="Bind address (127.0.0.1 unless you mean to expose it).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option("--http-port", min=1, max=65535)] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="0 disables gRPC.")] = 8001,
+    backend: Annotated[str, typer.Option("--backend", help="local (worker processes on this machine).")] = "local",
+    policy: Annotated[str, typer.Option("--policy", help="shoal | fastest-meeting-slo | static:<family>.<variant>")] = "shoal",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda:N")] = "cpu",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+    threads: Annotated[int, typer.Option("--threads", min=0, help="Intra-op threads per worker (0: cores / workers).")] = 0,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=1024)] = 32,
+    queue_capacity: Annotated[int, typer.Option("--queue-capacity", min=1, help="Pending requests per variant before 429.")] = 1024,
+    default_slo_ms: Annotated[float, typer.Option("--default-slo-ms", min=1.0, help="SLO of requests that state none.")] = 1000.0,
+    max_queue_delay_ms: Annotated[float, typer.Option("--max-queue-delay-ms", min=0.0, help="How long a partial batch may wait for more.")] = 0.0,
+    preload: Annotated[list[str] | None, typer.Option("--preload", help="Models to load at start (default: all).")] = None,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest accepted request body.")] = 64.0,
+    admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="SHOAL_ADMIN_TOKEN", help="Bearer token for load/unload.")] = None,
+) -> None:
+    """Serve a repository over KServe v2 HTTP and gRPC until interrupted."""
+    from shoal.runtime.server import run_server
+    from shoal.runtime.worker_manager import ServeConfig
+
+    if backend != "local":
+        raise InvalidInputError(f"--backend {backend!r} is not available yet: use 'local'")
+    repository = open_repository(repo)
+    if not repository.family_names():
+        raise InvalidInputError(f"repository {repository.root} holds no families (run `shoal zoo build-demo` or pass --repo)")
+    try:
+        make_policy(policy)
+    except ValueError as error:
+        raise InvalidInputError(f"--policy: {error}") from None
+    parse_device(device)
+    config = ServeConfig(
+        repository=repository.root,
+        device=device,
+        num_workers=workers,
+        intra_op_threads=threads,
+        max_batch_size=max_batch_size,
+        queue_capacity=queue_capacity,
+        default_slo_ms=default_slo_ms,
+        max_queue_delay_ms=max_queue_delay_ms,
+        policy=policy,
+        preload=tuple(preload) if preload else None,
+    )
+    run_server(config, host=host, http_port=http_port, grpc_port=grpc_port or None, admin_token=admin_token or os.environ.get("SHOAL_ADMIN_TOKEN"), max_body_bytes=int(max_body_mb * 1024 * 1024))

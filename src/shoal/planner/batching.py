@@ -1,0 +1,82 @@
+"""Deadline-aware dynamic batching: which queued requests to run next, and when.
+
+Pure: the caller passes the deadlines of the queued requests (earliest first), the current
+time and a batch-latency model; the decision says how many requests at the head cannot meet
+their deadline any more (to be answered "dropped"), how many to run now, or how long to wait
+for more. The runtime's worker loop and the simulator call the same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["BatchDecision", "decide_batch", "admission_finish_ms"]
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    num_expired: int
+    """Requests at the head of the queue (earliest deadlines) that cannot finish in time even alone."""
+    batch_size: int
+    """Requests to run now, taken after the expired ones; 0 means wait."""
+    wait_ms: float = 0.0
+    """When batch_size is 0 and requests are queued: how long waiting for more is still safe."""
+
+
+def decide_batch(
+    deadlines_ms: Sequence[float],
+    now_ms: float,
+    batch_latency_ms: Callable[[int], float],
+    max_batch_size: int,
+    *,
+    max_queue_delay_ms: float = 0.0,
+) -> BatchDecision:
+    """Pick the largest batch whose predicted finish meets the earliest deadline in it.
+
+    `deadlines_ms` must be sorted ascending (earliest deadline first). Because the batch is taken
+    from the head, its earliest deadline is its first one, so one check covers the whole batch.
+    With `max_queue_delay_ms` > 0 a partial batch may wait for more arrivals, but only as long
+    as the earliest deadline still allows running a full batch afterwards.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    num_expired = 0
+    single_ms = batch_latency_ms(1)
+    while num_expired < len(deadlines_ms) and now_ms + single_ms > deadlines_ms[num_expired]:
+        num_expired += 1
+    remaining = len(deadlines_ms) - num_expired
+    if remaining == 0:
+        return BatchDecision(num_expired, 0)
+    earliest_ms = deadlines_ms[num_expired]
+    batch_size = 1
+    for candidate in range(min(remaining, max_batch_size), 1, -1):
+        if now_ms + batch_latency_ms(candidate) <= earliest_ms:
+            batch_size = candidate
+            break
+    if max_queue_delay_ms > 0 and batch_size == remaining and remaining < max_batch_size:
+        slack_ms = earliest_ms - now_ms - batch_latency_ms(max_batch_size)
+        wait_ms = min(max_queue_delay_ms, slack_ms)
+        if wait_ms > 0:
+            return BatchDecision(num_expired, 0, wait_ms)
+    return BatchDecision(num_expired, batch_size)
+
+
+def admission_finish_ms(
+    num_queued: int,
+    busy_remaining_ms: float,
+    batch_latency_ms: Callable[[int], float],
+    max_batch_size: int,
+    num_workers: int,
+) -> float:
+    """Predicted time from now until a newly queued request finishes.
+
+    The queue ahead of it drains in full batches spread over the workers, after the batch that
+    is running now (`busy_remaining_ms`, 0 when a worker is idle). Used at admission so that a
+    request which cannot make its deadline is refused at once (429) instead of holding a queue
+    slot only to be dropped later.
+    """
+    per_round = max(1, max_batch_size * max(1, num_workers))
+    full_rounds_ahead = num_queued // per_round
+    own_batch = min(max_batch_size, num_queued % per_round + 1)
+    return busy_remaining_ms + full_rounds_ahead * batch_latency_ms(max_batch_size) + batch_latency_ms(own_batch)

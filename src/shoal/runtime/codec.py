@@ -1,0 +1,196 @@
+"""KServe v2 / Open Inference Protocol tensors: JSON and Triton's binary-data extension.
+
+Decoding is a trust boundary, so every length, shape and datatype is checked against the
+declared values before numpy touches the bytes; the error names the tensor and the rule.
+Nothing here is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shoal.runtime.errors import BadRequestError, PayloadTooLargeError
+
+__all__ = [
+    "DATATYPE_TO_NUMPY",
+    "NUMPY_TO_DATATYPE",
+    "DecodedRequest",
+    "decode_http_request",
+    "encode_http_response",
+    "tensor_from_json",
+]
+
+DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPE_TO_NUMPY.items()}
+
+MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
+
+
+@dataclass
+class DecodedRequest:
+    """An inference request as the frontends hand it to the service."""
+
+    inputs: dict[str, np.ndarray]
+    request_id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    requested_outputs: list[str] = field(default_factory=list)
+    binary_outputs: dict[str, bool] = field(default_factory=dict)
+    binary_by_default: bool = False
+
+
+def _shape(value: Any, tensor: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in value):
+        raise BadRequestError(f"input {tensor!r}: 'shape' must be a list of non-negative integers")
+    elements = int(np.prod(value)) if value else 1
+    if elements > MAX_TENSOR_ELEMENTS:
+        raise PayloadTooLargeError(f"input {tensor!r}: {elements} elements exceed the limit of {MAX_TENSOR_ELEMENTS}")
+    return tuple(value)
+
+
+def _datatype(value: Any, tensor: str) -> np.dtype:
+    if value not in DATATYPE_TO_NUMPY:
+        raise BadRequestError(
+            f"input {tensor!r}: datatype {value!r} is not supported (use one of {', '.join(DATATYPE_TO_NUMPY)})"
+        )
+    return DATATYPE_TO_NUMPY[value]
+
+
+def tensor_from_json(spec: dict[str, Any], binary: memoryview | None = None) -> np.ndarray:
+    """Build an array from one `inputs[]` entry, with its data inline or in the binary section."""
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequestError("every input needs a non-empty string 'name'")
+    shape = _shape(spec.get("shape"), name)
+    dtype = _datatype(spec.get("datatype"), name)
+    count = int(np.prod(shape)) if shape else 1
+    if binary is not None:
+        if len(binary) != count * dtype.itemsize:
+            raise BadRequestError(
+                f"input {name!r}: binary_data_size is {len(binary)} bytes but shape {list(shape)} of {spec['datatype']} needs {count * dtype.itemsize}"
+            )
+        return np.frombuffer(binary, dtype=dtype).reshape(shape)
+    data = spec.get("data")
+    if data is None:
+        raise BadRequestError(f"input {name!r}: needs 'data' or parameters.binary_data_size")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise BadRequestError(f"input {name!r}: 'data' does not hold {spec['datatype']} values") from None
+    if array.size != count:
+        raise BadRequestError(f"input {name!r}: 'data' has {array.size} values but shape {list(shape)} needs {count}")
+    return array.reshape(shape)
+
+
+def decode_http_request(body: bytes, header_length: int | None) -> DecodedRequest:
+    """Parse a POST .../infer body; `header_length` is Inference-Header-Content-Length, if sent."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise BadRequestError(
+                f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
+            )
+        json_part, binary_part = body[:header_length], memoryview(body)[header_length:]
+    else:
+        json_part, binary_part = body, memoryview(b"")
+    try:
+        header = json.loads(json_part)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadRequestError(f"request body is not valid JSON: {error}") from None
+    if not isinstance(header, dict):
+        raise BadRequestError("request body must be a JSON object")
+    specs = header.get("inputs")
+    if not isinstance(specs, list) or not specs:
+        raise BadRequestError("request needs a non-empty 'inputs' list")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for spec in specs:
+        if not isinstance(spec, dict):
+            raise BadRequestError("each entry of 'inputs' must be an object")
+        parameters = spec.get("parameters") or {}
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        chunk = None
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise BadRequestError(f"input {spec.get('name')!r}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary_part):
+                raise BadRequestError(
+                    f"input {spec.get('name')!r}: binary_data_size {size} runs past the end of the body"
+                )
+            chunk = binary_part[offset : offset + size]
+            offset += size
+        tensor = tensor_from_json(spec, chunk)
+        inputs[spec["name"]] = tensor
+    if offset != len(binary_part):
+        raise BadRequestError(f"body has {len(binary_part) - offset} bytes of binary data that no input claims")
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequestError("'parameters' must be an object")
+    outputs = header.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise BadRequestError("'outputs' must be a list")
+    requested, binary_outputs = [], {}
+    for output in outputs:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise BadRequestError("each entry of 'outputs' needs a string 'name'")
+        requested.append(output["name"])
+        output_parameters = output.get("parameters") or {}
+        if isinstance(output_parameters, dict) and "binary_data" in output_parameters:
+            binary_outputs[output["name"]] = bool(output_parameters["binary_data"])
+    request_id = header.get("id", "")
+    return DecodedRequest(
+        inputs=inputs,
+        request_id=request_id if isinstance(request_id, str) else str(request_id),
+        parameters=parameters,
+        requested_outputs=requested,
+        binary_outputs=binary_outputs,
+        binary_by_default=bool(parameters.get("binary_data_output", False)),
+    )
+
+
+def encode_http_response(
+    model_name: str,
+    outputs: dict[str, np.ndarray],
+    *,
+    request_id: str,
+    parameters: dict[str, Any],
+    binary_outputs: dict[str, bool],
+    binary_by_default: bool,
+    model_version: str = "1",
+) -> tuple[bytes, int | None]:
+    """Encode a response; returns (body, json header length when any output is binary)."""
+    entries, chunks = [], []
+    for name, array in outputs.items():
+        datatype = NUMPY_TO_DATATYPE.get(array.dtype)
+        if datatype is None:
+            raise TypeError(f"output {name!r} has unsupported dtype {array.dtype}")
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary_outputs.get(name, binary_by_default):
+            raw = np.ascontiguousarray(array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    header = {"model_name": model_name, "model_version": model_version, "outputs": entries, "parameters": parameters}
+    if request_id:
+        header["id"] = request_id
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    if not chunks:
+        return header_bytes, None
+    return header_bytes + b"".join(chunks), len(header_bytes)

@@ -1,0 +1,82 @@
+"""Errors the serving runtime answers with, each carrying its HTTP status and gRPC code.
+
+Frontends map these and nothing else; any other exception is a bug and becomes a 500 /
+INTERNAL with a generic message (the detail goes to the log, not to the client).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ServingError",
+    "BadRequestError",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "OverloadedError",
+    "DeadlineExceededError",
+    "PayloadTooLargeError",
+    "WorkerFailedError",
+    "UnauthorizedError",
+]
+
+
+class ServingError(Exception):
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequestError(ServingError):
+    """Malformed body, wrong shape or datatype, unknown parameter value."""
+
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class UnauthorizedError(ServingError):
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
+class ModelNotFoundError(ServingError):
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
+class PayloadTooLargeError(ServingError):
+    http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class ModelNotReadyError(ServingError):
+    """The model exists but is not loaded (or is still warming up)."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+
+class OverloadedError(ServingError):
+    """The queue for this model is full; the client should retry after `retry_after_s`."""
+
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(ServingError):
+    """Dropped: the deadline cannot be met (answered explicitly, never silently)."""
+
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class WorkerFailedError(ServingError):
+    """The worker process holding the request died; it is being restarted."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"

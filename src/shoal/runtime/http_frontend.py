@@ -1,0 +1,137 @@
+"""KServe v2 / Open Inference Protocol over HTTP (Starlette), with Triton's binary extension.
+
+Routes: /v2, /v2/health/{live,ready}, /v2/models/{m}[/versions/{v}][/ready|/infer],
+/v2/repository/index, /v2/repository/models/{m}/{load,unload} and /metrics. Every error is a
+JSON body `{"error": ...}` with the status the ServingError carries; anything unexpected is
+a 500 with a generic message, logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shoal.runtime.codec import decode_http_request, encode_http_response
+from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, ServingError, UnauthorizedError
+from shoal.runtime.service import InferenceService
+
+__all__ = ["build_http_app"]
+
+logger = logging.getLogger(__name__)
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def _error_response(error: ServingError) -> JSONResponse:
+    headers = {}
+    if isinstance(error, OverloadedError):
+        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+    return JSONResponse({"error": error.message}, status_code=error.http_status, headers=headers)
+
+
+def build_http_app(service: InferenceService, *, max_body_bytes: int = 64 * 1024 * 1024, admin_token: str | None = None) -> Starlette:
+    def guarded(handler):
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServingError as error:
+                return _error_response(error)
+            except Exception:
+                logger.exception("unexpected error on %s", request.url.path)
+                return JSONResponse({"error": "internal server error"}, status_code=500)
+
+        return endpoint
+
+    def require_token(request: Request) -> None:
+        if admin_token is None:
+            return
+        supplied = request.headers.get("authorization", "")
+        if not secrets.compare_digest(supplied.encode(), f"Bearer {admin_token}".encode()):
+            raise UnauthorizedError("this management endpoint needs 'Authorization: Bearer <token>'")
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {max_body_bytes}")
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_body_bytes:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse(service.server_metadata())
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        is_ready = service.is_ready()
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        return JSONResponse(service.model_metadata(request.path_params["model"]))
+
+    async def model_ready(request: Request) -> Response:
+        is_ready = service.is_ready(request.path_params["model"])
+        return JSONResponse({"name": request.path_params["model"], "ready": is_ready}, status_code=200 if is_ready else 503)
+
+    async def infer(request: Request) -> Response:
+        model = request.path_params["model"]
+        service.resolve(model)  # 404 before reading a large body
+        body = await read_body(request)
+        header_length = request.headers.get(HEADER_LENGTH)
+        if header_length is not None and not header_length.isdigit():
+            raise BadRequestError("Inference-Header-Content-Length must be a non-negative integer")
+        decoded = decode_http_request(body, int(header_length) if header_length is not None else None)
+        result = await service.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs)
+        payload, json_length = encode_http_response(
+            model,
+            {result.output_name: result.outputs},
+            request_id=decoded.request_id,
+            parameters=result.parameters,
+            binary_outputs=decoded.binary_outputs,
+            binary_by_default=decoded.binary_by_default,
+        )
+        if json_length is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(json_length)})
+
+    async def repository_index(request: Request) -> Response:
+        return JSONResponse(service.repository_index())
+
+    async def load(request: Request) -> Response:
+        require_token(request)
+        await service.load_model(request.path_params["model"])
+        return JSONResponse({})
+
+    async def unload(request: Request) -> Response:
+        require_token(request)
+        await service.unload_model(request.path_params["model"])
+        return JSONResponse({})
+
+    async def metrics(request: Request) -> Response:
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    routes = [
+        Route("/v2", guarded(server_metadata), methods=["GET"]),
+        Route("/v2/health/live", guarded(live), methods=["GET"]),
+        Route("/v2/health/ready", guarded(ready), methods=["GET"]),
+        Route("/v2/models/{model}", guarded(model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}", guarded(model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/ready", guarded(model_ready), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/ready", guarded(model_ready), methods=["GET"]),
+        Route("/v2/models/{model}/infer", guarded(infer), methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", guarded(infer), methods=["POST"]),
+        Route("/v2/repository/index", guarded(repository_index), methods=["POST", "GET"]),
+        Route("/v2/repository/models/{model}/load", guarded(load), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", guarded(unload), methods=["POST"]),
+        Route("/metrics", guarded(metrics), methods=["GET"]),
+    ]
+    return Starlette(routes=routes)

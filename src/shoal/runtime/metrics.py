@@ -1,0 +1,42 @@
+"""Prometheus metrics of the serving runtime (one registry per server, exposed at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["ServingMetrics"]
+
+_LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("shoal_requests", "Inference requests by outcome", ["model", "variant", "outcome"], registry=self.registry)
+        self.queue_seconds = Histogram("shoal_queue_seconds", "Time from admission to batch start", ["variant"], buckets=_LATENCY_BUCKETS_S, registry=self.registry)
+        self.compute_seconds = Histogram("shoal_compute_seconds", "Batch execution time in the worker", ["variant"], buckets=_LATENCY_BUCKETS_S, registry=self.registry)
+        self.end_to_end_seconds = Histogram("shoal_request_seconds", "Server-side end-to-end latency of answered requests", ["variant"], buckets=_LATENCY_BUCKETS_S, registry=self.registry)
+        self.batch_size = Histogram("shoal_batch_size", "Requests per executed batch", ["variant"], buckets=_BATCH_BUCKETS, registry=self.registry)
+        self.pending = Gauge("shoal_pending_requests", "Requests waiting in the queue", ["variant"], registry=self.registry)
+        self.loaded = Gauge("shoal_variant_loaded", "1 when the variant is loaded on at least one worker", ["variant"], registry=self.registry)
+        self.worker_restarts = Counter("shoal_worker_restarts", "Worker processes restarted after a crash", registry=self.registry)
+        self.policy_decisions = Counter("shoal_policy_decisions", "Variant chosen by the policy for family requests", ["family", "variant", "policy"], registry=self.registry)
+
+    def outcome(self, model: str, variant: str, outcome: str) -> None:
+        self.requests.labels(model, variant, outcome).inc()
+
+    def set_pending(self, variant: str, count: int) -> None:
+        self.pending.labels(variant).set(count)
+
+    def batch(self, variant: str, size: int, compute_ms: float) -> None:
+        self.batch_size.labels(variant).observe(size)
+        self.compute_seconds.labels(variant).observe(compute_ms / 1000.0)
+
+    def answered(self, model: str, variant: str, queue_ms: float, total_ms: float) -> None:
+        self.requests.labels(model, variant, "success").inc()
+        self.queue_seconds.labels(variant).observe(queue_ms / 1000.0)
+        self.end_to_end_seconds.labels(variant).observe(total_ms / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,209 @@
+"""Per-variant request queues and the loop that feeds each worker deadline-aware batches.
+
+Requests wait in one bounded queue per variant, ordered by priority then deadline. Each worker
+runs one loop that pulls from the queues of the variants it has loaded (pull-based, so idle
+workers balance load by themselves), asks `shoal.planner.batching.decide_batch` what to run,
+answers expired requests with an explicit deadline error and runs the rest as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shoal.planner.batching import admission_finish_ms, decide_batch
+from shoal.runtime.errors import DeadlineExceededError, OverloadedError, ServingError, WorkerFailedError
+from shoal.runtime.metrics import ServingMetrics
+from shoal.runtime.worker_handle import WorkerHandle
+
+__all__ = ["QueuedItem", "Scheduler", "VariantQueue", "monotonic_ms"]
+
+logger = logging.getLogger(__name__)
+_sequence = itertools.count()
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+@dataclass(order=True)
+class QueuedItem:
+    sort_key: tuple = field(init=False, repr=False)
+    priority: int
+    deadline_ms: float
+    arrival_ms: float = field(compare=False)
+    tensor: np.ndarray = field(compare=False, repr=False)
+    future: asyncio.Future = field(compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sort_key = (-self.priority, self.deadline_ms, next(_sequence))
+
+
+class VariantQueue:
+    """Bounded queue of one variant, ordered by (priority desc, deadline asc, arrival)."""
+
+    def __init__(self, key: str, batch_latency_ms: Callable[[int], float], max_batch_size: int, capacity: int):
+        self.key = key
+        self.batch_latency_ms = batch_latency_ms
+        self.max_batch_size = max_batch_size
+        self.capacity = capacity
+        self.items: list[QueuedItem] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def push(self, item: QueuedItem) -> None:
+        bisect.insort(self.items, item)
+
+    def take(self, count: int) -> list[QueuedItem]:
+        taken, self.items = self.items[:count], self.items[count:]
+        return taken
+
+
+class Scheduler:
+    def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0):
+        self.metrics = metrics
+        self.max_queue_delay_ms = max_queue_delay_ms
+        self.queues: dict[str, VariantQueue] = {}
+        self.workers: list[WorkerHandle] = []
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._closed = False
+
+    # -- registration ---------------------------------------------------------------------------
+    def add_queue(self, queue: VariantQueue) -> None:
+        self.queues[queue.key] = queue
+
+    def attach_worker(self, worker: WorkerHandle) -> None:
+        self.workers = [w for w in self.workers if w.worker_id != worker.worker_id] + [worker]
+        self._wakeups[worker.worker_id] = asyncio.Event()
+        old = self._tasks.pop(worker.worker_id, None)
+        if old:
+            old.cancel()
+        self._tasks[worker.worker_id] = asyncio.create_task(self._worker_loop(worker), name=f"batcher-{worker.worker_id}")
+
+    def workers_for(self, key: str) -> list[WorkerHandle]:
+        return [worker for worker in self.workers if worker.alive and key in worker.loaded_variants]
+
+    # -- admission ------------------------------------------------------------------------------
+    def predicted_finish_ms(self, key: str, now_ms: float) -> float:
+        """Predicted completion delay of a request for `key` admitted now (inf when nothing serves it)."""
+        queue = self.queues[key]
+        workers = self.workers_for(key)
+        if not workers:
+            return float("inf")
+        busy_ms = min(max(0.0, worker.busy_until_ms - now_ms) for worker in workers)
+        return admission_finish_ms(len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, len(workers))
+
+    def submit(self, key: str, tensor: np.ndarray, deadline_ms: float, priority: int = 0) -> asyncio.Future:
+        """Queue one item; raises OverloadedError when it cannot be admitted."""
+        if self._closed:
+            raise OverloadedError("server is shutting down", retry_after_s=5.0)
+        queue = self.queues[key]
+        now = monotonic_ms()
+        if len(queue) >= queue.capacity:
+            raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
+        if now + self.predicted_finish_ms(key, now) > deadline_ms:
+            raise OverloadedError(
+                f"{key!r} cannot answer within the deadline at the current load", retry_after_s=self._retry_after_s(queue)
+            )
+        future = asyncio.get_running_loop().create_future()
+        queue.push(QueuedItem(priority=priority, deadline_ms=deadline_ms, arrival_ms=now, tensor=tensor, future=future))
+        self.metrics.set_pending(key, len(queue))
+        for worker in self.workers_for(key):
+            self._wakeups[worker.worker_id].set()
+        return future
+
+    @staticmethod
+    def _retry_after_s(queue: VariantQueue) -> float:
+        drain_ms = len(queue) / max(1, queue.max_batch_size) * queue.batch_latency_ms(queue.max_batch_size)
+        return max(1.0, round(drain_ms / 1000.0, 1))
+
+    # -- the batching loop ----------------------------------------------------------------------
+    def _most_urgent_queue(self, worker: WorkerHandle) -> VariantQueue | None:
+        best = None
+        for key in worker.loaded_variants:
+            queue = self.queues.get(key)
+            if queue and queue.items and (best is None or queue.items[0] < best.items[0]):
+                best = queue
+        return best
+
+    async def _worker_loop(self, worker: WorkerHandle) -> None:
+        wakeup = self._wakeups[worker.worker_id]
+        while worker.alive and not self._closed:
+            queue = self._most_urgent_queue(worker)
+            if queue is None:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            now = monotonic_ms()
+            window = queue.items[: queue.max_batch_size * 2]
+            decision = decide_batch(
+                [item.deadline_ms for item in window], now, queue.batch_latency_ms, queue.max_batch_size, max_queue_delay_ms=self.max_queue_delay_ms
+            )
+            for item in queue.take(decision.num_expired):
+                _fail(item.future, DeadlineExceededError(f"dropped: deadline cannot be met ({queue.key} was {now - item.arrival_ms:.1f} ms in queue)"))
+            if decision.batch_size == 0:
+                if decision.wait_ms > 0:
+                    wakeup.clear()
+                    try:
+                        await asyncio.wait_for(wakeup.wait(), decision.wait_ms / 1000.0)
+                    except TimeoutError:
+                        pass
+                continue
+            batch = queue.take(decision.batch_size)
+            self.metrics.set_pending(queue.key, len(queue))
+            await self._run_batch(worker, queue, batch, now)
+
+    async def _run_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], started_ms: float) -> None:
+        worker.busy_until_ms = started_ms + queue.batch_latency_ms(len(batch))
+        try:
+            outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch])
+        except asyncio.CancelledError:
+            for item in batch:
+                _fail(item.future, WorkerFailedError("server stopped while this request was running"))
+            raise
+        except ServingError as error:
+            for item in batch:
+                _fail(item.future, error)
+            return
+        except Exception as error:  # a model error fails this batch, not the worker loop
+            logger.exception("batch on %s failed", queue.key)
+            for item in batch:
+                _fail(item.future, WorkerFailedError(f"inference failed: {error}"))
+            return
+        finally:
+            worker.busy_until_ms = 0.0
+        self.metrics.batch(queue.key, len(batch), compute_ms)
+        for index, item in enumerate(batch):
+            if not item.future.done():
+                item.future.set_result((outputs[index], started_ms - item.arrival_ms, compute_ms, len(batch)))
+
+    # -- shutdown -------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Stop batching; every queued request is answered with an error."""
+        self._closed = True
+        for event in self._wakeups.values():
+            event.set()
+        for queue in self.queues.values():
+            for item in queue.take(len(queue)):
+                _fail(item.future, OverloadedError("server is shutting down", retry_after_s=5.0))
+        tasks = list(self._tasks.values())
+        if tasks:
+            # Let running batches finish and answer; cancel whatever is still going after that.
+            _, still_running = await asyncio.wait(tasks, timeout=10.0)
+            for task in still_running:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _fail(future: asyncio.Future, error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)

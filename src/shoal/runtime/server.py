@@ -1,0 +1,75 @@
+"""Assembling one server: the service, its worker processes and its frontends on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import uvicorn
+
+from shoal.runtime.http_frontend import build_http_app
+from shoal.runtime.service import InferenceService
+from shoal.runtime.worker_manager import ServeConfig
+
+__all__ = ["run_server", "serve_forever"]
+
+logger = logging.getLogger(__name__)
+
+
+async def serve_forever(
+    config: ServeConfig,
+    *,
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int | None = 8001,
+    admin_token: str | None = None,
+    max_body_bytes: int = 64 * 1024 * 1024,
+    stop_event: asyncio.Event | None = None,
+) -> None:
+    service = InferenceService(config)
+    await service.start()
+    app = build_http_app(service, admin_token=admin_token, max_body_bytes=max_body_bytes)
+    http_server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=http_port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
+    )
+    grpc_server = None
+    if grpc_port:
+        try:
+            from shoal.runtime.grpc_frontend import start_grpc_server
+        except ImportError:  # the gRPC frontend is optional until its module exists
+            start_grpc_server = None
+        if start_grpc_server is not None:
+            grpc_server = await start_grpc_server(service, host=host, port=grpc_port)
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    http_server.install_signal_handlers = lambda: None  # signals are handled here, for all frontends
+    http_task = asyncio.create_task(http_server.serve())
+    while not http_server.started and not http_task.done():
+        await asyncio.sleep(0.01)
+    if http_task.done():
+        await service.stop()
+        http_task.result()
+        raise SystemExit(f"HTTP frontend failed to start on {host}:{http_port}")
+    grpc_text = f", gRPC on {host}:{grpc_port}" if grpc_server else ""
+    print(f"shoal serving {len(service.variants)} variants: HTTP on http://{host}:{http_port}{grpc_text}", file=sys.stderr, flush=True)
+    await stop.wait()
+    logger.info("shutting down")
+    http_server.should_exit = True
+    if grpc_server is not None:
+        await grpc_server.stop(grace=5)
+    await service.stop()
+    await http_task
+
+
+def run_server(config: ServeConfig, **kwargs) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve_forever(config, **kwargs))

@@ -1,0 +1,289 @@
+"""The inference service behind every frontend: model names, variant choice, admission, answers.
+
+Frontends (HTTP, gRPC) decode the wire format and call `InferenceService.infer`; this module
+owns the naming (a family name is a model-less endpoint, `<family>.<variant>` is one exact
+variant), validates the tensor against the family, asks the policy for a variant, preprocesses
+(area resize to the variant's input size) and hands items to the scheduler. It is the one
+place where requests meet the worker manager, so both frontends behave identically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shoal import __version__
+from shoal.core.models import Device, Family, Profile, Variant
+from shoal.profiler.measure import summarise_latencies
+from shoal.planner.serving_policy import Policy, Query, Selection, VariantOption, make_policy
+from shoal.runtime.errors import BadRequestError, DeadlineExceededError, ModelNotFoundError, ModelNotReadyError, OverloadedError
+from shoal.runtime.metrics import ServingMetrics
+from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.worker_manager import ServeConfig, WorkerManager
+from shoal.zoo.preprocess import resize_images
+from shoal.zoo.repository import ModelRepository
+
+__all__ = ["InferenceResult", "InferenceService", "ServeConfig", "ServedVariant"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedVariant:
+    family: Family
+    variant: Variant
+    model_path: str
+    latency: Profile | None = None  # measured by the worker at load time
+
+    @property
+    def key(self) -> str:
+        return f"{self.family.name}.{self.variant.name}"
+
+    def batch_latency_ms(self, batch_size: int) -> float:
+        if self.latency is None:
+            return float("inf")
+        # The median of the worker's warm-up runs: on a shared machine the tail of a handful of
+        # samples is mostly other processes' noise, which would make the batcher refuse work.
+        return self.latency.batch_latency_ms(batch_size, "p50")
+
+
+@dataclass
+class InferenceResult:
+    model_name: str
+    output_name: str
+    outputs: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class InferenceService:
+    """Serving state of one server; all methods run on the server's event loop."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.repository = ModelRepository(config.repository)
+        self.metrics = ServingMetrics()
+        self.scheduler = Scheduler(self.metrics, max_queue_delay_ms=config.max_queue_delay_ms)
+        self.policy: Policy = make_policy(config.policy)
+        self.families: dict[str, Family] = {}
+        self.variants: dict[str, ServedVariant] = {}  # key -> variant
+        self.manager = WorkerManager(config, self.scheduler, self.metrics, self._on_variant_loaded)
+        self.started = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        Device.parse(self.config.device)
+        for family_name in self.repository.family_names():
+            family = self.repository.load_family(family_name)
+            self.families[family_name] = family
+            for variant in self.repository.variants(family_name):
+                served = ServedVariant(family, variant, str(self.repository.model_path(family_name, variant.name)))
+                self.variants[served.key] = served
+                self.scheduler.add_queue(
+                    VariantQueue(served.key, served.batch_latency_ms, self.config.max_batch_size, self.config.queue_capacity)
+                )
+        await self.manager.start()
+        preload = self.config.preload if self.config.preload is not None else tuple(self.variants)
+        for name in preload:
+            await self.load_model(name)
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        await self.scheduler.close()
+        await self.manager.stop()
+
+    def _on_variant_loaded(self, key: str, reply: dict) -> None:
+        served = self.variants[key]
+        batches = {int(size): summarise_latencies(int(size), samples) for size, samples in reply.get("latency_ms", {}).items()}
+        if batches:
+            served.latency = Profile(
+                family=served.family.name, variant=served.variant.name, device=self.config.device, batches=batches, load_time_ms=reply.get("load_ms", 0.0)
+            )
+        self.metrics.loaded.labels(key).set(1)
+
+    # -- naming ---------------------------------------------------------------------------------
+    def resolve(self, model_name: str) -> tuple[Family, ServedVariant | None]:
+        """A family name (model-less) or `<family>.<variant>`; unknown names are a 404."""
+        if model_name in self.families:
+            return self.families[model_name], None
+        if model_name in self.variants:
+            served = self.variants[model_name]
+            return served.family, served
+        raise ModelNotFoundError(
+            f"model {model_name!r} is not served; use a family name ({', '.join(sorted(self.families)) or 'none'}) "
+            "or <family>.<variant> (see /v2/repository/index)"
+        )
+
+    def model_names(self) -> list[str]:
+        return sorted(self.families) + sorted(self.variants)
+
+    def is_ready(self, model_name: str | None = None) -> bool:
+        if not self.started:
+            return False
+        if model_name is None:
+            return True
+        family, served = self.resolve(model_name)
+        keys = [served.key] if served else [k for k, v in self.variants.items() if v.family.name == family.name]
+        return any(self.scheduler.workers_for(key) for key in keys)
+
+    def model_metadata(self, model_name: str) -> dict[str, Any]:
+        family, served = self.resolve(model_name)
+        size = served.variant.input_size_px if served else family.source_image_px
+        return {
+            "name": model_name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx" if served else "shoal_family",
+            "inputs": [{"name": family.input_name, "datatype": "FP32", "shape": [-1, family.input_channels, size, size]}],
+            "outputs": [{"name": family.output_name, "datatype": "FP32", "shape": [-1, family.num_classes]}],
+        }
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "shoal", "version": __version__, "extensions": ["binary_tensor_data", "model_repository", "parameters"]}
+
+    def repository_index(self) -> list[dict[str, str]]:
+        index = []
+        for name in self.model_names():
+            state = "READY" if self.is_ready(name) else "UNAVAILABLE"
+            index.append({"name": name, "version": "1", "state": state, "reason": ""})
+        return index
+
+    async def load_model(self, model_name: str) -> None:
+        family, served = self.resolve(model_name)
+        keys = [served.key] if served else [k for k, v in self.variants.items() if v.family.name == family.name]
+        for key in keys:
+            await self.manager.ensure_loaded(self.variants[key])
+
+    async def unload_model(self, model_name: str) -> None:
+        family, served = self.resolve(model_name)
+        keys = [served.key] if served else [k for k, v in self.variants.items() if v.family.name == family.name]
+        for key in keys:
+            await self.manager.unload(key)
+            self.metrics.loaded.labels(key).set(0)
+
+    # -- inference ------------------------------------------------------------------------------
+    def _choose(self, family: Family, query: Query) -> Selection:
+        now = monotonic_ms()
+        options = []
+        for key, served in self.variants.items():
+            if served.family.name != family.name:
+                continue
+            loaded = bool(self.scheduler.workers_for(key)) and served.latency is not None
+            options.append(
+                VariantOption(
+                    name=key,
+                    accuracy=served.variant.accuracy or 0.0,
+                    input_size_px=served.variant.input_size_px,
+                    loaded=loaded,
+                    predicted_latency_ms=self.scheduler.predicted_finish_ms(key, now) if loaded else float("inf"),
+                )
+            )
+        return self.policy.select(query, options)
+
+    async def infer(self, model_name: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], requested_outputs: list[str]) -> InferenceResult:
+        arrival_ms = monotonic_ms()
+        family, served = self.resolve(model_name)
+        slo_ms, priority, min_accuracy = _requirements(parameters, self.config.default_slo_ms)
+        tensor = _check_input(family, inputs, self.config.max_request_items)
+        for name in requested_outputs:
+            if name != family.output_name:
+                raise BadRequestError(f"output {name!r} does not exist; {model_name!r} has output {family.output_name!r}")
+        if served is None:
+            query = Query(slo_ms=slo_ms - (monotonic_ms() - arrival_ms), min_accuracy=min_accuracy, input_size_px=tensor.shape[-1])
+            selection = self._choose(family, query)
+            if selection.variant is None:
+                raise OverloadedError(f"{model_name}: {selection.reason}", retry_after_s=1.0)
+            served = self.variants[selection.variant]
+            self.metrics.policy_decisions.labels(family.name, served.variant.name, self.policy.name).inc()
+        elif not self.scheduler.workers_for(served.key):
+            raise ModelNotReadyError(f"variant {served.key!r} is not loaded; POST /v2/repository/models/{served.key}/load")
+        if tensor.shape[-1] < served.variant.input_size_px:
+            raise BadRequestError(
+                f"input {family.input_name!r} is {tensor.shape[-1]} px but {served.key} needs at least {served.variant.input_size_px} px"
+            )
+        items = _preprocess(tensor, served.variant)
+        deadline_ms = arrival_ms + slo_ms
+        futures = []
+        try:
+            for item in items:
+                futures.append(self.scheduler.submit(served.key, item, deadline_ms, priority))
+        except OverloadedError:
+            for future in futures:
+                future.cancel()
+            self.metrics.outcome(model_name, served.variant.name, "shed")
+            raise
+        try:
+            results = await asyncio.gather(*futures)
+        except Exception as error:
+            for future in futures:
+                future.cancel()
+            outcome = "dropped" if isinstance(error, DeadlineExceededError) else "failure"
+            self.metrics.outcome(model_name, served.variant.name, outcome)
+            raise
+        outputs = np.stack([result[0] for result in results])
+        total_ms = monotonic_ms() - arrival_ms
+        queue_ms = max(result[1] for result in results)
+        self.metrics.answered(model_name, served.variant.name, queue_ms, total_ms)
+        return InferenceResult(
+            model_name=model_name,
+            output_name=family.output_name,
+            outputs=outputs,
+            parameters={
+                "shoal_variant": served.key,
+                "shoal_queue_ms": round(queue_ms, 3),
+                "shoal_compute_ms": round(max(result[2] for result in results), 3),
+                "shoal_batch_size": max(result[3] for result in results),
+                "shoal_server_ms": round(total_ms, 3),
+            },
+        )
+
+
+def _requirements(parameters: dict[str, Any], default_slo_ms: float) -> tuple[float, int, float]:
+    """SLO (from `timeout` in microseconds, as Triton, or `slo_ms`), priority, min_accuracy."""
+    slo_ms = default_slo_ms
+    if "timeout" in parameters:
+        timeout_us = parameters["timeout"]
+        if not isinstance(timeout_us, (int, float)) or isinstance(timeout_us, bool) or timeout_us <= 0:
+            raise BadRequestError("parameter 'timeout' must be a positive number of microseconds")
+        slo_ms = timeout_us / 1000.0
+    if "slo_ms" in parameters:
+        value = parameters["slo_ms"]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise BadRequestError("parameter 'slo_ms' must be a positive number of milliseconds")
+        slo_ms = min(slo_ms, float(value)) if "timeout" in parameters else float(value)
+    priority = parameters.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise BadRequestError("parameter 'priority' must be an integer (higher runs first)")
+    min_accuracy = parameters.get("min_accuracy", 0.0)
+    if not isinstance(min_accuracy, (int, float)) or isinstance(min_accuracy, bool) or not 0.0 <= min_accuracy <= 1.0:
+        raise BadRequestError("parameter 'min_accuracy' must be a number between 0 and 1")
+    return float(slo_ms), int(priority), float(min_accuracy)
+
+
+def _check_input(family: Family, inputs: dict[str, np.ndarray], max_items: int) -> np.ndarray:
+    if set(inputs) != {family.input_name}:
+        raise BadRequestError(f"expected exactly one input named {family.input_name!r}, got {sorted(inputs)}")
+    tensor = inputs[family.input_name]
+    if tensor.dtype not in (np.float32, np.uint8):
+        raise BadRequestError(f"input {family.input_name!r} must be FP32 (scaled to [0, 1]) or UINT8, got {tensor.dtype}")
+    if tensor.ndim != 4 or tensor.shape[1] != family.input_channels or tensor.shape[2] != tensor.shape[3]:
+        raise BadRequestError(
+            f"input {family.input_name!r} must have shape [batch, {family.input_channels}, S, S], got {list(tensor.shape)}"
+        )
+    if not 1 <= tensor.shape[0] <= max_items:
+        raise BadRequestError(f"input {family.input_name!r} batch must be 1..{max_items}, got {tensor.shape[0]}")
+    if tensor.shape[2] > family.source_image_px or tensor.shape[2] < 1:
+        raise BadRequestError(f"input {family.input_name!r} side must be at most {family.source_image_px} px, got {tensor.shape[2]}")
+    return tensor
+
+
+def _preprocess(tensor: np.ndarray, variant: Variant) -> np.ndarray:
+    if tensor.dtype == np.uint8:
+        tensor = tensor.astype(np.float32) * float(variant.preprocessing.get("scale", 1.0 / 255.0))
+    if tensor.shape[-1] != variant.input_size_px:
+        tensor = resize_images(tensor, variant.input_size_px)
+    return tensor

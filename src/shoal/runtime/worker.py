@@ -1,0 +1,115 @@
+"""The worker process: ONNX Runtime sessions for its loaded variants on one device.
+
+A worker is a separate OS process so that a crashing or hanging model cannot take the server
+down and so that Python-level work in the frontend never competes with the model for the GIL.
+Tensors travel through one shared-memory block per worker (inputs in the first half, outputs
+in the second); the pipe carries only small JSON control messages, so nothing is pickled and
+the bytes of a batch are copied once on each side.
+
+Control messages (JSON over a multiprocessing Connection, parent -> worker):
+    {"op": "load", "variant", "path", "input_name", "output_name", "input_shape", "warmup",
+     "profile_batch_sizes", "profile_repeats"}
+    {"op": "unload", "variant"}
+    {"op": "run", "batch_id", "variant", "batch_size"}
+    {"op": "stop"}
+and replies (worker -> parent): {"op": "ready"}, {"op": "loaded", ...}, {"op": "unloaded", ...},
+{"op": "done", "batch_id", "output_shape", "compute_ms"} or {"op": "error", "message", ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+
+__all__ = ["WorkerConfig", "worker_main"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    worker_id: str
+    device: str
+    intra_op_threads: int
+    shared_memory_name: str
+    shared_memory_bytes: int
+
+    @property
+    def half_bytes(self) -> int:
+        return self.shared_memory_bytes // 2
+
+
+def _send(connection: Connection, message: dict) -> None:
+    connection.send_bytes(json.dumps(message).encode())
+
+
+def worker_main(config: WorkerConfig, connection: Connection) -> None:
+    """Entry point of the worker process (spawned, never forked: ONNX Runtime owns threads)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    import numpy as np
+
+    from shoal.core.models import Device
+    from shoal.profiler.session import create_session
+
+    memory = SharedMemory(name=config.shared_memory_name)
+    device = Device.parse(config.device)
+    sessions: dict[str, tuple[object, str, str, tuple[int, ...]]] = {}
+    _send(connection, {"op": "ready", "pid": os.getpid()})
+    try:
+        while True:
+            try:
+                message = json.loads(connection.recv_bytes())
+            except EOFError:
+                return
+            op = message.get("op")
+            try:
+                if op == "run":
+                    session, input_name, output_name, item_shape = sessions[message["variant"]]
+                    batch_size = int(message["batch_size"])
+                    inputs = np.ndarray((batch_size, *item_shape), dtype=np.float32, buffer=memory.buf, offset=0)
+                    started = time.perf_counter()
+                    (outputs,) = session.run([output_name], {input_name: inputs})
+                    compute_ms = (time.perf_counter() - started) * 1000.0
+                    outputs = np.ascontiguousarray(outputs, dtype=np.float32)
+                    if outputs.nbytes > config.half_bytes:
+                        raise ValueError(f"output of {outputs.nbytes} bytes does not fit the shared block")
+                    target = np.ndarray(outputs.shape, dtype=np.float32, buffer=memory.buf, offset=config.half_bytes)
+                    target[...] = outputs
+                    _send(connection, {"op": "done", "batch_id": message["batch_id"], "output_shape": list(outputs.shape), "compute_ms": compute_ms})
+                elif op == "load":
+                    started = time.perf_counter()
+                    session = create_session(message["path"], device, intra_op_threads=config.intra_op_threads)
+                    item_shape = tuple(message["input_shape"])
+                    warmup = np.zeros((1, *item_shape), dtype=np.float32)
+                    for _ in range(int(message.get("warmup", 2))):
+                        session.run([message["output_name"]], {message["input_name"]: warmup})
+                    load_ms = (time.perf_counter() - started) * 1000.0
+                    # Warm-up doubles as a small profile taken under the worker's own thread
+                    # count, which is what the batcher's latency model must describe.
+                    latency_ms: dict[str, list[float]] = {}
+                    for batch_size in message.get("profile_batch_sizes", []):
+                        feed = {message["input_name"]: np.zeros((batch_size, *item_shape), dtype=np.float32)}
+                        session.run([message["output_name"]], feed)
+                        samples = []
+                        for _ in range(int(message.get("profile_repeats", 5))):
+                            begin = time.perf_counter()
+                            session.run([message["output_name"]], feed)
+                            samples.append((time.perf_counter() - begin) * 1000.0)
+                        latency_ms[str(batch_size)] = samples
+                    sessions[message["variant"]] = (session, message["input_name"], message["output_name"], item_shape)
+                    _send(connection, {"op": "loaded", "variant": message["variant"], "load_ms": load_ms, "latency_ms": latency_ms})
+                elif op == "unload":
+                    sessions.pop(message["variant"], None)
+                    _send(connection, {"op": "unloaded", "variant": message["variant"]})
+                elif op == "stop":
+                    return
+                else:
+                    _send(connection, {"op": "error", "message": f"unknown op {op!r}"})
+            except Exception as error:  # report and keep serving: one bad batch must not kill the worker
+                _send(connection, {"op": "error", "request_op": op, "batch_id": message.get("batch_id"), "variant": message.get("variant"), "message": str(error)[:500]})
+    finally:
+        sessions.clear()
+        memory.close()

@@ -1,0 +1,156 @@
+"""Worker processes and what each has loaded: start, load with warm-up, LRU cache, restart.
+
+Every worker holds an LRU cache of loaded variants bounded by a memory budget (the estimate is
+three times the model file: weights plus ONNX Runtime's arena). A variant is reported ready
+only after its warm-up runs finished. A worker that dies is replaced by a new process that
+reloads the same variants; the requests it held were already failed by its handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from shoal.profiler.session import default_intra_op_threads
+from shoal.runtime.metrics import ServingMetrics
+from shoal.runtime.scheduler import Scheduler
+from shoal.runtime.worker_handle import WorkerHandle
+
+if TYPE_CHECKING:
+    from shoal.runtime.service import ServedVariant
+
+__all__ = ["ServeConfig", "WorkerManager"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `shoal serve` can be told; validated where it is built (the CLI)."""
+
+    repository: Path
+    device: str = "cpu"
+    num_workers: int = 1
+    intra_op_threads: int = 0  # 0: the machine's cores divided among the workers
+    max_batch_size: int = 32
+    queue_capacity: int = 1024
+    default_slo_ms: float = 1000.0
+    max_queue_delay_ms: float = 0.0
+    policy: str = "shoal"
+    preload: tuple[str, ...] | None = None  # None: every variant of every family
+    max_request_items: int = 256
+    cache_bytes_per_worker: int = 2 * 1024**3
+    shared_memory_bytes: int = 64 * 1024 * 1024
+    profile_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+    @property
+    def threads_per_worker(self) -> int:
+        return self.intra_op_threads or max(1, default_intra_op_threads() // self.num_workers)
+
+
+class WorkerManager:
+    def __init__(
+        self,
+        config: ServeConfig,
+        scheduler: Scheduler,
+        metrics: ServingMetrics,
+        on_loaded: Callable[[str, dict], None],
+    ):
+        self.config = config
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.on_loaded = on_loaded
+        self.workers: dict[str, WorkerHandle] = {}
+        self._cache: dict[str, OrderedDict[str, int]] = {}  # worker -> variant key -> estimated bytes (LRU order)
+        self._variants: dict[str, "ServedVariant"] = {}
+        self._restarts: set[asyncio.Task] = set()
+        self._stopping = False
+
+    def _new_handle(self, worker_id: str) -> WorkerHandle:
+        return WorkerHandle(
+            worker_id,
+            device=self.config.device,
+            intra_op_threads=self.config.threads_per_worker,
+            shared_memory_bytes=self.config.shared_memory_bytes,
+            on_exit=self._on_worker_exit,
+        )
+
+    async def start(self) -> None:
+        handles = [self._new_handle(f"w{index}") for index in range(self.config.num_workers)]
+        await asyncio.gather(*(handle.start() for handle in handles))
+        for handle in handles:
+            self.workers[handle.worker_id] = handle
+            self._cache[handle.worker_id] = OrderedDict()
+            self.scheduler.attach_worker(handle)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._restarts):
+            task.cancel()
+        await asyncio.gather(*(worker.stop() for worker in self.workers.values()), return_exceptions=True)
+
+    # -- loading --------------------------------------------------------------------------------
+    async def ensure_loaded(self, served: "ServedVariant") -> None:
+        """Load (and warm) a variant on every worker that does not hold it yet."""
+        self._variants[served.key] = served
+        await asyncio.gather(*(self._load_on(worker, served) for worker in list(self.workers.values()) if worker.alive))
+
+    async def _load_on(self, worker: WorkerHandle, served: "ServedVariant") -> None:
+        cache = self._cache[worker.worker_id]
+        if served.key in worker.loaded_variants:
+            cache.move_to_end(served.key)
+            return
+        size = 3 * os.path.getsize(served.model_path)
+        while cache and sum(cache.values()) + size > self.config.cache_bytes_per_worker:
+            victim, _ = cache.popitem(last=False)
+            logger.info("evicting %s from worker %s (cache full)", victim, worker.worker_id)
+            await worker.unload(victim)
+        family = served.family
+        reply = await worker.load(
+            served.key,
+            served.model_path,
+            family.input_name,
+            family.output_name,
+            (family.input_channels, served.variant.input_size_px, served.variant.input_size_px),
+            profile_batch_sizes=[b for b in self.config.profile_batch_sizes if b <= self.config.max_batch_size],
+        )
+        cache[served.key] = size
+        self.on_loaded(served.key, reply)
+
+    async def unload(self, key: str) -> None:
+        self._variants.pop(key, None)
+        for worker in self.workers.values():
+            if key in worker.loaded_variants and worker.alive:
+                await worker.unload(key)
+            self._cache[worker.worker_id].pop(key, None)
+
+    def mark_used(self, key: str) -> None:
+        for cache in self._cache.values():
+            if key in cache:
+                cache.move_to_end(key)
+
+    # -- crash recovery -------------------------------------------------------------------------
+    def _on_worker_exit(self, handle: WorkerHandle) -> None:
+        if self._stopping:
+            return
+        task = asyncio.get_running_loop().create_task(self._restart(handle.worker_id))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, worker_id: str) -> None:
+        keys = list(self._cache.get(worker_id, {}))
+        self.metrics.worker_restarts.inc()
+        handle = self._new_handle(worker_id)
+        await handle.start()
+        self.workers[worker_id] = handle
+        self._cache[worker_id] = OrderedDict()
+        for key in keys:
+            if key in self._variants:
+                await self._load_on(handle, self._variants[key])
+        self.scheduler.attach_worker(handle)
+        logger.warning("worker %s restarted (pid %s) with %d variants", worker_id, handle.pid, len(keys))

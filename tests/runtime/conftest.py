@@ -1,0 +1,90 @@
+"""A real `shoal serve` process on the fixture family, started once for the runtime tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    repository: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def worker_pids(self) -> list[int]:
+        """Child processes of the server that are shoal workers (read from /proc)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == self.process.pid and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
+
+def start_server(repository: Path, *extra: str, timeout_s: float = 60.0) -> RunningServer:
+    http_port, grpc_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", str(http_port), "--grpc-port", str(grpc_port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    server = RunningServer(process, http_port, grpc_port, repository)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{process.stdout.read()}")
+        try:
+            if httpx.get(f"{server.url}/v2/health/ready", timeout=1.0).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not become ready in time")
+
+
+def stop_server(server: RunningServer) -> str:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+    return server.process.stdout.read()
+
+
+@pytest.fixture(scope="session")
+def server(fixture_repository_path):
+    running = start_server(fixture_repository_path, "--max-body-mb", "1", "--queue-capacity", "64")
+    yield running
+    stop_server(running)

@@ -1,0 +1,120 @@
+"""The KServe v2 HTTP frontend against a real server process, with tritonclient and raw HTTP."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import onnxruntime
+import pytest
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
+
+
+def reference_logits(repository, variant, images):
+    session = onnxruntime.InferenceSession(str(repository / "fixture" / variant / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images})[0]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_gets_the_same_numbers_as_onnxruntime(server, binary):
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    images = np.random.default_rng(3).random((3, 3, 32, 32), dtype=np.float32)
+    tensor = triton_http.InferInput("images", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images, binary_data=binary)
+    result = client.infer("fixture.rf-32", [tensor], outputs=[triton_http.InferRequestedOutput("logits", binary_data=binary)])
+    np.testing.assert_allclose(result.as_numpy("logits"), reference_logits(server.repository, "rf-32", images), rtol=1e-5, atol=1e-5)
+    assert result.get_response()["parameters"]["shoal_variant"] == "fixture.rf-32"
+
+
+def test_family_request_names_the_variant_that_served(server):
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    frame = np.random.default_rng(4).integers(0, 255, (1, 3, 128, 128), dtype=np.uint8)
+    tensor = triton_http.InferInput("images", list(frame.shape), "UINT8")
+    tensor.set_data_from_numpy(frame)
+    result = client.infer("fixture", [tensor], parameters={"slo_ms": 500})
+    variant = result.get_response()["parameters"]["shoal_variant"]
+    assert variant.startswith("fixture.rf-")
+    # The server resized the full frame exactly as the profiler does; compare with ORT on that input.
+    from shoal.zoo.preprocess import resize_images
+
+    size = int(variant.rsplit("-", 1)[1])
+    expected = reference_logits(server.repository, variant.split(".", 1)[1], resize_images(frame.astype(np.float32) / 255.0, size))
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_health_metadata_and_repository_index(server):
+    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server.url}/v2").json()["name"] == "shoal"
+    metadata = httpx.get(f"{server.url}/v2/models/fixture.rf-16").json()
+    assert metadata["inputs"][0]["shape"] == [-1, 3, 16, 16]
+    assert httpx.get(f"{server.url}/v2/models/fixture.rf-16/versions/1/ready").status_code == 200
+    index = httpx.post(f"{server.url}/v2/repository/index").json()
+    assert {entry["name"] for entry in index} == {"fixture", "fixture.rf-16", "fixture.rf-32", "fixture.rf-64"}
+    assert all(entry["state"] == "READY" for entry in index)
+
+
+def infer_raw(server, model, body, headers=None):
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=body, headers=headers or {}, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "headers", "status", "message"),
+    [
+        ("fixture.rf-16", b"{not json", None, 400, "not valid JSON"),
+        ("fixture.rf-16", json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16], "datatype": "FP32", "data": [0.0] * 48}]}), None, 400, "must have shape [batch, 3, S, S]"),
+        ("fixture.rf-16", json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "INT64", "data": [0] * 768}]}), None, 400, "must be FP32"),
+        ("fixture.rf-16", json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 5}]}), None, 400, "has 5 values but shape"),
+        ("fixture.rf-16", json.dumps({"inputs": [{"name": "pixels", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}), None, 400, "exactly one input named 'images'"),
+        ("fixture.rf-16", json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}], "parameters": {"timeout": -5}}), None, 400, "'timeout' must be a positive number"),
+        ("nope", json.dumps({"inputs": []}), None, 404, "model 'nope' is not served"),
+        ("fixture.rf-16", b"x" * (1024 * 1024 + 10), None, 413, "exceeds the limit"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(server, model, body, headers, status, message):
+    response = infer_raw(server, model, body, headers)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_binary_length_mismatch_is_a_400(server):
+    header = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "parameters": {"binary_data_size": 3072}}]}).encode()
+    short = header + b"\0" * 100
+    response = infer_raw(server, "fixture.rf-16", short, {"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400 and "runs past the end" in response.json()["error"]
+    response = infer_raw(server, "fixture.rf-16", header, {"Inference-Header-Content-Length": str(len(header) + 50)})
+    assert response.status_code == 400 and "Inference-Header-Content-Length" in response.json()["error"]
+
+
+def test_server_stays_healthy_after_bad_input(server):
+    for _ in range(5):
+        infer_raw(server, "fixture.rf-16", b"\xff\xfe garbage")
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    images = np.zeros((1, 3, 16, 16), np.float32)
+    body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": images.ravel().tolist()}]})
+    assert infer_raw(server, "fixture.rf-16", body).status_code == 200
+
+
+def test_every_concurrent_request_gets_exactly_one_answer_and_metrics_count_them(server):
+    client_images = np.random.default_rng(5).random((1, 3, 64, 64), dtype=np.float32)
+    body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": client_images.ravel().tolist()}], "parameters": {"slo_ms": 2000}})
+
+    def send(_):
+        return infer_raw(server, "fixture.rf-64", body).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(send, range(200)))
+    assert len(statuses) == 200
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(200) >= 100
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'shoal_requests_total{model="fixture.rf-64",outcome="success",variant="rf-64"}' in metrics
+    assert "shoal_batch_size_bucket" in metrics and "shoal_pending_requests" in metrics
+
+
+def test_unknown_model_via_tritonclient_raises(server):
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    tensor = triton_http.InferInput("images", [1, 3, 16, 16], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(InferenceServerException, match="not served"):
+        client.infer("missing", [tensor])
