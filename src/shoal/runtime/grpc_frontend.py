@@ -1,0 +1,172 @@
+"""KServe v2 / Open Inference Protocol over gRPC (grpc.aio), served on the same event loop.
+
+Tensors arrive either in `raw_input_contents` (what tritonclient sends) or in typed
+`contents`; both become numpy arrays checked by the same rules as HTTP, and answers go back in
+`raw_output_contents`. ServingErrors map to their gRPC status codes, with `retry-after` in the
+trailing metadata for RESOURCE_EXHAUSTED.
+
+The generated messages live in the default protobuf pool under the protocol's own names
+(`inference.*`), as every KServe server's do; a process that also imports another copy of
+those messages (tritonclient.grpc) cannot import this module. The server runs in its own
+process, so this only matters to code that embeds the server next to such a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import numpy as np
+
+from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, tensor_from_json
+from shoal.runtime.errors import BadRequestError, OverloadedError, ServingError
+from shoal.runtime.proto import grpc_service_pb2 as pb
+from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
+from shoal.runtime.service import InferenceService
+
+__all__ = ["start_grpc_server"]
+
+logger = logging.getLogger(__name__)
+
+_CONTENT_FIELDS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def _parameter_value(parameter: pb.InferParameter):
+    choice = parameter.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(parameter, choice)
+
+
+def _set_parameter(target: pb.InferParameter, value) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+def decode_grpc_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    if not request.inputs:
+        raise BadRequestError("request needs at least one input")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequestError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
+    inputs = {}
+    for index, tensor in enumerate(request.inputs):
+        spec = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if raw:
+            inputs[tensor.name] = tensor_from_json(spec, memoryview(raw[index]))
+        else:
+            field = _CONTENT_FIELDS.get(tensor.datatype)
+            if field is None:
+                raise BadRequestError(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not supported")
+            spec["data"] = list(getattr(tensor.contents, field))
+            inputs[tensor.name] = tensor_from_json(spec)
+    return inputs
+
+
+class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService):
+        self.service = service
+
+    async def _guard(self, context: grpc.aio.ServicerContext, call):
+        try:
+            return await call()
+        except ServingError as error:
+            if isinstance(error, OverloadedError):
+                context.set_trailing_metadata((("retry-after", str(max(1, round(error.retry_after_s)))),))
+            await context.abort(getattr(grpc.StatusCode, error.grpc_code), error.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            logger.exception("unexpected error in a gRPC call")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.service.is_ready())
+
+    async def ModelReady(self, request, context):
+        async def call():
+            return pb.ModelReadyResponse(ready=self.service.is_ready(request.name))
+
+        return await self._guard(context, call)
+
+    async def ServerMetadata(self, request, context):
+        metadata = self.service.server_metadata()
+        return pb.ServerMetadataResponse(name=metadata["name"], version=metadata["version"], extensions=metadata["extensions"])
+
+    async def ModelMetadata(self, request, context):
+        async def call():
+            metadata = self.service.model_metadata(request.name)
+            tensors = lambda items: [pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in items]  # noqa: E731
+            return pb.ModelMetadataResponse(
+                name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"], inputs=tensors(metadata["inputs"]), outputs=tensors(metadata["outputs"])
+            )
+
+        return await self._guard(context, call)
+
+    async def ModelInfer(self, request, context):
+        async def call():
+            self.service.resolve(request.model_name)
+            inputs = decode_grpc_inputs(request)
+            parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
+            requested = [output.name for output in request.outputs]
+            result = await self.service.infer(request.model_name, inputs, parameters, requested)
+            outputs = np.ascontiguousarray(result.outputs)
+            response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
+            response.outputs.add(name=result.output_name, datatype=NUMPY_TO_DATATYPE[outputs.dtype], shape=list(outputs.shape))
+            response.raw_output_contents.append(outputs.tobytes())
+            for key, value in result.parameters.items():
+                _set_parameter(response.parameters[key], value)
+            return response
+
+        return await self._guard(context, call)
+
+    async def RepositoryIndex(self, request, context):
+        models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in self.service.repository_index()]
+        return pb.RepositoryIndexResponse(models=models)
+
+    async def RepositoryModelLoad(self, request, context):
+        async def call():
+            await self.service.load_model(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._guard(context, call)
+
+    async def RepositoryModelUnload(self, request, context):
+        async def call():
+            await self.service.unload_model(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._guard(context, call)
+
+
+async def start_grpc_server(service: InferenceService, *, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(service), server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    await server.start()
+    return server
+
+
+assert set(_CONTENT_FIELDS) <= set(DATATYPE_TO_NUMPY)

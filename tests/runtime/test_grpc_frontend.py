@@ -1,0 +1,46 @@
+"""The gRPC frontend against a real server process, with tritonclient.grpc."""
+
+import numpy as np
+import onnxruntime
+import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+
+@pytest.fixture()
+def client(server):
+    return triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("fixture.rf-16")
+    metadata = client.get_model_metadata("fixture.rf-64", as_json=True)
+    assert metadata["inputs"][0]["name"] == "images" and metadata["inputs"][0]["shape"] == ["-1", "3", "64", "64"]
+    assert client.get_server_metadata(as_json=True)["name"] == "shoal"
+    names = {model["name"] for model in client.get_model_repository_index(as_json=True)["models"]}
+    assert "fixture" in names and "fixture.rf-32" in names
+
+
+def test_infer_matches_onnxruntime(client, server):
+    images = np.random.default_rng(9).random((2, 3, 16, 16), dtype=np.float32)
+    tensor = triton_grpc.InferInput("images", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    result = client.infer("fixture.rf-16", [tensor], outputs=[triton_grpc.InferRequestedOutput("logits")], parameters={"slo_ms": 1000})
+    session = onnxruntime.InferenceSession(str(server.repository / "fixture" / "rf-16" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(result.as_numpy("logits"), session.run(None, {"images": images})[0], rtol=1e-5, atol=1e-5)
+    assert result.get_response(as_json=True)["parameters"]["shoal_variant"]["string_param"] == "fixture.rf-16"
+
+
+def test_errors_map_to_status_codes(client):
+    tensor = triton_grpc.InferInput("images", [1, 3, 16, 16], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(InferenceServerException) as missing:
+        client.infer("missing", [tensor])
+    assert missing.value.status() == "StatusCode.NOT_FOUND"
+    wrong = triton_grpc.InferInput("images", [1, 3, 16, 8], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 3, 16, 8), np.float32))
+    with pytest.raises(InferenceServerException) as bad:
+        client.infer("fixture.rf-16", [wrong])
+    assert bad.value.status() == "StatusCode.INVALID_ARGUMENT" and "[batch, 3, S, S]" in bad.value.message()
+    assert client.is_server_ready()
