@@ -1,0 +1,120 @@
+"""The batching loop with fake workers: deadlines, drops, overload and crashes, tick by tick."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from shoal.runtime.errors import DeadlineExceededError, OverloadedError, WorkerFailedError
+from shoal.runtime.metrics import ServingMetrics
+from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.worker_handle import WorkerHandle
+
+
+class FakeWorker(WorkerHandle):
+    """A worker that 'computes' by sleeping batch_ms and returns the item sums; no process."""
+
+    def __init__(self, worker_id, batch_ms, variants=("v",)):
+        super().__init__(worker_id)
+        self.alive = True
+        self.batch_ms = batch_ms
+        self.batches: list[int] = []
+        self.loaded_variants = {name: 1.0 for name in variants}
+        self.fail_next = False
+
+    async def run(self, variant_key, items):
+        self.batches.append(len(items))
+        await asyncio.sleep(self.batch_ms / 1000.0)
+        if self.fail_next:
+            raise WorkerFailedError("worker w exited while holding this request")
+        return np.stack([np.array([item.sum()], np.float32) for item in items]), self.batch_ms
+
+
+def make_scheduler(batch_ms=20.0, capacity=100, max_batch=8):
+    scheduler = Scheduler(ServingMetrics())
+    scheduler.add_queue(VariantQueue("v", lambda size: batch_ms, max_batch, capacity))
+    worker = FakeWorker("w", batch_ms)
+    scheduler.attach_worker(worker)
+    return scheduler, worker
+
+
+def test_requests_are_batched_and_answered_with_their_own_outputs():
+    async def scenario():
+        scheduler, worker = make_scheduler()
+        now = monotonic_ms()
+        futures = [scheduler.submit("v", np.full((2,), float(i), np.float32), now + 1000) for i in range(20)]
+        results = await asyncio.gather(*futures)
+        await scheduler.close()
+        return worker, results
+
+    worker, results = asyncio.run(scenario())
+    assert [float(result[0][0]) for result in results] == [2.0 * i for i in range(20)]
+    assert sum(worker.batches) == 20 and max(worker.batches) == 8 and len(worker.batches) < 20
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_dropped_explicitly():
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=30.0, max_batch=1)
+        now = monotonic_ms()
+        first = scheduler.submit("v", np.zeros(1, np.float32), now + 1000)
+        await asyncio.sleep(0.005)  # the first batch is running now
+        # Admitted (predicted finish 30 ms after the running batch)...
+        second = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 70)
+        # ...but a higher-priority request jumps ahead, so `second` can no longer make it.
+        third = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000, priority=5)
+        outcome = await asyncio.gather(first, second, third, return_exceptions=True)
+        await scheduler.close()
+        return outcome
+
+    first, second, third = asyncio.run(scenario())
+    assert isinstance(first, tuple) and isinstance(third, tuple)
+    assert isinstance(second, DeadlineExceededError) and "deadline cannot be met" in str(second)
+
+
+def test_admission_refuses_what_cannot_finish_in_time_and_a_full_queue():
+    async def scenario():
+        scheduler, _ = make_scheduler(batch_ms=50.0, capacity=3)
+        now = monotonic_ms()
+        with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
+            scheduler.submit("v", np.zeros(1, np.float32), now + 10)
+        accepted = [scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(OverloadedError, match="is full") as full:
+            for _ in range(5):
+                scheduler.submit("v", np.zeros(1, np.float32), now + 10_000)
+        assert full.value.retry_after_s >= 1.0
+        await asyncio.gather(*accepted)
+        await scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_batch_fails_its_requests_and_the_loop_goes_on():
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=5.0)
+        worker.fail_next = True
+        now = monotonic_ms()
+        doomed = scheduler.submit("v", np.zeros(1, np.float32), now + 1000)
+        with pytest.raises(WorkerFailedError):
+            await doomed
+        worker.fail_next = False
+        result = await scheduler.submit("v", np.ones(3, np.float32), monotonic_ms() + 1000)
+        await scheduler.close()
+        return result
+
+    assert float(asyncio.run(scenario())[0][0]) == 3.0
+
+
+def test_close_answers_every_queued_request():
+    async def scenario():
+        scheduler, _ = make_scheduler(batch_ms=50.0, max_batch=1)
+        now = monotonic_ms()
+        futures = [scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        await scheduler.close()
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert len(outcomes) == 5
+    assert isinstance(outcomes[0], tuple)  # the running batch finished
+    assert all(isinstance(outcome, OverloadedError) for outcome in outcomes[1:])
