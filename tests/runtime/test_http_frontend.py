@@ -1,6 +1,7 @@
 """The KServe v2 HTTP frontend against a real server process, with tritonclient and raw HTTP."""
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -118,3 +119,40 @@ def test_unknown_model_via_tritonclient_raises(server):
     tensor.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
     with pytest.raises(InferenceServerException, match="not served"):
         client.infer("missing", [tensor])
+
+
+def test_management_endpoints_unload_and_load_a_variant(fixture_repository_path):
+    from .conftest import start_server, stop_server  # noqa: TID252
+
+    server = start_server(fixture_repository_path, "--admin-token", "s3cret", "--preload", "fixture.rf-16", "--idle-unload-s", "1000")
+    try:
+        url = server.url
+        assert httpx.get(f"{url}/v2/models/fixture.rf-32/ready").status_code == 503
+        assert httpx.post(f"{url}/v2/repository/models/fixture.rf-32/load").status_code == 401
+        assert httpx.post(f"{url}/v2/repository/models/fixture.rf-32/load", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.post(f"{url}/v2/repository/models/fixture.rf-32/load", headers={"Authorization": "Bearer s3cret"}, timeout=30).status_code == 200
+        assert httpx.get(f"{url}/v2/models/fixture.rf-32/ready").status_code == 200
+        body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.0] * 3072}]})
+        assert infer_raw(server, "fixture.rf-32", body).status_code == 200
+        assert httpx.post(f"{url}/v2/repository/models/fixture.rf-32/unload", headers={"Authorization": "Bearer s3cret"}, timeout=30).status_code == 200
+        response = infer_raw(server, "fixture.rf-32", body)
+        assert response.status_code == 503 and "is not loaded" in response.json()["error"]
+    finally:
+        stop_server(server)
+
+
+def test_controller_preloads_the_neighbours_of_a_used_variant(fixture_repository_path):
+    from .conftest import start_server, stop_server  # noqa: TID252
+
+    server = start_server(fixture_repository_path, "--preload", "fixture.rf-16", "--control-interval-s", "0.2")
+    try:
+        assert httpx.get(f"{server.url}/v2/models/fixture.rf-32/ready").status_code == 503
+        body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]})
+        assert infer_raw(server, "fixture.rf-16", body).status_code == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and httpx.get(f"{server.url}/v2/models/fixture.rf-32/ready").status_code != 200:
+            time.sleep(0.2)
+        assert httpx.get(f"{server.url}/v2/models/fixture.rf-32/ready").status_code == 200
+        assert 'shoal_controller_decisions_total{action="load",variant="fixture.rf-32"} 1.0' in httpx.get(f"{server.url}/metrics").text
+    finally:
+        stop_server(server)

@@ -29,6 +29,8 @@ def serve(
     default_slo_ms: Annotated[float, typer.Option("--default-slo-ms", min=1.0, help="SLO of requests that state none.")] = 1000.0,
     max_queue_delay_ms: Annotated[float, typer.Option("--max-queue-delay-ms", min=0.0, help="How long a partial batch may wait for more.")] = 0.0,
     preload: Annotated[list[str] | None, typer.Option("--preload", help="Models to load at start (default: all).")] = None,
+    control_interval_s: Annotated[float, typer.Option("--control-interval-s", min=0.05, help="Controller period.")] = 0.5,
+    idle_unload_s: Annotated[float, typer.Option("--idle-unload-s", min=1.0, help="Unload a variant idle this long.")] = 300.0,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest accepted request body.")] = 64.0,
     admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="SHOAL_ADMIN_TOKEN", help="Bearer token for load/unload.")] = None,
 ) -> None:
@@ -58,4 +60,13 @@ def serve(
         policy=policy,
         preload=tuple(preload) if preload else None,
     )
-    run_server(config, host=host, http_port=http_port, grpc_port=grpc_port or None, admin_token=admin_token or os.environ.get("SHOAL_ADMIN_TOKEN"), max_body_bytes=int(max_body_mb * 1024 * 1024))
+    run_server(
+        config,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port or None,
+        admin_token=admin_token or os.environ.get("SHOAL_ADMIN_TOKEN"),
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        control_interval_s=control_interval_s,
+        idle_unload_after_s=idle_unload_s,
+    )

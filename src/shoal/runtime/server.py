@@ -27,9 +27,14 @@ async def serve_forever(
     admin_token: str | None = None,
     max_body_bytes: int = 64 * 1024 * 1024,
     stop_event: asyncio.Event | None = None,
+    control_interval_s: float = 0.5,
+    idle_unload_after_s: float = 300.0,
 ) -> None:
+    from shoal.runtime.controller import Controller
+
     service = InferenceService(config)
     await service.start()
+    controller_task = asyncio.create_task(Controller(service, interval_s=control_interval_s, idle_unload_after_s=idle_unload_after_s).run())
     app = build_http_app(service, admin_token=admin_token, max_body_bytes=max_body_bytes)
     http_server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=http_port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
@@ -51,6 +56,7 @@ async def serve_forever(
     while not http_server.started and not http_task.done():
         await asyncio.sleep(0.01)
     if http_task.done():
+        controller_task.cancel()
         await service.stop()
         http_task.result()
         raise SystemExit(f"HTTP frontend failed to start on {host}:{http_port}")
@@ -59,6 +65,7 @@ async def serve_forever(
     await stop.wait()
     logger.info("shutting down")
     http_server.should_exit = True
+    controller_task.cancel()
     if grpc_server is not None:
         await grpc_server.stop(grace=5)
     await service.stop()

@@ -72,6 +72,7 @@ class InferenceService:
         self.families: dict[str, Family] = {}
         self.variants: dict[str, ServedVariant] = {}  # key -> variant
         self.manager = WorkerManager(config, self.scheduler, self.metrics, self._on_variant_loaded)
+        self.requests_by_variant: dict[str, int] = {}  # items admitted per variant, read by the controller
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -206,6 +207,7 @@ class InferenceService:
                 f"input {family.input_name!r} is {tensor.shape[-1]} px but {served.key} needs at least {served.variant.input_size_px} px"
             )
         items = _preprocess(tensor, served.variant)
+        self.requests_by_variant[served.key] = self.requests_by_variant.get(served.key, 0) + len(items)
         deadline_ms = arrival_ms + slo_ms
         futures = []
         try:

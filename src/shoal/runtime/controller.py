@@ -1,0 +1,72 @@
+"""The control loop: every interval, observe the service, ask the planner, apply the plan.
+
+Today the loop manages the model cache (`shoal.planner.preload`): it preloads the variants a
+policy is likely to switch to next and unloads idle ones within the memory budget. Every
+decision is logged with its reason and counted in `shoal_controller_decisions_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from prometheus_client import Counter
+
+from shoal.planner.preload import CacheContext, CacheState, VariantUsage, plan_cache
+from shoal.runtime.service import InferenceService
+
+__all__ = ["Controller"]
+
+logger = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, service: InferenceService, *, interval_s: float = 0.5, idle_unload_after_s: float = 300.0):
+        self.service = service
+        self.interval_s = interval_s
+        self.idle_unload_after_s = idle_unload_after_s
+        self.state = CacheState()
+        self._seen_requests: dict[str, int] = {}
+        self.decisions = Counter(
+            "shoal_controller_decisions", "Model-cache decisions of the controller", ["action", "variant"], registry=service.metrics.registry
+        )
+
+    def observe(self, now_s: float) -> CacheContext:
+        usages = []
+        for key, served in self.service.variants.items():
+            total = self.service.requests_by_variant.get(key, 0)
+            usages.append(
+                VariantUsage(
+                    key=key,
+                    family=served.family.name,
+                    accuracy=served.variant.accuracy or 0.0,
+                    memory_bytes=3 * os.path.getsize(served.model_path),
+                    loaded=bool(self.service.scheduler.workers_for(key)),
+                    requests_since_last_tick=total - self._seen_requests.get(key, 0),
+                )
+            )
+            self._seen_requests[key] = total
+        return CacheContext(now_s, usages, self.service.config.cache_bytes_per_worker, self.idle_unload_after_s)
+
+    async def tick(self, now_s: float | None = None) -> None:
+        plan, self.state = plan_cache(self.observe(time.monotonic() if now_s is None else now_s), self.state)
+        for key in plan.load:
+            logger.info("controller: load %s (%s)", key, plan.reasons[key])
+            self.decisions.labels("load", key).inc()
+            await self.service.load_model(key)
+        for key in plan.unload:
+            if len(self.service.scheduler.queues[key]):
+                continue  # never unload under queued requests; the next tick decides again
+            logger.info("controller: unload %s (%s)", key, plan.reasons[key])
+            self.decisions.labels("unload", key).inc()
+            await self.service.unload_model(key)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.tick()
+            except Exception:  # a failed tick is logged and retried; the loop must not die
+                logger.exception("controller tick failed")
