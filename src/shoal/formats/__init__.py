@@ -1,0 +1,1 @@
+"""Readers and writers of external file formats (I/O lives here, never in planner/)."""
