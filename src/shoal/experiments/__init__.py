@@ -1,0 +1,1 @@
+"""Experiment grids, instance generators, metrics and plots (may read and write files)."""
