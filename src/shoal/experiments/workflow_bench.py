@@ -101,9 +101,10 @@ def _proportional_total(problem: WorkflowProblem, plan: WorkflowPlan) -> float:
 
 
 def baseline_section(problem: WorkflowProblem, settings: JellyBeanSettings,
-                     published: dict[str, Any] | None) -> dict[str, Any]:
-    plan = plan_workflow(problem, "jellybean", jellybean=settings)
-    section: dict[str, Any] = {"shoal_jellybean_policy": _plan_summary(plan)}
+                     published: dict[str, Any] | None, repeats: int) -> dict[str, Any]:
+    times, plan = _timed(lambda: plan_workflow(problem, "jellybean", jellybean=settings), repeats)
+    section: dict[str, Any] = {"shoal_jellybean_policy": _plan_summary(plan),
+                               "solve_time_s_max": round(max(times), 4)}
     if published is not None:
         published_total = published["compute_cost"] + published["communication_cost"]
         section["published"] = {"total_cost": published_total, **published}
@@ -220,7 +221,7 @@ def run_workflow_bench(anchors_dir: Path | None = None, quick: bool = False,
         "input_warnings": [str(item.message) for item in caught],
         "environment": {"python": platform.python_version(), "scipy": scipy.__version__,
                         "machine": platform.machine(), "cpu_count": os.cpu_count(), "quick": quick},
-        "baseline": baseline_section(problem, settings, published),
+        "baseline": baseline_section(problem, settings, published, repeats),
         "optima": optima_section(problem, published_total, repeats),
         "sweep": sweep_section(problem, settings,
                                thresholds or (QUICK_THRESHOLDS if quick else FULL_THRESHOLDS),
@@ -238,7 +239,7 @@ def summary_text(results: dict[str, Any]) -> str:
     base = results["baseline"]
     ours = base["shoal_jellybean_policy"]
     lines = [f"input warning: {text}" for text in results.get("input_warnings", [])]
-    lines.append(f"jellybean baseline: {ours['total_cost']:.7f} $/h")
+    lines.append(f"jellybean baseline: {ours['total_cost']:.7f} $/h in {base['solve_time_s_max']:.3f} s")
     if "published" in base:
         lines[-1] += (f" vs published {base['published']['total_cost']:.7f} (delta {base['delta_total_cost']:.1e}, "
                       f"same assignment: {base['same_assignment']})")
