@@ -95,3 +95,9 @@ def test_console_script_entry_point_runs(fixture_repository_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)) == 3
+
+
+def test_usage_errors_exit_2_without_a_traceback(capsys):
+    code, _, err = run_cli(capsys, "zoo", "add", "--family", "f")
+    assert code == 2
+    assert "Missing option" in err and "Traceback" not in err

@@ -25,24 +25,17 @@ __all__ = ["app", "bench_app", "main", "plan_app", "zoo_app"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; shoal's own errors become `error: ...` on stderr with exit status 2 (1 for devices)."""
+    """Run the CLI; shoal's own errors become `error: ...` on stderr with exit status 2 (1 for devices).
+
+    Typer runs in standalone mode so that usage errors (a missing option, a bad value) are
+    printed by typer itself and end in SystemExit with click's status 2.
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=True)
     except ShoalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1 if isinstance(error, DeviceUnavailableError) else 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
     except SystemExit as exit_request:
-        return int(exit_request.code or 0)
-    except Exception as error:  # click's usage errors arrive here in non-standalone mode
-        from click.exceptions import ClickException, Abort
-
-        if isinstance(error, ClickException):
-            error.show()
-            return error.exit_code
-        if isinstance(error, Abort):
-            return 1
-        raise
+        code = exit_request.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     return 0
