@@ -49,6 +49,7 @@ from shoal.planner.workflow.model import PlanOptions, Route, WorkflowPlan, Workf
 __all__ = ["plan_exact"]
 
 _MIP_REL_GAP = 1e-9
+_HIGHS_OPTIMAL, _HIGHS_INFEASIBLE = 0, 2  # scipy.optimize.milp result statuses
 _LOAD_EPS_RPS = 1e-9
 _TIE_USD_PER_HOUR = 1e-9
 _CUTOFF_SLACK_USD_PER_HOUR = 1e-7  # keeps equal-cost combinations (the more accurate one wins)
@@ -231,8 +232,9 @@ def plan_exact(problem: WorkflowProblem, options: PlanOptions) -> WorkflowPlan:
         resolved = resolve(problem, assignment)
         form = _build(resolved, options)
         relaxed = _solve(form, relax=True)
-        if relaxed.status == 0:
-            candidates.append((relaxed.fun, -accuracy, resolved, form, accuracy))
+        if relaxed.status != _HIGHS_INFEASIBLE:  # no bound unless the LP solved: solve the MILP
+            bound = relaxed.fun if relaxed.status == _HIGHS_OPTIMAL else -np.inf
+            candidates.append((bound, -accuracy, resolved, form, accuracy))
     candidates.sort(key=lambda item: (item[0], item[1]))
     best_plan = None
     best_key = (np.inf, 0.0)
@@ -242,8 +244,16 @@ def plan_exact(problem: WorkflowProblem, options: PlanOptions) -> WorkflowPlan:
             break
         result = _solve(form, relax=False, cutoff_usd_per_hour=best_key[0] + _CUTOFF_SLACK_USD_PER_HOUR)
         solved += 1
-        if result.status != 0 or result.x is None:
-            continue
+        if result.status == _HIGHS_INFEASIBLE:
+            continue  # this combination cannot carry the load (or cannot beat the incumbent)
+        if result.status != _HIGHS_OPTIMAL or result.x is None:
+            return WorkflowPlan(
+                status="failed", policy="shoal", options=options, accuracy_target=spec.target,
+                num_combinations_solved=solved,
+                message=f"HiGHS stopped without an optimality proof on variants "
+                        f"{ {t: resolved.assignment[t] for t in resolved.tasks} }: "
+                        f"{result.message}",
+            )
         key = (result.fun, neg_accuracy)
         if key[0] < best_key[0] - _TIE_USD_PER_HOUR or (
             abs(key[0] - best_key[0]) <= _TIE_USD_PER_HOUR and key[1] < best_key[1]

@@ -256,7 +256,7 @@ class WorkflowPlan:
     status: "optimal" (proved by the exact solver), "feasible" (a heuristic plan meeting the
     target), "below_target" (a heuristic plan whose real accuracy misses the target: never a
     plan to run), "infeasible" (proved: no plan meets the target / carries the load), "failed"
-    (a heuristic found nothing, which proves nothing).
+    (a heuristic found nothing, or the solver stopped without a proof: this proves nothing).
     """
 
     status: PlanStatus
