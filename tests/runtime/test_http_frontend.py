@@ -156,3 +156,22 @@ def test_controller_preloads_the_neighbours_of_a_used_variant(fixture_repository
         assert 'shoal_controller_decisions_total{action="load",variant="fixture.rf-32"} 1.0' in httpx.get(f"{server.url}/metrics").text
     finally:
         stop_server(server)
+
+
+def test_replicas_follow_the_requested_count(fixture_repository_path):
+    from .conftest import start_server, stop_server  # noqa: TID252
+
+    server = start_server(fixture_repository_path, "--workers", "2", "--threads", "1", "--preload", "fixture.rf-16", "--idle-unload-s", "1000")
+    try:
+        url = server.url
+        assert httpx.get(f"{url}/v2/repository/replicas").json()["fixture.rf-16"] == 2
+        response = httpx.post(f"{url}/v2/repository/models/fixture.rf-16/replicas", json={"replicas": 1}, timeout=30)
+        assert response.json() == {"model": "fixture.rf-16", "replicas": 1}
+        assert httpx.post(f"{url}/v2/repository/models/fixture.rf-32/replicas", json={"replicas": 5}, timeout=30).json()["replicas"] == 2
+        counts = httpx.get(f"{url}/v2/repository/replicas").json()
+        assert (counts["fixture.rf-16"], counts["fixture.rf-32"], counts["fixture.rf-64"]) == (1, 2, 0)
+        bad = httpx.post(f"{url}/v2/repository/models/fixture/replicas", json={"replicas": 1})
+        assert bad.status_code == 400 and "replicas are set per variant" in bad.json()["error"]
+        assert httpx.post(f"{url}/v2/repository/models/fixture.rf-16/replicas", json={"replicas": -1}).status_code == 400
+    finally:
+        stop_server(server)

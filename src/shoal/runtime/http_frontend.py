@@ -1,13 +1,16 @@
 """KServe v2 / Open Inference Protocol over HTTP (Starlette), with Triton's binary extension.
 
 Routes: /v2, /v2/health/{live,ready}, /v2/models/{m}[/versions/{v}][/ready|/infer],
-/v2/repository/index, /v2/repository/models/{m}/{load,unload} and /metrics. Every error is a
+/v2/repository/index, /v2/repository/models/{m}/{load,unload}, shoal's replica extension
+(POST /v2/repository/models/{m}/replicas {"replicas": n}, GET /v2/repository/replicas) and
+/metrics. Every error is a
 JSON body `{"error": ...}` with the status the ServingError carries; anything unexpected is
 a 500 with a generic message, logged with its traceback.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 
@@ -116,6 +119,19 @@ def build_http_app(service: InferenceService, *, max_body_bytes: int = 64 * 1024
         await service.unload_model(request.path_params["model"])
         return JSONResponse({})
 
+    async def replicas(request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse(service.replica_counts())
+        require_token(request)
+        try:
+            body = json.loads(await read_body(request))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequestError("body must be JSON like {\"replicas\": 2}") from None
+        if not isinstance(body, dict) or "replicas" not in body:
+            raise BadRequestError("body must be JSON like {\"replicas\": 2}")
+        reached = await service.set_replicas(request.path_params["model"], body["replicas"])
+        return JSONResponse({"model": request.path_params["model"], "replicas": reached})
+
     async def metrics(request: Request) -> Response:
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -132,6 +148,8 @@ def build_http_app(service: InferenceService, *, max_body_bytes: int = 64 * 1024
         Route("/v2/repository/index", guarded(repository_index), methods=["POST", "GET"]),
         Route("/v2/repository/models/{model}/load", guarded(load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", guarded(unload), methods=["POST"]),
+        Route("/v2/repository/models/{model}/replicas", guarded(replicas), methods=["POST"]),
+        Route("/v2/repository/replicas", guarded(replicas), methods=["GET"]),
         Route("/metrics", guarded(metrics), methods=["GET"]),
     ]
     return Starlette(routes=routes)

@@ -166,6 +166,20 @@ class InferenceService:
             await self.manager.unload(key)
             self.metrics.loaded.labels(key).set(0)
 
+    async def set_replicas(self, model_name: str, replicas: int) -> int:
+        """Run an exact variant on `replicas` workers (0 unloads it); returns the count reached."""
+        _, served = self.resolve(model_name)
+        if served is None:
+            raise BadRequestError(f"{model_name!r} is a family; replicas are set per variant (<family>.<variant>)")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise BadRequestError("'replicas' must be a non-negative integer")
+        reached = await self.manager.set_replicas(served, replicas)
+        self.metrics.loaded.labels(served.key).set(1 if reached else 0)
+        return reached
+
+    def replica_counts(self) -> dict[str, int]:
+        return {key: len(self.scheduler.workers_for(key)) for key in self.variants}
+
     # -- inference ------------------------------------------------------------------------------
     def _choose(self, family: Family, query: Query) -> Selection:
         now = monotonic_ms()

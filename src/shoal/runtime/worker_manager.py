@@ -122,6 +122,23 @@ class WorkerManager:
         cache[served.key] = size
         self.on_loaded(served.key, reply)
 
+    async def set_replicas(self, served: "ServedVariant", replicas: int) -> int:
+        """Hold the variant on exactly `replicas` live workers (capped by the number of workers).
+
+        Workers that already hold it keep it first, so scaling never reloads needlessly.
+        Returns the replica count reached.
+        """
+        self._variants[served.key] = served
+        alive = [worker for worker in self.workers.values() if worker.alive]
+        holders = sorted(alive, key=lambda worker: served.key not in worker.loaded_variants)
+        target = max(0, min(replicas, len(alive)))
+        await asyncio.gather(*(self._load_on(worker, served) for worker in holders[:target]))
+        for worker in holders[target:]:
+            if served.key in worker.loaded_variants:
+                await worker.unload(served.key)
+            self._cache[worker.worker_id].pop(served.key, None)
+        return target
+
     async def unload(self, key: str) -> None:
         self._variants.pop(key, None)
         for worker in self.workers.values():
