@@ -1,0 +1,85 @@
+"""`shoal bench serve` end to end on the fixture family (short points, no Ray), and its pieces."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from shoal.cli import main
+from shoal.core.errors import InvalidInputError
+from shoal.experiments.serve_bench import BenchConfig, measure_tensor_transport, run_serve_bench, select_targets, summary_text, write_results
+from shoal.zoo.repository import ModelRepository
+
+
+def test_a_family_means_its_heaviest_and_lightest_variant(fixture_repository_path):
+    targets = select_targets(ModelRepository(fixture_repository_path), "fixture", include_light=True)
+    assert [(t.role, t.variant, t.input_shape) for t in targets] == [("heavy", "rf-64", (1, 3, 64, 64)), ("light", "rf-16", (1, 3, 16, 16))]
+    (only,) = select_targets(ModelRepository(fixture_repository_path), "fixture.rf-32", include_light=True)
+    assert (only.role, only.key) == ("selected", "fixture.rf-32")
+
+
+def test_an_unknown_family_or_system_is_a_clear_error(fixture_repository_path):
+    with pytest.raises(InvalidInputError, match=r"family 'demo' is not in .* \(families: fixture\); run `shoal zoo build-demo`"):
+        select_targets(ModelRepository(fixture_repository_path), "demo", include_light=False)
+    with pytest.raises(InvalidInputError, match="variant 'rf-99' is not in family 'fixture'"):
+        select_targets(ModelRepository(fixture_repository_path), "fixture.rf-99", include_light=False)
+    with pytest.raises(InvalidInputError, match="--systems must be a comma-separated subset of shoal,lean_http,ray_serve,onnxruntime"):
+        BenchConfig(repository=fixture_repository_path, systems=("shoal", "triton"))
+
+
+def test_cli_reports_a_missing_family_in_one_line(capsys, fixture_repository_path, tmp_path):
+    code = main(["bench", "serve", "--repo", str(fixture_repository_path), "--model", "demo", "--quick", "--out", str(tmp_path)])
+    assert code == 2
+    assert "error: --model 'demo': family 'demo' is not in" in capsys.readouterr().err
+
+
+def test_shared_memory_and_pickle_transport_are_both_measured():
+    rows = measure_tensor_transport({"tiny": (3, 8, 8)}, batch_sizes=(1, 4), num_classes=10, repeats=3)
+    assert [(row["variant"], row["batch_size"], row["batch_bytes"]) for row in rows] == [("tiny", 1, 768), ("tiny", 4, 3072)]
+    assert all(row["shared_memory_us_p50"] > 0 and row["pickle_us_p50"] > 0 for row in rows)
+
+
+def test_bench_serve_end_to_end_on_the_fixture_family(fixture_repository_path, tmp_path):
+    config = BenchConfig(
+        repository=fixture_repository_path,
+        model="fixture.rf-16",
+        slo_ms=200.0,
+        quick=True,
+        systems=("shoal", "onnxruntime", "lean_http"),
+        point_duration_s=0.3,
+    )
+    steps = []
+    results = run_serve_bench(config, progress=lambda description, done, total: steps.append((done, total)))
+    files = write_results(results, tmp_path)
+
+    # The headline shape the issue asks for (ray_serve not selected: absent, ratio null).
+    assert results["model"] == "fixture.rf-16"
+    for system in ("shoal", "lean_http", "onnxruntime"):
+        assert results[system]["goodput_rps"] > 0, (system, results[system])
+    assert "ray_serve" not in results and results["ratio_vs_ray_serve"] is None
+    assert results["ratio_vs_lean"] == pytest.approx(results["shoal"]["goodput_rps"] / results["lean_http"]["goodput_rps"], rel=1e-3)
+    assert results["ratio_vs_ceiling"] > 0
+    assert isinstance(results["overhead_p50_ms"], float)
+    assert set(results["targets"]) >= {"goodput_vs_lean >= 0.9x", "overhead_p50_ms <= 1.5", "p99 at 2x overload <= SLO"}
+
+    # Every server answered requests at every kind of point, and nothing went missing.
+    systems = results["variants"]["selected"]["systems"]
+    for system in ("shoal", "lean_http"):
+        points = systems[system]["points"]
+        assert {p["kind"] for p in points} >= {"low_load", "probe", "sweep", "overload"}
+        for point in points:
+            assert point["num_ok"] > 0, (system, point)
+            assert point["num_requests"] == point["num_ok"] + point["num_shed"] + point["num_dropped"] + point["num_http_errors"] + point["num_client_errors"]
+        assert systems[system]["startup_s"] > 0
+    assert all(p["variants"] == {"fixture.rf-16": p["num_ok"]} for p in systems["shoal"]["points"])
+    assert [row["batch_size"] for row in results["transport"]] == [1, 32]
+    assert steps and steps[-1][0] == steps[-1][1]
+
+    # Files: JSON round-trips, one CSV row per point plus the ceiling, a PNG.
+    assert json.loads((tmp_path / "serve.json").read_text())["files"] == files
+    rows = list(csv.DictReader((tmp_path / "serve.csv").open()))
+    assert len(rows) == len(systems["shoal"]["points"]) + len(systems["lean_http"]["points"]) + 1
+    assert (tmp_path / "serve.png").stat().st_size > 10_000
+    assert "fixture.rf-16 (selected)" in summary_text(results)
