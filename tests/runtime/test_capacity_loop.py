@@ -314,9 +314,9 @@ def test_control_file_may_name_a_system_file(tmp_path, small_dir):
 
 def test_runtime_metrics_are_read_per_variant():
     metrics = ServingMetrics()
-    metrics.answered("fixture", "rf-32", 1.0, 4.0)  # a family request served by rf-32
-    metrics.answered("fixture.rf-32", "rf-32", 1.0, 6.0)
-    metrics.outcome("fixture", "rf-32", "shed")
+    metrics.answered("fixture", "fixture.rf-32", 1.0, 4.0)  # a family request served by rf-32
+    metrics.answered("fixture.rf-32", "fixture.rf-32", 1.0, 6.0)
+    metrics.outcome("fixture", "fixture.rf-32", "shed")
     metrics.batch("fixture.rf-32", 2, 3.0)
     metrics.set_pending("fixture.rf-32", 3)
     sample = parse_metrics(metrics.render().decode(), taken_at_s=7.0)

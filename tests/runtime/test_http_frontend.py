@@ -109,7 +109,7 @@ def test_every_concurrent_request_gets_exactly_one_answer_and_metrics_count_them
     assert set(statuses) <= {200, 429}
     assert statuses.count(200) >= 100
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'shoal_requests_total{model="fixture.rf-64",outcome="success",variant="rf-64"}' in metrics
+    assert 'shoal_requests_total{model="fixture.rf-64",outcome="success",variant="fixture.rf-64"}' in metrics
     assert "shoal_batch_size_bucket" in metrics and "shoal_pending_requests" in metrics
 
 

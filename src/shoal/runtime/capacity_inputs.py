@@ -186,13 +186,12 @@ def parse_system_body(body: bytes, content_type: str | None = None) -> CapacityS
 def parse_metrics(text: str, taken_at_s: float) -> MetricsSample:
     """shoal's runtime metrics (Prometheus text) -> counters per `<family>.<variant>`.
 
-    `shoal_requests_total` is labelled with the requested model (a family or an exact variant)
-    and the short variant name; `shoal_batch_size` and `shoal_pending_requests` with the full
-    key; `shoal_request_seconds` with the short name, resolved where it is unambiguous.
+    Every per-variant series carries the full key `<family>.<variant>` in its `variant` label
+    (`shoal_requests_total` also names the requested model: a family or an exact variant).
     """
     requests: dict[str, dict[str, float]] = {}
     batches: dict[str, list[float]] = {}
-    latency_by_short: dict[str, list[float]] = {}
+    latency: dict[str, list[float]] = {}
     pending: dict[str, float] = {}
     try:
         families = list(text_string_to_metric_families(text))
@@ -202,24 +201,18 @@ def parse_metrics(text: str, taken_at_s: float) -> MetricsSample:
         for sample in family.samples:
             labels = sample.labels
             if sample.name == "shoal_requests_total":
-                model, short = labels.get("model", ""), labels.get("variant", "")
-                key = model if "." in model else f"{model}.{short}"
+                key = labels.get("variant", "")
                 outcomes = requests.setdefault(key, {})
                 outcomes[labels.get("outcome", "")] = outcomes.get(labels.get("outcome", ""), 0.0) + sample.value
             elif sample.name in ("shoal_batch_size_sum", "shoal_batch_size_count"):
                 slot = batches.setdefault(labels.get("variant", ""), [0.0, 0.0])
                 slot[0 if sample.name.endswith("_count") else 1] = sample.value
             elif sample.name in ("shoal_request_seconds_sum", "shoal_request_seconds_count"):
-                slot = latency_by_short.setdefault(labels.get("variant", ""), [0.0, 0.0])
+                slot = latency.setdefault(labels.get("variant", ""), [0.0, 0.0])
                 slot[0 if sample.name.endswith("_count") else 1] = sample.value
             elif sample.name == "shoal_pending_requests":
                 pending[labels.get("variant", "")] = sample.value
     keys = set(requests) | set(batches) | set(pending)
-    latency: dict[str, list[float]] = {}
-    for label, values in latency_by_short.items():
-        matches = [label] if "." in label else [key for key in keys if key.split(".", 1)[1] == label]
-        if len(matches) == 1:
-            latency[matches[0]] = values
     variants = {
         key: VariantCounters(
             requests_by_outcome=requests.get(key, {}),

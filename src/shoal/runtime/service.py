@@ -230,7 +230,7 @@ class InferenceService:
         except OverloadedError:
             for future in futures:
                 future.cancel()
-            self.metrics.outcome(model_name, served.variant.name, "shed")
+            self.metrics.outcome(model_name, served.key, "shed")
             raise
         try:
             results = await asyncio.gather(*futures)
@@ -238,12 +238,12 @@ class InferenceService:
             for future in futures:
                 future.cancel()
             outcome = "dropped" if isinstance(error, DeadlineExceededError) else "failure"
-            self.metrics.outcome(model_name, served.variant.name, outcome)
+            self.metrics.outcome(model_name, served.key, outcome)
             raise
         outputs = np.stack([result[0] for result in results])
         total_ms = monotonic_ms() - arrival_ms
         queue_ms = max(result[1] for result in results)
-        self.metrics.answered(model_name, served.variant.name, queue_ms, total_ms)
+        self.metrics.answered(model_name, served.key, queue_ms, total_ms)
         return InferenceResult(
             model_name=model_name,
             output_name=family.output_name,
