@@ -199,7 +199,7 @@ def _outcomes(url: str) -> dict[str, float]:
     with urllib.request.urlopen(f"{url}/metrics", timeout=5.0) as response:
         text = response.read().decode()
     counts: dict[str, float] = {}
-    for match in re.finditer(r'^shoal_requests_total\{model="fixture.rf-16",outcome="(\w+)",variant="rf-16"\} (\S+)$', text, re.M):
+    for match in re.finditer(r'^shoal_requests_total\{model="fixture.rf-16",outcome="(\w+)",variant="fixture.rf-16"\} (\S+)$', text, re.M):
         counts[match.group(1)] = float(match.group(2))
     return counts
 

@@ -15,10 +15,12 @@ from shoal.core.errors import DeviceUnavailableError, ShoalError
 # Importing a command module registers its commands on the apps above.
 from shoal.cli import demo as _demo  # noqa: F401,E402
 from shoal.cli import plan as _plan  # noqa: F401,E402
+from shoal.cli import plan_edge as _plan_edge  # noqa: F401,E402
 from shoal.cli import plan_workflow as _plan_workflow  # noqa: F401,E402
 from shoal.cli import plan_capacity as _plan_capacity  # noqa: F401,E402
 from shoal.cli import profile as _profile  # noqa: F401,E402
 from shoal.cli import serve as _serve  # noqa: F401,E402
+from shoal.cli import bench_serve as _bench_serve  # noqa: F401,E402
 from shoal.cli import zoo as _zoo  # noqa: F401,E402
 
 __all__ = ["app", "bench_app", "main", "plan_app", "zoo_app"]
