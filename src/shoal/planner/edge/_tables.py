@@ -21,7 +21,7 @@ from shoal.planner.edge.model import (
     switch_factor,
 )
 
-__all__ = ["EdgeTables", "build_tables"]
+__all__ = ["EdgeTables", "build_tables", "keep_loaded_variants", "tighten_batches", "useful_configs"]
 
 
 @dataclass(frozen=True)
@@ -227,3 +227,29 @@ def keep_loaded_variants(
         new_configs[target[w]] = config
     new_assignment = [None if a is None else (target[a[0]], a[1]) for a in assignment]
     return new_configs, new_assignment
+
+
+def useful_configs(tables: EdgeTables, d: int, prune_dominated: bool = True) -> list[tuple[int, int]]:
+    """Configurations (v, k) on device d that some client can use and no other one dominates."""
+    num_v, num_k = tables.num_variants, len(tables.batches)
+    accuracy = tables.best_accuracy[:, d].reshape(tables.num_clients, num_v * num_k)  # (C, VK)
+    capacity = tables.capacity_fps[d].reshape(-1)
+    switch = np.repeat(tables.switch, num_k, axis=1)  # (W, VK)
+    candidates = np.flatnonzero((capacity > 0) & (accuracy >= 0).any(axis=0))
+    if not prune_dominated or candidates.size < 2:
+        return [divmod(int(i), num_k) for i in candidates]
+    rows, cap, sw = np.ascontiguousarray(accuracy[:, candidates].T), capacity[candidates], switch[:, candidates].T
+    # Configuration i is dropped when a kept j is no worse in capacity, switching and every
+    # client's accuracy. Dominance is transitive, so checking against kept ones suffices when
+    # every possible dominator comes first: sort by capacity, then total accuracy, decreasing.
+    order = np.lexsort((-rows.sum(axis=1), -cap))
+    kept_rows: list[int] = []
+    for i in order.tolist():
+        if kept_rows:
+            j = np.asarray(kept_rows)
+            dominated = (cap[j] >= cap[i]) & (sw[j] >= sw[i]).all(axis=1) & (rows[j] >= rows[i]).all(axis=1)
+            if dominated.any():
+                continue
+        kept_rows.append(i)
+    kept = np.sort(candidates[kept_rows])
+    return [divmod(int(i), num_k) for i in kept]

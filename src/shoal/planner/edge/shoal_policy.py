@@ -17,10 +17,16 @@ fps * accuracy * switch factor, and a worker's value is the sum over its clients
    worker fills by its advantage over the second, the second takes what is left. This lets one
    worker upgrade while the other downgrades to absorb the clients it sheds, which no single
    move can do. After an improving pair move, single moves run again.
+4. Kicks, when nothing improves: the best few pair plans are applied even at a loss and followed
+   by single moves of everyone; kept if the result is better (a third worker re-packing is what
+   makes some upgrades pay off).
+5. For few workers the whole descent also runs from an empty plan; the better result is kept.
 
 Every move is exact in the objective and keeps the state feasible. Effort is bounded by
-counts (`max_rounds`, `work_budget` in client-configuration-pair evaluations,
-`pair_max_workers`), never by a clock, so one instance always gives one plan.
+counts (`max_rounds`, `work_budget` in client x configuration-pair evaluations,
+`pair_max_workers`), never by a clock, so one instance always gives one plan. Steps 3-5 run
+only up to `pair_max_workers` workers: beyond, the start and single moves already leave
+little (a full pair pass gained 0.1-0.4% at 16 workers x 160 clients, for seconds).
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shoal.planner.edge._shoal_repack import capacity_units, frame_rate_unit, repack_two
 from shoal.planner.edge._shoal_start import contiguous_start
-from shoal.planner.edge._tables import EdgeTables, keep_loaded_variants, tighten_batches
-from shoal.planner.edge.exact import useful_configs
+from shoal.planner.edge._tables import EdgeTables, keep_loaded_variants, tighten_batches, useful_configs
 
 __all__ = ["ShoalOptions", "ShoalResult", "solve_shoal"]
 
@@ -48,9 +54,12 @@ class ShoalOptions:
     """Candidate configurations per worker in a pair move (the best of each variant first)."""
     work_budget: int = 3_000_000
     """Client x configuration-pair evaluations the pair moves may spend in total."""
+    empty_start: bool = True
+    """For few workers, also descend from an empty plan (single moves build it up)."""
+    kicks_per_pair: int = 4
+    """Best pair plans tried as kicks (followed by single moves) when no move improves."""
     pair_max_workers: int = 8
-    """Pair moves only up to this many workers: beyond, the start and single moves leave little
-    to gain (+0.1-0.4% for seconds of pair passes at 16 workers x 160 clients)."""
+    """Pair moves, kicks and the second start only up to this many workers."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,8 @@ class _Search:
         self.value = np.zeros(tables.num_clients)
         self.moves = 0
         self.work = 0
+        self.unit = frame_rate_unit(self.fps) if self.fps.size else None
+        self.units = np.rint(self.fps / self.unit).astype(int) if self.unit else None
 
     def capacity(self, w: int) -> np.ndarray:
         return self.capacity_of_device[int(self.tables.worker_device[w])]
@@ -179,16 +190,17 @@ class _Search:
             seen.add(v)
         return np.asarray((first + rest)[: self.options.pair_configs], dtype=int)
 
-    def _pair_move(self, first: int, second: int) -> bool:
+    def _pair_plans(self, first: int, second: int):
+        """Every candidate configuration pair of two workers, scored: (total, rows, masks, clients)."""
         pair = (first, second)
         gains_1, gains_2 = self._gains(first, pair), self._gains(second, pair)
         relevant = np.flatnonzero((gains_1 > 0).any(axis=0) | (gains_2 > 0).any(axis=0))
         if relevant.size == 0:
-            return False
+            return None
         gains_1, gains_2, fps = gains_1[:, relevant], gains_2[:, relevant], self.fps[relevant]
         rows_1, rows_2 = self._candidates(first, gains_1, fps), self._candidates(second, gains_2, fps)
         if rows_1.size == 0 or rows_2.size == 0:
-            return False
+            return None
         shape = (rows_1.size, rows_2.size, relevant.size)
         self.work += int(np.prod(shape))
         a = np.broadcast_to(gains_1[rows_1][:, None, :], shape)
@@ -197,15 +209,28 @@ class _Search:
         priority = np.where(a > 0, (a - b) / fps + tie, -np.inf)
         take_1, value_1 = _fill(priority, a, fps, self.capacity(first)[rows_1][:, None])
         left = np.where(take_1, 0.0, b)
-        take_2, value_2 = _fill(np.where(left > 0, left / fps + tie, -np.inf), left, fps, self.capacity(second)[rows_2][None, :])
-        total = value_1 + value_2
-        i, j = np.unravel_index(int(np.argmax(total)), total.shape)
-        if total[i, j] - self._current(pair) <= self.tolerance:
-            return False
+        take_2, value_2 = _fill(
+            np.where(left > 0, left / fps + tie, -np.inf), left, fps, self.capacity(second)[rows_2][None, :]
+        )
+        return value_1 + value_2, (rows_1, rows_2), (take_1, take_2), relevant
+
+    def _apply_pair(self, first: int, second: int, plans, i: int, j: int) -> None:
+        _, (rows_1, rows_2), (take_1, take_2), relevant = plans
+        pair = (first, second)
         self.value[np.isin(self.assign, pair)] = 0.0
         self.assign[np.isin(self.assign, pair)] = -1
         self._apply(first, int(rows_1[i]), relevant[take_1[i, j]].tolist())
         self._apply(second, int(rows_2[j]), relevant[take_2[i, j]].tolist())
+
+    def _pair_move(self, first: int, second: int) -> bool:
+        plans = self._pair_plans(first, second)
+        if plans is None:
+            return False
+        total = plans[0]
+        i, j = np.unravel_index(int(np.argmax(total)), total.shape)
+        if total[i, j] - self._current((first, second)) <= self.tolerance:
+            return False
+        self._apply_pair(first, second, plans, int(i), int(j))
         return True
 
     def pair_moves(self) -> bool:
@@ -218,6 +243,39 @@ class _Search:
                 improved |= self._pair_move(first, second)
         return improved
 
+    def _snapshot(self):
+        return list(self.config), self.assign.copy(), self.value.copy()
+
+    def _restore(self, snapshot) -> None:
+        self.config, self.assign, self.value = list(snapshot[0]), snapshot[1].copy(), snapshot[2].copy()
+
+    def kick_moves(self) -> bool:
+        """Pair plans that lose value on their own, each followed by single moves of everyone:
+        one worker's upgrade can pay off only once a third worker re-packs."""
+        num_w = len(self.config)
+        best_value, best = float(self.value.sum()), None
+        for first in range(num_w):
+            for second in range(first + 1, num_w):
+                if self.work >= self.options.work_budget:
+                    break
+                base = self._snapshot()
+                plans = self._pair_plans(first, second)
+                if plans is None:
+                    continue
+                total = plans[0]
+                for flat in np.argsort(-total, axis=None, kind="stable")[: self.options.kicks_per_pair].tolist():
+                    i, j = np.unravel_index(flat, total.shape)
+                    self._restore(base)
+                    self._apply_pair(first, second, plans, int(i), int(j))
+                    self.single_moves()
+                    if float(self.value.sum()) > best_value + self.tolerance:
+                        best_value, best = float(self.value.sum()), self._snapshot()
+                self._restore(base)
+        if best is None:
+            return False
+        self._restore(best)
+        return True
+
     def start(self) -> None:
         capacities = [self.capacity(w) for w in range(len(self.config))]
         self.config, self.assign = contiguous_start(self.worker_value, capacities, self.fps)
@@ -226,15 +284,58 @@ class _Search:
             if w >= 0:
                 self.value[c] = self.worker_value[w][self.config[w], c]
 
-    def run(self) -> None:
-        self.start()
+    def repack_pairs(self) -> bool:
+        """Re-pack every pair of busy workers optimally, configurations fixed (`_shoal_repack`)."""
+        if self.unit is None:
+            return False
+        improved = False
+        busy = [w for w in range(len(self.config)) if self.config[w] >= 0]
+        for index, first in enumerate(busy):
+            for second in busy[index + 1 :]:
+                pair = (first, second)
+                items = np.flatnonzero(np.isin(self.assign, pair) | (self.assign == -1))
+                k1, k2 = self.config[first], self.config[second]
+                values_1 = self.worker_value[first][k1, items]
+                values_2 = self.worker_value[second][k2, items]
+                keep = (values_1 > 0) | (values_2 > 0)
+                items, values_1, values_2 = items[keep], values_1[keep], values_2[keep]
+                caps = (capacity_units(self.capacity(first)[k1], self.unit), capacity_units(self.capacity(second)[k2], self.unit))
+                result = repack_two(values_1, values_2, self.units[items], *caps)
+                if result is None or result[0] - self._current(pair) <= self.tolerance:
+                    continue
+                self.value[np.isin(self.assign, pair)] = 0.0
+                self.assign[np.isin(self.assign, pair)] = -1
+                self._apply(first, k1, items[result[1] == 1].tolist())
+                self._apply(second, k2, items[result[1] == 2].tolist())
+                improved = True
+        return improved
+
+    def descend(self) -> None:
+        """Single moves, then pair moves and kicks while they improve (pairs only for few workers)."""
         self.single_moves()
         if len(self.config) > self.options.pair_max_workers:
             return
         for _ in range(self.options.max_rounds):
-            if self.work >= self.options.work_budget or not self.pair_moves():
+            if self.work >= self.options.work_budget:
                 break
-            self.single_moves()
+            if self.pair_moves() or self.repack_pairs():
+                self.single_moves()
+            elif not self.kick_moves():
+                break
+
+    def run(self) -> None:
+        """Descend from the block start and, for few workers, also from an empty plan; keep the best."""
+        self.start()
+        self.descend()
+        if len(self.config) > self.options.pair_max_workers or not self.options.empty_start:
+            return
+        best = self._snapshot()
+        self.config = [-1] * len(self.config)
+        self.assign[:] = -1
+        self.value[:] = 0.0
+        self.descend()
+        if float(best[2].sum()) >= float(self.value.sum()):
+            self._restore(best)
 
 
 def _fill(priority: np.ndarray, gains: np.ndarray, fps: np.ndarray, capacity: np.ndarray):
