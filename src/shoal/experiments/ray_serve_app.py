@@ -46,6 +46,9 @@ def build_ray_app(
         num_replicas=1,
         max_ongoing_requests=max_ongoing_requests,
         ray_actor_options={"num_cpus": 1},
+        # The benchmark is over when Serve shuts down: do not wait 20 s for stragglers.
+        graceful_shutdown_wait_loop_s=0.5,
+        graceful_shutdown_timeout_s=2.0,
     )
     class OnnxModel:
         def __init__(self) -> None:

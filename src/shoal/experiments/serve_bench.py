@@ -13,12 +13,14 @@ drives them with byte-identical requests:
   and the batch-1 latency that "overhead" is measured against.
 
 Per server the sweep is: warm-up; low load (closed loop, one request in flight: the p50 that
-gives `overhead_p50_ms`); a closed-loop probe with 2 x B in flight to find the scale X; open-
-loop Poisson points at fractions of X up past saturation (extended while goodput still rises);
-and a final open-loop point at 2 x the peak goodput (the overload check: p99 of answered
-requests should stay within the SLO). Peak goodput = the best goodput of the open-loop points.
-The rates differ per system because their capacities differ by 10x; with the same seed the
-arrival pattern is the same process scaled in time.
+gives `overhead_p50_ms`); open-loop Poisson points on a geometric ladder of fractions of the
+ceiling up past saturation, extended and refined around the best point (`_sweep_plan`); and a
+final open-loop point at 2 x the peak goodput (the overload check: p99 of answered requests
+should stay within the SLO). Peak goodput = the best goodput of the open-loop points. The
+ladder adapts per system because their capacities differ by 10x; with the same seed the
+arrival pattern is the same process scaled in time. shoal and lean_http are up at the same
+time and their sweeps are interleaved request by request, so drift in the machine's background
+load hits both alike; Ray Serve runs on its own (its daemons use CPU even when idle).
 
 The machine is small and shared, so ratios come from one run, measured side by side, and
 every point records the generator's and the server's CPU use next to its numbers.
@@ -45,8 +47,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,9 @@ __all__ = [
 
 SYSTEMS = ("shoal", "lean_http", "ray_serve", "onnxruntime")
 SERVERS = ("shoal", "lean_http", "ray_serve")
+_Request = tuple[str, LoadSpec | None, Any]
+"""What a sweep asks the runner for: ("reference", None, seconds) | ("warmup", spec, None) |
+("point", spec, kind) | ("idle", spec, (threshold ms, limit s))."""
 ProgressCallback = Callable[[str, float, float], None]
 """(description, completed steps, total steps); the total may grow as sweeps extend."""
 
@@ -95,6 +101,10 @@ class BenchConfig:
     startup_timeout_s: float = 180.0
     transport: bool = True
     """Run the shared-memory vs pickle micro-benchmark."""
+    max_offered_rps: float = 4000.0
+    """Highest rate offered: about what one aiohttp/uvloop core can send faithfully."""
+    ladder: tuple[float, ...] | None = None
+    """Coarse ladder as fractions of the ceiling; None: the default for quick or full mode."""
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.systems if name not in SYSTEMS]
@@ -106,6 +116,8 @@ class BenchConfig:
             raise InvalidInputError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
         if self.ort_threads < 1:
             raise InvalidInputError(f"--threads must be >= 1, got {self.ort_threads}")
+        if self.ladder is not None and (not self.ladder or any(not 0 < f for f in self.ladder) or list(self.ladder) != sorted(self.ladder)):
+            raise InvalidInputError(f"ladder must be ascending positive fractions of the ceiling, got {self.ladder}")
         if self.point_duration_s is not None and not self.point_duration_s > 0:
             raise InvalidInputError(f"point_duration_s must be > 0, got {self.point_duration_s}")
 
@@ -115,8 +127,12 @@ class BenchConfig:
 
     @property
     def sweep_fractions(self) -> tuple[float, ...]:
-        """Open-loop rates as fractions of the closed-loop probe's throughput."""
-        return (0.25, 0.5, 0.75, 1.0, 1.3) if self.quick else (0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0, 1.15, 1.3, 1.6)
+        """The coarse open-loop ladder, as fractions of the anchor rate (see `_sweep_plan`)."""
+        if self.ladder:
+            return self.ladder
+        if self.quick:
+            return (0.04, 0.1, 0.25, 0.5, 0.75, 1.0)
+        return (0.02, 0.04, 0.06, 0.09, 0.12, 0.18, 0.25, 0.35, 0.5, 0.62, 0.75, 0.87, 1.0)
 
     @property
     def drain_timeout_s(self) -> float:
@@ -236,6 +252,33 @@ def measure_ceiling(target: BenchTarget, *, max_batch_size: int, threads: int, d
     }
 
 
+class Batch1Reference:
+    """Bare ORT batch-1 latency, re-measured right before each server's low-load point.
+
+    Overhead is a difference of two small numbers taken on a shared machine; measuring the
+    reference next to the measurement it is subtracted from keeps background drift out of it.
+    """
+
+    def __init__(self, target: BenchTarget, threads: int, seed: int = 0):
+        from shoal.core.models import Device
+        from shoal.profiler.session import create_session
+
+        self.session = create_session(target.model_path, Device.parse("cpu"), intra_op_threads=threads)
+        self.feed = {target.input_name: np.random.default_rng(seed).random(target.input_shape, dtype=np.float32)}
+        self.outputs = [target.output_name]
+
+    def p50_ms(self, duration_s: float) -> float:
+        for _ in range(3):
+            self.session.run(self.outputs, self.feed)
+        samples_ms: list[float] = []
+        begin = time.perf_counter()
+        while time.perf_counter() - begin < duration_s or len(samples_ms) < 20:
+            start = time.perf_counter()
+            self.session.run(self.outputs, self.feed)
+            samples_ms.append((time.perf_counter() - start) * 1000.0)
+        return round(statistics.median(samples_ms), 4)
+
+
 # -- servers in their own process groups ------------------------------------------------------
 
 
@@ -245,9 +288,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _session_cpu_s(session_id: int) -> float:
-    """CPU seconds (user + system) of every live process in a session, from /proc."""
-    ticks = 0
+def _process_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (parent pid, session id, CPU ticks user + system) of every live process, from /proc."""
+    table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -256,29 +299,32 @@ def _session_cpu_s(session_id: int) -> float:
                 fields = handle.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == session_id:  # fields after "(comm)": state ppid pgrp session ...
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        # Fields after "(comm)": state ppid pgrp session ... utime(11) stime(12).
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]))
+    return table
 
 
-def _session_pids(session_id: int) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session_id:
-            pids.append(int(entry.name))
-    return pids
+def _family_pids(root_pid: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
+    """The root's session plus all its descendants: Ray starts some workers in sessions of their
+    own, and a process whose parent died leaves the tree but stays in the session."""
+    family = {pid for pid, (_, session, _) in table.items() if session == root_pid}
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    stack = [root_pid]
+    while stack:
+        pid = stack.pop()
+        if pid in table:
+            family.add(pid)
+        stack.extend(child for child in children.get(pid, []) if child not in family)
+    family.discard(os.getpid())
+    return family
 
 
 class ServerProcess:
     """A server under test, started in a session of its own so everything it spawns can be
-    measured (CPU) and stopped (SIGTERM, then SIGKILL to each process of that session) by id."""
+    measured (CPU) and stopped: SIGTERM to the server, then SIGKILL, by pid, to whatever of its
+    session and process tree is still alive a few seconds after."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, url: str):
         self.name = name
@@ -298,7 +344,11 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def cpu_s(self) -> float:
-        return _session_cpu_s(self.process.pid) if self.process else 0.0
+        """CPU seconds used so far by the server and everything it started that is still alive."""
+        if self.process is None:
+            return 0.0
+        table = _process_table()
+        return sum(table[pid][2] for pid in _family_pids(self.process.pid, table)) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, num_chars: int = 1500) -> str:
         try:
@@ -309,7 +359,10 @@ class ServerProcess:
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.process is None:
             return
-        session_id = self.process.pid
+        root = self.process.pid
+        table = _process_table()
+        # Taken before the root exits and orphans them; with sessions, so a reused pid is spared.
+        family = {pid: table[pid][1] for pid in _family_pids(root, table)}
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -318,7 +371,9 @@ class ServerProcess:
                 pass
         deadline = time.monotonic() + 5.0
         while True:
-            left = [pid for pid in _session_pids(session_id) if pid != os.getpid()]
+            table = _process_table()
+            still = {pid for pid, session in family.items() if pid in table and table[pid][1] == session}
+            left = sorted(still | _family_pids(root, table))
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -421,6 +476,10 @@ class _Steps:
     def grow(self, amount: float) -> None:
         self.total += amount
 
+    def finish(self, description: str) -> None:
+        """Skipped steps (a system that failed to start) must not leave the bar short of the end."""
+        self.advance(description, max(0.0, self.total - self.done))
+
 
 def _point(generator: LoadGenerator, server: ServerProcess, spec: LoadSpec, kind: str) -> dict[str, Any]:
     cpu_before = server.cpu_s()
@@ -431,123 +490,210 @@ def _point(generator: LoadGenerator, server: ServerProcess, spec: LoadSpec, kind
     return stats
 
 
-def _sweep(system: str, server: ServerProcess, target: BenchTarget, config: BenchConfig, generator: LoadGenerator,
-           ceiling: dict[str, Any] | None, steps: _Steps) -> dict[str, Any]:  # fmt: skip
+def _keeping_up(point: dict[str, Any]) -> bool:
+    return point["goodput_rps"] >= 0.9 * point["offered_rps"]
+
+
+def _collapsed(point: dict[str, Any]) -> bool:
+    return point["goodput_rps"] < 0.5 * point["offered_rps"]
+
+
+def _sweep_plan(system: str, url: str, target: BenchTarget, config: BenchConfig, ceiling: dict[str, Any] | None,
+                steps: _Steps) -> Generator[_Request, Any, dict[str, Any]]:  # fmt: skip
+    """One system's sweep as a generator of requests (see `_execute`); returns its result.
+
+    Written as a generator so that the runner can interleave two servers point by point: on a
+    shared machine, drift in the background load then hits both alike.
+
+    The open-loop rates: a coarse geometric ladder of fractions of the anchor (the bare-ORT
+    ceiling, capped at what the generator can send), climbed until two points in a row have
+    collapsed (under half the offered load answered within the SLO); extended upwards while the
+    top point still keeps up and downwards while the bottom one is already late; refined with
+    the geometric midpoints beside the best point; and finally 2x the peak goodput, the
+    overload check. The ceiling is the anchor because every system's capacity is below it and
+    a closed-loop probe misjudges heavy models (a batch of 32 can take longer than the SLO).
+    """
     quick = config.quick
-    base = dict(url=server.url, model=target.key, input_name=target.input_name, input_shape=target.input_shape,
+    base = dict(url=url, model=target.key, input_name=target.input_name, input_shape=target.input_shape,
                 slo_ms=config.slo_ms, seed=config.seed, drain_timeout_s=config.drain_timeout_s)  # fmt: skip
     closed = lambda concurrency, duration_s: LoadSpec(mode="closed", concurrency=concurrency, duration_s=duration_s, **base)  # noqa: E731
     opened = lambda rate_rps: LoadSpec(mode="open", rate_rps=rate_rps, duration_s=config.duration_s, **base)  # noqa: E731
     label = f"{target.role} {target.variant}: {system}"
 
     short_s = min(1.0, config.duration_s) if quick else 4.0  # closed-loop points
-    generator.run(closed(4, min(0.3, short_s)))  # warm-up: connections, allocator, caches
-    low = _point(generator, server, closed(1, short_s), "low_load")
+    yield ("warmup", closed(4, min(0.3, short_s)), None)  # connections, allocator, caches
+    reference_ms = yield ("reference", None, min(0.5, short_s))
+    low = yield ("point", closed(1, short_s), "low_load")
+    low["ort_batch1_p50_ms"] = reference_ms
     steps.advance(f"{label} low load")
-    probe = _point(generator, server, closed(2 * config.max_batch_size, short_s), "probe")
-    steps.advance(f"{label} probe")
-    scale_rps = max(probe["throughput_rps"], 1.0)
     idle_ms = max(3.0 * (low["p50_ms"] or config.slo_ms), (low["p50_ms"] or 0.0) + 10.0)
     idle_limit_s = 5.0 if quick else 15.0
-
     points: list[dict[str, Any]] = []
-    rates = [round(fraction * scale_rps, 1) for fraction in config.sweep_fractions]
-    extensions_left = 1 if quick else 3
-    index = 0
-    while index < len(rates):
-        point = _point(generator, server, opened(rates[index]), "sweep")
-        point["idle_after"] = _wait_idle(opened(1.0), idle_ms, idle_limit_s)
-        points.append(point)
-        steps.advance(f"{label} {rates[index]:.0f} req/s")
-        index += 1
-        if index < len(rates) or not extensions_left:
-            continue
-        best = max(points, key=lambda p: p["goodput_rps"])
-        ordered = sorted(points, key=lambda p: p["offered_rps"])
-        keeping_up = lambda p: p["goodput_rps"] >= 0.9 * p["offered_rps"]  # noqa: E731
-        if best is ordered[-1] and keeping_up(best):  # still keeping up at the top: go further
-            rates.append(round(max(rates) * 1.3, 1))
-        elif best is ordered[0] and not keeping_up(best):  # already late at the bottom: go lower
-            rates.append(round(min(rates) * 0.5, 1))
+
+    def measure(rate_rps: float, kind: str = "sweep") -> Generator[_Request, Any, dict[str, Any]]:
+        point = yield ("point", opened(rate_rps), kind)
+        if kind == "sweep":
+            point["idle_after"] = yield ("idle", opened(1.0), (idle_ms, idle_limit_s))
+            points.append(point)
+        steps.advance(f"{label} {rate_rps:.0f} req/s")
+        return point
+
+    def best() -> dict[str, Any]:
+        return max(points, key=lambda p: p["goodput_rps"])
+
+    anchor_rps = min(ceiling["images_per_s"] if ceiling else config.max_offered_rps, config.max_offered_rps)
+    collapsed_in_a_row = 0
+    for fraction in config.sweep_fractions:
+        point = yield from measure(round(fraction * anchor_rps, 1))
+        collapsed_in_a_row = collapsed_in_a_row + 1 if _collapsed(point) and point is not best() else 0
+        if collapsed_in_a_row >= 2:
+            steps.advance(f"{label} saturated", len(config.sweep_fractions) - len(points))
+            break
+    for _ in range(3):
+        ordered = sorted(points, key=lambda p: p["rate_rps"])
+        top = best()
+        if top is ordered[-1] and _keeping_up(top) and top["rate_rps"] * 1.3 <= config.max_offered_rps:
+            rate = top["rate_rps"] * 1.3  # still keeping up at the top: go further
+        elif top is ordered[0] and not _keeping_up(top):
+            rate = top["rate_rps"] * 0.5  # already late at the bottom: go lower
         else:
-            continue
-        extensions_left -= 1
+            break
         steps.grow(1)
-    peak = max(points, key=lambda p: p["goodput_rps"])
+        yield from measure(round(rate, 1))
+    ordered = sorted(points, key=lambda p: p["rate_rps"])
+    index = ordered.index(best())
+    neighbours = [i for i in (index - 1, index + 1) if 0 <= i < len(ordered)]
+    if quick and neighbours:  # one midpoint: towards the better neighbour
+        neighbours = [max(neighbours, key=lambda i: ordered[i]["goodput_rps"])]
+    for neighbour in neighbours:
+        low_rps, high_rps = sorted((ordered[index]["rate_rps"], ordered[neighbour]["rate_rps"]))
+        if high_rps > 1.15 * low_rps:
+            steps.grow(1)
+            yield from measure(round(math.sqrt(low_rps * high_rps), 1))
+    peak = best()
     overload = None
     for attempt in range(3):  # 2x the peak; if that point is the better one, it joins the sweep
         if peak["goodput_rps"] <= 0:
-            steps.advance(f"{label} (no goodput: overload point skipped)")
             break
-        overload = _point(generator, server, opened(round(2.0 * peak["goodput_rps"], 1)), "overload")
-        steps.advance(f"{label} 2x overload")
+        steps.grow(1)
+        rate = round(2.0 * peak["goodput_rps"], 1)
+        overload = yield from measure(rate, "overload")
         if attempt == 2 or overload["goodput_rps"] <= 1.05 * peak["goodput_rps"]:
             break
         overload["kind"] = "sweep"
-        overload["idle_after"] = _wait_idle(opened(1.0), idle_ms, idle_limit_s)
+        overload["idle_after"] = yield ("idle", opened(1.0), (idle_ms, idle_limit_s))
         points.append(overload)
         peak, overload = overload, None
-        steps.grow(1)
     if overload is not None and overload["goodput_rps"] > peak["goodput_rps"]:
         peak = overload
-    batch1_ms = ceiling["batch1_p50_ms"] if ceiling else None
+    finished = [low, *sorted(points, key=lambda p: p["offered_rps"]), *([overload] if overload else [])]
     return {
         "goodput_rps": peak["goodput_rps"],
         "peak_offered_rps": peak["offered_rps"],
         "peak_p99_ms": peak["p99_ms"],
         "p50_low_load_ms": low["p50_ms"],
-        "overhead_p50_ms": round(low["p50_ms"] - batch1_ms, 4) if low["p50_ms"] is not None and batch1_ms is not None else None,
-        "probe_throughput_rps": probe["throughput_rps"],
+        "ort_batch1_p50_ms": reference_ms,
+        "overhead_p50_ms": round(low["p50_ms"] - reference_ms, 4) if low["p50_ms"] is not None and reference_ms is not None else None,
+        "low_load_throughput_rps": low["throughput_rps"],
         "overload_offered_rps": overload["offered_rps"] if overload else None,
         "overload_p99_ms": overload["p99_ms"] if overload else None,
         "overload_goodput_rps": overload["goodput_rps"] if overload else None,
         "overload_shed_fraction": overload["shed_fraction"] if overload else None,
         "overload_drop_fraction": overload["drop_fraction"] if overload else None,
         "overload_error_fraction": overload["error_fraction"] if overload else None,
-        "generator_cpu_fraction_max": max(p["generator_cpu_fraction"] for p in [low, probe, *points, *([overload] if overload else [])]),
-        "points": [low, probe, *sorted(points, key=lambda p: p["offered_rps"]), *([overload] if overload else [])],
+        "generator_cpu_fraction_max": max(p["generator_cpu_fraction"] for p in finished),
+        "points": finished,
     }
 
 
-def _run_server_system(system: str, target: BenchTarget, config: BenchConfig, generator: LoadGenerator,
-                       ceiling: dict[str, Any] | None, steps: _Steps, scratch: Path) -> dict[str, Any]:  # fmt: skip
-    """Start, sweep and stop one server; a failure becomes {"goodput_rps": None, "error": ...}."""
-    if system == "ray_serve" and importlib.util.find_spec("ray") is None:
-        return {"goodput_rps": None, "error": "ray is not installed here: pip install 'ray[serve]' (the `bench` extra)"}
-    port = free_port()
-    server = ServerProcess(system, _server_argv(system, target, config, port, scratch), scratch / f"{target.role}-{system}.log", f"http://127.0.0.1:{port}")
-    started = time.monotonic()
+def _execute(request: _Request, server: ServerProcess, generator: LoadGenerator, reference: Batch1Reference | None) -> Any:
+    action, spec, extra = request
+    if action == "reference":
+        return reference.p50_ms(extra) if reference is not None else None
+    if action == "warmup":
+        generator.run(spec)
+        return None
+    if action == "point":
+        return _point(generator, server, spec, extra)
+    if action == "idle":
+        return _wait_idle(spec, *extra)
+    raise ValueError(f"unknown sweep request {action!r}")
+
+
+def _run_server_group(systems: list[str], target: BenchTarget, config: BenchConfig, generator: LoadGenerator,
+                      ceiling: dict[str, Any] | None, reference: Batch1Reference | None, steps: _Steps,
+                      scratch: Path) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Start the servers of a group together, interleave their sweeps request by request, stop
+    them all (also on errors and Ctrl-C). A failing system becomes {"goodput_rps": None, "error"}."""
+    results: dict[str, dict[str, Any]] = {}
+    servers: dict[str, ServerProcess] = {}
     try:
-        server.start()
-        ready_spec = LoadSpec(url=server.url, model=target.key, input_name=target.input_name, input_shape=target.input_shape,
-                              slo_ms=max(config.slo_ms, 10_000.0), duration_s=1.0, mode="closed", concurrency=1)  # fmt: skip
-        _wait_ready(server, ready_spec, config.startup_timeout_s)
-        startup_s = time.monotonic() - started
-        steps.advance(f"{target.role} {target.variant}: {system} started")
-        result = _sweep(system, server, target, config, generator, ceiling, steps)
-        result["startup_s"] = round(startup_s, 2)
-        return result
-    except (RuntimeError, OSError) as error:
-        return {"goodput_rps": None, "error": str(error).strip()[:3000]}
+        for system in systems:
+            if system == "ray_serve" and importlib.util.find_spec("ray") is None:
+                results[system] = {"goodput_rps": None, "error": "ray is not installed here: pip install 'ray[serve]' (the `bench` extra)"}
+                continue
+            port = free_port()
+            server = ServerProcess(system, _server_argv(system, target, config, port, scratch), scratch / f"{target.role}-{system}.log", f"http://127.0.0.1:{port}")
+            servers[system] = server
+            server.start()
+        started = time.monotonic()
+        plans: dict[str, Generator[_Request, Any, dict[str, Any]]] = {}
+        startup_s: dict[str, float] = {}
+        for system, server in servers.items():
+            ready_spec = LoadSpec(url=server.url, model=target.key, input_name=target.input_name, input_shape=target.input_shape,
+                                  slo_ms=max(config.slo_ms, 10_000.0), duration_s=1.0, mode="closed", concurrency=1)  # fmt: skip
+            try:
+                _wait_ready(server, ready_spec, max(1.0, config.startup_timeout_s - (time.monotonic() - started)))
+            except RuntimeError as error:
+                results[system] = {"goodput_rps": None, "error": str(error).strip()[:3000]}
+                server.stop()
+                continue
+            startup_s[system] = round(time.monotonic() - started, 2)
+            steps.advance(f"{target.role} {target.variant}: {system} started")
+            plans[system] = _sweep_plan(system, server.url, target, config, ceiling, steps)
+        requests = {system: next(plan) for system, plan in plans.items()}
+        while requests:
+            for system in list(requests):
+                try:
+                    outcome = _execute(requests[system], servers[system], generator, reference)
+                    requests[system] = plans[system].send(outcome)
+                except StopIteration as finished:
+                    results[system] = {**finished.value, "startup_s": startup_s[system]}
+                    del requests[system]
+                except (RuntimeError, OSError) as error:
+                    plans[system].close()
+                    del requests[system]
+                    tail = servers[system].log_tail(800) if not servers[system].alive else ""
+                    results[system] = {"goodput_rps": None, "error": f"{error}\n{tail}".strip()[:3000]}
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
+    return results
 
 
 def _bench_variant(target: BenchTarget, config: BenchConfig, generator: LoadGenerator, steps: _Steps, scratch: Path) -> dict[str, Any]:
     ceiling_s = min(1.2, 2 * config.duration_s) if config.quick else 4.0
     ceiling = measure_ceiling(target, max_batch_size=config.max_batch_size, threads=config.ort_threads, duration_s=ceiling_s, seed=config.seed)
     steps.advance(f"{target.role} {target.variant}: onnxruntime ceiling")
-    systems: dict[str, Any] = {}
-    for system in SERVERS:
-        if system in config.systems:
-            systems[system] = _run_server_system(system, target, config, generator, ceiling, steps, scratch)
+    # shoal and the lean server run side by side (both idle cheaply); Ray runs alone, because
+    # its raylet, GCS and proxy use CPU even when idle and would slow the other two down.
+    groups = [[s for s in ("shoal", "lean_http") if s in config.systems], [s for s in ("ray_serve",) if s in config.systems]]
+    reference = Batch1Reference(target, config.ort_threads, config.seed)
+    measured: dict[str, Any] = {}
+    for group in groups:
+        if group:
+            measured.update(_run_server_group(group, target, config, generator, ceiling, reference, steps, scratch))
+    systems: dict[str, Any] = {system: measured[system] for system in SERVERS if system in measured}
     # Measured again after the servers: the machine is shared, and a ceiling taken in a quiet
     # moment must not flatter or hurt one system. The higher of the two is the (stricter) ceiling.
     again = measure_ceiling(target, max_batch_size=config.max_batch_size, threads=config.ort_threads, duration_s=ceiling_s, seed=config.seed)
     steps.advance(f"{target.role} {target.variant}: onnxruntime ceiling again")
+    # The stricter ceiling: the faster of the two. (Overhead uses the batch-1 latency measured
+    # right before each server's low-load point, `Batch1Reference`.)
     best = ceiling if ceiling["images_per_s"] >= again["images_per_s"] else again
     onnxruntime = {**best, "images_per_s_before": ceiling["images_per_s"], "images_per_s_after": again["images_per_s"],
-                   "batch1_p50_ms": ceiling["batch1_p50_ms"], "batch1_p50_ms_after": again["batch1_p50_ms"]}  # fmt: skip
+                   "batch1_p50_ms": min(ceiling["batch1_p50_ms"], again["batch1_p50_ms"]),
+                   "batch1_p50_ms_before": ceiling["batch1_p50_ms"], "batch1_p50_ms_after": again["batch1_p50_ms"]}  # fmt: skip
     if "onnxruntime" in config.systems:
         systems["onnxruntime"] = onnxruntime
     return {
@@ -714,13 +860,36 @@ def _machine() -> dict[str, Any]:
     return info
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt while the bench runs, so that the `finally` blocks stop
+    every server it started (they live in sessions of their own and would outlive it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_serve_bench(config: BenchConfig, progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Run every selected system on the selected variant(s); returns a JSON-able dict."""
+    with _sigterm_as_interrupt():
+        return _run_serve_bench(config, progress)
+
+
+def _run_serve_bench(config: BenchConfig, progress: ProgressCallback | None) -> dict[str, Any]:
     repository = ModelRepository(config.repository)
     include_light = config.include_light if config.include_light is not None else not config.quick
     targets = select_targets(repository, config.model, include_light=include_light)
     servers = [s for s in SERVERS if s in config.systems]
-    per_server = 4 + len(config.sweep_fractions)
+    per_server = 2 + len(config.sweep_fractions)  # start, low load, ladder; the rest grows the total
     steps = _Steps(progress, len(targets) * (2 + per_server * len(servers)) + (1 if config.transport else 0))
     started = time.monotonic()
     machine_before = _machine()
@@ -732,7 +901,7 @@ def run_serve_bench(config: BenchConfig, progress: ProgressCallback | None = Non
     if config.transport:
         shapes = {target.key: target.input_shape[1:] for target in targets}
         transport = measure_tensor_transport(shapes, num_classes=targets[0].num_classes, repeats=20 if config.quick else 100)
-        steps.advance("shared memory vs pickle")
+    steps.finish("done")
     headline = variants[targets[0].role]
     systems = headline["systems"]
     out: dict[str, Any] = {
@@ -753,7 +922,8 @@ def run_serve_bench(config: BenchConfig, progress: ProgressCallback | None = Non
         "max_batch_size": config.max_batch_size,
         "ort_threads": config.ort_threads,
         "point_duration_s": config.duration_s,
-        "sweep_fractions_of_probe": list(config.sweep_fractions),
+        "sweep_fractions_of_ceiling": list(config.sweep_fractions),
+        "max_offered_rps": config.max_offered_rps,
         "drain_timeout_s": config.drain_timeout_s,
         "seed": config.seed,
         "shoal_command": "shoal serve --workers 1 --threads {t} --max-batch-size {b} --preload <variant>".format(t=config.ort_threads, b=config.max_batch_size),
