@@ -118,3 +118,27 @@ def test_close_answers_every_queued_request():
     assert len(outcomes) == 5
     assert isinstance(outcomes[0], tuple)  # the running batch finished
     assert all(isinstance(outcome, OverloadedError) for outcome in outcomes[1:])
+
+
+def test_latency_model_learns_that_batches_run_slower_than_profiled():
+    queue = VariantQueue("v", lambda size: 10.0 * size, 8, 100)
+    assert queue.batch_latency_ms(2) == 20.0
+    for _ in range(30):
+        queue.observe_batch(2, 60.0)  # three times the profile
+    assert queue.slowdown == pytest.approx(3.0, rel=0.01)
+    assert queue.batch_latency_ms(4) == pytest.approx(120.0, rel=0.01)
+    queue.observe_batch(1, 10_000.0)  # one wild sample moves it by a bounded step
+    assert queue.slowdown < 3.0 + 0.2 * 20.0
+
+
+def test_a_lagging_event_loop_counts_against_the_deadline_at_admission():
+    async def scenario():
+        scheduler, _ = make_scheduler(batch_ms=5.0)
+        now = monotonic_ms()
+        scheduler.submit("v", np.zeros(1, np.float32), now + 30)  # fits: 5 ms predicted
+        scheduler.loop_lag_ms = 40.0
+        with pytest.raises(OverloadedError):
+            scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 30)
+        await scheduler.close()
+
+    asyncio.run(scenario())

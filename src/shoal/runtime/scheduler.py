@@ -47,17 +47,35 @@ class QueuedItem:
 
 
 class VariantQueue:
-    """Bounded queue of one variant, ordered by (priority desc, deadline asc, arrival)."""
+    """Bounded queue of one variant, ordered by (priority desc, deadline asc, arrival).
 
-    def __init__(self, key: str, batch_latency_ms: Callable[[int], float], max_batch_size: int, capacity: int):
+    Its latency model is the profile scaled by how slow batches have really been lately: the
+    profile is taken on a quiet worker at load time, and on a shared machine the same batch can
+    later take several times longer. Deadlines are only as good as this prediction.
+    """
+
+    SLOWDOWN_SMOOTHING = 0.2
+
+    def __init__(self, key: str, profile_latency_ms: Callable[[int], float], max_batch_size: int, capacity: int):
         self.key = key
-        self.batch_latency_ms = batch_latency_ms
+        self.profile_latency_ms = profile_latency_ms
         self.max_batch_size = max_batch_size
         self.capacity = capacity
         self.items: list[QueuedItem] = []
+        self.slowdown = 1.0
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def batch_latency_ms(self, batch_size: int) -> float:
+        return self.profile_latency_ms(batch_size) * self.slowdown
+
+    def observe_batch(self, batch_size: int, wall_ms: float) -> None:
+        """Fold one measured batch (dispatch to answer, IPC included) into the slowdown factor."""
+        predicted = self.profile_latency_ms(batch_size)
+        if predicted > 0 and predicted != float("inf"):
+            ratio = min(20.0, max(0.5, wall_ms / predicted))
+            self.slowdown += self.SLOWDOWN_SMOOTHING * (ratio - self.slowdown)
 
     def push(self, item: QueuedItem) -> None:
         bisect.insort(self.items, item)
@@ -70,6 +88,7 @@ class VariantQueue:
 class Scheduler:
     def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0):
         self.metrics = metrics
+        self.loop_lag_ms = 0.0  # how late the event loop runs its callbacks, kept by a monitor task
         self.max_queue_delay_ms = max_queue_delay_ms
         self.queues: dict[str, VariantQueue] = {}
         self.workers: list[WorkerHandle] = []
@@ -110,7 +129,8 @@ class Scheduler:
         now = monotonic_ms()
         if len(queue) >= queue.capacity:
             raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
-        if now + self.predicted_finish_ms(key, now) > deadline_ms:
+        # A saturated event loop delays the answer too (socket, parsing, encoding), by about its lag.
+        if now + self.loop_lag_ms + self.predicted_finish_ms(key, now) > deadline_ms:
             raise OverloadedError(
                 f"{key!r} cannot answer within the deadline at the current load", retry_after_s=self._retry_after_s(queue)
             )
@@ -166,6 +186,8 @@ class Scheduler:
         worker.busy_until_ms = started_ms + queue.batch_latency_ms(len(batch))
         try:
             outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch])
+            queue.observe_batch(len(batch), monotonic_ms() - started_ms)
+            self.metrics.slowdown.labels(queue.key).set(queue.slowdown)
         except asyncio.CancelledError:
             for item in batch:
                 _fail(item.future, WorkerFailedError("server stopped while this request was running"))
@@ -185,6 +207,16 @@ class Scheduler:
         for index, item in enumerate(batch):
             if not item.future.done():
                 item.future.set_result((outputs[index], started_ms - item.arrival_ms, compute_ms, len(batch)))
+
+    async def monitor_loop_lag(self, interval_s: float = 0.01) -> None:
+        """Measure how late a timer fires: the time a new request waits for the loop's attention."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            expected = loop.time() + interval_s
+            await asyncio.sleep(interval_s)
+            lag_ms = max(0.0, (loop.time() - expected) * 1000.0)
+            self.loop_lag_ms += 0.2 * (lag_ms - self.loop_lag_ms)
+            self.metrics.loop_lag.set(self.loop_lag_ms / 1000.0)
 
     # -- shutdown -------------------------------------------------------------------------------
     async def close(self) -> None:

@@ -88,6 +88,7 @@ class InferenceService:
                     VariantQueue(served.key, served.batch_latency_ms, self.config.max_batch_size, self.config.queue_capacity)
                 )
         await self.manager.start()
+        self._lag_task = asyncio.create_task(self.scheduler.monitor_loop_lag())
         preload = self.config.preload if self.config.preload is not None else tuple(self.variants)
         for name in preload:
             await self.load_model(name)
@@ -96,6 +97,8 @@ class InferenceService:
     async def stop(self) -> None:
         self.started = False
         await self.scheduler.close()
+        if getattr(self, "_lag_task", None):
+            self._lag_task.cancel()
         await self.manager.stop()
 
     def _on_variant_loaded(self, key: str, reply: dict) -> None:
