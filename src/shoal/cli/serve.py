@@ -28,6 +28,9 @@ def serve(
     queue_capacity: Annotated[int, typer.Option("--queue-capacity", min=1, help="Pending requests per variant before 429.")] = 1024,
     default_slo_ms: Annotated[float, typer.Option("--default-slo-ms", min=1.0, help="SLO of requests that state none.")] = 1000.0,
     max_queue_delay_ms: Annotated[float, typer.Option("--max-queue-delay-ms", min=0.0, help="How long a partial batch may wait for more.")] = 0.0,
+    admission_headroom: Annotated[
+        float, typer.Option("--admission-headroom", min=0.1, max=1.0, help="Admit a request only if its predicted finish is within this share of its SLO.")
+    ] = 0.8,
     preload: Annotated[list[str] | None, typer.Option("--preload", help="Models to load at start (default: all).")] = None,
     control_interval_s: Annotated[float, typer.Option("--control-interval-s", min=0.05, help="Controller period.")] = 0.5,
     idle_unload_s: Annotated[float, typer.Option("--idle-unload-s", min=1.0, help="Unload a variant idle this long.")] = 300.0,
@@ -57,6 +60,7 @@ def serve(
         queue_capacity=queue_capacity,
         default_slo_ms=default_slo_ms,
         max_queue_delay_ms=max_queue_delay_ms,
+        admission_headroom=admission_headroom,
         policy=policy,
         preload=tuple(preload) if preload else None,
     )

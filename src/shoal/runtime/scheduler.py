@@ -121,8 +121,12 @@ class Scheduler:
         busy_ms = min(max(0.0, worker.busy_until_ms - now_ms) for worker in workers)
         return admission_finish_ms(len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, len(workers))
 
-    def submit(self, key: str, tensor: np.ndarray, deadline_ms: float, priority: int = 0) -> asyncio.Future:
-        """Queue one item; raises OverloadedError when it cannot be admitted."""
+    def submit(self, key: str, tensor: np.ndarray, deadline_ms: float, priority: int = 0, admit_by_ms: float | None = None) -> asyncio.Future:
+        """Queue one item; raises OverloadedError when it cannot be admitted.
+
+        `admit_by_ms` (default: the deadline) is what the predicted finish must meet to be
+        admitted; setting it before the deadline leaves headroom for prediction error.
+        """
         if self._closed:
             raise OverloadedError("server is shutting down", retry_after_s=5.0)
         queue = self.queues[key]
@@ -130,7 +134,7 @@ class Scheduler:
         if len(queue) >= queue.capacity:
             raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
         # A saturated event loop delays the answer too (socket, parsing, encoding), by about its lag.
-        if now + self.loop_lag_ms + self.predicted_finish_ms(key, now) > deadline_ms:
+        if now + self.loop_lag_ms + self.predicted_finish_ms(key, now) > (deadline_ms if admit_by_ms is None else admit_by_ms):
             raise OverloadedError(
                 f"{key!r} cannot answer within the deadline at the current load", retry_after_s=self._retry_after_s(queue)
             )

@@ -226,10 +226,11 @@ class InferenceService:
         items = _preprocess(tensor, served.variant)
         self.requests_by_variant[served.key] = self.requests_by_variant.get(served.key, 0) + len(items)
         deadline_ms = arrival_ms + slo_ms
+        admit_by_ms = arrival_ms + slo_ms * self.config.admission_headroom
         futures = []
         try:
             for item in items:
-                futures.append(self.scheduler.submit(served.key, item, deadline_ms, priority))
+                futures.append(self.scheduler.submit(served.key, item, deadline_ms, priority, admit_by_ms=admit_by_ms))
         except OverloadedError:
             for future in futures:
                 future.cancel()

@@ -41,6 +41,7 @@ class ServeConfig:
     queue_capacity: int = 1024
     default_slo_ms: float = 1000.0
     max_queue_delay_ms: float = 0.0
+    admission_headroom: float = 0.8  # admit only if the predicted finish is within this share of the SLO
     policy: str = "shoal"
     preload: tuple[str, ...] | None = None  # None: every variant of every family
     max_request_items: int = 256
