@@ -349,3 +349,29 @@ def test_example_files_plan_with_every_policy():
         exact = plan_edge(instance, "exact")
         for policy in ("shoal", "jellyfish"):
             assert plan_edge(instance, policy).objective <= exact.objective + 1e-9, path.name
+
+
+def test_two_worker_repack_is_optimal():
+    from shoal.planner.edge._shoal_repack import frame_rate_unit, repack_two
+
+    assert frame_rate_unit(np.array([10.0, 15.0, 25.0])) == 5.0
+    assert frame_rate_unit(np.array([7.5, 10.0])) == 2.5
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        units = rng.integers(1, 6, size=6)
+        values = rng.uniform(0, 1, size=(2, 6)) * units
+        values[rng.uniform(size=(2, 6)) < 0.2] = -np.inf
+        caps = [int(c) for c in rng.integers(3, 12, size=2)]
+        total, choice = repack_two(values[0], values[1], units, *caps)
+        best = 0.0
+        for assignment in itertools.product((0, 1, 2), repeat=6):
+            load = [0, 0]
+            value = 0.0
+            for item, target in enumerate(assignment):
+                if target:
+                    load[target - 1] += units[item]
+                    value += values[target - 1, item]
+            if load[0] <= caps[0] and load[1] <= caps[1]:
+                best = max(best, value)
+        assert total == pytest.approx(best)
+        assert sum(units[choice == 1]) <= caps[0] and sum(units[choice == 2]) <= caps[1]

@@ -243,7 +243,6 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         for policy, median in cell["runtime_ms_median"].items():
             runtime.setdefault(policy, {})[f"{cell['workers']}x{cell['clients']}"] = round(median, 3)
     result["runtime_ms"] = runtime
-    result["shoal_below_jellyfish"] = report["quality"]["overall"]["shoal_below_jellyfish"]
     return result
 
 
