@@ -12,7 +12,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from shoal.core.errors import RepositoryError
 from shoal.core.models import Family, Variant
 from shoal.zoo import DEMO_FAMILY
 from shoal.zoo.demo_dataset import SOURCE_IMAGE_PX
@@ -61,11 +60,12 @@ def build_demo_repository(
                         accuracy=round(trained.accuracy, 6),
                         parameter_count=trained.parameter_count,
                         multiply_adds=trained.multiply_adds,
-                        description=trained.description,
+                        description=f"VGG-style CNN at {trained.input_size_px} px, trained {trained.epochs:g} epochs in {trained.train_seconds:.0f} s",
                     ),
                     trained.onnx_path,
                 )
-        except RepositoryError:
+        except BaseException:
+            # A half-registered family would be taken as built next time; remove it whole.
             shutil.rmtree(repository.family_dir(family_name), ignore_errors=True)
             raise
     if progress:
