@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from shoal.cli._app import bench_planner_app, plan_app
-from shoal.cli._common import JsonOption, console, error_console, print_json
+from shoal.cli._common import JsonOption, error_console, print_json
 from shoal.core.errors import InvalidInputError
 
 
@@ -72,7 +72,7 @@ def bench_edge_command(
     if json_output:
         print_json(edge_bench.summary(report))
     else:
-        console.print(edge_bench.markdown_tables(report))
+        print(edge_bench.markdown_tables(report))  # plain: markdown tables must not be re-wrapped
 
 
 def _progress(message: str) -> None:
