@@ -53,15 +53,18 @@ class Controller:
     async def tick(self, now_s: float | None = None) -> None:
         plan, self.state = plan_cache(self.observe(time.monotonic() if now_s is None else now_s), self.state)
         for key in plan.load:
+            if key in self.service.operator_unloaded:
+                continue  # an operator unloaded it; only an explicit load brings it back
             logger.info("controller: load %s (%s)", key, plan.reasons[key])
             self.decisions.labels("load", key).inc()
-            await self.service.load_model(key)
+            await self.service.manager.ensure_loaded(self.service.variants[key])
         for key in plan.unload:
             if len(self.service.scheduler.queues[key]):
                 continue  # never unload under queued requests; the next tick decides again
             logger.info("controller: unload %s (%s)", key, plan.reasons[key])
             self.decisions.labels("unload", key).inc()
-            await self.service.unload_model(key)
+            await self.service.manager.unload(key)
+            self.service.metrics.loaded.labels(key).set(0)
 
     async def run(self) -> None:
         while True:

@@ -73,6 +73,7 @@ class InferenceService:
         self.variants: dict[str, ServedVariant] = {}  # key -> variant
         self.manager = WorkerManager(config, self.scheduler, self.metrics, self._on_variant_loaded)
         self.requests_by_variant: dict[str, int] = {}  # items admitted per variant, read by the controller
+        self.operator_unloaded: set[str] = set()  # unloaded on request: the controller must not bring them back
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -160,12 +161,14 @@ class InferenceService:
         family, served = self.resolve(model_name)
         keys = [served.key] if served else [k for k, v in self.variants.items() if v.family.name == family.name]
         for key in keys:
+            self.operator_unloaded.discard(key)
             await self.manager.ensure_loaded(self.variants[key])
 
     async def unload_model(self, model_name: str) -> None:
         family, served = self.resolve(model_name)
         keys = [served.key] if served else [k for k, v in self.variants.items() if v.family.name == family.name]
         for key in keys:
+            self.operator_unloaded.add(key)
             await self.manager.unload(key)
             self.metrics.loaded.labels(key).set(0)
 
