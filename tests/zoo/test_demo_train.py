@@ -45,7 +45,13 @@ def test_variant_specs() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEMO_VARIANTS[0].name = "x"  # type: ignore[misc]
     with pytest.raises(ValueError):
-        DemoVariantSpec("bad", 8, (4, 4, 4, 4, 4))
+        DemoVariantSpec("bad", 8, (4, 4, 4, 4, 4))  # too many stages for 8 px
+    with pytest.raises(ValueError):
+        DemoVariantSpec("../escape", 32, (8,))
+    with pytest.raises(ValueError):
+        DemoVariantSpec("big", 256, (8,))
+    with pytest.raises(ValueError):
+        DemoVariantSpec("none", 32, (8,), epochs=0)
 
 
 def test_multiply_adds_by_hand() -> None:
