@@ -105,3 +105,24 @@ def family_table(repository: ModelRepository, family: str, device: Device) -> tu
             f"{row['multiply_adds'] / 1e6:.1f}M" if row["multiply_adds"] else "-",
         )
     return table, rows
+
+
+def profile_with_progress(repository: ModelRepository, family: str, device: Device, names, batch_sizes, repeats: int, threads: int | None = None):
+    """Profile the named variants behind one rich progress bar; returns the profiles."""
+    from shoal.profiler.family import profile_family, profile_steps
+
+    validation = repository.load_validation(family)
+    total = profile_steps(len(names), batch_sizes, repeats, 0 if validation is None else len(validation[1]))
+    with progress_bar() as bar:
+        task = bar.add_task("profiling", total=total)
+        return profile_family(
+            repository,
+            family,
+            device,
+            variant_names=names,
+            batch_sizes=batch_sizes,
+            repeats=repeats,
+            intra_op_threads=threads,
+            on_variant=lambda name: bar.update(task, description=f"profiling {name}"),
+            progress=lambda steps: bar.advance(task, steps),
+        )

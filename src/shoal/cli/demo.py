@@ -18,9 +18,8 @@ import typer
 from rich.table import Table
 
 from shoal.cli._app import app
-from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, progress_bar
+from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, profile_with_progress, progress_bar
 from shoal.core.models import Device
-from shoal.profiler.family import profile_family, profile_steps
 from shoal.zoo import DEMO_FAMILY
 
 
@@ -35,21 +34,7 @@ def _ensure_family(repository, repeats: int) -> None:
             build_demo_repository(repository.root, progress=lambda stage, fraction: bar.update(task, description=stage, completed=fraction))
     missing = [name for name in repository.variant_names(DEMO_FAMILY) if repository.load_profile(DEMO_FAMILY, name, device) is None]
     if missing:
-        validation = repository.load_validation(DEMO_FAMILY)
-        batch_sizes = (1, 2, 4, 8, 16, 32)
-        total = profile_steps(len(missing), batch_sizes, repeats, 0 if validation is None else len(validation[1]))
-        with progress_bar() as bar:
-            task = bar.add_task("profiling", total=total)
-            profile_family(
-                repository,
-                DEMO_FAMILY,
-                device,
-                variant_names=missing,
-                batch_sizes=batch_sizes,
-                repeats=repeats,
-                on_variant=lambda name: bar.update(task, description=f"profiling {name}"),
-                progress=lambda steps: bar.advance(task, steps),
-            )
+        profile_with_progress(repository, DEMO_FAMILY, device, missing, (1, 2, 4, 8, 16, 32), repeats)
 
 
 def _serve_and_compare(repository, *, slo_ms: float, duration_s: float, concurrency: int) -> dict:

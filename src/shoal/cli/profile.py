@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 
 from shoal.cli._app import app
-from shoal.cli._common import JsonOption, RepoOption, console, family_table, open_repository, parse_batch_sizes, parse_device, print_json, progress_bar
+from shoal.cli._common import JsonOption, RepoOption, console, family_table, open_repository, parse_batch_sizes, parse_device, print_json, profile_with_progress
 from shoal.core.errors import InvalidInputError
-from shoal.profiler.family import profile_family, profile_steps
 from shoal.profiler.session import check_device
 from shoal.zoo import DEMO_FAMILY
 
@@ -33,21 +32,7 @@ def profile(
     names = variant or repository.variant_names(family)
     if not names:
         raise InvalidInputError(f"family {family!r} has no variants in {repository.root} to profile")
-    validation = repository.load_validation(family)
-    total = profile_steps(len(names), sizes, repeats, 0 if validation is None else len(validation[1]))
-    with progress_bar() as bar:
-        task = bar.add_task("profiling", total=total)
-        profiles = profile_family(
-            repository,
-            family,
-            target,
-            variant_names=names,
-            batch_sizes=sizes,
-            repeats=repeats,
-            intra_op_threads=threads or None,
-            on_variant=lambda name: bar.update(task, description=f"profiling {name}"),
-            progress=lambda steps: bar.advance(task, steps),
-        )
+    profiles = profile_with_progress(repository, family, target, names, sizes, repeats, threads or None)
     if json_output:
         print_json([p.model_dump(mode="json", exclude={"batches": {"__all__": {"samples_ms"}}}) for p in profiles])
     else:
