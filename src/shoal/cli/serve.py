@@ -36,6 +36,8 @@ def serve(
     control_interval_s: Annotated[float, typer.Option("--control-interval-s", min=0.05, help="Controller period.")] = 0.5,
     idle_unload_s: Annotated[float, typer.Option("--idle-unload-s", min=1.0, help="Unload a variant idle this long.")] = 300.0,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest accepted request body.")] = 64.0,
+    edge_policy: Annotated[str, typer.Option("--edge-policy", help="Planner of the edge sessions (/v2/shoal/edge): shoal | jellyfish | exact.")] = "shoal",
+    edge_interval_s: Annotated[float, typer.Option("--edge-interval-s", min=0.05, help="Edge re-planning period (also re-plans on arrivals and bandwidth jumps).")] = 0.5,
     admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="SHOAL_ADMIN_TOKEN", help="Bearer token for load/unload.")] = None,
 ) -> None:
     """Serve a repository over KServe v2 HTTP and gRPC until interrupted."""
@@ -52,6 +54,8 @@ def serve(
     except ValueError as error:
         raise InvalidInputError(f"--policy: {error}") from None
     parse_device(device)
+    if edge_policy not in ("shoal", "jellyfish", "exact"):
+        raise InvalidInputError(f"--edge-policy {edge_policy!r}: use one of shoal, jellyfish, exact")
     config = ServeConfig(
         repository=repository.root,
         device=device,
@@ -75,4 +79,6 @@ def serve(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         control_interval_s=control_interval_s,
         idle_unload_after_s=idle_unload_s,
+        edge_policy=edge_policy,
+        edge_interval_s=edge_interval_s,
     )

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from shoal.runtime.codec import decode_http_request, encode_http_response
 from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, ServingError, UnauthorizedError
@@ -36,7 +37,9 @@ def _error_response(error: ServingError) -> JSONResponse:
     return JSONResponse({"error": error.message}, status_code=error.http_status, headers=headers)
 
 
-def build_http_app(service: InferenceService, *, max_body_bytes: int = 64 * 1024 * 1024, admin_token: str | None = None) -> Starlette:
+def build_http_app(
+    service: InferenceService, *, max_body_bytes: int = 64 * 1024 * 1024, admin_token: str | None = None, extra_routes: Sequence[BaseRoute] = ()
+) -> Starlette:
     def guarded(handler):
         async def endpoint(request: Request) -> Response:
             try:
@@ -152,4 +155,4 @@ def build_http_app(service: InferenceService, *, max_body_bytes: int = 64 * 1024
         Route("/v2/repository/replicas", guarded(replicas), methods=["GET"]),
         Route("/metrics", guarded(metrics), methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=[*routes, *extra_routes])

@@ -29,13 +29,19 @@ async def serve_forever(
     stop_event: asyncio.Event | None = None,
     control_interval_s: float = 0.5,
     idle_unload_after_s: float = 300.0,
+    edge_policy: str = "shoal",
+    edge_interval_s: float = 0.5,
 ) -> None:
     from shoal.runtime.controller import Controller
+    from shoal.runtime.edge.sessions import EdgeSessionManager
+    from shoal.runtime.edge.websocket import edge_route
 
     service = InferenceService(config)
     await service.start()
     controller_task = asyncio.create_task(Controller(service, interval_s=control_interval_s, idle_unload_after_s=idle_unload_after_s).run())
-    app = build_http_app(service, admin_token=admin_token, max_body_bytes=max_body_bytes)
+    edge = EdgeSessionManager(service, policy=edge_policy, interval_s=edge_interval_s)
+    edge_task = asyncio.create_task(edge.run())
+    app = build_http_app(service, admin_token=admin_token, max_body_bytes=max_body_bytes, extra_routes=[edge_route(edge)])
     http_server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=http_port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
     )
@@ -57,6 +63,7 @@ async def serve_forever(
         await asyncio.sleep(0.01)
     if http_task.done():
         controller_task.cancel()
+        edge_task.cancel()
         await service.stop()
         http_task.result()
         raise SystemExit(f"HTTP frontend failed to start on {host}:{http_port}")
@@ -66,6 +73,7 @@ async def serve_forever(
     logger.info("shutting down")
     http_server.should_exit = True
     controller_task.cancel()
+    edge_task.cancel()
     if grpc_server is not None:
         await grpc_server.stop(grace=5)
     await service.stop()

@@ -1,0 +1,142 @@
+"""The edge session's wire format (WebSocket at `/v2/shoal/edge`), shared by server and SDK.
+
+Text messages are JSON objects with a `type`; frames are binary messages.
+
+Client -> server
+    {"type": "register", "client", "model", "slo_ms", "fps", "bandwidth_mbps", "rtt_ms",
+     "pin_variant"}                                    first message, exactly once
+    {"type": "report", "bandwidth_mbps", "rtt_ms"}     the client's current estimates
+    {"type": "ping", "id"}                             answered at once with a pong
+    binary: 4-byte big-endian header length, JSON header {"seq", "shape": [C, S, S],
+            "budget_ms"}, then C*S*S uint8 pixels (row-major)
+
+Server -> client
+    {"type": "registered", "client", "ladder": [{"input_size", "variant", "accuracy",
+     "server_ms"}]}                                    the sizes it may fall back to
+    {"type": "assignment", "variant", "input_size", "server_ms", "served", "reason"}
+    {"type": "ack", "seq"}                             the frame has arrived (timing for estimation)
+    {"type": "result", "seq", "class", "variant", "server_ms", "queue_ms", "compute_ms",
+     "batch_size", "next": {"variant", "input_size"}}
+    {"type": "dropped", "seq", "reason"}               deadline cannot be met / overloaded
+    {"type": "error", "seq"?, "message"}               bad input; the session stays open
+                                                       unless the registration itself was bad
+
+`budget_ms` is what remains of the SLO for the server once the client has subtracted the
+frame's age, its predicted upload time and the return trip: the request's server deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "EDGE_PATH",
+    "FrameHeader",
+    "ProtocolError",
+    "Register",
+    "Report",
+    "decode_frame",
+    "encode_frame",
+    "parse_client_message",
+]
+
+EDGE_PATH = "/v2/shoal/edge"
+_LENGTH = struct.Struct(">I")
+MAX_HEADER_BYTES = 4096
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this module's format; the text names the field."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Register(_Message):
+    type: str = "register"
+    client: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    model: str = Field(min_length=1, max_length=256)
+    slo_ms: float = Field(gt=0, le=60_000)
+    fps: float = Field(gt=0, le=1000)
+    bandwidth_mbps: float = Field(gt=0, le=100_000)
+    rtt_ms: float = Field(default=0.0, ge=0, le=60_000)
+    pin_variant: str | None = None
+    """A `<family>.<variant>` to use always (a static baseline); no planning for this client."""
+
+
+class Report(_Message):
+    type: str = "report"
+    bandwidth_mbps: float = Field(gt=0, le=100_000)
+    rtt_ms: float = Field(default=0.0, ge=0, le=60_000)
+
+
+class Ping(_Message):
+    type: str = "ping"
+    id: int = 0
+
+
+class FrameHeader(_Message):
+    seq: int = Field(ge=0)
+    shape: tuple[int, int, int]
+    budget_ms: float = Field(gt=-60_000, le=60_000)
+
+
+_CLIENT_MESSAGES: dict[str, type[_Message]] = {"register": Register, "report": Report, "ping": Ping}
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "message"
+    return f"field {where!r}: {first['msg']}"
+
+
+def parse_client_message(text: str) -> _Message:
+    """Parse one text message from a client; ProtocolError names what is wrong."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ProtocolError(f"text messages must be JSON objects ({error.msg} at position {error.pos})") from None
+    if not isinstance(data, dict) or data.get("type") not in _CLIENT_MESSAGES:
+        raise ProtocolError(f"field 'type' must be one of {', '.join(_CLIENT_MESSAGES)}")
+    try:
+        return _CLIENT_MESSAGES[data["type"]].model_validate(data)
+    except ValidationError as error:
+        raise ProtocolError(f"{data['type']}: {_describe(error)}") from None
+
+
+def encode_frame(seq: int, pixels: np.ndarray, budget_ms: float) -> bytes:
+    """A CHW uint8 frame as one binary message."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3:
+        raise ProtocolError(f"a frame must be a CHW uint8 array, got {pixels.dtype} with shape {pixels.shape}")
+    header = json.dumps({"seq": seq, "shape": list(pixels.shape), "budget_ms": round(float(budget_ms), 3)}).encode()
+    return _LENGTH.pack(len(header)) + header + np.ascontiguousarray(pixels).tobytes()
+
+
+def decode_frame(data: bytes, *, channels: int, max_side_px: int) -> tuple[FrameHeader, np.ndarray]:
+    """Split and check one binary frame message; ProtocolError names what is wrong."""
+    if len(data) < _LENGTH.size:
+        raise ProtocolError("a frame message starts with a 4-byte big-endian header length")
+    (header_length,) = _LENGTH.unpack_from(data)
+    if not 2 <= header_length <= MAX_HEADER_BYTES or _LENGTH.size + header_length > len(data):
+        raise ProtocolError(f"frame header length {header_length} is outside 2..{MAX_HEADER_BYTES} or beyond the message")
+    try:
+        header = FrameHeader.model_validate_json(data[_LENGTH.size : _LENGTH.size + header_length])
+    except ValidationError as error:
+        raise ProtocolError(f"frame header: {_describe(error)}") from None
+    c, height, width = header.shape
+    if c != channels or height != width or not 1 <= height <= max_side_px:
+        raise ProtocolError(f"frame {header.seq}: 'shape' must be [{channels}, S, S] with 1 <= S <= {max_side_px}, got {list(header.shape)}")
+    payload = memoryview(data)[_LENGTH.size + header_length :]
+    if len(payload) != c * height * width:
+        raise ProtocolError(f"frame {header.seq}: {len(payload)} pixel bytes, but shape {list(header.shape)} needs {c * height * width}")
+    return header, np.frombuffer(payload, dtype=np.uint8).reshape(header.shape)
+
+
+def dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))

@@ -1,0 +1,281 @@
+"""Edge sessions and their controller: who is streaming, what each is told, and serving frames.
+
+Every `interval_s`, on every registration or departure, and whenever a client's reported
+bandwidth moved by more than `replan_change` of what the last plan assumed, the manager builds
+an edge instance from the live sessions (`shoal.planner.edge.live`), asks the edge policy for a
+plan (`shoal.planner.edge.plan_edge`), loads the variants the plan needs (the runtime's model
+cache) and pushes a new assignment to each client whose assignment changed. Frames are served
+through `InferenceService.infer`, so admission, deadline dropping, batching and metrics are
+the same as for any other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shoal.core.models import Device, Profile
+from shoal.planner.edge import plan_edge
+from shoal.planner.edge.live import (
+    ClientInstruction,
+    LadderStep,
+    LiveClient,
+    LiveVariant,
+    LiveWorker,
+    build_edge_instance,
+    fallback_ladder,
+    instructions_from_plan,
+    needs_replan,
+)
+from shoal.runtime.edge.protocol import FrameHeader, ProtocolError, Register, Report
+from shoal.runtime.errors import DeadlineExceededError, OverloadedError, ServingError
+from shoal.runtime.service import InferenceService
+
+__all__ = ["EdgeSession", "EdgeSessionManager"]
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class EdgeSession:
+    name: str
+    family: str
+    slo_ms: float
+    fps: float
+    bandwidth_mbps: float
+    rtt_ms: float
+    pinned_variant: str | None
+    send: Send
+    instruction: ClientInstruction | None = None
+    frames: int = 0
+
+    def live(self) -> LiveClient:
+        current = self.instruction.variant if self.instruction else None
+        return LiveClient(self.name, self.slo_ms, self.fps, self.bandwidth_mbps, self.rtt_ms, current)
+
+
+@dataclass
+class _FamilyState:
+    """What the last plan of one family assumed and decided."""
+
+    planned_mbps: dict[str, float] = field(default_factory=dict)
+    worker_variants: dict[str, str | None] = field(default_factory=dict)
+
+
+class EdgeSessionManager:
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        policy: str = "shoal",
+        interval_s: float = 0.5,
+        replan_change: float = 0.3,
+        latency_percentile: str = "p95",
+    ):
+        self.service = service
+        self.policy = policy
+        self.interval_s = interval_s
+        self.replan_change = replan_change
+        self.latency_percentile = latency_percentile
+        self.sessions: dict[str, EdgeSession] = {}
+        self._families: dict[str, _FamilyState] = {}
+        self._wake = asyncio.Event()
+        self._overhead_ms: collections.deque[float] = collections.deque(maxlen=256)
+        self._profiles: dict[str, Profile | None] = {}
+        self.plans_made = 0
+        self.last_plan_ms = 0.0
+
+    # -- sessions -------------------------------------------------------------------------------
+    def register(self, request: Register, send: Send) -> tuple[EdgeSession, list[LadderStep]]:
+        family, served = self.service.resolve(request.pin_variant or request.model)
+        if request.pin_variant is None and served is not None:
+            raise ProtocolError(f"field 'model': {request.model!r} is one variant; register with the family {family.name!r}, or pin_variant")
+        if request.pin_variant is not None and family.name != self.service.resolve(request.model)[0].name:
+            raise ProtocolError(f"field 'pin_variant': {request.pin_variant!r} is not a variant of {request.model!r}")
+        if request.client in self.sessions:
+            raise ProtocolError(f"field 'client': a session named {request.client!r} is already open; pick a unique name")
+        session = EdgeSession(
+            request.client, family.name, request.slo_ms, request.fps, request.bandwidth_mbps, request.rtt_ms, request.pin_variant, send
+        )
+        self.sessions[session.name] = session
+        if session.pinned_variant:
+            variant = self.service.variants[session.pinned_variant]
+            session.instruction = ClientInstruction(variant.key, variant.variant.input_size_px, 0.0, True, "pinned")
+        self._wake.set()
+        return session, fallback_ladder(self._live_variants(family.name), self.server_overhead_ms)
+
+    def unregister(self, session: EdgeSession) -> None:
+        if self.sessions.get(session.name) is session:
+            del self.sessions[session.name]
+            self._wake.set()
+
+    def report(self, session: EdgeSession, report: Report) -> None:
+        session.bandwidth_mbps = report.bandwidth_mbps
+        session.rtt_ms = report.rtt_ms
+        planned = self._families.get(session.family, _FamilyState()).planned_mbps
+        last = {session.name: planned[session.name]} if session.name in planned else {}
+        if needs_replan(last, {session.name: report.bandwidth_mbps}, self.replan_change):
+            self._wake.set()
+
+    # -- frames ---------------------------------------------------------------------------------
+    async def serve_frame(self, session: EdgeSession, header: FrameHeader, pixels: np.ndarray) -> dict[str, Any]:
+        """One frame to one answer: a result, a drop with its reason, or an error."""
+        received = time.perf_counter()
+        session.frames += 1
+        if header.budget_ms <= 0:
+            return {"type": "dropped", "seq": header.seq, "reason": "no time left for the server (budget_ms <= 0)"}
+        instruction = session.instruction
+        side = pixels.shape[-1]
+        if session.pinned_variant:
+            model = session.pinned_variant
+        elif instruction is not None and instruction.input_size_px == side:
+            model = instruction.variant
+        else:
+            model = session.family  # a backed-off or stale size: the family policy picks a variant that takes it
+        family = self.service.families[session.family]
+        try:
+            result = await self.service.infer(model, {family.input_name: pixels[None]}, {"slo_ms": header.budget_ms}, [])
+        except DeadlineExceededError as error:
+            return {"type": "dropped", "seq": header.seq, "reason": error.message}
+        except OverloadedError as error:
+            return {"type": "dropped", "seq": header.seq, "reason": error.message}
+        except ServingError as error:
+            return {"type": "error", "seq": header.seq, "message": error.message}
+        parameters = result.parameters
+        total_ms = (time.perf_counter() - received) * 1000.0
+        self._overhead_ms.append(max(0.0, total_ms - parameters["shoal_queue_ms"] - parameters["shoal_compute_ms"]))
+        latest = session.instruction or instruction
+        message = {
+            "type": "result",
+            "seq": header.seq,
+            "class": int(np.argmax(result.outputs[0])),
+            "variant": parameters["shoal_variant"],
+            "server_ms": round(total_ms, 3),
+            "queue_ms": parameters["shoal_queue_ms"],
+            "compute_ms": parameters["shoal_compute_ms"],
+            "batch_size": parameters["shoal_batch_size"],
+        }
+        if latest is not None:
+            message["next"] = {"variant": latest.variant, "input_size": latest.input_size_px}
+        return message
+
+    # -- planning -------------------------------------------------------------------------------
+    @property
+    def server_overhead_ms(self) -> float:
+        """Time a frame spends in the server outside its queue and its batch (p90 of recent
+        frames): decoding, pre-processing, dispatch. 2 ms until frames were measured."""
+        if len(self._overhead_ms) < 10:
+            return 2.0
+        return float(np.percentile(self._overhead_ms, 90))
+
+    def _live_variants(self, family: str) -> list[LiveVariant]:
+        device = Device.parse(self.service.config.device)
+        variants = []
+        for key, served in self.service.variants.items():
+            if served.family.name != family:
+                continue
+            if key not in self._profiles:  # the stored profile, read once; else the worker's warm-up
+                self._profiles[key] = self.service.repository.load_profile(family, served.variant.name, device)
+            profile = self._profiles[key] or served.latency
+            if profile is None or not profile.batches:
+                continue  # neither profiled nor loaded yet: the planner cannot predict it
+            variants.append(
+                LiveVariant(
+                    key=key,
+                    accuracy=served.variant.accuracy or 0.0,
+                    input_size_px=served.variant.input_size_px,
+                    channels=served.family.input_channels,
+                    latency_ms=profile.monotone_latency_ms(self.latency_percentile),
+                    load_ms=profile.load_time_ms or 0.0,
+                )
+            )
+        return variants
+
+    async def replan(self) -> None:
+        by_family: dict[str, list[EdgeSession]] = {}
+        for session in self.sessions.values():
+            if session.pinned_variant is None:
+                by_family.setdefault(session.family, []).append(session)
+        for family, sessions in by_family.items():
+            await self._replan_family(family, sessions)
+
+    async def _replan_family(self, family: str, sessions: list[EdgeSession]) -> None:
+        state = self._families.setdefault(family, _FamilyState())
+        variants = self._live_variants(family)
+        if not variants:
+            return
+        loaded = tuple(key for key in self.service.variants if self.service.scheduler.workers_for(key))
+        workers = [
+            LiveWorker(name, self.service.config.device, state.worker_variants.get(name), loaded)
+            for name in sorted(self.service.manager.workers)
+        ]
+        overhead_ms = self.server_overhead_ms
+        instance = build_edge_instance(
+            variants, workers, [s.live() for s in sessions], server_overhead_ms=overhead_ms, plan_interval_ms=self.interval_s * 1000.0
+        )
+        started = time.perf_counter()
+        plan = plan_edge(instance, self.policy)  # type: ignore[arg-type]
+        self.last_plan_ms = (time.perf_counter() - started) * 1000.0
+        self.plans_made += 1
+        state.planned_mbps = {s.name: s.bandwidth_mbps for s in sessions}
+        state.worker_variants = {name: decision.variant for name, decision in plan.workers.items()}
+        for key in {decision.variant for decision in plan.workers.values() if decision.variant}:
+            if not self.service.scheduler.workers_for(key):
+                await self.service.manager.ensure_loaded(self.service.variants[key])
+        instructions = instructions_from_plan(plan, variants, overhead_ms)
+        for session in sessions:
+            instruction = instructions.get(session.name)
+            if instruction is None or _same(instruction, session.instruction):
+                continue
+            changed_variant = session.instruction is None or session.instruction.variant != instruction.variant
+            session.instruction = instruction
+            if changed_variant or not instruction.served:
+                logger.info("edge: %s -> %s at %d px (%s)", session.name, instruction.variant, instruction.input_size_px, instruction.reason or "planned")
+            await _send_quietly(session, _assignment_message(instruction))
+
+    async def run(self) -> None:
+        """Plan every interval, and at once when a session arrives, leaves or its bandwidth jumps."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.replan()
+            except Exception:  # a failed plan is logged and retried at the next tick
+                logger.exception("edge planning failed")
+
+
+def _same(new: ClientInstruction, old: ClientInstruction | None) -> bool:
+    """Equal but for a server-time prediction that moved less than 20% (not worth a message)."""
+    if old is None or (new.variant, new.input_size_px, new.served) != (old.variant, old.input_size_px, old.served):
+        return False
+    return abs(new.server_ms - old.server_ms) <= 0.2 * max(old.server_ms, 1.0)
+
+
+def _assignment_message(instruction: ClientInstruction) -> dict[str, Any]:
+    return {
+        "type": "assignment",
+        "variant": instruction.variant,
+        "input_size": instruction.input_size_px,
+        "server_ms": round(instruction.server_ms, 3),
+        "served": instruction.served,
+        "reason": instruction.reason,
+    }
+
+
+async def _send_quietly(session: EdgeSession, message: dict[str, Any]) -> None:
+    try:
+        await session.send(message)
+    except Exception:  # the socket closed under us; its handler unregisters the session
+        logger.debug("edge: could not send to %s", session.name, exc_info=True)

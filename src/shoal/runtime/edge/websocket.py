@@ -1,0 +1,130 @@
+"""The edge session endpoint: one WebSocket per streaming client (format in `protocol`).
+
+Frames are acknowledged on arrival (the client times its uploads by the acknowledgements) and
+served concurrently, so a client can keep several frames in flight at its frame rate. Every
+frame gets exactly one answer: a result, a drop with its reason, or an error. A malformed
+message is answered with an error that names the field and the session stays open; only a
+bad registration closes the socket (code 1008).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from shoal.runtime.edge.protocol import EDGE_PATH, Ping, ProtocolError, Register, Report, decode_frame, dumps, parse_client_message
+from shoal.runtime.edge.sessions import EdgeSession, EdgeSessionManager
+from shoal.runtime.errors import ServingError
+
+__all__ = ["edge_route"]
+
+logger = logging.getLogger(__name__)
+
+POLICY_VIOLATION = 1008
+
+
+def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, max_message_bytes: int = 16 * 1024 * 1024) -> WebSocketRoute:
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        lock = asyncio.Lock()
+
+        async def send(message: dict) -> None:
+            async with lock:
+                await websocket.send_text(dumps(message))
+
+        session: EdgeSession | None = None
+        in_flight: set[asyncio.Task] = set()
+        try:
+            session = await _register(websocket, manager, send)
+            if session is None:
+                return
+            family = manager.service.families[session.family]
+
+            async def answer(header, pixels) -> None:
+                try:
+                    reply = await manager.serve_frame(session, header, pixels)
+                except Exception:
+                    logger.exception("edge: frame %d of %s failed", header.seq, session.name)
+                    reply = {"type": "error", "seq": header.seq, "message": "internal server error"}
+                try:
+                    await send(reply)
+                except Exception:
+                    pass  # the client left; nothing to answer to
+
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data, text = message.get("bytes"), message.get("text")
+                if data is not None:
+                    if len(data) > max_message_bytes:
+                        await send({"type": "error", "message": f"frame of {len(data)} bytes exceeds the {max_message_bytes}-byte limit"})
+                        continue
+                    try:
+                        header, pixels = decode_frame(data, channels=family.input_channels, max_side_px=family.source_image_px)
+                    except ProtocolError as error:
+                        await send({"type": "error", "message": str(error)})
+                        continue
+                    await send({"type": "ack", "seq": header.seq})
+                    if len(in_flight) >= max_frames_in_flight:
+                        await send({"type": "dropped", "seq": header.seq, "reason": f"more than {max_frames_in_flight} frames in flight"})
+                        continue
+                    task = asyncio.create_task(answer(header, pixels))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    continue
+                try:
+                    parsed = parse_client_message(text or "")
+                except ProtocolError as error:
+                    await send({"type": "error", "message": str(error)})
+                    continue
+                if isinstance(parsed, Ping):
+                    await send({"type": "pong", "id": parsed.id})
+                elif isinstance(parsed, Report):
+                    manager.report(session, parsed)
+                else:
+                    await send({"type": "error", "message": "this session is already registered; open a new one to register again"})
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if session is not None:
+                manager.unregister(session)
+            for task in in_flight:
+                task.cancel()
+
+    return WebSocketRoute(EDGE_PATH, endpoint)
+
+
+async def _register(websocket: WebSocket, manager: EdgeSessionManager, send) -> EdgeSession | None:
+    first = await websocket.receive()
+    if first["type"] == "websocket.disconnect":
+        return None
+    try:
+        if first.get("text") is None:
+            raise ProtocolError("the first message must be a JSON register message, not a frame")
+        request = parse_client_message(first["text"])
+        if not isinstance(request, Register):
+            raise ProtocolError("field 'type': the first message must be 'register'")
+        session, ladder = manager.register(request, send)
+    except (ProtocolError, ServingError) as error:
+        text = error.message if isinstance(error, ServingError) else str(error)
+        await send({"type": "error", "message": text})
+        await websocket.close(code=POLICY_VIOLATION, reason=text[:120])
+        return None
+    await send(
+        {
+            "type": "registered",
+            "client": session.name,
+            "ladder": [
+                {"input_size": step.input_size_px, "variant": step.variant, "accuracy": step.accuracy, "server_ms": step.server_ms}
+                for step in ladder
+            ],
+        }
+    )
+    if session.instruction is not None:
+        instruction = session.instruction
+        await send({"type": "assignment", "variant": instruction.variant, "input_size": instruction.input_size_px, "server_ms": 0.0, "served": True, "reason": "pinned"})
+    return session
