@@ -2,14 +2,16 @@
 
 1. Build the demo family if it is missing and profile the variants that have no CPU profile.
 2. Print the family's accuracy / latency trade-off.
-3. Serve it with `shoal serve` and drive it with closed-loop clients that send the held-out
-   frames to the model-less family endpoint under an SLO, then the same load to each variant
-   pinned (static baselines); print accuracy, miss rate and latency side by side.
+3. Start `shoal serve` and stream the family's held-out frames from emulated edge clients
+   (each with its own uplink shaped by a bandwidth trace, LTE by default) over edge sessions:
+   first with shoal's joint model and input-size adaptation, then with the static variants
+   that could be the best fixed choice; a live table shows every client.
+4. Print accuracy, miss rate and p99 latency for shoal and the best static variant and write
+   the report (figures and HTML).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +21,7 @@ from rich.table import Table
 
 from shoal.cli._app import app
 from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, profile_with_progress, progress_bar
+from shoal.core.errors import InvalidInputError
 from shoal.core.models import Device
 from shoal.zoo import DEMO_FAMILY
 
@@ -37,45 +40,77 @@ def _ensure_family(repository, repeats: int) -> None:
         profile_with_progress(repository, DEMO_FAMILY, device, missing, (1, 2, 4, 8, 16, 32), repeats)
 
 
-def _serve_and_compare(repository, *, slo_ms: float, duration_s: float, concurrency: int) -> dict:
-    from shoal.experiments.demo_serving import RunSummary, run_closed_loop, start_server_process
+def _serve_and_compare(repository, *, trace: str, clients: int, fps: float, slo_ms: float, duration_s: float, seed: int, statics: str, report_dir: Path, quiet: bool) -> dict:
+    from shoal.client.network import load_trace, trace_offsets
+    from shoal.experiments.edge_live import best_static, family_profiles, run_settings, static_candidates
+    from shoal.experiments.edge_serving import EdgeScenario, choose_statics
+    from shoal.experiments.report import write_edge_report
+    from shoal.experiments.server_process import start_server_process
 
+    bandwidth = load_trace(trace)
+    scenario = EdgeScenario(DEMO_FAMILY, bandwidth, tuple(trace_offsets(bandwidth, clients, seed)), fps=fps, slo_ms=slo_ms, duration_s=duration_s)
+    profiles = family_profiles(repository, DEMO_FAMILY, Device.parse("cpu"))
+    candidates = static_candidates(DEMO_FAMILY, profiles)
+    chosen = candidates if statics == "all" else choose_statics(scenario, candidates)
+    settings = ["shoal", *(f"static:{c.variant}" for c in sorted(chosen, key=lambda c: -c.accuracy))]
     frames, labels = repository.load_validation(DEMO_FAMILY)
-    variants = sorted(repository.variants(DEMO_FAMILY), key=lambda v: v.multiply_adds)
-    runs = [RunSummary("shoal", DEMO_FAMILY, slo_ms)] + [RunSummary(f"static:{v.name}", f"{DEMO_FAMILY}.{v.name}", slo_ms) for v in variants]
-    error_console.print(f"starting shoal serve on {repository.root} ...")
-    server = start_server_process(repository.root, "--idle-unload-s", "100000")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    error_console.print(
+        f"starting shoal serve on {repository.root}; {clients} clients at {fps:g} fps, SLO {slo_ms:g} ms, trace {trace}, "
+        f"{duration_s:g} s per setting: {', '.join(settings)}"
+    )
+    server = start_server_process(repository.root, "--idle-unload-s", "100000", "--grpc-port", "0", log_path=report_dir / "server.log")
     try:
-        with progress_bar() as bar:
-            for run in runs:
-                task = bar.add_task(f"{run.name:<24}", total=None)
-
-                def show(summary, task=task):
-                    bar.update(task, description=f"{summary.name:<24} {summary.answered:>5} answered, acc {summary.accuracy:.1%}, miss {summary.miss_rate:.1%}")
-
-                asyncio.run(run_closed_loop(server.url, run, frames, labels, duration_s=duration_s, concurrency=concurrency, on_answer=show))
-                show(run)
-                bar.update(task, total=1, completed=1)
+        comparison = run_settings(server.url, settings, scenario, frames, labels, error_console if quiet else console)
     finally:
         server.stop()
-    statics = [run for run in runs[1:] if run.answered]
-    within = [run for run in statics if run.miss_rate <= 0.01]
-    best_static = max(within, key=lambda r: r.accuracy) if within else min(statics, key=lambda r: r.miss_rate)
-    return {"shoal": runs[0], "best_static": best_static, "runs": runs}
+    configuration = {
+        "family": DEMO_FAMILY, "trace": trace, "clients": clients, "fps": fps, "slo_ms": slo_ms, "duration_s": duration_s,
+        "trace_offsets_s": [round(o, 2) for o in scenario.offsets_s], "settings": settings, "version": _version(),
+    }
+    report = write_edge_report(report_dir, comparison.runs, variants=profiles, title="shoal demo: edge clients over emulated networks", configuration=configuration)
+    return {"runs": comparison.runs, "shoal": comparison.shoal, "best_static": best_static(comparison.runs), "report": report, "configuration": configuration}
+
+
+def _version() -> str:
+    import subprocess
+
+    from shoal import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def _headline(run) -> dict:
+    summary = run.summary()
+    return {"setting": summary["setting"], "accuracy": summary["accuracy"], "miss_rate": summary["miss_rate"], "p99_ms": summary["p99_ms"]}
 
 
 @app.command("demo")
 def demo(
     repo: RepoOption = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per batch size when profiling.")] = 30,
-    slo_ms: Annotated[float, typer.Option("--slo-ms", min=1.0, help="End-to-end SLO of the demo clients.")] = 25.0,
-    duration_s: Annotated[float, typer.Option("--duration-s", min=1.0, help="Seconds of load per compared setting.")] = 6.0,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Closed-loop clients.")] = 8,
+    trace: Annotated[str, typer.Option("--trace", help="Uplink bandwidth trace: lte, wifi, synthetic, or a file of Mbit/s per second.")] = "lte",
+    clients: Annotated[int, typer.Option("--clients", min=1, max=64, help="Emulated edge clients.")] = 4,
+    fps: Annotated[float, typer.Option("--fps", min=0.1, max=120.0, help="Frames per second per client.")] = 15.0,
+    slo_ms: Annotated[float, typer.Option("--slo-ms", min=1.0, help="End-to-end SLO (upload + queue + compute + download).")] = 100.0,
+    duration_s: Annotated[float, typer.Option("--duration-s", min=1.0, help="Seconds of streaming per compared setting.")] = 50.0,
+    statics: Annotated[str, typer.Option("--statics", help="Static baselines to run: 'auto' (the predicted best and its neighbours) or 'all'.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the clients' start points in the trace.")] = 1,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where the report goes (default ./shoal-report).")] = None,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Run the serving comparison after the table.")] = True,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the JSON result here.")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Build and profile the demo family if needed, show its trade-off, then serve it and compare shoal with static variants."""
+    """Build and profile the demo family if needed, then stream to it from emulated edge clients and compare shoal with static variants."""
+    from shoal.client.network import load_trace
+
+    if statics not in ("auto", "all"):
+        raise InvalidInputError(f"--statics {statics!r}: use 'auto' or 'all'")
+    load_trace(trace)  # a bad trace fails before minutes of building and profiling
     repository = open_repository(repo)
     _ensure_family(repository, repeats)
     table, rows = family_table(repository, DEMO_FAMILY, Device.parse("cpu"))
@@ -83,31 +118,38 @@ def demo(
         console.print(table)
     result: dict = {"family": DEMO_FAMILY, "repository": str(repository.root), "variants": rows}
     if serve:
-        comparison = _serve_and_compare(repository, slo_ms=slo_ms, duration_s=duration_s, concurrency=concurrency)
-        result["shoal"] = comparison["shoal"].as_dict()
-        result["best_static"] = {"name": comparison["best_static"].name, **comparison["best_static"].as_dict()}
-        result["runs"] = {run.name: run.as_dict() for run in comparison["runs"]}
+        comparison = _serve_and_compare(
+            repository, trace=trace, clients=clients, fps=fps, slo_ms=slo_ms, duration_s=duration_s, seed=seed, statics=statics,
+            report_dir=report_dir or Path.cwd() / "shoal-report", quiet=json_output,
+        )
+        best = comparison["best_static"]
+        result["shoal"] = _headline(comparison["shoal"])
+        result["best_static"] = _headline(best) if best else None
+        result["runs"] = {run.setting: run.summary() for run in comparison["runs"]}
+        result["configuration"] = comparison["configuration"]
+        result["report"] = str(comparison["report"])
         if not json_output:
             summary = Table(
-                title=f"{concurrency} closed-loop clients, SLO {slo_ms:.0f} ms, {duration_s:.0f} s each (full 128 px frames)",
+                title=f"{clients} edge clients, {fps:g} fps, SLO {slo_ms:g} ms, {trace} trace, {duration_s:g} s each",
                 caption="* best static: the most accurate pinned variant with miss rate <= 1% (else the fewest misses)",
             )
-            for column in ("setting", "answered", "accuracy", "miss rate", "p50 ms", "p99 ms", "variants used"):
-                summary.add_column(column, justify="left" if column in ("setting", "variants used") else "right", no_wrap=column == "setting")
+            for column in ("setting", "frames", "accuracy", "miss rate", "p50 ms", "p99 ms", "input px sent"):
+                summary.add_column(column, justify="left" if column in ("setting", "input px sent") else "right", no_wrap=column == "setting")
             for run in comparison["runs"]:
-                stats = run.as_dict()
-                marker = " *" if run is comparison["best_static"] else ""
-                used = ", ".join(f"{name.split('.', 1)[-1]}:{count}" for name, count in sorted(stats["variants"].items(), key=lambda kv: -kv[1])[:3])
+                stats = run.summary()
+                marker = " *" if run is best else ""
+                sizes = ", ".join(f"{size}:{count}" for size, count in sorted(stats["input_sizes"].items(), key=lambda kv: -kv[1])[:4])
                 summary.add_row(
-                    run.name + marker,
-                    str(stats["answered"]),
-                    f"{stats['accuracy']:.1%}",
-                    f"{stats['miss_rate']:.1%}",
+                    run.setting + marker,
+                    str(stats["frames"]),
+                    "-" if stats["accuracy"] is None else f"{stats['accuracy']:.1%}",
+                    "-" if stats["miss_rate"] is None else f"{stats['miss_rate']:.1%}",
                     "-" if stats["p50_ms"] is None else f"{stats['p50_ms']:.1f}",
                     "-" if stats["p99_ms"] is None else f"{stats['p99_ms']:.1f}",
-                    used,
+                    sizes,
                 )
             console.print(summary)
+            console.print(f"report: {comparison['report']}")
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,135 @@
+"""Running edge settings against a live server with a rich display: shared by `shoal demo` and
+`shoal bench edge-serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from shoal.client.edge import FrameRecord
+from shoal.core.models import Device, Profile, Variant
+from shoal.experiments.edge_serving import EdgeRun, EdgeScenario, StaticCandidate, run_edge_setting
+from shoal.zoo.repository import ModelRepository
+
+__all__ = ["ComparisonResult", "best_static", "family_profiles", "run_settings", "static_candidates"]
+
+
+@dataclass
+class _ClientView:
+    frames: int = 0
+    answered: int = 0
+    correct: int = 0
+    misses: int = 0
+    last: FrameRecord | None = None
+
+
+@dataclass
+class ComparisonResult:
+    runs: list[EdgeRun] = field(default_factory=list)
+
+    @property
+    def shoal(self) -> EdgeRun | None:
+        return next((run for run in self.runs if run.setting == "shoal"), None)
+
+
+def family_profiles(repository: ModelRepository, family: str, device: Device) -> list[tuple[Variant, Profile]]:
+    pairs = []
+    for variant in repository.variants(family):
+        profile = repository.load_profile(family, variant.name, device)
+        if profile is not None:
+            pairs.append((variant, profile))
+    return pairs
+
+
+def static_candidates(family: str, profiles: Sequence[tuple[Variant, Profile]], server_overhead_ms: float = 2.0) -> list[StaticCandidate]:
+    """Variants on the accuracy / batch-1 latency Pareto front (a dominated variant is never the
+    best static choice), with the server time the edge model predicts for them."""
+    candidates = [
+        StaticCandidate(f"{family}.{v.name}", v.accuracy or 0.0, v.input_size_px, server_overhead_ms + 2 * p.batch_latency_ms(1, "p95"))
+        for v, p in profiles
+    ]
+    return [
+        c
+        for c in candidates
+        if not any(
+            o is not c and o.accuracy >= c.accuracy and o.input_size_px <= c.input_size_px and o.server_ms <= c.server_ms
+            and (o.accuracy, -o.input_size_px, -o.server_ms) != (c.accuracy, -c.input_size_px, -c.server_ms)
+            for o in candidates
+        )
+    ]
+
+
+def best_static(runs: Sequence[EdgeRun]) -> EdgeRun | None:
+    """The most accurate static run that missed <= 1% of frames; else the one with the fewest misses."""
+    statics = [(run, run.summary()) for run in runs if run.setting.startswith("static:")]
+    statics = [(run, s) for run, s in statics if s["frames"]]
+    if not statics:
+        return None
+    within = [(run, s) for run, s in statics if s["miss_rate"] <= 0.01 and s["accuracy"] is not None]
+    if within:
+        return max(within, key=lambda pair: pair[1]["accuracy"])[0]
+    return min(statics, key=lambda pair: pair[1]["miss_rate"])[0]
+
+
+def _table(setting: str, views: dict[str, _ClientView], elapsed_s: float, duration_s: float) -> Table:
+    table = Table(title=f"{setting}: {elapsed_s:4.0f} / {duration_s:.0f} s", title_justify="left")
+    for column in ("client", "link Mbit/s", "estimate", "input px", "variant", "frames", "accuracy", "misses"):
+        table.add_column(column, justify="left" if column in ("client", "variant") else "right")
+    for name, view in sorted(views.items()):
+        last = view.last
+        table.add_row(
+            name,
+            f"{last.link_mbps:.1f}" if last and last.link_mbps is not None else "-",
+            f"{last.estimate_mbps:.1f}" if last else "-",
+            str(last.input_size) if last else "-",
+            (last.variant or "-").split(".", 1)[-1] if last else "-",
+            str(view.frames),
+            f"{view.correct / view.answered:.1%}" if view.answered else "-",
+            f"{view.misses / view.frames:.1%}" if view.frames else "-",
+        )
+    return table
+
+
+async def _run_live(url: str, setting: str, scenario: EdgeScenario, frames: np.ndarray, labels: np.ndarray, console: Console) -> EdgeRun:
+    views: dict[str, _ClientView] = {}
+
+    def on_record(name: str, record: FrameRecord) -> None:
+        view = views.setdefault(name, _ClientView())
+        view.frames += 1
+        view.last = record
+        if record.outcome in ("on_time", "late"):
+            view.answered += 1
+            view.correct += bool(record.correct)
+        if record.outcome != "on_time":
+            view.misses += 1
+
+    started = time.monotonic()
+    with Live(_table(setting, views, 0, scenario.duration_s), console=console, auto_refresh=False, transient=False) as live:
+        task = asyncio.create_task(run_edge_setting(url, setting, scenario, frames, labels, on_record=on_record))
+        while not task.done():
+            live.update(_table(setting, views, min(time.monotonic() - started, scenario.duration_s), scenario.duration_s), refresh=True)
+            await asyncio.wait({task}, timeout=0.5)
+        live.update(_table(setting, views, scenario.duration_s, scenario.duration_s), refresh=True)
+        return task.result()
+
+
+def run_settings(
+    url: str, settings: Sequence[str], scenario: EdgeScenario, frames: np.ndarray, labels: np.ndarray, console: Console
+) -> ComparisonResult:
+    result = ComparisonResult()
+    for setting in settings:
+        result.runs.append(asyncio.run(_run_live(url, setting, scenario, frames, labels, console)))
+    return result
+
+
+def default_report_dir() -> Path:
+    return Path.cwd() / "shoal-report"

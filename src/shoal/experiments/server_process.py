@@ -1,0 +1,62 @@
+"""A `shoal serve` subprocess for experiments and the demo: started on a free port, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["ServerProcess", "start_server_process"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server_process(repository: Path, *extra: str, timeout_s: float = 120.0, log_path: Path | None = None) -> ServerProcess:
+    """Start `shoal serve` on a free port and wait until it reports ready (its output goes to
+    `log_path`, or nowhere)."""
+    port = _free_port()
+    log = open(log_path or os.devnull, "w")  # noqa: SIM115 - owned by the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", str(port), "--grpc-port", "0", *extra],
+        stdout=log,
+        stderr=log,
+    )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"shoal serve exited with status {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{server.url}/v2/health/ready", timeout=1.0).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    server.stop()
+    raise RuntimeError(f"shoal serve was not ready after {timeout_s:.0f} s")
