@@ -13,6 +13,14 @@ noise, count for little beside large ones. Samples older than `horizon_s` are fo
 the estimate describes the link now. On top, the estimate never exceeds the rate of the
 latest two transfers: fast down, slow up, because a frame sent on a stale high estimate
 misses its SLO while one sent on a low estimate only loses a little accuracy.
+
+A transfer shorter than `min_informative_s` cannot be timed (a millisecond of event-loop
+jitter halves or doubles it), but it still bounds the rate from below: the bits left within
+that time. Lower bounds newer than the latest timed transfer raise the estimate; they never
+lower it. A client that sends only tiny frames would stay at a stale low estimate, so
+`probe_bytes` tells it how much padding to add to a frame to learn more, at most once per
+`probe_interval_s`, each unanswered probe twice as large (the caller checks that the SLO
+leaves room for it).
 """
 
 from __future__ import annotations
@@ -37,18 +45,24 @@ class BandwidthEstimator:
         *,
         window: int = 8,
         horizon_s: float = 2.0,
-        min_transfer_s: float = 0.0005,
+        min_informative_s: float = 0.004,
+        probe_interval_s: float = 1.0,
         max_mbps: float = 10_000.0,
     ):
         self.initial_mbps = initial_mbps
         self.window = window
         self.horizon_s = horizon_s
-        self.min_transfer_s = min_transfer_s
+        self.min_informative_s = min_informative_s
+        self.probe_interval_s = probe_interval_s
+        self._last_informative_s: float | None = None
+        self._probe_scale = 1.0
         self.max_mbps = max_mbps
         self._samples: collections.deque[_Sample] = collections.deque(maxlen=window)
         self._rtts_ms: collections.deque[float] = collections.deque(maxlen=20)
         self._last_ack_s: float | None = None
         self._last_estimate_mbps = initial_mbps
+        self._probe_pending_until_s: float | None = None
+        self._lower_bounds: collections.deque[tuple[float, float]] = collections.deque(maxlen=window)
 
     @property
     def rtt_samples(self) -> int:
@@ -68,8 +82,32 @@ class BandwidthEstimator:
         rtt_s = self.min_rtt_ms / 1000.0
         started_s = sent_s + rtt_s if self._last_ack_s is None else max(sent_s + rtt_s, self._last_ack_s)
         self._last_ack_s = acked_s if self._last_ack_s is None else max(self._last_ack_s, acked_s)
-        transfer_s = max(self.min_transfer_s, acked_s - started_s)
+        transfer_s = acked_s - started_s
+        if transfer_s < self.min_informative_s:
+            self._lower_bounds.append((acked_s, size_bytes * 8.0 / self.min_informative_s / 1e6))
+            if size_bytes * 8 >= 0.5 * self._probe_bits():
+                self._probe_scale = min(64.0, self._probe_scale * 2.0)  # the probe was too small to time
+            return
+        self._probe_scale = 1.0
+        self._last_informative_s = acked_s
         self._samples.append(_Sample(acked_s, size_bytes * 8.0, transfer_s))
+
+    def _probe_bits(self) -> float:
+        """A frame this large takes twice the informative time at the current estimate."""
+        return 2 * self.min_informative_s * self._last_estimate_mbps * 1e6 * self._probe_scale
+
+    def probe_bytes(self, frame_bytes: int, now_s: float) -> int:
+        """Padding that would make a frame of `frame_bytes` an informative transfer, if the last
+        informative one is older than `probe_interval_s`; else 0."""
+        if self._last_informative_s is not None and now_s - self._last_informative_s < self.probe_interval_s:
+            return 0
+        if self._probe_pending_until_s is not None and now_s < self._probe_pending_until_s:
+            return 0
+        missing = int(self._probe_bits() / 8) - frame_bytes
+        if missing <= 0:
+            return 0
+        self._probe_pending_until_s = now_s + self.probe_interval_s / 4
+        return missing
 
     def estimate_mbps(self, now_s: float) -> float:
         recent = [s for s in self._samples if now_s - s.at_s <= self.horizon_s]
@@ -79,4 +117,8 @@ class BandwidthEstimator:
             latest = recent[-2:]
             latest_mbps = sum(s.bits for s in latest) / sum(s.transfer_s for s in latest) / 1e6
             self._last_estimate_mbps = min(self.max_mbps, bits / seconds / 1e6, latest_mbps)
+        newest_timed = self._samples[-1].at_s if self._samples else float("-inf")
+        bounds = [mbps for at_s, mbps in self._lower_bounds if at_s > newest_timed and now_s - at_s <= self.horizon_s]
+        if bounds and max(bounds) > self._last_estimate_mbps:
+            self._last_estimate_mbps = min(self.max_mbps, max(bounds))
         return self._last_estimate_mbps

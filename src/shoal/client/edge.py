@@ -95,7 +95,7 @@ class _State:
     ladder: list[dict] = field(default_factory=list)
     in_flight: dict[int, _InFlight] = field(default_factory=dict)
     assignments: list[tuple[float, str | None, int]] = field(default_factory=list)
-    """(time since start, variant, input size) for every assignment received."""
+    """(time.monotonic() on arrival, variant, input size) for every assignment received."""
 
 
 class EdgeClient:
@@ -186,7 +186,7 @@ class EdgeClient:
 
     def _on_assignment(self, message: dict) -> None:
         self.state.assignment = _Assignment(message["variant"], message["input_size"], message["server_ms"], message["served"])
-        self.state.assignments.append((time.monotonic() - self._started_s, message["variant"], message["input_size"]))
+        self.state.assignments.append((time.monotonic(), message["variant"], message["input_size"]))
 
     async def _send_text(self, socket, message: dict) -> None:
         data = json.dumps(message)
@@ -268,8 +268,9 @@ class EdgeClient:
             self.on_record(record)
 
     # -- frames ---------------------------------------------------------------------------------
-    def _choose_size(self, now: float, captured_s: float) -> tuple[int, float]:
-        """The input size to send now and the predicted upload time (ms) of that frame."""
+    def _choose_size(self, now: float, captured_s: float) -> tuple[int, float, float]:
+        """The input size to send now, the predicted upload time (ms) of that frame (queue
+        included) and the slack (ms) its prediction leaves under the SLO."""
         assignment = self.state.assignment
         assert assignment is not None
         estimate = self.estimator.estimate_mbps(now)
@@ -282,16 +283,17 @@ class EdgeClient:
             upload = raw_frame_kbits(size, channels) / estimate
             return age_ms + backlog_ms + upload + self.estimator.min_rtt_ms + server_ms, upload
 
+        limit = self.config.slo_ms - self.config.safety_margin_ms
         total, upload = predicted_ms(assignment.input_size, assignment.server_ms)
-        if self.config.pin_variant or total + self.config.safety_margin_ms <= self.config.slo_ms:
-            return assignment.input_size, backlog_ms + upload
+        if self.config.pin_variant or total <= limit:
+            return assignment.input_size, backlog_ms + upload, limit - total
         for step in reversed(self.state.ladder):
             if step["input_size"] >= assignment.input_size:
                 continue
             total, upload = predicted_ms(step["input_size"], step["server_ms"])
-            if total + self.config.safety_margin_ms <= self.config.slo_ms:
-                return step["input_size"], backlog_ms + upload
-        return 0, 0.0
+            if total <= limit:
+                return step["input_size"], backlog_ms + upload, limit - total
+        return 0, 0.0, 0.0
 
     async def _stream(self, socket, frames: Iterator[tuple[np.ndarray, int | None]], duration_s: float, senders: set) -> None:
         period = 1.0 / self.config.fps
@@ -305,7 +307,7 @@ class EdgeClient:
                 await asyncio.sleep(delay)
             image, label = next(frames)
             now = time.monotonic()
-            size, upload_ms = self._choose_size(now, target)
+            size, upload_ms, slack_ms = self._choose_size(now, target)
             record = FrameRecord(
                 seq,
                 target - self._started_s,
@@ -321,8 +323,12 @@ class EdgeClient:
                 continue
             pixels = _resize_uint8(image, size)
             age_ms = (now - target) * 1000.0
+            padding = 0 if self.config.pin_variant else self.estimator.probe_bytes(pixels.nbytes, now)
+            if padding and padding * 8 / 1000.0 / record.estimate_mbps > slack_ms:
+                padding = 0  # no room for a probe in this frame's SLO
+            upload_ms += padding * 8 / 1000.0 / record.estimate_mbps
             budget_ms = self.config.slo_ms - age_ms - upload_ms - self.estimator.min_rtt_ms
-            data = encode_frame(record.seq, pixels, budget_ms)
+            data = encode_frame(record.seq, pixels, budget_ms, padding)
             self.state.in_flight[record.seq] = _InFlight(record, len(data), now)
             arrival = self.uplink.reserve(len(data), now) if self.uplink else now
             task = asyncio.create_task(self._deliver(socket, data, arrival))

@@ -5,7 +5,10 @@ trace value per second, every client starting at its own index and looping. `Emu
 does the same inside the client's process: a message may leave only when the bucket holds its
 bits; tokens arrive at the trace's current rate and the bucket holds at most `burst_bits`.
 Messages are serialised in order (a frame waits for the frames before it, as in a real
-queue), then spend `propagation_ms` in flight. The caller awaits `transmit` before it writes
+queue), then spend `propagation_ms` in flight. The bucket depth defaults to 0 rather than the
+original's 1540 bytes: that burst is free after every idle gap, and with raw frames of 6 to
+400 kbit it would make a 16 px frame look twice as fast as the trace rate, which no estimator
+working from frame timings can tell from a faster link. The caller awaits `transmit` before it writes
 the bytes to the real socket, so the server sees each frame when the emulated network would
 have delivered it.
 
@@ -110,7 +113,7 @@ class EmulatedLink:
         *,
         offset_s: float = 0.0,
         propagation_ms: float = 5.0,
-        burst_bits: float = 1540 * 8,
+        burst_bits: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         if propagation_ms < 0 or burst_bits < 0:

@@ -8,7 +8,8 @@ Client -> server
     {"type": "report", "bandwidth_mbps", "rtt_ms"}     the client's current estimates
     {"type": "ping", "id"}                             answered at once with a pong
     binary: 4-byte big-endian header length, JSON header {"seq", "shape": [C, S, S],
-            "budget_ms"}, then C*S*S uint8 pixels (row-major)
+            "budget_ms", "padding"}, then C*S*S uint8 pixels (row-major), then `padding`
+            zero bytes (a bandwidth probe; ignored by the server)
 
 Server -> client
     {"type": "registered", "client", "ladder": [{"input_size", "variant", "accuracy",
@@ -85,6 +86,7 @@ class FrameHeader(_Message):
     seq: int = Field(ge=0)
     shape: tuple[int, int, int]
     budget_ms: float = Field(gt=-60_000, le=60_000)
+    padding: int = Field(default=0, ge=0, le=16 * 1024 * 1024)
 
 
 _CLIENT_MESSAGES: dict[str, type[_Message]] = {"register": Register, "report": Report, "ping": Ping}
@@ -110,12 +112,15 @@ def parse_client_message(text: str) -> _Message:
         raise ProtocolError(f"{data['type']}: {_describe(error)}") from None
 
 
-def encode_frame(seq: int, pixels: np.ndarray, budget_ms: float) -> bytes:
-    """A CHW uint8 frame as one binary message."""
+def encode_frame(seq: int, pixels: np.ndarray, budget_ms: float, padding: int = 0) -> bytes:
+    """A CHW uint8 frame as one binary message, followed by `padding` zero bytes."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3:
         raise ProtocolError(f"a frame must be a CHW uint8 array, got {pixels.dtype} with shape {pixels.shape}")
-    header = json.dumps({"seq": seq, "shape": list(pixels.shape), "budget_ms": round(float(budget_ms), 3)}).encode()
-    return _LENGTH.pack(len(header)) + header + np.ascontiguousarray(pixels).tobytes()
+    fields = {"seq": seq, "shape": list(pixels.shape), "budget_ms": round(float(budget_ms), 3)}
+    if padding:
+        fields["padding"] = int(padding)
+    header = json.dumps(fields).encode()
+    return _LENGTH.pack(len(header)) + header + np.ascontiguousarray(pixels).tobytes() + bytes(padding)
 
 
 def decode_frame(data: bytes, *, channels: int, max_side_px: int) -> tuple[FrameHeader, np.ndarray]:
@@ -133,9 +138,12 @@ def decode_frame(data: bytes, *, channels: int, max_side_px: int) -> tuple[Frame
     if c != channels or height != width or not 1 <= height <= max_side_px:
         raise ProtocolError(f"frame {header.seq}: 'shape' must be [{channels}, S, S] with 1 <= S <= {max_side_px}, got {list(header.shape)}")
     payload = memoryview(data)[_LENGTH.size + header_length :]
-    if len(payload) != c * height * width:
-        raise ProtocolError(f"frame {header.seq}: {len(payload)} pixel bytes, but shape {list(header.shape)} needs {c * height * width}")
-    return header, np.frombuffer(payload, dtype=np.uint8).reshape(header.shape)
+    pixel_bytes = c * height * width
+    if len(payload) != pixel_bytes + header.padding:
+        raise ProtocolError(
+            f"frame {header.seq}: {len(payload)} bytes after the header, but shape {list(header.shape)} and padding {header.padding} need {pixel_bytes + header.padding}"
+        )
+    return header, np.frombuffer(payload[:pixel_bytes], dtype=np.uint8).reshape(header.shape)
 
 
 def dumps(message: dict[str, Any]) -> str:

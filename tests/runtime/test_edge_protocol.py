@@ -1,0 +1,66 @@
+"""The edge session's wire format: frames round-trip, bad messages name what is wrong."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from shoal.runtime.edge.protocol import ProtocolError, Register, Report, decode_frame, encode_frame, parse_client_message
+
+
+def test_frame_round_trip():
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 24, 24), dtype=np.uint8)
+    header, decoded = decode_frame(encode_frame(7, pixels, 61.5), channels=3, max_side_px=128)
+    assert header.seq == 7 and header.budget_ms == 61.5 and header.shape == (3, 24, 24)
+    assert np.array_equal(decoded, pixels)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda data: data[:2], "4-byte big-endian header length"),
+        (lambda data: struct.pack(">I", 10**6) + data[4:], "header length"),
+        (lambda data: data[:-1], "bytes after the header"),
+        (lambda data: _with_header(data, {"seq": 1, "shape": [3, 24, 20], "budget_ms": 5}), "'shape' must be"),
+        (lambda data: _with_header(data, {"seq": 1, "shape": [1, 24, 24], "budget_ms": 5}), "'shape' must be"),
+        (lambda data: _with_header(data, {"seq": -1, "shape": [3, 24, 24], "budget_ms": 5}), "'seq'"),
+        (lambda data: _with_header(data, {"seq": 1, "shape": [3, 24, 24]}), "'budget_ms'"),
+        (lambda data: struct.pack(">I", 5) + b"nojson" + data[4:], "frame header"),
+    ],
+)
+def test_bad_frames_are_refused_with_the_reason(mutate, message):
+    data = encode_frame(1, np.zeros((3, 24, 24), dtype=np.uint8), 50.0)
+    with pytest.raises(ProtocolError, match=message):
+        decode_frame(mutate(data), channels=3, max_side_px=128)
+
+
+def test_frames_larger_than_the_family_source_are_refused():
+    with pytest.raises(ProtocolError, match="1 <= S <= 16"):
+        decode_frame(encode_frame(1, np.zeros((3, 24, 24), dtype=np.uint8), 50.0), channels=3, max_side_px=16)
+
+
+def _with_header(data: bytes, header: dict) -> bytes:
+    (length,) = struct.unpack_from(">I", data)
+    encoded = json.dumps(header).encode()
+    return struct.pack(">I", len(encoded)) + encoded + data[4 + length :]
+
+
+def test_client_messages_parse_and_errors_name_the_field():
+    register = parse_client_message(json.dumps({"type": "register", "client": "cam-1", "model": "demo", "slo_ms": 100, "fps": 15, "bandwidth_mbps": 8}))
+    assert isinstance(register, Register) and register.pin_variant is None
+    assert isinstance(parse_client_message('{"type": "report", "bandwidth_mbps": 3.5}'), Report)
+    with pytest.raises(ProtocolError, match="'slo_ms'"):
+        parse_client_message(json.dumps({"type": "register", "client": "c", "model": "demo", "slo_ms": -1, "fps": 15, "bandwidth_mbps": 8}))
+    with pytest.raises(ProtocolError, match="'client'"):
+        parse_client_message(json.dumps({"type": "register", "client": "../x", "model": "demo", "slo_ms": 1, "fps": 15, "bandwidth_mbps": 8}))
+    with pytest.raises(ProtocolError, match="'colour'"):
+        parse_client_message('{"type": "report", "bandwidth_mbps": 3.5, "colour": "red"}')
+    with pytest.raises(ProtocolError, match="'type' must be one of"):
+        parse_client_message('{"type": "hello"}')
+    with pytest.raises(ProtocolError, match="JSON"):
+        parse_client_message("{not json")
+    with pytest.raises(ProtocolError, match="CHW uint8"):
+        encode_frame(1, np.zeros((3, 4, 4), dtype=np.float32), 1.0)
