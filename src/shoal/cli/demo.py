@@ -40,50 +40,6 @@ def _ensure_family(repository, repeats: int) -> None:
         profile_with_progress(repository, DEMO_FAMILY, device, missing, (1, 2, 4, 8, 16, 32), repeats)
 
 
-def _serve_and_compare(repository, *, trace: str, clients: int, fps: float, slo_ms: float, duration_s: float, seed: int, statics: str, report_dir: Path, quiet: bool) -> dict:
-    from shoal.client.network import load_trace, trace_offsets
-    from shoal.experiments.edge_live import best_static, family_profiles, run_settings, static_candidates
-    from shoal.experiments.edge_serving import EdgeScenario, choose_statics
-    from shoal.experiments.report import write_edge_report
-    from shoal.experiments.server_process import start_server_process
-
-    bandwidth = load_trace(trace)
-    scenario = EdgeScenario(DEMO_FAMILY, bandwidth, tuple(trace_offsets(bandwidth, clients, seed)), fps=fps, slo_ms=slo_ms, duration_s=duration_s)
-    profiles = family_profiles(repository, DEMO_FAMILY, Device.parse("cpu"))
-    candidates = static_candidates(DEMO_FAMILY, profiles)
-    chosen = candidates if statics == "all" else choose_statics(scenario, candidates)
-    settings = ["shoal", *(f"static:{c.variant}" for c in sorted(chosen, key=lambda c: -c.accuracy))]
-    frames, labels = repository.load_validation(DEMO_FAMILY)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    error_console.print(
-        f"starting shoal serve on {repository.root}; {clients} clients at {fps:g} fps, SLO {slo_ms:g} ms, trace {trace}, "
-        f"{duration_s:g} s per setting: {', '.join(settings)}"
-    )
-    server = start_server_process(repository.root, "--idle-unload-s", "100000", "--grpc-port", "0", log_path=report_dir / "server.log")
-    try:
-        comparison = run_settings(server.url, settings, scenario, frames, labels, error_console if quiet else console)
-    finally:
-        server.stop()
-    configuration = {
-        "family": DEMO_FAMILY, "trace": trace, "clients": clients, "fps": fps, "slo_ms": slo_ms, "duration_s": duration_s,
-        "trace_offsets_s": [round(o, 2) for o in scenario.offsets_s], "settings": settings, "version": _version(),
-    }
-    report = write_edge_report(report_dir, comparison.runs, variants=profiles, title="shoal demo: edge clients over emulated networks", configuration=configuration)
-    return {"runs": comparison.runs, "shoal": comparison.shoal, "best_static": best_static(comparison.runs), "report": report, "configuration": configuration}
-
-
-def _version() -> str:
-    import subprocess
-
-    from shoal import __version__
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
-
-
 def _headline(run) -> dict:
     summary = run.summary()
     return {"setting": summary["setting"], "accuracy": summary["accuracy"], "miss_rate": summary["miss_rate"], "p99_ms": summary["p99_ms"]}
@@ -118,9 +74,11 @@ def demo(
         console.print(table)
     result: dict = {"family": DEMO_FAMILY, "repository": str(repository.root), "variants": rows}
     if serve:
-        comparison = _serve_and_compare(
-            repository, trace=trace, clients=clients, fps=fps, slo_ms=slo_ms, duration_s=duration_s, seed=seed, statics=statics,
-            report_dir=report_dir or Path.cwd() / "shoal-report", quiet=json_output,
+        from shoal.experiments.edge_live import compare_on_trace
+
+        comparison = compare_on_trace(
+            repository, DEMO_FAMILY, trace=trace, clients=clients, fps=fps, slo_ms=slo_ms, duration_s=duration_s, seed=seed, statics=statics,
+            report_dir=report_dir or Path.cwd() / "shoal-report", console=error_console if json_output else console,
         )
         best = comparison["best_static"]
         result["shoal"] = _headline(comparison["shoal"])

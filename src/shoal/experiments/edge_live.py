@@ -16,11 +16,12 @@ from rich.live import Live
 from rich.table import Table
 
 from shoal.client.edge import FrameRecord
+from shoal.client.network import load_trace, trace_offsets
 from shoal.core.models import Device, Profile, Variant
-from shoal.experiments.edge_serving import EdgeRun, EdgeScenario, StaticCandidate, run_edge_setting
+from shoal.experiments.edge_serving import EdgeRun, EdgeScenario, StaticCandidate, choose_statics, run_edge_setting
 from shoal.zoo.repository import ModelRepository
 
-__all__ = ["ComparisonResult", "best_static", "family_profiles", "run_settings", "static_candidates"]
+__all__ = ["ComparisonResult", "best_static", "compare_on_trace", "family_profiles", "run_settings", "static_candidates"]
 
 
 @dataclass
@@ -131,5 +132,58 @@ def run_settings(
     return result
 
 
-def default_report_dir() -> Path:
-    return Path.cwd() / "shoal-report"
+def compare_on_trace(
+    repository: ModelRepository,
+    family: str,
+    *,
+    trace: str,
+    clients: int,
+    fps: float,
+    slo_ms: float,
+    duration_s: float,
+    seed: int,
+    statics: str,
+    report_dir: Path,
+    console: Console,
+) -> dict:
+    """Serve `family` from a fresh `shoal serve`, run shoal and the static baselines ('auto':
+    the predicted best and its neighbours, 'all': every Pareto variant) on the same trace
+    windows, write the report; returns the runs, shoal's, the best static and the report path."""
+    from shoal.experiments.report import write_edge_report
+    from shoal.experiments.server_process import start_server_process
+
+    bandwidth = load_trace(trace)
+    scenario = EdgeScenario(family, bandwidth, tuple(trace_offsets(bandwidth, clients, seed)), fps=fps, slo_ms=slo_ms, duration_s=duration_s)
+    profiles = family_profiles(repository, family, Device.parse("cpu"))
+    candidates = static_candidates(family, profiles)
+    chosen = candidates if statics == "all" else choose_statics(scenario, candidates)
+    settings = ["shoal", *(f"static:{c.variant}" for c in sorted(chosen, key=lambda c: -c.accuracy))]
+    frames, labels = repository.load_validation(family)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"starting shoal serve on {repository.root}; {clients} clients at {fps:g} fps, SLO {slo_ms:g} ms, trace {trace}, "
+        f"{duration_s:g} s per setting: {', '.join(settings)}"
+    )
+    server = start_server_process(repository.root, "--idle-unload-s", "100000", "--grpc-port", "0", log_path=report_dir / "server.log")
+    try:
+        comparison = run_settings(server.url, settings, scenario, frames, labels, console)
+    finally:
+        server.stop()
+    configuration = {
+        "family": family, "trace": trace, "clients": clients, "fps": fps, "slo_ms": slo_ms, "duration_s": duration_s,
+        "trace_offsets_s": [round(o, 2) for o in scenario.offsets_s], "settings": settings, "version": _version(),
+    }
+    report = write_edge_report(report_dir, comparison.runs, variants=profiles, title=f"shoal: {clients} edge clients over the {trace} trace", configuration=configuration)
+    return {"runs": comparison.runs, "shoal": comparison.shoal, "best_static": best_static(comparison.runs), "report": report, "configuration": configuration}
+
+
+def _version() -> str:
+    import subprocess
+
+    from shoal import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__

@@ -83,7 +83,7 @@ def plot_latency_cdf(directory: Path, runs: Sequence[EdgeRun], slo_ms: float) ->
         p99 = float(np.percentile(latencies, 99))
         axis.axvline(p99, color=line.get_color(), ls=":", lw=1)
         axis.annotate(f"p99 {p99:.0f}", (p99, 0.02), color=line.get_color(), fontsize=7, rotation=90)
-    axis.axvline(slo_ms, color="red", lw=1.2, label=f"SLO {slo_ms:.0f} ms")
+    axis.axvline(slo_ms, color="black", ls="--", lw=1.2, label=f"SLO {slo_ms:.0f} ms")
     axis.set(xlabel="end-to-end latency of answered frames (ms)", ylabel="CDF", title="latency CDF (dotted: P99)")
     axis.legend(fontsize=7)
     return _save(figure, directory, "latency_cdf")
