@@ -639,9 +639,9 @@ def build_demo_models(
 
     ``workers`` processes train variants side by side, one torch thread each (default: 2 on a
     machine with >= 2 cores, 1 in ``quick`` mode): on a 2-core machine that is faster than one
-    process with two threads, and far faster when other programs share the CPU. With one
-    worker everything runs in this process. Each variant has its own seed, so the weights do
-    not depend on the number of workers.
+    process with two threads, and far faster when other programs share the CPU. Each variant has its own seed and trains on one
+    thread (a float sum's order depends on the thread count), so the weights do not depend on
+    the number of workers.
 
     ``progress(message, fraction)`` reports the whole build's completed fraction in [0, 1],
     weighted by the expected cost of each step; it is called from this thread only.
@@ -698,14 +698,13 @@ def build_demo_models(
         jobs = [
             _Job(
                 index=i, spec=spec, seed=seed + 1000 * (i + 1), onnx_path=out_dir / f"{spec.name}.onnx",
-                data_dir=data_dir, num_threads=1 if workers > 1 else None,
+                data_dir=data_dir, num_threads=1,  # one thread always: the weights must not depend on the workers
             )
             for i, spec in enumerate(specs)
         ]
-        if workers == 1:
-            results = [_run_job(job, on_job_progress) for job in jobs]
-        else:
-            results = _run_jobs_in_pool(jobs, costs, workers, on_job_progress)
+        # Even one worker is a fresh interpreter: its thread settings (OMP_NUM_THREADS=1 before
+        # torch loads) decide which kernels run, and so the weights' last bits.
+        results = _run_jobs_in_pool(jobs, costs, workers, on_job_progress)
     if progress is not None:
         progress("done", 1.0)
     return DemoBuild(
