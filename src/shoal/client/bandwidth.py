@@ -21,6 +21,11 @@ lower it. A client that sends only tiny frames would stay at a stale low estimat
 `probe_bytes` tells it how much padding to add to a frame to learn more, at most once per
 `probe_interval_s`, each unanswered probe twice as large (the caller checks that the SLO
 leaves room for it).
+
+A frame still unacknowledged is evidence too: if it has been on its way longer than the
+estimate allows, its transfer will take at least that long, so the estimate is capped at its
+bits over the time so far (`on_send` registers it). This catches a falling link one frame
+earlier than the acknowledgement would.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class BandwidthEstimator:
         self._last_estimate_mbps = initial_mbps
         self._probe_pending_until_s: float | None = None
         self._lower_bounds: collections.deque[tuple[float, float]] = collections.deque(maxlen=window)
+        self._unacked: collections.deque[tuple[float, float]] = collections.deque()  # (sent_s, bits), in send order
 
     @property
     def rtt_samples(self) -> int:
@@ -77,8 +83,14 @@ class BandwidthEstimator:
         if rtt_ms >= 0:
             self._rtts_ms.append(rtt_ms)
 
+    def on_send(self, size_bytes: int, sent_s: float) -> None:
+        """A frame was handed to the uplink (optional: enables the in-flight cap)."""
+        self._unacked.append((sent_s, size_bytes * 8.0))
+
     def on_ack(self, size_bytes: int, sent_s: float, acked_s: float) -> None:
         """A frame of `size_bytes` queued at `sent_s` was acknowledged at `acked_s`."""
+        while self._unacked and self._unacked[0][0] <= sent_s:
+            self._unacked.popleft()
         rtt_s = self.min_rtt_ms / 1000.0
         started_s = sent_s + rtt_s if self._last_ack_s is None else max(sent_s + rtt_s, self._last_ack_s)
         self._last_ack_s = acked_s if self._last_ack_s is None else max(self._last_ack_s, acked_s)
@@ -121,4 +133,12 @@ class BandwidthEstimator:
         bounds = [mbps for at_s, mbps in self._lower_bounds if at_s > newest_timed and now_s - at_s <= self.horizon_s]
         if bounds and max(bounds) > self._last_estimate_mbps:
             self._last_estimate_mbps = min(self.max_mbps, max(bounds))
+        if self._unacked:
+            sent_s, bits = self._unacked[0]
+            started_s = sent_s + self.min_rtt_ms / 1000.0
+            if self._last_ack_s is not None:
+                started_s = max(started_s, self._last_ack_s)
+            waited_s = now_s - started_s
+            if waited_s > self.min_informative_s and bits / waited_s / 1e6 < self._last_estimate_mbps:
+                return bits / waited_s / 1e6  # not remembered: the ack will tell the real rate
         return self._last_estimate_mbps

@@ -28,7 +28,8 @@ import websockets
 
 from shoal.client.bandwidth import BandwidthEstimator
 from shoal.client.network import EmulatedLink
-from shoal.planner.edge.live import raw_frame_kbits
+from shoal.planner.edge.backoff import SizeChoice, choose_input_size
+from shoal.planner.edge.live import LadderStep
 from shoal.runtime.edge.protocol import EDGE_PATH, encode_frame
 from shoal.zoo.preprocess import resize_images
 
@@ -56,6 +57,12 @@ class EdgeClientConfig:
     report_interval_s: float = 0.25
     ping_interval_s: float = 1.0
     safety_margin_ms: float = 2.0
+    selection: str = "plan"
+    """`plan` (the edge planner assigns sizes) or `per_query` (full frames, the server picks a
+    variant per frame; INFaaS-style, no data adaptation)."""
+    local_backoff: bool = True
+    """Step down to a smaller size between plans when the own estimate says the assigned one
+    would be late (off: follow the plan only, as Jellyfish's clients do)."""
 
 
 @dataclass
@@ -92,7 +99,7 @@ class _InFlight:
 @dataclass
 class _State:
     assignment: _Assignment | None = None
-    ladder: list[dict] = field(default_factory=list)
+    ladder: list[LadderStep] = field(default_factory=list)
     in_flight: dict[int, _InFlight] = field(default_factory=dict)
     assignments: list[tuple[float, str | None, int]] = field(default_factory=list)
     """(time.monotonic() on arrival, variant, input size) for every assignment received."""
@@ -162,6 +169,7 @@ class EdgeClient:
             "bandwidth_mbps": self.config.initial_bandwidth_mbps,
             "rtt_ms": 2 * (self.uplink.propagation_ms if self.uplink else 0.0),
             "pin_variant": self.config.pin_variant,
+            "selection": self.config.selection,
         }
 
     async def _await_registration(self, socket) -> None:
@@ -175,14 +183,14 @@ class EdgeClient:
             if message["type"] == "error":
                 raise SessionRefused(message["message"])
             if message["type"] == "registered":
-                self.state.ladder = message["ladder"]
+                self.state.ladder = [LadderStep(s["input_size"], s["variant"], s["accuracy"], s["server_ms"]) for s in message["ladder"]]
             elif message["type"] == "assignment":
                 self._on_assignment(message)
         if self.state.assignment is None:
             if not self.state.ladder:
                 raise SessionRefused("the server sent neither a ladder nor an assignment within 10 s")
-            smallest = self.state.ladder[0]
-            self.state.assignment = _Assignment(smallest["variant"], smallest["input_size"], smallest["server_ms"], False)
+            smallest = min(self.state.ladder, key=lambda step: step.input_size_px)
+            self.state.assignment = _Assignment(smallest.variant, smallest.input_size_px, smallest.server_ms, False)
 
     def _on_assignment(self, message: dict) -> None:
         self.state.assignment = _Assignment(message["variant"], message["input_size"], message["server_ms"], message["served"])
@@ -268,32 +276,21 @@ class EdgeClient:
             self.on_record(record)
 
     # -- frames ---------------------------------------------------------------------------------
-    def _choose_size(self, now: float, captured_s: float) -> tuple[int, float, float]:
-        """The input size to send now, the predicted upload time (ms) of that frame (queue
-        included) and the slack (ms) its prediction leaves under the SLO."""
+    def _choose_size(self, now: float, captured_s: float) -> SizeChoice:
         assignment = self.state.assignment
         assert assignment is not None
-        estimate = self.estimator.estimate_mbps(now)
-        backlog_ms = self.uplink.queued_bits(now) / (estimate * 1000.0) if self.uplink else 0.0
-        channels = 3
-
-        age_ms = max(0.0, now - captured_s) * 1000.0
-
-        def predicted_ms(size: int, server_ms: float) -> tuple[float, float]:
-            upload = raw_frame_kbits(size, channels) / estimate
-            return age_ms + backlog_ms + upload + self.estimator.min_rtt_ms + server_ms, upload
-
-        limit = self.config.slo_ms - self.config.safety_margin_ms
-        total, upload = predicted_ms(assignment.input_size, assignment.server_ms)
-        if self.config.pin_variant or total <= limit:
-            return assignment.input_size, backlog_ms + upload, limit - total
-        for step in reversed(self.state.ladder):
-            if step["input_size"] >= assignment.input_size:
-                continue
-            total, upload = predicted_ms(step["input_size"], step["server_ms"])
-            if total <= limit:
-                return step["input_size"], backlog_ms + upload, limit - total
-        return 0, 0.0, 0.0
+        return choose_input_size(
+            assigned_size_px=assignment.input_size,
+            assigned_server_ms=assignment.server_ms,
+            ladder=self.state.ladder,
+            estimate_mbps=self.estimator.estimate_mbps(now),
+            queued_bits=self.uplink.queued_bits(now) if self.uplink else 0.0,
+            min_rtt_ms=self.estimator.min_rtt_ms,
+            age_ms=max(0.0, now - captured_s) * 1000.0,
+            slo_ms=self.config.slo_ms,
+            safety_margin_ms=self.config.safety_margin_ms,
+            pinned=self.config.pin_variant is not None or self.config.selection == "per_query" or not self.config.local_backoff,
+        )
 
     async def _stream(self, socket, frames: Iterator[tuple[np.ndarray, int | None]], duration_s: float, senders: set) -> None:
         period = 1.0 / self.config.fps
@@ -307,7 +304,8 @@ class EdgeClient:
                 await asyncio.sleep(delay)
             image, label = next(frames)
             now = time.monotonic()
-            size, upload_ms, slack_ms = self._choose_size(now, target)
+            choice = self._choose_size(now, target)
+            size, upload_ms, slack_ms = choice.input_size_px, choice.upload_ms, choice.slack_ms
             record = FrameRecord(
                 seq,
                 target - self._started_s,
@@ -323,13 +321,15 @@ class EdgeClient:
                 continue
             pixels = _resize_uint8(image, size)
             age_ms = (now - target) * 1000.0
-            padding = 0 if self.config.pin_variant else self.estimator.probe_bytes(pixels.nbytes, now)
+            adaptive = self.config.pin_variant is None and self.config.selection == "plan"
+            padding = self.estimator.probe_bytes(pixels.nbytes, now) if adaptive else 0
             if padding and padding * 8 / 1000.0 / record.estimate_mbps > slack_ms:
                 padding = 0  # no room for a probe in this frame's SLO
             upload_ms += padding * 8 / 1000.0 / record.estimate_mbps
             budget_ms = self.config.slo_ms - age_ms - upload_ms - self.estimator.min_rtt_ms
             data = encode_frame(record.seq, pixels, budget_ms, padding)
             self.state.in_flight[record.seq] = _InFlight(record, len(data), now)
+            self.estimator.on_send(len(data), now)
             arrival = self.uplink.reserve(len(data), now) if self.uplink else now
             task = asyncio.create_task(self._deliver(socket, data, arrival))
             senders.add(task)

@@ -18,6 +18,7 @@ from rich.table import Table
 from shoal.client.edge import FrameRecord
 from shoal.client.network import load_trace, trace_offsets
 from shoal.core.models import Device, Profile, Variant
+from shoal.experiments import code_version
 from shoal.experiments.edge_serving import EdgeRun, EdgeScenario, StaticCandidate, choose_statics, run_edge_setting
 from shoal.zoo.repository import ModelRepository
 
@@ -171,19 +172,7 @@ def compare_on_trace(
         server.stop()
     configuration = {
         "family": family, "trace": trace, "clients": clients, "fps": fps, "slo_ms": slo_ms, "duration_s": duration_s,
-        "trace_offsets_s": [round(o, 2) for o in scenario.offsets_s], "settings": settings, "version": _version(),
+        "trace_offsets_s": [round(o, 2) for o in scenario.offsets_s], "settings": settings, "version": code_version(),
     }
     report = write_edge_report(report_dir, comparison.runs, variants=profiles, title=f"shoal: {clients} edge clients over the {trace} trace", configuration=configuration)
     return {"runs": comparison.runs, "shoal": comparison.shoal, "best_static": best_static(comparison.runs), "report": report, "configuration": configuration}
-
-
-def _version() -> str:
-    import subprocess
-
-    from shoal import __version__
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__

@@ -1,7 +1,9 @@
 """End-to-end edge runs: emulated adaptive clients against a real server, one setting at a time.
 
-A setting is `shoal` (clients follow the server's edge plans and back off on their own) or
-`static:<family>.<variant>` (every client always sends that variant's input size). All
+A setting is `shoal` (clients follow the server's edge plans and back off on their own),
+`jellyfish` (clients follow the plans only; the server must run `--edge-policy jellyfish`),
+`infaas` (full frames, the server picks a variant per frame: per-query selection without data
+adaptation) or `static:<family>.<variant>` (every client always sends that variant's size). All
 settings replay the same trace windows (client i starts at offset i of the trace), so they see
 the same networks. Per run: accuracy against the labels of the frames actually answered,
 deadline-miss rate ((late + dropped + skipped + errors + unanswered) / frames captured),
@@ -95,6 +97,8 @@ async def run_edge_setting(
 ) -> EdgeRun:
     """Run every client of the scenario at once under one setting; returns what they saw."""
     pin = setting.split(":", 1)[1] if setting.startswith("static:") else None
+    if pin is None and setting not in ("shoal", "jellyfish", "infaas"):
+        raise ValueError(f"setting {setting!r}: use shoal, jellyfish, infaas or static:<family>.<variant>")
     run = EdgeRun(setting, scenario)
     clients = []
     for index, offset in enumerate(scenario.offsets_s):
@@ -109,6 +113,8 @@ async def run_edge_setting(
             # As if measured before the session: the rate the link has when the client starts.
             initial_bandwidth_mbps=link.bandwidth_mbps(),
             pin_variant=pin,
+            selection="per_query" if setting == "infaas" else "plan",
+            local_backoff=setting == "shoal",
         )
         callback = (lambda record, name=name: on_record(name, record)) if on_record else None
         clients.append(EdgeClient(config, uplink=link, on_record=callback))

@@ -4,7 +4,7 @@ Text messages are JSON objects with a `type`; frames are binary messages.
 
 Client -> server
     {"type": "register", "client", "model", "slo_ms", "fps", "bandwidth_mbps", "rtt_ms",
-     "pin_variant"}                                    first message, exactly once
+     "pin_variant", "selection"}                       first message, exactly once
     {"type": "report", "bandwidth_mbps", "rtt_ms"}     the client's current estimates
     {"type": "ping", "id"}                             answered at once with a pong
     binary: 4-byte big-endian header length, JSON header {"seq", "shape": [C, S, S],
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -69,6 +69,10 @@ class Register(_Message):
     rtt_ms: float = Field(default=0.0, ge=0, le=60_000)
     pin_variant: str | None = None
     """A `<family>.<variant>` to use always (a static baseline); no planning for this client."""
+    selection: Literal["plan", "per_query"] = "plan"
+    """`plan`: the edge planner assigns a variant and input size. `per_query` (INFaaS-style,
+    no data adaptation): the client sends full frames and the family's policy picks a variant
+    for each frame within its budget."""
 
 
 class Report(_Message):

@@ -55,6 +55,7 @@ class EdgeSession:
     rtt_ms: float
     pinned_variant: str | None
     send: Send
+    per_query: bool = False
     instruction: ClientInstruction | None = None
     frames: int = 0
 
@@ -103,13 +104,18 @@ class EdgeSessionManager:
             raise ProtocolError(f"field 'pin_variant': {request.pin_variant!r} is not a variant of {request.model!r}")
         if request.client in self.sessions:
             raise ProtocolError(f"field 'client': a session named {request.client!r} is already open; pick a unique name")
+        if request.pin_variant is not None and request.selection == "per_query":
+            raise ProtocolError("field 'selection': 'per_query' and pin_variant exclude each other")
         session = EdgeSession(
-            request.client, family.name, request.slo_ms, request.fps, request.bandwidth_mbps, request.rtt_ms, request.pin_variant, send
+            request.client, family.name, request.slo_ms, request.fps, request.bandwidth_mbps, request.rtt_ms, request.pin_variant, send,
+            per_query=request.selection == "per_query",
         )
         self.sessions[session.name] = session
         if session.pinned_variant:
             variant = self.service.variants[session.pinned_variant]
             session.instruction = ClientInstruction(variant.key, variant.variant.input_size_px, 0.0, True, "pinned")
+        elif session.per_query:
+            session.instruction = ClientInstruction(family.name, family.source_image_px, 0.0, True, "per query")
         self._wake.set()
         return session, fallback_ladder(self._live_variants(family.name), self.server_overhead_ms)
 
@@ -137,6 +143,8 @@ class EdgeSessionManager:
         side = pixels.shape[-1]
         if session.pinned_variant:
             model = session.pinned_variant
+        elif session.per_query:
+            model = session.family
         elif instruction is not None and instruction.input_size_px == side:
             model = instruction.variant
         else:
@@ -203,7 +211,7 @@ class EdgeSessionManager:
     async def replan(self) -> None:
         by_family: dict[str, list[EdgeSession]] = {}
         for session in self.sessions.values():
-            if session.pinned_variant is None:
+            if session.pinned_variant is None and not session.per_query:
                 by_family.setdefault(session.family, []).append(session)
         for family, sessions in by_family.items():
             await self._replan_family(family, sessions)

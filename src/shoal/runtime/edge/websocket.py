@@ -126,5 +126,5 @@ async def _register(websocket: WebSocket, manager: EdgeSessionManager, send) -> 
     )
     if session.instruction is not None:
         instruction = session.instruction
-        await send({"type": "assignment", "variant": instruction.variant, "input_size": instruction.input_size_px, "server_ms": 0.0, "served": True, "reason": "pinned"})
+        await send({"type": "assignment", "variant": instruction.variant, "input_size": instruction.input_size_px, "server_ms": 0.0, "served": True, "reason": instruction.reason})
     return session
