@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from shoal.cli._app import bench_planner_app, plan_app
-from shoal.cli._common import JsonOption, error_console, print_json
+from shoal.cli._common import JsonOption, RepoOption, error_console, open_repository, print_json
 from shoal.core.errors import InvalidInputError
 
 
@@ -51,10 +51,29 @@ def bench_edge_command(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the instance generator.")] = 0,
     jobs: Annotated[int, typer.Option("--jobs", help="Processes for the quality grid (exact dominates).")] = 1,
+    family: Annotated[
+        str | None, typer.Option("--family", help="Use this family's measured CPU profiles (raw uint8 frames) instead of the synthetic ones.")
+    ] = None,
+    repo: RepoOption = None,
 ) -> None:
     """Quality against `exact` on the original's grid, and planner runtime, for every edge policy."""
     from shoal.experiments import edge_bench
 
+    variants = label = None
+    if family is not None:
+        from shoal.core.models import Device
+        from shoal.experiments.edge_live import family_profiles
+        from shoal.planner.edge.live import LiveVariant, edge_variant
+
+        repository = open_repository(repo)
+        profiles = family_profiles(repository, family, Device.parse("cpu"))
+        if not profiles:
+            raise InvalidInputError(f"family {family!r} has no CPU profiles in {repository.root}; run `shoal profile --family {family}`")
+        variants = [
+            edge_variant(LiveVariant(f"{family}.{v.name}", v.accuracy or 0.0, v.input_size_px, 3, p.monotone_latency_ms("p95"), p.load_time_ms or 0.0))
+            for v, p in profiles
+        ]
+        label = f"{family} family, measured CPU profiles (p95, monotone), raw uint8 frames"
     if instances is not None and instances < 1:
         raise InvalidInputError(f"--instances must be >= 1, got {instances}")
     if jobs < 1:
@@ -62,7 +81,7 @@ def bench_edge_command(
     config = edge_bench.BenchConfig.quick() if quick else edge_bench.BenchConfig.full()
     if instances is not None:
         config = config.with_instances(instances)
-    report = edge_bench.run_benchmark(config, seed=seed, jobs=jobs, progress=None if json_output else _progress)
+    report = edge_bench.run_benchmark(config, seed=seed, jobs=jobs, progress=None if json_output else _progress, variants=variants, variants_label=label)
     target = out if out is not None else (None if quick else Path("benchmarks/results"))
     if target is not None:
         paths = edge_bench.write_results(report, target)

@@ -207,9 +207,18 @@ def _quality_report(rows: Sequence[QualityRow]) -> dict[str, Any]:
 
 
 def run_benchmark(
-    config: BenchConfig, *, seed: int = 0, jobs: int = 1, progress: Callable[[str], None] | None = None
+    config: BenchConfig,
+    *,
+    seed: int = 0,
+    jobs: int = 1,
+    progress: Callable[[str], None] | None = None,
+    variants: Sequence[EdgeVariant] | None = None,
+    variants_label: str | None = None,
 ) -> dict[str, Any]:
-    variants = jellyfish_synthetic_variants()
+    """Quality and speed grids on `variants` (default: the original's 16 synthetic profiles)."""
+    if variants is None:
+        variants = jellyfish_synthetic_variants()
+        variants_label = "jellyfish synthetic profiles, 16 YOLOv4 sizes 128..608 (shoal.experiments.edge_instances)"
     rows = run_quality_grid(
         variants, config.quality_cells, seed=seed, jobs=jobs, exact_time_limit_s=config.exact_time_limit_s, progress=progress
     )
@@ -225,7 +234,7 @@ def run_benchmark(
     return {
         "config": asdict(config),
         "seed": seed,
-        "variants": "jellyfish synthetic profiles, 16 YOLOv4 sizes 128..608 (shoal.experiments.edge_instances)",
+        "variants": variants_label or f"{len(variants)} variants",
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()},
         "quality": _quality_report(rows),
         "speed": speed,

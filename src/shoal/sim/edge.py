@@ -12,8 +12,10 @@ What is shared with the live system (so that what is simulated is what is served
 * the batcher: `decide_batch` (deadline-aware dynamic batching) and `admission_finish_ms`.
 
 What is modelled rather than run: a batch takes a latency drawn from the variant's measured
-samples at that batch size; a frame's correctness is a Bernoulli draw with the variant's
-accuracy; the server adds a fixed `server_overhead_ms` (decode, dispatch) split before and
+samples at that batch size; a frame is correct when its own uniform draw falls below the
+serving variant's accuracy (one draw per client and frame, the same under every policy and
+variant: common random numbers, so that two policies serving a frame with the same variant
+agree on it, and a more accurate variant is right wherever a less accurate one is); the server adds a fixed `server_overhead_ms` (decode, dispatch) split before and
 after the batch; acknowledgements and results cross the downlink in `propagation_ms`.
 """
 
@@ -87,6 +89,7 @@ class _Client:
     mode: str  # plan | plan_no_backoff | per_query | pinned
     pinned: str | None
     instruction: ClientInstruction | None = None
+    frame_draws: Sequence[float] = (0.5,)
     bandwidth_reported_mbps: float = 0.0
     records: list[FrameRecord] = field(default_factory=list)
     assignments: list[tuple[float, str | None, int]] = field(default_factory=list)
@@ -227,7 +230,7 @@ class _Server:
     def _finish(self, batch: list[_Item], key: str) -> None:
         accuracy = self.variants[key].live.accuracy
         for item in batch:
-            self._reply(item, "result", key, correct=self.rng.random() < accuracy)
+            self._reply(item, "result", key, correct=item.client.frame_draws[item.record.seq % len(item.client.frame_draws)] < accuracy)
         self._dispatch()
 
     def _reply(self, item: _Item, kind: str, variant: str | None, correct: bool | None = None) -> None:
@@ -277,6 +280,8 @@ def simulate_edge(
         estimator = BandwidthEstimator(link.bandwidth_mbps(0.0))
         estimator.on_rtt(2 * scenario.propagation_ms + settings.server_overhead_ms / 2)
         client = _Client(f"client-{index}", scenario.slo_ms, scenario.fps, link, estimator, mode, pinned)
+        draws = random.Random(settings.seed * 1_000_003 + index)
+        client.frame_draws = [draws.random() for _ in range(int(scenario.duration_s * scenario.fps) + 2)]
         client.bandwidth_reported_mbps = estimator.estimate_mbps(0.0)
         if pinned is not None:
             live = server.variants[pinned].live
@@ -369,7 +374,10 @@ def simulate_edge(
         server.replan(propagation_s)
         engine.after(settings.interval_s, tick)
 
-    engine.at(0.0, tick)
+    # The registration handshake: a live client waits for its first assignment before it
+    # streams, so the first plan reaches the clients at time 0.
+    server.replan(0.0)
+    engine.after(settings.interval_s, tick)
     for client in clients:
         engine.at(0.0, lambda client=client: capture(client, 0))
         engine.at(settings.report_interval_s, lambda client=client: report(client))

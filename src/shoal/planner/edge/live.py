@@ -18,6 +18,7 @@ __all__ = [
     "LiveVariant",
     "LiveWorker",
     "build_edge_instance",
+    "edge_variant",
     "fallback_ladder",
     "instructions_from_plan",
     "needs_replan",
@@ -82,6 +83,19 @@ class ClientInstruction:
     reason: str = ""
 
 
+def edge_variant(variant: LiveVariant) -> EdgeVariant:
+    """The planner's view of a served variant: raw uint8 frames at its native input size."""
+    return EdgeVariant(
+        name=variant.key,
+        accuracy=variant.accuracy,
+        input_size=variant.input_size_px,
+        request_kbits=raw_frame_kbits(variant.input_size_px, variant.channels),
+        latency_ms=dict(variant.latency_ms),
+        response_kbits=RESPONSE_KBITS,
+        load_ms=variant.load_ms,
+    )
+
+
 def build_edge_instance(
     variants: Sequence[LiveVariant],
     workers: Sequence[LiveWorker],
@@ -91,18 +105,7 @@ def build_edge_instance(
     plan_interval_ms: float,
 ) -> EdgeInstance:
     return EdgeInstance(
-        variants=tuple(
-            EdgeVariant(
-                name=variant.key,
-                accuracy=variant.accuracy,
-                input_size=variant.input_size_px,
-                request_kbits=raw_frame_kbits(variant.input_size_px, variant.channels),
-                latency_ms=dict(variant.latency_ms),
-                response_kbits=RESPONSE_KBITS,
-                load_ms=variant.load_ms,
-            )
-            for variant in variants
-        ),
+        variants=tuple(edge_variant(variant) for variant in variants),
         workers=tuple(EdgeWorker(w.name, w.device, w.loaded_variant, w.cached_variants) for w in workers),
         clients=tuple(
             EdgeClient(c.name, c.slo_ms, c.fps, max(c.bandwidth_mbps, 1e-3), c.rtt_ms, c.current_variant) for c in clients
