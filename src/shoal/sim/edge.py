@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -130,9 +131,25 @@ class _Server:
         self.clients: dict[str, _Client] = {}
         self._sequence = 0
         self.plans = 0
+        self._replan_pending = False
+        self._planner_free_at_s = 0.0
+        self.planning_wall_s = 0.0
+
+    def request_replan(self, propagation_s: float, delay_s: float = 0.002) -> None:
+        """Coalesce triggers as the runtime's controller does: one plan for a burst of reports,
+        and never a new plan before the previous one has been computed."""
+        if self._replan_pending:
+            return
+        self._replan_pending = True
+
+        def run() -> None:
+            self._replan_pending = False
+            self.replan(propagation_s)
+
+        self.engine.at(max(self.engine.now + delay_s, self._planner_free_at_s), run)
 
     # -- planning (the same inputs the runtime's EdgeSessionManager builds) ----------------------
-    def replan(self, propagation_s: float) -> None:
+    def replan(self, propagation_s: float, *, at_registration: bool = False) -> None:
         planned = [c for c in self.clients.values() if c.mode in ("plan", "plan_no_backoff")]
         if not planned:
             return
@@ -145,13 +162,20 @@ class _Server:
             server_overhead_ms=self.settings.server_overhead_ms,
             plan_interval_ms=self.settings.interval_s * 1000.0,
         )
+        started = time.perf_counter()
         plan = plan_edge(instance, self.policy)  # type: ignore[arg-type]
+        # Planning takes as long in simulated time as it took here: its decisions reach the
+        # clients that much later, as they would from the live controller.
+        planning_s = time.perf_counter() - started
+        self.planning_wall_s += planning_s
+        self._planner_free_at_s = self.engine.now + planning_s
         self.plans += 1
         self.planned_mbps = {c.name: c.bandwidth_reported_mbps for c in planned}
         self.worker_variants = {name: decision.variant for name, decision in plan.workers.items()}
         for name, instruction in instructions_from_plan(plan, self.live_variants, self.settings.server_overhead_ms).items():
             client = self.clients[name]
-            self.engine.after(propagation_s, lambda client=client, instruction=instruction: _assign(client, instruction, self.engine.now))
+            delay_s = 0.0 if at_registration else planning_s + propagation_s
+            self.engine.after(delay_s, lambda client=client, instruction=instruction: _assign(client, instruction, self.engine.now))
 
     # -- frames ---------------------------------------------------------------------------------
     def receive(self, client: _Client, record: FrameRecord, size: int, budget_ms: float, reply: Reply) -> None:
@@ -364,19 +388,19 @@ def simulate_edge(
             client.bandwidth_reported_mbps = estimate
             planned = server.planned_mbps.get(client.name)
             if client.mode in ("plan", "plan_no_backoff") and needs_replan({} if planned is None else {client.name: planned}, {client.name: estimate}, settings.replan_change):
-                server.replan(propagation_s)
+                server.request_replan(propagation_s)
 
         engine.at(arrival, at_server)
 
     def tick() -> None:
         if engine.now >= scenario.duration_s:
             return
-        server.replan(propagation_s)
+        server.request_replan(propagation_s, delay_s=0.0)
         engine.after(settings.interval_s, tick)
 
     # The registration handshake: a live client waits for its first assignment before it
     # streams, so the first plan reaches the clients at time 0.
-    server.replan(0.0)
+    server.replan(0.0, at_registration=True)
     engine.after(settings.interval_s, tick)
     for client in clients:
         engine.at(0.0, lambda client=client: capture(client, 0))
@@ -390,7 +414,8 @@ def simulate_edge(
         run.records[client.name] = sorted(client.records, key=lambda r: r.seq)
         run.assignments[client.name] = client.assignments
     utilisation = [round(busy / scenario.duration_s, 4) for busy in server.worker_busy_s]
-    return run, {"events": engine.events_run, "plans": server.plans, "worker_utilisation": utilisation}
+    stats = {"events": engine.events_run, "plans": server.plans, "planning_wall_s": round(server.planning_wall_s, 3), "worker_utilisation": utilisation}
+    return run, stats
 
 
 def sim_variants_from_profiles(family: str, profiles, percentile: str = "p95") -> list[SimVariant]:

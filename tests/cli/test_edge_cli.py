@@ -1,0 +1,34 @@
+"""Edge-related commands: bad input fails fast with one line; the planner bench on a family's
+measured profiles."""
+
+from __future__ import annotations
+
+import json
+
+from shoal.cli import main
+
+
+def test_bad_options_fail_before_any_work(capsys, fixture_repository_path):
+    repo = str(fixture_repository_path)
+    assert main(["demo", "--repo", repo, "--statics", "some"]) == 2
+    assert "--statics 'some'" in capsys.readouterr().err
+    assert main(["demo", "--repo", repo, "--trace", "moon"]) == 2
+    assert "neither a built-in trace" in capsys.readouterr().err
+    assert main(["bench", "edge-serve", "--repo", repo, "--traces", "lte,moon"]) == 2
+    assert "'moon'" in capsys.readouterr().err
+    assert main(["bench", "edge-serve", "--repo", repo, "--family", "nope"]) == 2
+    assert "not in" in capsys.readouterr().err
+    assert main(["serve", "--repo", repo, "--edge-policy", "greedy"]) == 2
+    assert "--edge-policy 'greedy'" in capsys.readouterr().err
+
+
+def test_planner_bench_runs_on_a_familys_measured_profiles(capsys, writable_repository):
+    repo = str(writable_repository.root)
+    assert main(["bench", "planner", "edge", "--repo", repo, "--family", "fixture", "--quick", "--instances", "2", "--json"]) == 2
+    assert "no CPU profiles" in capsys.readouterr().err
+    assert main(["profile", "--repo", repo, "--family", "fixture", "--batch-sizes", "1,2,4,8", "--repeats", "3", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "planner", "edge", "--repo", repo, "--family", "fixture", "--quick", "--instances", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {"shoal", "jellyfish"} <= set(summary)
+    assert 0.0 < summary["shoal"]["mean_ratio_to_exact"] <= 1.0 + 1e-9
