@@ -152,9 +152,7 @@ class EdgeSessionManager:
         family = self.service.families[session.family]
         try:
             result = await self.service.infer(model, {family.input_name: pixels[None]}, {"slo_ms": header.budget_ms}, [])
-        except DeadlineExceededError as error:
-            return {"type": "dropped", "seq": header.seq, "reason": error.message}
-        except OverloadedError as error:
+        except (DeadlineExceededError, OverloadedError) as error:  # too late now, or admission says it will be
             return {"type": "dropped", "seq": header.seq, "reason": error.message}
         except ServingError as error:
             return {"type": "error", "seq": header.seq, "message": error.message}
