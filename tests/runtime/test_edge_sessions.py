@@ -143,3 +143,16 @@ def test_bandwidth_drop_moves_the_client_to_a_smaller_input_within_two_intervals
     assert len({r.seq for r in records}) == len(records) and all(r.outcome != "unanswered" for r in records)
     late_frames = [r for r in records if r.captured_s + (client._started_s - drop_at) > 2 * INTERVAL_S]
     assert late_frames and all(r.input_size < 64 for r in late_frames)
+
+
+def test_edge_runs_report_worker_utilisation_from_the_servers_metrics(edge_server, fixture_repository_path):
+    from shoal.client.network import load_trace
+    from shoal.experiments.edge_serving import EdgeScenario, run_edge_setting
+
+    frames, labels = ModelRepository(fixture_repository_path).load_validation("fixture")
+    scenario = EdgeScenario("fixture", load_trace("wifi"), (0.0, 50.0), fps=20.0, slo_ms=100.0, duration_s=1.5, propagation_ms=1.0)
+    run = asyncio.run(run_edge_setting(edge_server.url, "static:fixture.rf-64", scenario, frames, labels))
+    summary = run.summary()
+    assert summary["frames"] == 60 and summary["answered"] > 0
+    assert set(summary["worker_utilisation"]) == {"w0"}
+    assert 0.0 < summary["worker_utilisation"]["w0"] < 1.0

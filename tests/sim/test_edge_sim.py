@@ -71,7 +71,7 @@ def test_the_simulator_plans_with_the_shared_planner():
     run, _ = simulate_edge(scenario, VARIANTS, "shoal")
     instance = build_edge_instance(
         [v.live for v in VARIANTS],
-        [LiveWorker("worker-0", "cpu", None, ("f.small", "f.mid", "f.large"))],
+        [LiveWorker("w0", "cpu", None, ("f.small", "f.mid", "f.large"))],
         [LiveClient("client-0", 60.0, 15.0, 30.0, 2 * 5.0 + 0.75)],
         server_overhead_ms=1.5,
         plan_interval_ms=500.0,

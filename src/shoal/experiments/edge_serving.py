@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class EdgeRun:
     scenario: EdgeScenario
     records: dict[str, list[FrameRecord]] = field(default_factory=dict)
     assignments: dict[str, list[tuple[float, str | None, int]]] = field(default_factory=dict)
+    worker_utilisation: dict[str, float] = field(default_factory=dict)
+    """Worker -> share of the run it spent executing batches (from the server's metrics)."""
 
     @property
     def all_records(self) -> list[FrameRecord]:
@@ -77,6 +80,7 @@ class EdgeRun:
             "variants": dict(sorted(Counter(r.variant for r in answered).items())),
             "input_sizes": {str(k): v for k, v in sorted(Counter(r.input_size for r in records).items())},
             "assignment_changes": switches,
+            "worker_utilisation": dict(sorted(self.worker_utilisation.items())),
         }
 
 
@@ -121,13 +125,37 @@ async def run_edge_setting(
     if clients_out is not None:
         clients_out.extend(clients)
     stride = max(1, len(frames) // max(1, scenario.clients))
+    busy_before = await worker_busy_seconds(url)
+    started = time.monotonic()
     results = await asyncio.gather(
         *(client.run(_frame_source(frames, labels, i * stride), duration_s=scenario.duration_s) for i, client in enumerate(clients))
     )
+    busy_after = await worker_busy_seconds(url)
+    elapsed = time.monotonic() - started
+    run.worker_utilisation = {worker: round((busy_after[worker] - busy_before.get(worker, 0.0)) / elapsed, 4) for worker in busy_after}
     for client, records in zip(clients, results):
         run.records[client.config.name] = sorted(records, key=lambda r: r.seq)
         run.assignments[client.config.name] = list(client.assignments)
     return run
+
+
+async def worker_busy_seconds(url: str) -> dict[str, float]:
+    """Each worker's busy-time counter from the server's Prometheus /metrics ({} if unreachable)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            text = (await http.get(url.rstrip("/") + "/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    busy = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "shoal_worker_busy_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    busy[sample.labels["worker"]] = sample.value
+    return busy
 
 
 @dataclass(frozen=True)

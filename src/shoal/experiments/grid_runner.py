@@ -51,8 +51,8 @@ def _run_simulated(spec, grid, profiles, candidates, progress, workers) -> list[
             policy_rows = []
             for setting in settings:
                 if setting not in cache:
-                    run, stats = simulate_edge(scenario, variants, setting, SimSettings(workers=workers, seed=cell.repetition))
-                    cache[setting] = row_for(cell, policy, run, {"setting": setting, "worker_utilisation": stats["worker_utilisation"], "mode": "simulated"})
+                    run, _ = simulate_edge(scenario, variants, setting, SimSettings(workers=workers, seed=cell.repetition))
+                    cache[setting] = row_for(cell, policy, run, {"setting": setting, "mode": "simulated"})
                 policy_rows.append({**cache[setting], "policy": policy})
             rows.append(best_static_row(policy_rows) if policy == "static-best" else policy_rows[0])
         if progress:

@@ -153,7 +153,7 @@ class _Server:
         planned = [c for c in self.clients.values() if c.mode in ("plan", "plan_no_backoff")]
         if not planned:
             return
-        names = [f"worker-{i}" for i in range(self.settings.workers)]
+        names = [f"w{i}" for i in range(self.settings.workers)]  # the runtime's worker ids
         workers = [LiveWorker(n, "cpu", self.worker_variants.get(n), tuple(self.variants)) for n in names]
         instance = build_edge_instance(
             self.live_variants,
@@ -414,6 +414,7 @@ def simulate_edge(
         run.records[client.name] = sorted(client.records, key=lambda r: r.seq)
         run.assignments[client.name] = client.assignments
     utilisation = [round(busy / scenario.duration_s, 4) for busy in server.worker_busy_s]
+    run.worker_utilisation = {f"w{index}": value for index, value in enumerate(utilisation)}
     stats = {"events": engine.events_run, "plans": server.plans, "planning_wall_s": round(server.planning_wall_s, 3), "worker_utilisation": utilisation}
     return run, stats
 
