@@ -49,5 +49,10 @@ def test_admission_counts_rounds_of_full_batches_across_workers():
     latency = linear(2, 1)
     assert admission_finish_ms(0, 0.0, latency, 8, 1) == pytest.approx(3.0)
     assert admission_finish_ms(0, 4.0, latency, 8, 1) == pytest.approx(7.0)
-    # 20 queued, 8 per batch, 2 workers: one full round (16) ahead, then a batch of 5.
-    assert admission_finish_ms(20, 0.0, latency, 8, 2) == pytest.approx(10.0 + 7.0)
+    # 20 queued, 8 per batch, 2 workers: one full round (16) ahead, then the remaining 4 and
+    # this request shared by the two workers: its own batch holds 3.
+    assert admission_finish_ms(20, 0.0, latency, 8, 2) == pytest.approx(10.0 + 5.0)
+    # 200 queued on 64 workers never fill a round: batches of ceil(201 / 64) = 4.
+    assert admission_finish_ms(200, 0.0, latency, 32, 64) == pytest.approx(6.0)
+    # One worker: the whole remainder is its batch, as before.
+    assert admission_finish_ms(5, 0.0, latency, 8, 1) == pytest.approx(8.0)

@@ -76,7 +76,10 @@ def admission_finish_ms(
     request which cannot make its deadline is refused at once (429) instead of holding a queue
     slot only to be dropped later.
     """
-    per_round = max(1, max_batch_size * max(1, num_workers))
+    workers = max(1, num_workers)
+    per_round = max(1, max_batch_size * workers)
     full_rounds_ahead = num_queued // per_round
-    own_batch = min(max_batch_size, num_queued % per_round + 1)
+    # The rest of the queue and this request are shared by all the workers: its own batch holds
+    # its share, not the whole remainder (with 64 workers, 200 queued items are batches of ~4).
+    own_batch = min(max_batch_size, -(-(num_queued % per_round + 1) // workers))
     return busy_remaining_ms + full_rounds_ahead * batch_latency_ms(max_batch_size) + batch_latency_ms(own_batch)
