@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.planner.edge import plan_edge
+from shoal.planner.edge import EdgeClient, EdgeWorker, plan_edge
 from shoal.planner.edge.live import (
-    LiveClient,
     LiveVariant,
-    LiveWorker,
     build_edge_instance,
     fallback_ladder,
     instructions_from_plan,
@@ -35,8 +33,8 @@ def test_ladder_keeps_the_best_variant_per_size_smallest_first():
 
 
 def _plan(bandwidths_mbps, slo_ms=60.0):
-    clients = [LiveClient(f"c{i}", slo_ms, 10.0, mbps, rtt_ms=2.0) for i, mbps in enumerate(bandwidths_mbps)]
-    workers = [LiveWorker("w0", "cpu", None, ("f.small", "f.large"))]
+    clients = [EdgeClient(f"c{i}", slo_ms, 10.0, mbps, rtt_ms=2.0) for i, mbps in enumerate(bandwidths_mbps)]
+    workers = [EdgeWorker("w0", "cpu", None, ("f.small", "f.large"))]
     instance = build_edge_instance(VARIANTS, workers, clients, server_overhead_ms=1.0, plan_interval_ms=500.0)
     return instance, plan_edge(instance, "exact")
 

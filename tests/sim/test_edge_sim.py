@@ -7,7 +7,8 @@ import pytest
 from shoal.client.network import BandwidthTrace
 from shoal.experiments.edge_serving import EdgeScenario, StaticCandidate, predict_static_miss_rate
 from shoal.planner.edge import plan_edge
-from shoal.planner.edge.live import LiveClient, LiveVariant, LiveWorker, build_edge_instance
+from shoal.planner.edge.live import LiveVariant, build_edge_instance
+from shoal.planner.edge.model import EdgeClient, EdgeWorker
 from shoal.sim import SimSettings, SimVariant, simulate_edge
 
 
@@ -71,8 +72,8 @@ def test_the_simulator_plans_with_the_shared_planner():
     run, _ = simulate_edge(scenario, VARIANTS, "shoal")
     instance = build_edge_instance(
         [v.live for v in VARIANTS],
-        [LiveWorker("w0", "cpu", None, ("f.small", "f.mid", "f.large"))],
-        [LiveClient("client-0", 60.0, 15.0, 30.0, 2 * 5.0 + 0.75)],
+        [EdgeWorker("w0", "cpu", None, ("f.small", "f.mid", "f.large"))],
+        [EdgeClient("client-0", 60.0, 15.0, 30.0, 2 * 5.0 + 0.75)],
         server_overhead_ms=1.5,
         plan_interval_ms=500.0,
     )

@@ -32,13 +32,11 @@ from shoal.client.edge import FrameRecord
 from shoal.client.network import EmulatedLink
 from shoal.experiments.edge_serving import EdgeRun, EdgeScenario
 from shoal.planner.batching import admission_finish_ms, decide_batch
-from shoal.planner.edge import plan_edge
+from shoal.planner.edge import EdgeClient, EdgeWorker, plan_edge
 from shoal.planner.edge.backoff import choose_input_size
 from shoal.planner.edge.live import (
     ClientInstruction,
-    LiveClient,
     LiveVariant,
-    LiveWorker,
     build_edge_instance,
     fallback_ladder,
     instructions_from_plan,
@@ -154,11 +152,11 @@ class _Server:
         if not planned:
             return
         names = [f"w{i}" for i in range(self.settings.workers)]  # the runtime's worker ids
-        workers = [LiveWorker(n, "cpu", self.worker_variants.get(n), tuple(self.variants)) for n in names]
+        workers = [EdgeWorker(n, "cpu", self.worker_variants.get(n), tuple(self.variants)) for n in names]
         instance = build_edge_instance(
             self.live_variants,
             workers,
-            [LiveClient(c.name, c.slo_ms, c.fps, c.bandwidth_reported_mbps, c.rtt_ms, c.instruction.variant if c.instruction else None) for c in planned],
+            [EdgeClient(c.name, c.slo_ms, c.fps, c.bandwidth_reported_mbps, c.rtt_ms, c.instruction.variant if c.instruction else None) for c in planned],
             server_overhead_ms=self.settings.server_overhead_ms,
             plan_interval_ms=self.settings.interval_s * 1000.0,
         )

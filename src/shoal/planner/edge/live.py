@@ -7,16 +7,14 @@ snapshots, never sockets or clocks, so that what is simulated is what is served.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shoal.planner.edge.model import EdgeClient, EdgeInstance, EdgePlan, EdgeSettings, EdgeVariant, EdgeWorker
 
 __all__ = [
     "ClientInstruction",
     "LadderStep",
-    "LiveClient",
     "LiveVariant",
-    "LiveWorker",
     "build_edge_instance",
     "edge_variant",
     "fallback_ladder",
@@ -45,24 +43,6 @@ class LiveVariant:
     latency_ms: Mapping[int, float]
     """Batch size -> batch latency on the serving device, non-decreasing in batch size."""
     load_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class LiveWorker:
-    name: str
-    device: str
-    loaded_variant: str | None
-    cached_variants: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class LiveClient:
-    name: str
-    slo_ms: float
-    fps: float
-    bandwidth_mbps: float
-    rtt_ms: float = 0.0
-    current_variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,18 +78,17 @@ def edge_variant(variant: LiveVariant) -> EdgeVariant:
 
 def build_edge_instance(
     variants: Sequence[LiveVariant],
-    workers: Sequence[LiveWorker],
-    clients: Sequence[LiveClient],
+    workers: Sequence[EdgeWorker],
+    clients: Sequence[EdgeClient],
     *,
     server_overhead_ms: float,
     plan_interval_ms: float,
 ) -> EdgeInstance:
     return EdgeInstance(
         variants=tuple(edge_variant(variant) for variant in variants),
-        workers=tuple(EdgeWorker(w.name, w.device, w.loaded_variant, w.cached_variants) for w in workers),
-        clients=tuple(
-            EdgeClient(c.name, c.slo_ms, c.fps, max(c.bandwidth_mbps, 1e-3), c.rtt_ms, c.current_variant) for c in clients
-        ),
+        workers=tuple(workers),
+        # A reported bandwidth can round to 0; the model divides by it.
+        clients=tuple(replace(c, bandwidth_mbps=max(c.bandwidth_mbps, 1e-3)) for c in clients),
         settings=EdgeSettings(server_overhead_ms=server_overhead_ms, plan_interval_ms=plan_interval_ms),
     )
 

@@ -22,13 +22,11 @@ from typing import Any
 import numpy as np
 
 from shoal.core.models import Device, Profile
-from shoal.planner.edge import plan_edge
+from shoal.planner.edge import EdgeClient, EdgeWorker, plan_edge
 from shoal.planner.edge.live import (
     ClientInstruction,
     LadderStep,
-    LiveClient,
     LiveVariant,
-    LiveWorker,
     build_edge_instance,
     fallback_ladder,
     instructions_from_plan,
@@ -59,9 +57,9 @@ class EdgeSession:
     instruction: ClientInstruction | None = None
     frames: int = 0
 
-    def live(self) -> LiveClient:
+    def live(self) -> EdgeClient:
         current = self.instruction.variant if self.instruction else None
-        return LiveClient(self.name, self.slo_ms, self.fps, self.bandwidth_mbps, self.rtt_ms, current)
+        return EdgeClient(self.name, self.slo_ms, self.fps, self.bandwidth_mbps, self.rtt_ms, current)
 
 
 @dataclass
@@ -221,7 +219,7 @@ class EdgeSessionManager:
             return
         loaded = tuple(key for key in self.service.variants if self.service.scheduler.workers_for(key))
         workers = [
-            LiveWorker(name, self.service.config.device, state.worker_variants.get(name), loaded)
+            EdgeWorker(name, self.service.config.device, state.worker_variants.get(name), loaded)
             for name in sorted(self.service.manager.workers)
         ]
         overhead_ms = self.server_overhead_ms
