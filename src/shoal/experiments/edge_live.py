@@ -20,6 +20,7 @@ from shoal.client.network import load_trace, trace_offsets
 from shoal.core.models import Device, Profile, Variant
 from shoal.experiments import code_version
 from shoal.experiments.edge_serving import EdgeRun, EdgeScenario, StaticCandidate, choose_statics, run_edge_setting
+from shoal.experiments.grid import best_static_row
 from shoal.zoo.repository import ModelRepository
 
 __all__ = ["ComparisonResult", "best_static", "compare_on_trace", "family_profiles", "run_settings", "static_candidates"]
@@ -71,15 +72,12 @@ def static_candidates(family: str, profiles: Sequence[tuple[Variant, Profile]], 
 
 
 def best_static(runs: Sequence[EdgeRun]) -> EdgeRun | None:
-    """The most accurate static run that missed <= 1% of frames; else the one with the fewest misses."""
-    statics = [(run, run.summary()) for run in runs if run.setting.startswith("static:")]
-    statics = [(run, s) for run, s in statics if s["frames"]]
-    if not statics:
-        return None
-    within = [(run, s) for run, s in statics if s["miss_rate"] <= 0.01 and s["accuracy"] is not None]
-    if within:
-        return max(within, key=lambda pair: pair[1]["accuracy"])[0]
-    return min(statics, key=lambda pair: pair[1]["miss_rate"])[0]
+    """The most accurate static run that missed <= 1% of frames; else the one with the fewest
+    misses (the rule of `best_static_row`, applied to runs)."""
+    statics = [run for run in runs if run.setting.startswith("static:")]
+    summaries = [run.summary() for run in statics]
+    chosen = best_static_row(summaries)
+    return None if chosen is None else statics[next(i for i, s in enumerate(summaries) if s is chosen)]
 
 
 def _table(setting: str, views: dict[str, _ClientView], elapsed_s: float, duration_s: float) -> Table:
