@@ -57,11 +57,8 @@ class SimVariant:
     """Batch size -> measured batch latencies (execution times are drawn from these)."""
 
     def draw_ms(self, batch_size: int, rng: random.Random) -> float:
-        sizes = sorted(self.samples_ms)
-        size = sizes[min(bisect.bisect_left(sizes, batch_size), len(sizes) - 1)]
-        samples = self.samples_ms[size]
-        scale = batch_size / size if batch_size > size else 1.0  # beyond the profile: linear
-        return rng.choice(samples) * scale
+        size, scale = _profiled_size(self.samples_ms, batch_size)
+        return rng.choice(self.samples_ms[size]) * scale
 
 
 @dataclass(frozen=True)
@@ -259,10 +256,17 @@ class _Server:
         item.reply(item.record, kind, variant, self.settings.server_overhead_ms / 2000.0, correct)
 
 
-def _table_ms(table: Mapping[int, float], batch_size: int) -> float:
+def _profiled_size(table: Mapping[int, object], batch_size: int) -> tuple[int, float]:
+    """The smallest profiled batch size >= `batch_size`, and the factor to scale its latency
+    by (linear beyond the largest profiled size)."""
     sizes = sorted(table)
     size = sizes[min(bisect.bisect_left(sizes, batch_size), len(sizes) - 1)]
-    return table[size] * (batch_size / size if batch_size > size else 1.0)
+    return size, (batch_size / size if batch_size > size else 1.0)
+
+
+def _table_ms(table: Mapping[int, float], batch_size: int) -> float:
+    size, scale = _profiled_size(table, batch_size)
+    return table[size] * scale
 
 
 def _assign(client: _Client, instruction: ClientInstruction, now: float) -> None:

@@ -36,7 +36,7 @@ from shoal.runtime.edge.protocol import FrameHeader, ProtocolError, Register, Re
 from shoal.runtime.errors import DeadlineExceededError, OverloadedError, ServingError
 from shoal.runtime.service import InferenceService
 
-__all__ = ["EdgeSession", "EdgeSessionManager"]
+__all__ = ["EdgeSession", "EdgeSessionManager", "assignment_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class EdgeSessionManager:
             session.instruction = instruction
             if changed_variant or not instruction.served:
                 logger.info("edge: %s -> %s at %d px (%s)", session.name, instruction.variant, instruction.input_size_px, instruction.reason or "planned")
-            await _send_quietly(session, _assignment_message(instruction))
+            await _send_quietly(session, assignment_message(instruction))
 
     async def run(self) -> None:
         """Plan every interval, and at once when a session arrives, leaves or its bandwidth jumps."""
@@ -267,7 +267,7 @@ def _same(new: ClientInstruction, old: ClientInstruction | None) -> bool:
     return abs(new.server_ms - old.server_ms) <= 0.2 * max(old.server_ms, 1.0)
 
 
-def _assignment_message(instruction: ClientInstruction) -> dict[str, Any]:
+def assignment_message(instruction: ClientInstruction) -> dict[str, Any]:
     return {
         "type": "assignment",
         "variant": instruction.variant,

@@ -16,7 +16,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from shoal.runtime.edge.protocol import EDGE_PATH, Ping, ProtocolError, Register, Report, decode_frame, dumps, parse_client_message
-from shoal.runtime.edge.sessions import EdgeSession, EdgeSessionManager
+from shoal.runtime.edge.sessions import EdgeSession, EdgeSessionManager, assignment_message
 from shoal.runtime.errors import ServingError
 
 __all__ = ["edge_route"]
@@ -124,7 +124,6 @@ async def _register(websocket: WebSocket, manager: EdgeSessionManager, send) -> 
             ],
         }
     )
-    if session.instruction is not None:
-        instruction = session.instruction
-        await send({"type": "assignment", "variant": instruction.variant, "input_size": instruction.input_size_px, "server_ms": 0.0, "served": True, "reason": instruction.reason})
+    if session.instruction is not None:  # pinned and per-query sessions need no plan
+        await send(assignment_message(session.instruction))
     return session
