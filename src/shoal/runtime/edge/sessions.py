@@ -55,7 +55,6 @@ class EdgeSession:
     send: Send
     per_query: bool = False
     instruction: ClientInstruction | None = None
-    frames: int = 0
 
     def live(self) -> EdgeClient:
         current = self.instruction.variant if self.instruction else None
@@ -90,8 +89,6 @@ class EdgeSessionManager:
         self._wake = asyncio.Event()
         self._overhead_ms: collections.deque[float] = collections.deque(maxlen=256)
         self._profiles: dict[str, Profile | None] = {}
-        self.plans_made = 0
-        self.last_plan_ms = 0.0
 
     # -- sessions -------------------------------------------------------------------------------
     def register(self, request: Register, send: Send) -> tuple[EdgeSession, list[LadderStep]]:
@@ -134,7 +131,6 @@ class EdgeSessionManager:
     async def serve_frame(self, session: EdgeSession, header: FrameHeader, pixels: np.ndarray) -> dict[str, Any]:
         """One frame to one answer: a result, a drop with its reason, or an error."""
         received = time.perf_counter()
-        session.frames += 1
         if header.budget_ms <= 0:
             return {"type": "dropped", "seq": header.seq, "reason": "no time left for the server (budget_ms <= 0)"}
         instruction = session.instruction
@@ -226,10 +222,7 @@ class EdgeSessionManager:
         instance = build_edge_instance(
             variants, workers, [s.live() for s in sessions], server_overhead_ms=overhead_ms, plan_interval_ms=self.interval_s * 1000.0
         )
-        started = time.perf_counter()
         plan = plan_edge(instance, self.policy)  # type: ignore[arg-type]
-        self.last_plan_ms = (time.perf_counter() - started) * 1000.0
-        self.plans_made += 1
         state.planned_mbps = {s.name: s.bandwidth_mbps for s in sessions}
         state.worker_variants = {name: decision.variant for name, decision in plan.workers.items()}
         for key in {decision.variant for decision in plan.workers.values() if decision.variant}:
