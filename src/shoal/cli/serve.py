@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,6 +39,9 @@ def serve(
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest accepted request body.")] = 64.0,
     edge_policy: Annotated[str, typer.Option("--edge-policy", help="Planner of the edge sessions (/v2/shoal/edge): shoal | jellyfish | exact.")] = "shoal",
     edge_interval_s: Annotated[float, typer.Option("--edge-interval-s", min=0.05, help="Edge re-planning period (also re-plans on arrivals and bandwidth jumps).")] = 0.5,
+    workflow: Annotated[
+        Path | None, typer.Option("--workflow", help="Also serve this workflow deployment.json (from `shoal workflow deploy`) as a model.", show_default=False)
+    ] = None,
     admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="SHOAL_ADMIN_TOKEN", help="Bearer token for load/unload.")] = None,
 ) -> None:
     """Serve a repository over KServe v2 HTTP and gRPC until interrupted."""
@@ -56,6 +60,10 @@ def serve(
     parse_device(device)
     if edge_policy not in ("shoal", "jellyfish", "exact"):
         raise InvalidInputError(f"--edge-policy {edge_policy!r}: use one of shoal, jellyfish, exact")
+    if workflow is not None:
+        from shoal.runtime.workflow import load_deployment
+
+        load_deployment(workflow)  # a bad file is a clear error before anything starts
     config = ServeConfig(
         repository=repository.root,
         device=device,
@@ -81,4 +89,5 @@ def serve(
         idle_unload_after_s=idle_unload_s,
         edge_policy=edge_policy,
         edge_interval_s=edge_interval_s,
+        workflow_deployment=workflow,
     )

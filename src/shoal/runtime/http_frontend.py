@@ -1,6 +1,7 @@
 """KServe v2 / Open Inference Protocol over HTTP (Starlette), with Triton's binary extension.
 
 Routes: /v2, /v2/health/{live,ready}, /v2/models/{m}[/versions/{v}][/ready|/infer],
+where {m} is a family, a `<family>.<variant>` or a served workflow (its deployment's name),
 /v2/repository/index, /v2/repository/models/{m}/{load,unload}, shoal's replica extension
 (POST /v2/repository/models/{m}/replicas {"replicas": n}, GET /v2/repository/replicas) and
 /metrics. Every error is a
@@ -13,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,7 +24,10 @@ from starlette.routing import BaseRoute, Route
 
 from shoal.runtime.codec import decode_http_request, encode_http_response
 from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, ServingError, UnauthorizedError
-from shoal.runtime.service import InferenceService
+from shoal.runtime.service import InferenceService, requirements
+
+if TYPE_CHECKING:
+    from shoal.runtime.workflow import WorkflowExecutor
 
 __all__ = ["build_http_app"]
 
@@ -38,8 +43,15 @@ def _error_response(error: ServingError) -> JSONResponse:
 
 
 def build_http_app(
-    service: InferenceService, *, max_body_bytes: int = 64 * 1024 * 1024, admin_token: str | None = None, extra_routes: Sequence[BaseRoute] = ()
+    service: InferenceService,
+    *,
+    max_body_bytes: int = 64 * 1024 * 1024,
+    admin_token: str | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+    workflows: Mapping[str, "WorkflowExecutor"] | None = None,
 ) -> Starlette:
+    workflows = dict(workflows or {})
+
     def guarded(handler):
         async def endpoint(request: Request) -> Response:
             try:
@@ -82,26 +94,37 @@ def build_http_app(
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     async def model_metadata(request: Request) -> Response:
-        return JSONResponse(service.model_metadata(request.path_params["model"]))
+        model = request.path_params["model"]
+        if model in workflows:
+            return JSONResponse(workflows[model].metadata())
+        return JSONResponse(service.model_metadata(model))
 
     async def model_ready(request: Request) -> Response:
-        is_ready = service.is_ready(request.path_params["model"])
+        model = request.path_params["model"]
+        is_ready = workflows[model].started if model in workflows else service.is_ready(model)
         return JSONResponse({"name": request.path_params["model"], "ready": is_ready}, status_code=200 if is_ready else 503)
 
     async def infer(request: Request) -> Response:
         model = request.path_params["model"]
-        service.resolve(model)  # 404 before reading a large body
+        if model not in workflows:
+            service.resolve(model)  # 404 before reading a large body
         body = await read_body(request)
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None and not header_length.isdigit():
             raise BadRequestError("Inference-Header-Content-Length must be a non-negative integer")
         decoded = decode_http_request(body, int(header_length) if header_length is not None else None)
-        result = await service.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs)
+        if model in workflows:
+            slo_ms, priority, _ = requirements(decoded.parameters, workflows[model].deployment.slo_ms)
+            answer = await workflows[model].infer(decoded.inputs, slo_ms=slo_ms, priority=priority)
+            outputs, parameters = answer.outputs, {"shoal_workflow_ms": round(answer.latency_ms, 3)}
+        else:
+            result = await service.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs)
+            outputs, parameters = {result.output_name: result.outputs}, result.parameters
         payload, json_length = encode_http_response(
             model,
-            {result.output_name: result.outputs},
+            outputs,
             request_id=decoded.request_id,
-            parameters=result.parameters,
+            parameters=parameters,
             binary_outputs=decoded.binary_outputs,
             binary_by_default=decoded.binary_by_default,
         )

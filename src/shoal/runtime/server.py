@@ -6,9 +6,11 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 
+from shoal.core.errors import InvalidInputError
 from shoal.runtime.http_frontend import build_http_app
 from shoal.runtime.service import InferenceService
 from shoal.runtime.worker_manager import ServeConfig
@@ -31,17 +33,29 @@ async def serve_forever(
     idle_unload_after_s: float = 300.0,
     edge_policy: str = "shoal",
     edge_interval_s: float = 0.5,
+    workflow_deployment: Path | None = None,
 ) -> None:
     from shoal.runtime.controller import Controller
     from shoal.runtime.edge.sessions import EdgeSessionManager
     from shoal.runtime.edge.websocket import edge_route
 
     service = InferenceService(config)
+    workflows = {}
+    if workflow_deployment is not None:
+        from shoal.runtime.workflow import WorkflowExecutor, load_deployment
+
+        deployment, base_dir = load_deployment(workflow_deployment)
+        workflows[deployment.name] = WorkflowExecutor(deployment, base_dir, metrics=service.metrics)
     await service.start()
+    for name, executor in workflows.items():
+        if name in service.model_names():
+            await service.stop()
+            raise InvalidInputError(f"workflow name {name!r} is also a model of the repository; rename the workflow in its deployment file")
+        await executor.start()
     controller_task = asyncio.create_task(Controller(service, interval_s=control_interval_s, idle_unload_after_s=idle_unload_after_s).run())
     edge = EdgeSessionManager(service, policy=edge_policy, interval_s=edge_interval_s)
     edge_task = asyncio.create_task(edge.run())
-    app = build_http_app(service, admin_token=admin_token, max_body_bytes=max_body_bytes, extra_routes=[edge_route(edge)])
+    app = build_http_app(service, admin_token=admin_token, max_body_bytes=max_body_bytes, extra_routes=[edge_route(edge)], workflows=workflows)
     http_server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=http_port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
     )
@@ -64,11 +78,12 @@ async def serve_forever(
     if http_task.done():
         controller_task.cancel()
         edge_task.cancel()
-        await service.stop()
+        await _stop_all(service, workflows)
         http_task.result()
         raise SystemExit(f"HTTP frontend failed to start on {host}:{http_port}")
     grpc_text = f", gRPC on {host}:{grpc_port}" if grpc_server else ""
-    print(f"shoal serving {len(service.variants)} variants: HTTP on http://{host}:{http_port}{grpc_text}", file=sys.stderr, flush=True)
+    workflow_text = "".join(f", workflow {name!r}" for name in workflows)
+    print(f"shoal serving {len(service.variants)} variants{workflow_text}: HTTP on http://{host}:{http_port}{grpc_text}", file=sys.stderr, flush=True)
     await stop.wait()
     logger.info("shutting down")
     http_server.should_exit = True
@@ -76,8 +91,14 @@ async def serve_forever(
     edge_task.cancel()
     if grpc_server is not None:
         await grpc_server.stop(grace=5)
-    await service.stop()
+    await _stop_all(service, workflows)
     await http_task
+
+
+async def _stop_all(service: InferenceService, workflows: dict) -> None:
+    for executor in workflows.values():
+        await executor.stop()
+    await service.stop()
 
 
 def run_server(config: ServeConfig, **kwargs) -> None:

@@ -28,7 +28,7 @@ from shoal.runtime.worker_manager import ServeConfig, WorkerManager
 from shoal.zoo.preprocess import resize_images
 from shoal.zoo.repository import ModelRepository
 
-__all__ = ["InferenceResult", "InferenceService", "ServeConfig", "ServedVariant"]
+__all__ = ["InferenceResult", "InferenceService", "ServeConfig", "ServedVariant", "requirements"]
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class InferenceService:
     async def infer(self, model_name: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], requested_outputs: list[str]) -> InferenceResult:
         arrival_ms = monotonic_ms()
         family, served = self.resolve(model_name)
-        slo_ms, priority, min_accuracy = _requirements(parameters, self.config.default_slo_ms)
+        slo_ms, priority, min_accuracy = requirements(parameters, self.config.default_slo_ms)
         tensor = _check_input(family, inputs, self.config.max_request_items)
         for name in requested_outputs:
             if name != family.output_name:
@@ -265,7 +265,7 @@ class InferenceService:
         )
 
 
-def _requirements(parameters: dict[str, Any], default_slo_ms: float) -> tuple[float, int, float]:
+def requirements(parameters: dict[str, Any], default_slo_ms: float) -> tuple[float, int, float]:
     """SLO (from `timeout` in microseconds, as Triton, or `slo_ms`), priority, min_accuracy."""
     slo_ms = default_slo_ms
     if "timeout" in parameters:

@@ -1,0 +1,249 @@
+"""Run a placed workflow: stage models on their workers, requests routed along the DAG.
+
+Every worker named by the deployment is one worker process (ONNX Runtime, shared-memory
+tensors, see shoal.runtime.worker); a worker that carries several tasks (--shared-workers
+plans) holds one session per task and its batching loop pulls from all of them. Each
+(task, worker) pair has its own deadline-aware queue in the ordinary Scheduler, keyed
+`<task>@<worker>`, so stage batching, stale-request dropping and admission are the same code
+the single-model server runs.
+
+Messages go through the executor (hub and spoke): a stage's output comes back to the event
+loop, which routes it to the next stage's worker with that stage's smooth weighted round-robin
+over the planned shares. A join waits, per request id, until every parent stage has answered,
+then concatenates the parents' outputs. On one machine the hub costs one shared-memory copy
+per hop; across machines (Ray) stages would send to each other directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shoal.core.models import Profile
+from shoal.profiler.measure import summarise_latencies
+from shoal.runtime.errors import BadRequestError, OverloadedError
+from shoal.runtime.metrics import ServingMetrics
+from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.worker_handle import WorkerHandle
+from shoal.runtime.workflow.deployment import WorkflowDeployment
+from shoal.runtime.workflow.routing import SmoothWeightedRoundRobin
+from shoal.zoo.preprocess import resize_images
+
+__all__ = ["WorkflowExecutor", "WorkflowResult", "queue_key"]
+
+logger = logging.getLogger(__name__)
+
+
+def queue_key(task: str, worker: str) -> str:
+    return f"{task}@{worker}"
+
+
+@dataclass
+class WorkflowResult:
+    """The sinks' outputs for one request (batch axis first) and where its items ran."""
+
+    outputs: dict[str, np.ndarray]
+    workers_by_task: dict[str, list[str]] = field(default_factory=dict)
+    latency_ms: float = 0.0
+
+
+class WorkflowExecutor:
+    """Serves one WorkflowDeployment; all methods run on one event loop."""
+
+    def __init__(
+        self,
+        deployment: WorkflowDeployment,
+        base_dir: Path,
+        *,
+        metrics: ServingMetrics | None = None,
+        max_batch_size: int = 16,
+        queue_capacity: int = 4096,
+        intra_op_threads: int = 1,
+        shared_memory_bytes: int = 16 * 1024 * 1024,
+    ):
+        self.deployment = deployment
+        self.base_dir = Path(base_dir)
+        self.metrics = metrics or ServingMetrics()
+        self.max_batch_size = max_batch_size
+        self.queue_capacity = queue_capacity
+        self.intra_op_threads = intra_op_threads
+        self.shared_memory_bytes = shared_memory_bytes
+        self.scheduler = Scheduler(self.metrics)
+        self.workers: dict[str, WorkerHandle] = {}
+        self.profiles: dict[str, Profile] = {}  # queue key -> latency measured at load
+        self.routers = {name: SmoothWeightedRoundRobin(task.load_shares_rps) for name, task in deployment.tasks.items()}
+        self.items_by_route: dict[str, dict[str, int]] = {name: dict.fromkeys(task.load_shares_rps, 0) for name, task in deployment.tasks.items()}
+        self.order = deployment.topological_tasks()
+        self.sinks = deployment.sinks
+        self._request_ids = itertools.count()
+        self._downstream_ms: dict[str, float] = {}
+        self.started = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for worker in self.deployment.workers:
+            handle = WorkerHandle(
+                worker,
+                device=self.deployment.device_of(worker),
+                intra_op_threads=self.intra_op_threads,
+                shared_memory_bytes=self.shared_memory_bytes,
+            )
+            self.workers[worker] = handle
+        await asyncio.gather(*(handle.start() for handle in self.workers.values()))
+        loads = []
+        for task_name, task in self.deployment.tasks.items():
+            for worker in task.load_shares_rps:
+                key = queue_key(task_name, worker)
+                self.scheduler.add_queue(VariantQueue(key, self._latency_fn(key), self.max_batch_size, self.queue_capacity))
+                loads.append(self._load(task_name, worker))
+        await asyncio.gather(*loads)
+        for handle in self.workers.values():
+            self.scheduler.attach_worker(handle)
+        self._downstream_ms = self._downstream_latency_ms()
+        self.started = True
+
+    async def _load(self, task_name: str, worker: str) -> None:
+        model = self.deployment.tasks[task_name].model
+        path = Path(model.path) if Path(model.path).is_absolute() else self.base_dir / model.path
+        key = queue_key(task_name, worker)
+        sizes = sorted({1, 2, 4, 8, self.max_batch_size} & set(range(1, self.max_batch_size + 1)))
+        reply = await self.workers[worker].load(
+            key, str(path), model.input_name, model.output_name, model.item_shape, profile_batch_sizes=sizes, profile_repeats=5
+        )
+        batches = {int(size): summarise_latencies(int(size), samples) for size, samples in reply["latency_ms"].items()}
+        self.profiles[key] = Profile(
+            family=self.deployment.name, variant=self.deployment.tasks[task_name].variant,
+            device=self.deployment.device_of(worker), batches=batches, load_time_ms=reply["load_ms"],
+        )
+
+    def _latency_fn(self, key: str):
+        def batch_latency_ms(batch_size: int) -> float:
+            profile = self.profiles.get(key)
+            return profile.batch_latency_ms(batch_size, "p50") if profile else float("inf")
+
+        return batch_latency_ms
+
+    def _downstream_latency_ms(self) -> dict[str, float]:
+        """Per task, the slowest chain of batch-1 latencies after it: time a request still needs."""
+        remaining: dict[str, float] = {}
+        for task_name in reversed(self.order):
+            after = 0.0
+            for child in self.deployment.children(task_name):
+                child_ms = max(self._latency_fn(queue_key(child, worker))(1) for worker in self.deployment.tasks[child].load_shares_rps)
+                after = max(after, child_ms + remaining[child])
+            remaining[task_name] = after
+        return remaining
+
+    async def stop(self) -> None:
+        self.started = False
+        await self.scheduler.close()
+        await asyncio.gather(*(handle.stop() for handle in self.workers.values()), return_exceptions=True)
+
+    # -- serving --------------------------------------------------------------------------------
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Validate one request's source tensors; returns its batch size (items)."""
+        expected = set(self.deployment.sources)
+        if set(inputs) != expected:
+            raise BadRequestError(f"workflow {self.deployment.name!r} takes inputs {sorted(expected)}, got {sorted(inputs)}")
+        batch_sizes = set()
+        for name, tensor in inputs.items():
+            shape = self.deployment.sources[name].item_shape
+            if tensor.ndim != len(shape) + 1 or tuple(tensor.shape[1:]) != tuple(shape):
+                raise BadRequestError(f"input {name!r} must have shape [batch, {', '.join(map(str, shape))}], got {list(tensor.shape)}")
+            if tensor.dtype not in (np.float32, np.uint8):
+                raise BadRequestError(f"input {name!r} must be FP32 or UINT8, got {tensor.dtype}")
+            batch_sizes.add(tensor.shape[0])
+        if len(batch_sizes) != 1 or 0 in batch_sizes:
+            raise BadRequestError(f"every input must carry the same number (>= 1) of items, got {sorted(batch_sizes)}")
+        return batch_sizes.pop()
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], *, slo_ms: float | None = None, priority: int = 0) -> WorkflowResult:
+        """Run every item of the request through the DAG; the sinks' outputs in item order."""
+        if not self.started:
+            raise OverloadedError(f"workflow {self.deployment.name!r} is not running", retry_after_s=5.0)
+        arrival_ms = monotonic_ms()
+        count = self.check_inputs(inputs)
+        deadline_ms = arrival_ms + (slo_ms or self.deployment.slo_ms)
+        items = [
+            asyncio.ensure_future(self._run_item(next(self._request_ids), {name: tensor[index] for name, tensor in inputs.items()}, deadline_ms, priority))
+            for index in range(count)
+        ]
+        try:
+            answers = await asyncio.gather(*items)
+        except BaseException:
+            for item in items:
+                item.cancel()
+            raise
+        outputs = {sink: np.stack([answer[0][sink] for answer in answers]) for sink in self.sinks}
+        workers_by_task = {task: [answer[1][task] for answer in answers] for task in self.order}
+        return WorkflowResult(outputs, workers_by_task, monotonic_ms() - arrival_ms)
+
+    async def _run_item(self, request_id: int, sources: dict[str, np.ndarray], deadline_ms: float, priority: int):
+        """One request id through the DAG: each task starts as soon as all its inputs are in."""
+        results: dict[str, asyncio.Future] = {}
+        placed: dict[str, str] = {}
+
+        async def run_task(task_name: str) -> np.ndarray:
+            task = self.deployment.tasks[task_name]
+            if task.inputs[0] in sources:
+                tensor = sources[task.inputs[0]]
+                tensor = tensor.astype(np.float32) / 255.0 if tensor.dtype == np.uint8 else tensor.astype(np.float32, copy=False)
+                if task.model.resize_to_px and tensor.shape[-1] != task.model.resize_to_px:
+                    tensor = resize_images(tensor[None], task.model.resize_to_px)[0]
+            else:
+                parents = [await results[parent] for parent in task.inputs]  # the join, by request id
+                tensor = parents[0] if len(parents) == 1 else np.concatenate([p.reshape(-1) for p in parents])
+            if tuple(tensor.shape) != task.model.item_shape:
+                raise BadRequestError(f"task {task_name!r} expects items of shape {list(task.model.item_shape)}, its inputs give {list(tensor.shape)}")
+            worker = self.routers[task_name].pick()
+            placed[task_name] = worker
+            self.items_by_route[task_name][worker] += 1
+            admit_by_ms = deadline_ms - self._downstream_ms.get(task_name, 0.0)
+            future = self.scheduler.submit(queue_key(task_name, worker), np.ascontiguousarray(tensor), deadline_ms, priority, admit_by_ms=admit_by_ms)
+            return (await future)[0]
+
+        for task_name in self.order:
+            results[task_name] = asyncio.ensure_future(run_task(task_name))
+        try:
+            outputs = {sink: await results[sink] for sink in self.sinks}
+        except BaseException:
+            for future in results.values():
+                future.cancel()
+            raise
+        return outputs, placed
+
+    # -- reporting ------------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        """KServe v2 model metadata: the sources are the inputs, the sinks the outputs."""
+        return {
+            "name": self.deployment.name,
+            "versions": ["1"],
+            "platform": "shoal_workflow",
+            "inputs": [{"name": name, "datatype": "FP32", "shape": [-1, *source.item_shape]} for name, source in self.deployment.sources.items()],
+            "outputs": [{"name": sink, "datatype": "FP32", "shape": [-1, -1]} for sink in self.sinks],
+        }
+
+    def traffic_report(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per task and worker: planned share, measured share of items, items."""
+        report: dict[str, dict[str, dict[str, float]]] = {}
+        for task_name, task in self.deployment.tasks.items():
+            total_planned = sum(task.load_shares_rps.values())
+            counts = self.items_by_route[task_name]
+            total_items = sum(counts.values())
+            report[task_name] = {
+                worker: {
+                    "planned_rps": share,
+                    "planned_share": share / total_planned,
+                    "items": counts[worker],
+                    "measured_share": counts[worker] / total_items if total_items else 0.0,
+                }
+                for worker, share in task.load_shares_rps.items()
+            }
+        return report
+
