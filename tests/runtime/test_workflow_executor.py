@@ -1,0 +1,199 @@
+"""The workflow executor on real worker processes: planned shares, correct outputs, joins, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from shoal.core.errors import InvalidInputError
+from shoal.core.models import Device
+from shoal.experiments.workflow_run import run_workflow_load
+from shoal.profiler.session import create_session
+from shoal.runtime.errors import BadRequestError
+from shoal.runtime.workflow import (
+    SourceSpec,
+    StageModel,
+    TaskDeployment,
+    WorkflowDeployment,
+    WorkflowExecutor,
+    load_deployment,
+    save_deployment,
+)
+from shoal.runtime.workflow.deploy import PipelineWorker, build_classifier_pipeline
+from shoal.zoo.preprocess import resize_images
+from shoal.zoo.repository import ModelRepository
+
+from .conftest import start_server, stop_server
+
+# Stage speeds stated, not measured, so that the plan needs several workers per task on any
+# machine: a feature stage carries 100 req/s per worker, a head 500 req/s.
+STATED_LATENCY_MS = {(task, variant): (10.0 if task == "features" else 2.0) for task in ("features", "classify") for variant in ("rf-16", "rf-32", "rf-64")}
+
+
+@pytest.fixture(scope="module")
+def pipeline(fixture_repository_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    workers = [PipelineWorker(f"w{i}", 1.0) for i in range(5)]
+    deployment, problem, plan = build_classifier_pipeline(
+        ModelRepository(fixture_repository_path), "fixture", out, workers=workers, rate_rps=250.0,
+        accuracy_target=0.0, slo_ms=60_000.0, latency_ms=STATED_LATENCY_MS,
+    )
+    save_deployment(deployment, out / "deployment.json")
+    return out / "deployment.json", plan
+
+
+def test_the_plan_splits_the_feature_stage_over_three_workers(pipeline):
+    path, plan = pipeline
+    deployment, _ = load_deployment(path)
+    assert plan.status == "optimal"
+    assert sorted(deployment.tasks["features"].load_shares_rps.values()) == pytest.approx([50.0, 100.0, 100.0])
+    assert sum(deployment.tasks["classify"].load_shares_rps.values()) == pytest.approx(250.0)
+
+
+def test_per_worker_traffic_matches_the_planned_shares_and_answers_are_the_models(pipeline, fixture_repository_path):
+    path, plan = pipeline
+    repository = ModelRepository(fixture_repository_path)
+    result = run_workflow_load(path, requests=2000, concurrency=16, repository=repository)
+    assert result["answered"] == 2000 and result["failures"] == {}
+    for task, workers in result["traffic"].items():
+        for worker, row in workers.items():
+            assert row["measured_share"] == pytest.approx(row["planned_share"], rel=0.05), (task, worker)
+    assert sum(row["items"] for row in result["traffic"]["features"].values()) == 2000
+    # head(backbone(x)) is the registered variant, so the live accuracy is its measured accuracy.
+    variant = plan.model_assignment["classify"]
+    assert result["measured_accuracy"] == pytest.approx(repository.load_variant("fixture", variant).accuracy, abs=1e-9)
+
+
+def _average_model(path, num_classes: int) -> None:
+    """[batch, 2 x classes] (two models' logits side by side) -> their mean [batch, classes]."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["joined", "shape"], ["pairs"]),
+            helper.make_node("ReduceMean", ["pairs"], ["mean"], axes=[1], keepdims=0),
+        ],
+        "average",
+        [helper.make_tensor_value_info("joined", TensorProto.FLOAT, ["batch", 2 * num_classes])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", num_classes])],
+        [numpy_helper.from_array(np.array([0, 2, num_classes], dtype=np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_a_join_waits_for_both_parents_of_the_same_request(fixture_repository_path, tmp_path):
+    repository = ModelRepository(fixture_repository_path)
+    num_classes = repository.load_family("fixture").num_classes
+    _average_model(tmp_path / "average.onnx", num_classes)
+
+    def whole(variant: str, size: int) -> StageModel:
+        return StageModel(path=str(repository.model_path("fixture", variant)), input_name="images", output_name="logits",
+                          item_shape=(3, size, size), resize_to_px=size)
+
+    deployment = WorkflowDeployment(
+        name="ensemble",
+        sources={"camera": SourceSpec(item_shape=(3, 64, 64), rate_rps=10.0)},
+        tasks={
+            "small": TaskDeployment(inputs=("camera",), variant="rf-16", model=whole("rf-16", 16), load_shares_rps={"w0": 10.0}),
+            "large": TaskDeployment(inputs=("camera",), variant="rf-32", model=whole("rf-32", 32), load_shares_rps={"w1": 10.0}),
+            "vote": TaskDeployment(
+                inputs=("small", "large"), variant="mean",
+                model=StageModel(path="average.onnx", input_name="joined", output_name="mean", item_shape=(2 * num_classes,)),
+                load_shares_rps={"w0": 2.5, "w1": 7.5},  # a worker shared with another task
+            ),
+        },
+        slo_ms=60_000.0,
+    )
+    images = np.random.default_rng(1).integers(0, 256, size=(40, 3, 64, 64), dtype=np.uint8)
+
+    async def run():
+        executor = WorkflowExecutor(deployment, tmp_path)
+        await executor.start()
+        try:
+            answers = await asyncio.gather(*(executor.infer({"camera": images[i : i + 4]}) for i in range(0, 40, 4)))
+        finally:
+            await executor.stop()
+        return answers, executor.traffic_report()
+
+    answers, traffic = asyncio.run(run())
+    assert all(set(answer.outputs) == {"vote"} for answer in answers)
+    got = np.concatenate([answer.outputs["vote"] for answer in answers])
+    cpu = Device.parse("cpu")
+    floats = images.astype(np.float32) / 255.0
+    (small,) = create_session(repository.model_path("fixture", "rf-16"), cpu, intra_op_threads=1).run(None, {"images": resize_images(floats, 16)})
+    (large,) = create_session(repository.model_path("fixture", "rf-32"), cpu, intra_op_threads=1).run(None, {"images": resize_images(floats, 32)})
+    np.testing.assert_allclose(got, (small + large) / 2.0, rtol=1e-5, atol=1e-5)
+    assert traffic["vote"]["w0"]["items"] == 10 and traffic["vote"]["w1"]["items"] == 30
+
+
+def _minimal(**changes) -> dict:
+    document = {
+        "name": "flow",
+        "sources": {"camera": {"item_shape": [3, 16, 16], "rate_rps": 5}},
+        "tasks": {"classify": {"inputs": ["camera"], "variant": "v", "load_shares_rps": {"w0": 5},
+                               "model": {"path": "m.onnx", "input_name": "images", "output_name": "logits", "item_shape": [3, 16, 16]}}},
+        "slo_ms": 100,
+    }
+    document.update(changes)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"tasks": {"classify": {**_minimal()["tasks"]["classify"], "inputs": ["nowhere"]}}}, "neither a source nor a task"),
+        ({"tasks": {"a": {**_minimal()["tasks"]["classify"], "inputs": ["b"]}, "b": {**_minimal()["tasks"]["classify"], "inputs": ["a"]}}}, "cycle"),
+        ({"tasks": {"classify": {**_minimal()["tasks"]["classify"], "load_shares_rps": {"w0": 0}}}}, "must be > 0"),
+        ({"slo_ms": -1}, "slo_ms"),
+        ({"name": "../escape"}, "not a valid name"),
+    ],
+)
+def test_bad_deployment_files_name_the_field(tmp_path, changes, message):
+    (tmp_path / "m.onnx").write_bytes(b"")
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(_minimal(**changes)))
+    with pytest.raises(InvalidInputError, match=message):
+        load_deployment(path)
+
+
+def test_a_missing_stage_model_is_named(tmp_path):
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(_minimal()))
+    with pytest.raises(InvalidInputError, match=r"tasks.classify.model.path 'm.onnx' does not exist"):
+        load_deployment(path)
+
+
+def test_served_over_kserve_http_with_bad_input_answered_400(pipeline, fixture_repository_path):
+    path, plan = pipeline
+    server = start_server(fixture_repository_path, "--workflow", str(path))
+    try:
+        metadata = httpx.get(f"{server.url}/v2/models/fixture-pipeline").json()
+        assert metadata["platform"] == "shoal_workflow" and metadata["inputs"][0]["name"] == "camera"
+        assert httpx.get(f"{server.url}/v2/models/fixture-pipeline/ready").status_code == 200
+        images = np.random.default_rng(2).random((2, 3, 128, 128), dtype=np.float32)
+        body = {"inputs": [{"name": "camera", "datatype": "FP32", "shape": list(images.shape), "data": images.ravel().tolist()}]}
+        answer = httpx.post(f"{server.url}/v2/models/fixture-pipeline/infer", json=body, timeout=30.0)
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o for o in answer.json()["outputs"]}
+        assert outputs["classify"]["shape"] == [2, ModelRepository(fixture_repository_path).load_family("fixture").num_classes]
+        bad = {"inputs": [{"name": "camera", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0] * 192}]}
+        refused = httpx.post(f"{server.url}/v2/models/fixture-pipeline/infer", json=bad, timeout=30.0)
+        assert refused.status_code == 400 and "must have shape [batch, 3, 128, 128]" in refused.json()["error"]
+    finally:
+        stop_server(server)
+
+
+def test_inputs_are_checked_before_anything_runs(pipeline):
+    path, _ = pipeline
+    deployment, base = load_deployment(path)
+    executor = WorkflowExecutor(deployment, base)
+    with pytest.raises(BadRequestError, match="takes inputs \\['camera'\\]"):
+        executor.check_inputs({"image": np.zeros((1, 3, 128, 128), np.float32)})
+    with pytest.raises(BadRequestError, match="same number"):
+        executor.check_inputs({"camera": np.zeros((0, 3, 128, 128), np.float32)})
