@@ -108,10 +108,13 @@ def _shoal_targets(
 
     # Start from where each class is served now (when that is still allowed and running): a
     # move costs a load and risks the SLO while it happens, so it must pay for itself.
-    assignment: dict[str, str] = {
-        d.name: previous[d.name] for d in active
-        if previous.get(d.name) in {v.name for v in options[d.name]} and current.get(previous[d.name], 0) > 0
-    }
+    assignment: dict[str, str] = {}
+    for demand in active:
+        running = [v for v in options[demand.name] if current.get(v.name, 0) > 0]
+        if previous.get(demand.name) in {v.name for v in running}:
+            assignment[demand.name] = previous[demand.name]
+        elif running:  # first call (or the old variant is gone): what already runs counts as current
+            assignment[demand.name] = min(running, key=lambda v: (v.price_usd_per_hour, -v.accuracy, v.name)).name
     for demand in active:
         if demand.name not in assignment and options[demand.name]:
             assignment[demand.name] = min(

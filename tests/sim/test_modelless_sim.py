@@ -1,0 +1,57 @@
+"""The model-less simulation: accounting, the static baseline's cost, and shoal against INFaaS."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.planner.modelless import ModellessVariant, Requirements
+from shoal.sim.modelless import Application, ModellessScenario, simulate_modelless
+
+
+def variant(name, batch1_ms, per_item_ms, price, device, load_ms=200.0):
+    return ModellessVariant(name, "task", 0.9, device, price, tuple(batch1_ms + per_item_ms * (b - 1) for b in range(1, 17)), load_ms)
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return ModellessScenario(
+        variants=(variant("on-cpu", 8.0, 6.0, 0.4, "cpu"), variant("on-gpu", 3.0, 0.5, 3.0, "gpu")),
+        applications=(Application("app", "task", Requirements(slo_ms=50.0, min_accuracy=0.8), base_rps=60.0),),
+        multipliers=(1, 4, 1),
+        phase_s=15.0,
+        hold_s=3.0,
+        seed=3,
+    )
+
+
+@pytest.fixture(scope="module")
+def results(scenario):
+    return {policy: simulate_modelless(scenario, policy) for policy in ("shoal", "infaas", "static_peak")}
+
+
+def test_every_query_is_accounted_for_once(results):
+    for result in results.values():
+        assert result.queries > 2000
+        answered = result.queries - result.slo_violations
+        assert answered >= 0 and result.late + result.dropped + result.refused <= result.slo_violations
+        assert 0.0 <= result.slo_violation_rate <= 1.0
+
+
+def test_static_provisioning_pays_for_the_peak_all_the_time(results, scenario):
+    static = results["static_peak"]
+    assert static.decisions == 0
+    replicas = static.replica_timeline[0][1]
+    assert all(counts == replicas for _, counts in static.replica_timeline)  # nothing ever changes
+    price = {v.name: v.price_usd_per_hour for v in scenario.variants}
+    expected = sum(count * price[name] for name, count in replicas.items()) * scenario.duration_s / 3600.0
+    assert static.cost_usd == pytest.approx(expected)
+
+
+def test_shoal_scales_with_the_load_and_beats_infaas_on_violations(results):
+    shoal, infaas, static = results["shoal"], results["infaas"], results["static_peak"]
+    peak_replicas = max(sum(counts.values()) for _, counts in shoal.replica_timeline)
+    last_replicas = sum(shoal.replica_timeline[-1][1].values())
+    assert peak_replicas > last_replicas  # scaled up for the 4x phase and back down after it
+    assert shoal.decisions > 0
+    assert shoal.slo_violation_rate < infaas.slo_violation_rate
+    assert shoal.cost_usd < static.cost_usd
