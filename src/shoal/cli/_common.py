@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -126,3 +127,16 @@ def profile_with_progress(repository: ModelRepository, family: str, device: Devi
             on_variant=lambda name: bar.update(task, description=f"profiling {name}"),
             progress=lambda steps: bar.advance(task, steps),
         )
+
+
+def read_prices(path: Path, option: str = "--prices") -> dict[str, float]:
+    """A YAML price table `device: usd_per_hour`; errors name the option and the fix."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise InvalidInputError(f"{option} {path}: cannot be read as YAML ({error})") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for k, v in data.items()
+    ):
+        raise InvalidInputError(f"{option} {path}: write one 'device: usd_per_hour' line per device, e.g. 'cpu: 0.048'")
+    return {k: float(v) for k, v in data.items()}

@@ -7,21 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 
 from shoal.cli._app import bench_app
-from shoal.cli._common import RepoOption, error_console, open_repository, print_json, progress_bar
+from shoal.cli._common import RepoOption, error_console, open_repository, print_json, progress_bar, read_prices
 from shoal.core.errors import InvalidInputError
-
-def _read_prices(path: Path) -> dict[str, float]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise InvalidInputError(f"--prices {path}: cannot be read as YAML ({error})") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and v >= 0 for k, v in data.items()):
-        raise InvalidInputError(f"--prices {path}: write one 'device: usd_per_hour' line per device, e.g. 'cpu: 0.048'")
-    return {k: float(v) for k, v in data.items()}
-
 
 def _plot(results: dict, path: Path) -> None:
     import matplotlib
@@ -69,7 +58,7 @@ def bench_modelless_command(
     from shoal.experiments.workflow_bench import default_anchors_dir
 
     anchors_dir = anchors or default_anchors_dir()
-    price_table = _read_prices(prices) if prices else None
+    price_table = read_prices(prices) if prices else None
     with progress_bar(transient=True) as progress:
         task = progress.add_task("simulating policies", total=3)
         results = run_modelless_bench(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from shoal.cli._app import app
-from shoal.cli._common import RepoOption, open_repository, parse_device
+from shoal.cli._common import RepoOption, open_repository, parse_device, read_prices
 from shoal.core.errors import InvalidInputError
 from shoal.planner.serving_policy import make_policy
 
@@ -21,7 +21,7 @@ def serve(
     http_port: Annotated[int, typer.Option("--http-port", min=1, max=65535)] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="0 disables gRPC.")] = 8001,
     backend: Annotated[str, typer.Option("--backend", help="local (worker processes on this machine).")] = "local",
-    policy: Annotated[str, typer.Option("--policy", help="shoal | fastest-meeting-slo | static:<family>.<variant>")] = "shoal",
+    policy: Annotated[str, typer.Option("--policy", help="shoal | modelless | fastest-meeting-slo | static:<family>.<variant>")] = "shoal",
     device: Annotated[str, typer.Option("--device", help="cpu or cuda:N")] = "cpu",
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Intra-op threads per worker (0: cores / workers).")] = 0,
@@ -39,6 +39,12 @@ def serve(
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest accepted request body.")] = 64.0,
     edge_policy: Annotated[str, typer.Option("--edge-policy", help="Planner of the edge sessions (/v2/shoal/edge): shoal | jellyfish | exact.")] = "shoal",
     edge_interval_s: Annotated[float, typer.Option("--edge-interval-s", min=0.05, help="Edge re-planning period (also re-plans on arrivals and bandwidth jumps).")] = 0.5,
+    autoscale: Annotated[bool, typer.Option("--autoscale", help="Set replicas per variant from the load (horizontal + vertical).")] = False,
+    autoscale_slack: Annotated[float, typer.Option("--autoscale-slack", min=1.0, help="Provision this much more than the measured rate.")] = 1.05,
+    autoscale_hold_s: Annotated[float, typer.Option("--autoscale-hold-s", min=0.0, help="Scale down only after demand stayed lower this long.")] = 30.0,
+    prices: Annotated[
+        Path | None, typer.Option("--prices", help="YAML 'device_kind: usd_per_hour' (cpu, cuda) for cost limits and autoscaling.", show_default=False)
+    ] = None,
     workflow: Annotated[
         Path | None, typer.Option("--workflow", help="Also serve this workflow deployment.json (from `shoal workflow deploy`) as a model.", show_default=False)
     ] = None,
@@ -64,6 +70,9 @@ def serve(
         from shoal.runtime.workflow import load_deployment
 
         load_deployment(workflow)  # a bad file is a clear error before anything starts
+    price_table = ServeConfig.prices_usd_per_hour
+    if prices is not None:
+        price_table = tuple(read_prices(prices, "--prices").items())
     config = ServeConfig(
         repository=repository.root,
         device=device,
@@ -77,6 +86,10 @@ def serve(
         policy=policy,
         preload=tuple(preload) if preload else None,
         cache_bytes_per_worker=int(cache_mb * 1024 * 1024),
+        prices_usd_per_hour=price_table,
+        autoscale=autoscale,
+        autoscale_slack=autoscale_slack,
+        autoscale_hold_s=autoscale_hold_s,
     )
     run_server(
         config,

@@ -32,7 +32,13 @@ from typing import Literal
 
 from shoal.planner.modelless import ModellessVariant, Requirements, capacity_at_slo_rps, cost_per_1000_usd
 
-__all__ = ["AutoscaleDecision", "AutoscaleState", "Demand", "ScalePlan", "plan_autoscale"]
+__all__ = ["AutoscaleDecision", "AutoscaleState", "Demand", "ScalePlan", "plan_autoscale", "smooth_rate"]
+
+
+def smooth_rate(previous_rps: float, latest_rps: float, smoothing: float = 0.6) -> float:
+    """Fast up, slow down: a step up is provisioned for at once, a dip only gradually (the
+    hold time guards scale-downs on top of that)."""
+    return max(latest_rps, previous_rps + smoothing * (latest_rps - previous_rps))
 
 
 @dataclass(frozen=True)
@@ -166,8 +172,10 @@ def plan_autoscale(
     hold_s: float = 10.0,
     switch_margin: float = 0.15,
     arrival_by_variant: Mapping[str, float] | None = None,
+    max_replicas: int | None = None,
 ) -> ScalePlan:
-    """The replica count per variant; `arrival_by_variant` (queries routed to each) drives `infaas`."""
+    """The replica count per variant; `arrival_by_variant` (queries routed to each) drives `infaas`;
+    `max_replicas` caps every count (the workers a local pool has)."""
     if slack < 1.0:
         raise ValueError(f"slack must be >= 1, got {slack}")
     assignment: dict[str, str] = {}
@@ -177,6 +185,8 @@ def plan_autoscale(
         wanted = _infaas_targets(variants, current_replicas, arrival_by_variant or {})
     else:
         raise ValueError(f"unknown autoscaling policy {policy!r}: use shoal or infaas")
+    if max_replicas is not None:  # a pool with a fixed number of workers cannot hold more
+        wanted = {name: min(count, max_replicas) for name, count in wanted.items()}
     replicas: dict[str, int] = {}
     decisions: list[AutoscaleDecision] = []
     below_since = dict(state.below_since_s)

@@ -14,6 +14,7 @@ from typing import Protocol
 
 __all__ = [
     "FastestMeetingSlo",
+    "ModellessPolicy",
     "MostAccurateMeetingSlo",
     "Policy",
     "Query",
@@ -33,6 +34,7 @@ class VariantOption:
     loaded: bool
     predicted_latency_ms: float
     """Predicted time from now to the answer if admitted now; inf when nothing can serve it."""
+    cost_per_1000_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Query:
     min_accuracy: float = 0.0
     input_size_px: int | None = None
     """Side of the image the client sent; variants needing a larger input are not candidates."""
+    max_cost_per_1000_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def _candidates(query: Query, options: Sequence[VariantOption]) -> list[VariantO
         if option.loaded
         and (query.input_size_px is None or option.input_size_px <= query.input_size_px)
         and option.accuracy >= query.min_accuracy
+        and (query.max_cost_per_1000_usd is None or option.cost_per_1000_usd <= query.max_cost_per_1000_usd)
     ]
 
 
@@ -124,7 +128,25 @@ class MostAccurateMeetingSlo:
         return Selection(best.name, f"most accurate within SLO ({best.accuracy:.3f}, {best.predicted_latency_ms:.1f} ms)")
 
 
-POLICY_NAMES = ("shoal", "fastest-meeting-slo", "static:<variant>")
+@dataclass(frozen=True)
+class ModellessPolicy:
+    """INFaaS-style model-less serving: the cheapest variant meeting every stated requirement.
+
+    The runtime decides with `shoal.planner.modelless.select_variant` on live replica state (it
+    may also load a variant for the query); `select` is the same rule on plain options.
+    """
+
+    name: str = "modelless"
+
+    def select(self, query: Query, options: Sequence[VariantOption]) -> Selection:
+        fitting = [o for o in _candidates(query, options) if o.predicted_latency_ms <= query.slo_ms]
+        if not fitting:
+            return _nothing_fits(query, options)
+        best = min(fitting, key=lambda o: (o.cost_per_1000_usd, -o.accuracy, o.name))
+        return Selection(best.name, f"cheapest meeting the requirements ({best.cost_per_1000_usd:.3g} $/1000)")
+
+
+POLICY_NAMES = ("shoal", "modelless", "fastest-meeting-slo", "static:<variant>")
 
 
 def make_policy(spec: str) -> Policy:
@@ -133,6 +155,8 @@ def make_policy(spec: str) -> Policy:
         return MostAccurateMeetingSlo()
     if spec == "fastest-meeting-slo":
         return FastestMeetingSlo()
+    if spec == "modelless":
+        return ModellessPolicy()
     if spec.startswith("static:") and len(spec) > len("static:"):
         return StaticPolicy(spec.split(":", 1)[1])
     raise ValueError(f"unknown policy {spec!r}: use one of {', '.join(POLICY_NAMES)}")

@@ -1,8 +1,10 @@
 """The control loop: every interval, observe the service, ask the planner, apply the plan.
 
-Today the loop manages the model cache (`shoal.planner.preload`): it preloads the variants a
-policy is likely to switch to next and unloads idle ones within the memory budget. Every
-decision is logged with its reason and counted in `shoal_controller_decisions_total`.
+By default the loop manages the model cache (`shoal.planner.preload`): it preloads the variants
+a policy is likely to switch to next and unloads idle ones within the memory budget. With
+`--autoscale` it sets replica counts instead (`shoal.runtime.autoscaler`, horizontal and
+vertical scaling from `shoal.planner.autoscale`). Every decision is logged with its reason and
+counted in a metric.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from prometheus_client import Counter
 
 from shoal.planner.preload import CacheContext, CacheState, VariantUsage, plan_cache
+from shoal.runtime.autoscaler import Autoscaler
 from shoal.runtime.service import InferenceService
 
 __all__ = ["Controller"]
@@ -29,6 +32,7 @@ class Controller:
         self.idle_unload_after_s = idle_unload_after_s
         self.state = CacheState()
         self._seen_requests: dict[str, int] = {}
+        self.autoscaler = Autoscaler(service, interval_s=interval_s) if service.config.autoscale else None
         self.decisions = Counter(
             "shoal_controller_decisions", "Model-cache decisions of the controller", ["action", "variant"], registry=service.metrics.registry
         )
@@ -51,7 +55,11 @@ class Controller:
         return CacheContext(now_s, usages, self.service.config.cache_bytes_per_worker, self.idle_unload_after_s)
 
     async def tick(self, now_s: float | None = None) -> None:
-        plan, self.state = plan_cache(self.observe(time.monotonic() if now_s is None else now_s), self.state)
+        now_s = time.monotonic() if now_s is None else now_s
+        if self.autoscaler is not None:
+            await self.autoscaler.tick(now_s)
+            return
+        plan, self.state = plan_cache(self.observe(now_s), self.state)
         for key in plan.load:
             if key in self.service.operator_unloaded:
                 continue  # an operator unloaded it; only an explicit load brings it back

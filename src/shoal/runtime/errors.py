@@ -16,6 +16,7 @@ __all__ = [
     "PayloadTooLargeError",
     "WorkerFailedError",
     "UnauthorizedError",
+    "RequirementsUnmetError",
 ]
 
 
@@ -80,3 +81,18 @@ class WorkerFailedError(ServingError):
 
     http_status = 500
     grpc_code = "INTERNAL"
+
+
+class RequirementsUnmetError(ServingError):
+    """No variant can meet the query's requirements even on an idle replica.
+
+    `alternatives` lists, per requirement, the least relaxation that would make the query
+    answerable and the variant it would get: the client decides, shoal never downgrades silently.
+    """
+
+    http_status = 422
+    grpc_code = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str, alternatives: list[dict]):
+        super().__init__(message)
+        self.alternatives = alternatives

@@ -13,13 +13,15 @@ process, so this only matters to code that embeds the server next to such a clie
 
 from __future__ import annotations
 
+import json
+
 import logging
 
 import grpc
 import numpy as np
 
 from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, tensor_from_json
-from shoal.runtime.errors import BadRequestError, OverloadedError, ServingError
+from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError, ServingError
 from shoal.runtime.proto import grpc_service_pb2 as pb
 from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from shoal.runtime.service import InferenceService
@@ -89,6 +91,9 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except ServingError as error:
             if isinstance(error, OverloadedError):
                 context.set_trailing_metadata((("retry-after", str(max(1, round(error.retry_after_s)))),))
+            if isinstance(error, RequirementsUnmetError):
+                # gRPC statuses carry one string: the alternatives travel as JSON in trailing metadata.
+                context.set_trailing_metadata((("shoal-alternatives", json.dumps(error.alternatives)),))
             await context.abort(getattr(grpc.StatusCode, error.grpc_code), error.message)
         except grpc.aio.AbortError:
             raise

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from shoal.runtime.codec import decode_http_request, encode_http_response
-from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, ServingError, UnauthorizedError
+from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError, UnauthorizedError
 from shoal.runtime.service import InferenceService, requirements
 
 if TYPE_CHECKING:
@@ -39,7 +39,10 @@ def _error_response(error: ServingError) -> JSONResponse:
     headers = {}
     if isinstance(error, OverloadedError):
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
-    return JSONResponse({"error": error.message}, status_code=error.http_status, headers=headers)
+    body: dict = {"error": error.message}
+    if isinstance(error, RequirementsUnmetError):
+        body["alternatives"] = error.alternatives
+    return JSONResponse(body, status_code=error.http_status, headers=headers)
 
 
 def build_http_app(
@@ -114,7 +117,8 @@ def build_http_app(
             raise BadRequestError("Inference-Header-Content-Length must be a non-negative integer")
         decoded = decode_http_request(body, int(header_length) if header_length is not None else None)
         if model in workflows:
-            slo_ms, priority, _ = requirements(decoded.parameters, workflows[model].deployment.slo_ms)
+            stated = requirements(decoded.parameters, workflows[model].deployment.slo_ms)
+            slo_ms, priority = stated.slo_ms, stated.priority
             answer = await workflows[model].infer(decoded.inputs, slo_ms=slo_ms, priority=priority)
             outputs, parameters = answer.outputs, {"shoal_workflow_ms": round(answer.latency_ms, 3)}
         else:

@@ -23,12 +23,13 @@ from shoal.profiler.measure import summarise_latencies
 from shoal.planner.serving_policy import Policy, Query, Selection, VariantOption, make_policy
 from shoal.runtime.errors import BadRequestError, DeadlineExceededError, ModelNotFoundError, ModelNotReadyError, OverloadedError
 from shoal.runtime.metrics import ServingMetrics
+from shoal.runtime.modelless import choose_modelless, modelless_variants, raise_unmet, variant_cost_per_1000_usd
 from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
 from shoal.runtime.worker_manager import ServeConfig, WorkerManager
 from shoal.zoo.preprocess import resize_images
 from shoal.zoo.repository import ModelRepository
 
-__all__ = ["InferenceResult", "InferenceService", "ServeConfig", "ServedVariant", "requirements"]
+__all__ = ["InferenceResult", "InferenceService", "ServeConfig", "ServedVariant", "StatedRequirements", "requirements"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ServedVariant:
     variant: Variant
     model_path: str
     latency: Profile | None = None  # measured by the worker at load time
+    repository_profile: Profile | None = None  # `shoal profile` output, known before any load
 
     @property
     def key(self) -> str:
@@ -73,6 +75,8 @@ class InferenceService:
         self.variants: dict[str, ServedVariant] = {}  # key -> variant
         self.manager = WorkerManager(config, self.scheduler, self.metrics, self._on_variant_loaded)
         self.requests_by_variant: dict[str, int] = {}  # items admitted per variant, read by the controller
+        self.requests_by_class: dict[tuple, int] = {}  # items per (family, requirements), for the autoscaler
+        self.arrival_rps_by_variant: dict[str, float] = {}  # kept by the controller, read by model-less selection
         self.operator_unloaded: set[str] = set()  # unloaded on request: the controller must not bring them back
         self.started = False
 
@@ -83,7 +87,10 @@ class InferenceService:
             family = self.repository.load_family(family_name)
             self.families[family_name] = family
             for variant in self.repository.variants(family_name):
-                served = ServedVariant(family, variant, str(self.repository.model_path(family_name, variant.name)))
+                served = ServedVariant(
+                    family, variant, str(self.repository.model_path(family_name, variant.name)),
+                    repository_profile=self.repository.load_profile(family_name, variant.name, Device.parse(self.config.device)),
+                )
                 self.variants[served.key] = served
                 self.scheduler.add_queue(
                     VariantQueue(served.key, served.batch_latency_ms, self.config.max_batch_size, self.config.queue_capacity)
@@ -201,6 +208,7 @@ class InferenceService:
                     input_size_px=served.variant.input_size_px,
                     loaded=loaded,
                     predicted_latency_ms=self.scheduler.predicted_finish_ms(key, now) if loaded else float("inf"),
+                    cost_per_1000_usd=variant_cost_per_1000_usd(self, served),
                 )
             )
         return self.policy.select(query, options)
@@ -208,17 +216,25 @@ class InferenceService:
     async def infer(self, model_name: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], requested_outputs: list[str]) -> InferenceResult:
         arrival_ms = monotonic_ms()
         family, served = self.resolve(model_name)
-        slo_ms, priority, min_accuracy = requirements(parameters, self.config.default_slo_ms)
+        stated = requirements(parameters, self.config.default_slo_ms)
+        slo_ms, priority = stated.slo_ms, stated.priority
         tensor = _check_input(family, inputs, self.config.max_request_items)
         for name in requested_outputs:
             if name != family.output_name:
                 raise BadRequestError(f"output {name!r} does not exist; {model_name!r} has output {family.output_name!r}")
         if served is None:
-            query = Query(slo_ms=slo_ms - (monotonic_ms() - arrival_ms), min_accuracy=min_accuracy, input_size_px=tensor.shape[-1])
-            selection = self._choose(family, query)
-            if selection.variant is None:
-                raise OverloadedError(f"{model_name}: {selection.reason}", retry_after_s=1.0)
-            served = self.variants[selection.variant]
+            query_class = (family.name, *stated.query_class)
+            self.requests_by_class[query_class] = self.requests_by_class.get(query_class, 0) + tensor.shape[0]
+            remaining_ms = slo_ms - (monotonic_ms() - arrival_ms)
+            if self.policy.name == "modelless":
+                served = await choose_modelless(self, model_name, family, stated, tensor.shape[-1], remaining_ms)
+            else:
+                query = Query(slo_ms=remaining_ms, min_accuracy=stated.min_accuracy, input_size_px=tensor.shape[-1],
+                              max_cost_per_1000_usd=stated.max_cost_per_1000_usd)
+                selection = self._choose(family, query)
+                if selection.variant is None:
+                    raise_unmet(model_name, stated, list(modelless_variants(self, family, tensor.shape[-1]).values()), selection.reason)
+                served = self.variants[selection.variant]
             self.metrics.policy_decisions.labels(family.name, served.variant.name, self.policy.name).inc()
         elif not self.scheduler.workers_for(served.key):
             raise ModelNotReadyError(f"variant {served.key!r} is not loaded; POST /v2/repository/models/{served.key}/load")
@@ -265,26 +281,53 @@ class InferenceService:
         )
 
 
-def requirements(parameters: dict[str, Any], default_slo_ms: float) -> tuple[float, int, float]:
-    """SLO (from `timeout` in microseconds, as Triton, or `slo_ms`), priority, min_accuracy."""
+@dataclass(frozen=True)
+class StatedRequirements:
+    """What a request asks for, from its KServe v2 `parameters`."""
+
+    slo_ms: float
+    priority: int = 0
+    min_accuracy: float = 0.0
+    max_cost_per_1000_usd: float | None = None
+
+    @property
+    def query_class(self) -> tuple[float, float, float | None]:
+        return (self.slo_ms, self.min_accuracy, self.max_cost_per_1000_usd)
+
+
+def _number(parameters: dict[str, Any], name: str) -> float | None:
+    value = parameters.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise BadRequestError(f"parameter {name!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def requirements(parameters: dict[str, Any], default_slo_ms: float) -> StatedRequirements:
+    """SLO (from `timeout` in microseconds, as Triton, or `slo_ms`), priority, min_accuracy,
+    max_cost_per_1000_usd (a price limit per 1000 queries, from the server's price table)."""
     slo_ms = default_slo_ms
-    if "timeout" in parameters:
-        timeout_us = parameters["timeout"]
-        if not isinstance(timeout_us, (int, float)) or isinstance(timeout_us, bool) or timeout_us <= 0:
+    timeout_us = _number(parameters, "timeout")
+    if timeout_us is not None:
+        if timeout_us <= 0:
             raise BadRequestError("parameter 'timeout' must be a positive number of microseconds")
         slo_ms = timeout_us / 1000.0
-    if "slo_ms" in parameters:
-        value = parameters["slo_ms"]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    stated_slo_ms = _number(parameters, "slo_ms")
+    if stated_slo_ms is not None:
+        if stated_slo_ms <= 0:
             raise BadRequestError("parameter 'slo_ms' must be a positive number of milliseconds")
-        slo_ms = min(slo_ms, float(value)) if "timeout" in parameters else float(value)
+        slo_ms = min(slo_ms, stated_slo_ms) if timeout_us is not None else stated_slo_ms
     priority = parameters.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise BadRequestError("parameter 'priority' must be an integer (higher runs first)")
-    min_accuracy = parameters.get("min_accuracy", 0.0)
-    if not isinstance(min_accuracy, (int, float)) or isinstance(min_accuracy, bool) or not 0.0 <= min_accuracy <= 1.0:
+    min_accuracy = _number(parameters, "min_accuracy")
+    if min_accuracy is not None and not 0.0 <= min_accuracy <= 1.0:
         raise BadRequestError("parameter 'min_accuracy' must be a number between 0 and 1")
-    return float(slo_ms), int(priority), float(min_accuracy)
+    max_cost = _number(parameters, "max_cost_per_1000_usd")
+    if max_cost is not None and max_cost <= 0:
+        raise BadRequestError("parameter 'max_cost_per_1000_usd' must be a positive number of dollars")
+    return StatedRequirements(float(slo_ms), int(priority), min_accuracy or 0.0, max_cost)
 
 
 def _check_input(family: Family, inputs: dict[str, np.ndarray], max_items: int) -> np.ndarray:

@@ -48,6 +48,14 @@ class ServeConfig:
     cache_bytes_per_worker: int = 2 * 1024**3
     shared_memory_bytes: int = 64 * 1024 * 1024
     profile_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    prices_usd_per_hour: tuple[tuple[str, float], ...] = (("cpu", 0.048), ("cuda", 3.06))
+    """Price of one worker per device kind, for model-less cost limits and autoscaling."""
+    autoscale: bool = False  # replicas per variant from shoal.planner.autoscale (else the cache planner)
+    autoscale_slack: float = 1.05
+    autoscale_hold_s: float = 30.0
+
+    def price_usd_per_hour(self, device_kind: str) -> float:
+        return dict(self.prices_usd_per_hour).get(device_kind, 0.0)
 
     @property
     def threads_per_worker(self) -> int:

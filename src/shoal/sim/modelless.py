@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shoal.planner.batching import decide_batch
-from shoal.planner.autoscale import AutoscaleState, Demand, plan_autoscale
+from shoal.planner.autoscale import AutoscaleState, Demand, plan_autoscale, smooth_rate
 from shoal.planner.modelless import LiveVariant, ModellessVariant, Requirements, capacity_at_slo_rps, replica_finish_ms, select_variant
 from shoal.sim.engine import Engine
 
@@ -280,11 +280,7 @@ class _Simulation:
     def _tick(self) -> None:
         alpha = self.scenario.rate_smoothing
         for index, count in enumerate(self.arrivals_this_tick):
-            # Fast up, slow down: a step up is provisioned for at once, a dip is smoothed (and
-            # the autoscaler's hold time guards scale-downs on top of that).
-            latest_rps = count / self.scenario.tick_s
-            smoothed = self.smoothed_rps[index] + alpha * (latest_rps - self.smoothed_rps[index])
-            self.smoothed_rps[index] = max(latest_rps, smoothed)
+            self.smoothed_rps[index] = smooth_rate(self.smoothed_rps[index], count / self.scenario.tick_s, alpha)
         self.arrivals_this_tick = [0] * len(self.apps)
         self._last_variant_rates = self.arrivals_by_variant_this_tick
         self.arrivals_by_variant_this_tick = {}

@@ -1,0 +1,78 @@
+"""Applying `shoal.planner.autoscale` to the running service (`shoal serve --autoscale`).
+
+Each tick: turn the service's per-class request counters into smoothed arrival rates, build
+the planner's view of every profiled variant, ask `plan_autoscale` for replica counts and set
+them through the worker manager (replicas of the local backend are worker processes holding
+the variant, so a count is capped by `--workers`). Every decision is logged with its reason and
+counted in `shoal_autoscale_decisions_total{variant,kind}`; `shoal_replicas{variant}` shows
+the result. Counts are capped at the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge
+
+from shoal.planner.autoscale import AutoscaleDecision, AutoscaleState, Demand, plan_autoscale, smooth_rate
+from shoal.planner.modelless import Requirements
+from shoal.runtime.modelless import modelless_variants
+
+__all__ = ["Autoscaler"]
+
+logger = logging.getLogger(__name__)
+
+
+class Autoscaler:
+    def __init__(self, service, *, interval_s: float):
+        self.service = service
+        self.interval_s = interval_s
+        self.states: dict[str, AutoscaleState] = {}  # per family
+        self.rates_rps: dict[tuple, float] = {}  # per query class
+        self.seen: dict[tuple, int] = {}
+        self.seen_by_variant: dict[str, int] = {}
+        self.history: list[AutoscaleDecision] = []
+        registry = service.metrics.registry
+        self.decisions = Counter("shoal_autoscale_decisions", "Autoscaling decisions", ["variant", "kind"], registry=registry)
+        self.replicas = Gauge("shoal_replicas", "Workers holding each variant", ["variant"], registry=registry)
+
+    def _observe(self) -> None:
+        for query_class, total in list(self.service.requests_by_class.items()):
+            latest = (total - self.seen.get(query_class, 0)) / self.interval_s
+            self.seen[query_class] = total
+            self.rates_rps[query_class] = smooth_rate(self.rates_rps.get(query_class, 0.0), latest)
+        for key, total in list(self.service.requests_by_variant.items()):
+            latest = (total - self.seen_by_variant.get(key, 0)) / self.interval_s
+            self.seen_by_variant[key] = total
+            self.service.arrival_rps_by_variant[key] = smooth_rate(self.service.arrival_rps_by_variant.get(key, 0.0), latest)
+
+    async def tick(self, now_s: float) -> list[AutoscaleDecision]:
+        self._observe()
+        made: list[AutoscaleDecision] = []
+        for family_name, family in self.service.families.items():
+            views = modelless_variants(self.service, family)
+            if not views:
+                continue
+            demands = [
+                Demand(f"slo={slo_ms:g}ms,min_accuracy={accuracy:g},max_cost={cost}", Requirements(slo_ms, accuracy, cost), rate)
+                for (name, slo_ms, accuracy, cost), rate in self.rates_rps.items()
+                if name == family_name
+            ]
+            current = {key: count for key, count in self.service.replica_counts().items() if key in views}
+            plan = plan_autoscale(
+                demands, list(views.values()), current, self.states.get(family_name, AutoscaleState()), now_s,
+                slack=self.service.config.autoscale_slack, hold_s=self.service.config.autoscale_hold_s,
+                max_replicas=self.service.config.num_workers,
+            )
+            self.states[family_name] = plan.state
+            for decision in plan.decisions:
+                if decision.variant in self.service.operator_unloaded:
+                    continue  # an operator unloaded it; only an explicit load brings it back
+                reached = await self.service.set_replicas(decision.variant, decision.to_replicas)
+                logger.info("autoscaler: %s %s %d -> %d: %s", decision.kind, decision.variant, decision.from_replicas, reached, decision.reason)
+                self.decisions.labels(decision.variant, decision.kind).inc()
+                made.append(decision)
+            for key, count in self.service.replica_counts().items():
+                self.replicas.labels(key).set(count)
+        self.history.extend(made)
+        return made

@@ -1,0 +1,104 @@
+"""The service's side of model-less serving: live state in, `shoal.planner.modelless` decides.
+
+The planner is pure; this module reads what it needs from the running service (profiles,
+loaded replicas, queue lengths, the batch in flight, arrival rates kept by the controller),
+calls `select_variant` and turns its answer into an action: serve, load then serve, or refuse
+with the relaxations that would work (HTTP 422 / gRPC FAILED_PRECONDITION), or shed (429) when
+the requirements are satisfiable but not at the current load.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from shoal.core.models import Device, Family
+from shoal.planner.modelless import LiveVariant, ModellessVariant, Requirements, alternatives, cost_per_1000_usd, select_variant
+from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError
+from shoal.runtime.scheduler import monotonic_ms
+
+if TYPE_CHECKING:
+    from shoal.runtime.service import InferenceService, ServedVariant, StatedRequirements
+
+__all__ = ["choose_modelless", "modelless_variant", "modelless_variants", "raise_unmet", "variant_cost_per_1000_usd"]
+
+
+def modelless_variant(service: "InferenceService", served: "ServedVariant") -> ModellessVariant | None:
+    """The planner's view of a variant: its worker-measured profile, else the repository's."""
+    profile = served.latency or served.repository_profile
+    if profile is None or served.variant.accuracy is None:
+        return None
+    top = min(service.config.max_batch_size, max(profile.batch_sizes))
+    load_profile = served.repository_profile or profile
+    return ModellessVariant(
+        name=served.key,
+        task=served.family.name,
+        accuracy=float(served.variant.accuracy),
+        device=service.config.device,
+        price_usd_per_hour=service.config.price_usd_per_hour(Device.parse(service.config.device).kind),
+        latency_ms_by_batch=tuple(profile.batch_latency_ms(b, "p50") for b in range(1, top + 1)),
+        load_time_ms=max(load_profile.load_time_ms, 1.0),
+    )
+
+
+def modelless_variants(service: "InferenceService", family: Family, input_size_px: int | None = None) -> dict[str, ModellessVariant]:
+    found = {}
+    for key, served in service.variants.items():
+        if served.family.name != family.name or (input_size_px is not None and served.variant.input_size_px > input_size_px):
+            continue
+        view = modelless_variant(service, served)
+        if view is not None:
+            found[key] = view
+    return found
+
+
+def variant_cost_per_1000_usd(service: "InferenceService", served: "ServedVariant") -> float:
+    view = modelless_variant(service, served)
+    return cost_per_1000_usd(view) if view else 0.0
+
+
+def _live(service: "InferenceService", variant: ModellessVariant, now_ms: float) -> LiveVariant:
+    workers = service.scheduler.workers_for(variant.name)
+    queue = service.scheduler.queues[variant.name]
+    replicas = len(workers)
+    per_replica = math.ceil(len(queue) / replicas) if replicas else 0
+    measured = variant.batch_latency_ms(1) * queue.slowdown if queue.slowdown > 1.0 else None
+    return LiveVariant(
+        variant,
+        replicas=replicas,
+        queue_lengths=(per_replica,) * replicas,
+        busy_ms=tuple(max(0.0, worker.busy_until_ms - now_ms) for worker in workers),
+        arrival_rps=service.arrival_rps_by_variant.get(variant.name, 0.0),
+        measured_latency_ms=measured,
+    )
+
+
+def raise_unmet(model_name: str, stated: "StatedRequirements", variants: list[ModellessVariant], reason: str) -> None:
+    """422 with alternatives when no variant can meet the requirements even idle, else 429."""
+    relaxations = alternatives(Requirements(stated.slo_ms, stated.min_accuracy, stated.max_cost_per_1000_usd), variants)
+    if relaxations:
+        raise RequirementsUnmetError(
+            f"{model_name}: {reason}; see 'alternatives' for what relaxing each requirement would give",
+            [asdict(item) for item in relaxations],
+        )
+    raise OverloadedError(f"{model_name}: {reason}", retry_after_s=1.0)
+
+
+async def choose_modelless(service: "InferenceService", model_name: str, family: Family, stated: "StatedRequirements", input_size_px: int, remaining_slo_ms: float) -> "ServedVariant":
+    """Pick (and if need be load) the variant that answers this query; raise when none can."""
+    variants = modelless_variants(service, family, input_size_px)
+    if not variants:
+        raise BadRequestError(f"{model_name}: no variant takes a {input_size_px} px input or has a profile; send a larger image or run `shoal profile`")
+    try:
+        requirements = Requirements(remaining_slo_ms, stated.min_accuracy, stated.max_cost_per_1000_usd)
+    except ValueError as error:
+        raise BadRequestError(str(error)) from None
+    now_ms = monotonic_ms()
+    decision = select_variant(requirements, [_live(service, view, now_ms) for view in variants.values()], policy="shoal")
+    if decision.action == "reject":
+        raise_unmet(model_name, stated, list(variants.values()), decision.reason)
+    served = service.variants[decision.variant]
+    if decision.action == "load":
+        await service.manager.set_replicas(served, 1)  # INFaaS-style: the query waits for the load
+    return served

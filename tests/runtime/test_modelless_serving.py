@@ -1,0 +1,97 @@
+"""Model-less serving on a real server: requirements, refusals with alternatives, autoscaling."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from shoal.zoo.repository import ModelRepository
+
+from .conftest import start_server, stop_server
+
+
+def _body(parameters: dict, size: int = 64) -> dict:
+    image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    return {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(image.shape), "data": image.ravel().tolist()}], "parameters": parameters}
+
+
+def _replicas(server, key: str) -> int:
+    return httpx.get(f"{server.url}/v2/repository/replicas").json()[key]
+
+
+@pytest.fixture(scope="module")
+def accuracies(fixture_repository_path):
+    return {v.name: v.accuracy for v in ModelRepository(fixture_repository_path).variants("fixture")}
+
+
+@pytest.fixture(scope="module")
+def modelless_server(fixture_repository_path):
+    server = start_server(
+        fixture_repository_path, "--workers", "3", "--policy", "modelless", "--autoscale", "--autoscale-hold-s", "2",
+        "--autoscale-slack", "2000", "--control-interval-s", "0.25", "--preload", "fixture.rf-64",
+    )
+    yield server
+    stop_server(server)
+
+
+def test_unmeetable_requirements_get_422_with_the_relaxations_that_would_work(modelless_server, accuracies):
+    best = max(accuracies.values())
+    answer = httpx.post(f"{modelless_server.url}/v2/models/fixture/infer", json=_body({"slo_ms": 1000, "min_accuracy": min(1.0, best + 0.05)}), timeout=30)
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert "alternatives" in body["error"]
+    (relax,) = [a for a in body["alternatives"] if a["relax"] == "min_accuracy"]
+    assert relax["value"] == pytest.approx(best) and relax["variant"] == "fixture.rf-64"
+    cheap = httpx.post(f"{modelless_server.url}/v2/models/fixture/infer", json=_body({"slo_ms": 1000, "max_cost_per_1000_usd": 1e-12}), timeout=30)
+    assert cheap.status_code == 422 and cheap.json()["alternatives"][0]["relax"] == "max_cost_per_1000_usd"
+    bad = httpx.post(f"{modelless_server.url}/v2/models/fixture/infer", json=_body({"max_cost_per_1000_usd": "cheap"}), timeout=30)
+    assert bad.status_code == 400 and "max_cost_per_1000_usd" in bad.json()["error"]
+
+
+def test_load_up_scales_out_and_load_down_scales_back_after_the_hold(modelless_server, accuracies):
+    url = f"{modelless_server.url}/v2/models/fixture/infer"
+    parameters = {"slo_ms": 2000, "min_accuracy": accuracies["rf-64"]}  # only rf-64 qualifies
+    deadline = time.monotonic() + 20
+    while _replicas(modelless_server, "fixture.rf-64") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)  # no demand yet: the preloaded replicas go once the hold has passed
+    assert _replicas(modelless_server, "fixture.rf-64") == 0
+    first = httpx.post(url, json=_body(parameters), timeout=30)  # loads one replica for itself
+    assert first.status_code == 200, first.text
+    assert first.json()["parameters"]["shoal_variant"] == "fixture.rf-64"
+
+    stop = threading.Event()
+    answered = []
+
+    def client():
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                answered.append(http.post(url, json=_body(parameters)).status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    try:
+        while _replicas(modelless_server, "fixture.rf-64") < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _replicas(modelless_server, "fixture.rf-64") == 3  # scaled out to every worker
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert answered and set(answered) == {200}
+    # Idle now: demand fits fewer replicas, which the autoscaler applies only after its hold.
+    time.sleep(1.0)
+    assert _replicas(modelless_server, "fixture.rf-64") == 3
+    deadline = time.monotonic() + 20
+    while _replicas(modelless_server, "fixture.rf-64") == 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _replicas(modelless_server, "fixture.rf-64") < 3
+    metrics = httpx.get(f"{modelless_server.url}/metrics").text
+    kinds = set(re.findall(r'shoal_autoscale_decisions_total\{kind="([a-z-]+)",variant="fixture.rf-64"\}', metrics))
+    assert {"scale-up", "scale-down"} <= kinds or {"vertical-in", "scale-down"} <= kinds, kinds
