@@ -50,3 +50,8 @@ def test_an_unreachable_accuracy_target_is_an_error_not_a_plan(capsys, fixture_r
     code, _, err = run(capsys, "workflow", "deploy", "--repo", str(fixture_repository_path), "--family", "fixture",
                        "--out", str(tmp_path / "x"), "--accuracy-target", "0.999")
     assert code == 2 and "cannot be deployed: infeasible" in err and "unreachable" in err
+
+
+def test_bench_modelless_names_the_missing_profiles(capsys, fixture_repository_path):
+    code, _, err = run(capsys, "bench", "modelless", "--repo", str(fixture_repository_path), "--family", "fixture", "--quick")
+    assert code == 2 and "has no cpu profile" in err and "shoal profile --family fixture" in err

@@ -88,3 +88,15 @@ def test_bad_arguments_are_refused():
         plan_autoscale([], [CPU], {}, AutoscaleState(), 0.0, slack=0.9)
     with pytest.raises(ValueError, match="unknown autoscaling policy"):
         plan_autoscale([], [CPU], {}, AutoscaleState(), 0.0, policy="magic")
+
+
+def test_a_variant_every_class_left_goes_once_its_replacement_serves():
+    state = AutoscaleState(assignment={"app": "on-cpu"})
+    moving = plan_autoscale([Demand("app", SLO, 600.0)], [CPU, GPU], {"on-cpu": 12}, state, 0.0, hold_s=30.0,
+                            ready_replicas={"on-cpu": 12, "on-gpu": 0})
+    assert moving.replicas == {"on-cpu": 12, "on-gpu": 1}  # the GPU is loading: keep the CPUs
+    served = plan_autoscale([Demand("app", SLO, 600.0)], [CPU, GPU], {"on-cpu": 12, "on-gpu": 1}, moving.state, 1.0,
+                            hold_s=30.0, ready_replicas={"on-cpu": 12, "on-gpu": 1})
+    assert served.replicas == {"on-cpu": 0, "on-gpu": 1}
+    (out,) = served.decisions
+    assert out.kind == "vertical-out" and "moved to on-gpu" in out.reason

@@ -95,3 +95,15 @@ def test_load_up_scales_out_and_load_down_scales_back_after_the_hold(modelless_s
     metrics = httpx.get(f"{modelless_server.url}/metrics").text
     kinds = set(re.findall(r'shoal_autoscale_decisions_total\{kind="([a-z-]+)",variant="fixture.rf-64"\}', metrics))
     assert {"scale-up", "scale-down"} <= kinds or {"vertical-in", "scale-down"} <= kinds, kinds
+
+
+def test_the_python_sdk_states_requirements_and_surfaces_refusals(modelless_server, accuracies):
+    from shoal.client.query import QueryClient, RequirementsUnmet
+
+    images = np.random.default_rng(3).integers(0, 256, size=(2, 3, 64, 64), dtype=np.uint8)
+    with QueryClient(modelless_server.url) as client:
+        answer = client.infer("fixture", images, slo_ms=2000, min_accuracy=accuracies["rf-64"])
+        assert answer.outputs.shape == (2, 10) and answer.variant == "fixture.rf-64"
+        with pytest.raises(RequirementsUnmet) as refused:
+            client.infer("fixture", images, slo_ms=2000, min_accuracy=1.0)
+        assert refused.value.status == 422 and refused.value.alternatives[0]["relax"] == "min_accuracy"

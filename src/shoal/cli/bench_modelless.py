@@ -20,11 +20,9 @@ def _plot(results: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for policy, timeline in results["_timelines"].items():
-        times = [t for t, _ in timeline]
-        replicas = [sum(counts.values()) for _, counts in timeline]
-        axes[0].step(times, replicas, where="post", label=policy)
-    axes[0].set_xlabel("time (s)")
-    axes[0].set_ylabel("replicas (all variants)")
+        axes[0].step([t for t, _ in timeline], [rate for _, rate in timeline], where="post", label=policy)
+    axes[0].set_xlabel("time (s); load steps 1-2-3-4-3-2-1x")
+    axes[0].set_ylabel("replicas' cost ($/hour)")
     axes[0].legend()
     policies = ["shoal", "infaas", "static_peak"]
     axes[1].bar(policies, [results[p]["slo_violation_rate"] * 100 for p in policies], color=["tab:blue", "tab:orange", "tab:green"])

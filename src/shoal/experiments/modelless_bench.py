@@ -114,7 +114,7 @@ def run_modelless_bench(
         started = time.perf_counter()
         result = simulate_modelless(scenario, policy)
         results[policy] = {**result.to_json_dict(), "wall_s": round(time.perf_counter() - started, 2)}
-        timelines[policy] = result.replica_timeline
+        timelines[policy] = result.cost_rate_timeline
         if on_policy:
             on_policy(policy)
     shoal, infaas, static = results["shoal"], results["infaas"], results["static_peak"]

@@ -20,7 +20,8 @@ when the arrival rate exceeds what the replicas carry at their profiled peak (fu
 whatever the SLO), one fewer after the rate has fit in one replica less for the hold time.
 Vertical moves happen through query-time selection (new queries go to another variant).
 
-Scale-ups apply at once; scale-downs only after `hold_s` of lower demand (no flapping).
+Scale-ups apply at once; scale-downs only after `hold_s` of lower demand (no flapping), except
+for a variant every class has moved away from, which goes once its replacement serves.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class AutoscaleState:
     """Per variant: since when the wanted replica count has been below the running one."""
     assignment: Mapping[str, str] = field(default_factory=dict)
     """Per query class: the variant provisioned for it last time (shoal)."""
+    moved_from: Mapping[str, str] = field(default_factory=dict)
+    """Per query class that moved: the variant it left, while that one still has replicas."""
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,11 @@ def plan_autoscale(
     switch_margin: float = 0.15,
     arrival_by_variant: Mapping[str, float] | None = None,
     max_replicas: int | None = None,
+    ready_replicas: Mapping[str, int] | None = None,
 ) -> ScalePlan:
     """The replica count per variant; `arrival_by_variant` (queries routed to each) drives `infaas`;
-    `max_replicas` caps every count (the workers a local pool has)."""
+    `max_replicas` caps every count (the workers a local pool has); `ready_replicas` (serving,
+    not loading) lets a variant that every class has left go without waiting for the hold."""
     if slack < 1.0:
         raise ValueError(f"slack must be >= 1, got {slack}")
     assignment: dict[str, str] = {}
@@ -190,6 +195,11 @@ def plan_autoscale(
     replicas: dict[str, int] = {}
     decisions: list[AutoscaleDecision] = []
     below_since = dict(state.below_since_s)
+    moved_from = dict(state.moved_from)
+    for demand_name, variant_name in assignment.items():
+        previous = state.assignment.get(demand_name)
+        if previous is not None and previous != variant_name:
+            moved_from[demand_name] = previous
     for variant in variants:
         name, now = variant.name, current_replicas.get(variant.name, 0)
         target = wanted.get(name, 0)
@@ -203,11 +213,25 @@ def plan_autoscale(
                 decisions.append(AutoscaleDecision(name, now, target, kind, f"{reason}: {now} -> {target} replicas"))
             continue
         since = below_since.setdefault(name, now_s)
-        if now_s - since >= hold_s:
+        moved = [d for d, v in moved_from.items() if v == name and assignment.get(d) not in (None, name)]
+        replaced = bool(moved) and target == 0 and ready_replicas is not None and all(
+            ready_replicas.get(assignment[d], 0) >= wanted.get(assignment[d], 0) for d in moved
+        )
+        if replaced:
+            # A vertical move already had to beat the switch margin; once its new replicas
+            # serve, keeping the old ones through the hold only doubles the bill.
+            replicas[name] = 0
+            below_since.pop(name, None)
+            for demand_name in moved:
+                moved_from.pop(demand_name, None)
+            destinations = ", ".join(sorted({assignment[d] for d in moved}))
+            decisions.append(AutoscaleDecision(name, now, 0, "vertical-out", f"{', '.join(sorted(moved))} moved to {destinations}, which now serves"))
+        elif now_s - since >= hold_s:
             replicas[name] = target
             below_since.pop(name, None)
             kind = "vertical-out" if target == 0 and policy == "shoal" else "scale-down"
             decisions.append(AutoscaleDecision(name, now, target, kind, f"demand fits {target} replicas for {now_s - since:.0f} s (hold {hold_s:g} s)"))
         else:
             replicas[name] = now
-    return ScalePlan(replicas, tuple(decisions), AutoscaleState(below_since, assignment), assignment)
+    moved_from = {d: v for d, v in moved_from.items() if replicas.get(v, 0) > 0}
+    return ScalePlan(replicas, tuple(decisions), AutoscaleState(below_since, assignment, moved_from), assignment)

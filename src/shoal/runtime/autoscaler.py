@@ -62,7 +62,7 @@ class Autoscaler:
             plan = plan_autoscale(
                 demands, list(views.values()), current, self.states.get(family_name, AutoscaleState()), now_s,
                 slack=self.service.config.autoscale_slack, hold_s=self.service.config.autoscale_hold_s,
-                max_replicas=self.service.config.num_workers,
+                max_replicas=self.service.config.num_workers, ready_replicas=current,
             )
             self.states[family_name] = plan.state
             for decision in plan.decisions:

@@ -100,6 +100,7 @@ class ModellessResult:
     accuracy: float
     per_application: dict[str, dict[str, float]]
     replica_timeline: list[tuple[float, dict[str, int]]]
+    cost_rate_timeline: list[tuple[float, float]]
     decisions: int
 
     @property
@@ -140,6 +141,7 @@ class _Simulation:
         self.autoscale_state: dict[str, AutoscaleState] = {}  # per task
         self.stats = {app.name: {"queries": 0, "late": 0, "dropped": 0, "refused": 0, "answered": 0, "accuracy_sum": 0.0} for app in self.apps}
         self.timeline: list[tuple[float, dict[str, int]]] = []
+        self.cost_rate_timeline: list[tuple[float, float]] = []  # $/hour of the replicas kept
         self.decisions = 0
         self.static_variant: dict[int, ModellessVariant] = {}
 
@@ -286,7 +288,10 @@ class _Simulation:
         self.arrivals_by_variant_this_tick = {}
         if self.policy != "static_peak":
             self._autoscale()
-        self.timeline.append((self.engine.now, {v.name: self._count(v) for v in self.scenario.variants if self._count(v)}))
+        counts = {v.name: self._count(v) for v in self.scenario.variants if self._count(v)}
+        prices = {v.name: v.price_usd_per_hour for v in self.scenario.variants}
+        self.timeline.append((self.engine.now, counts))
+        self.cost_rate_timeline.append((self.engine.now, sum(count * prices[name] for name, count in counts.items())))
         if self.engine.now + self.scenario.tick_s < self.scenario.duration_s:
             self.engine.after(self.scenario.tick_s, self._tick)
 
@@ -299,6 +304,7 @@ class _Simulation:
                 demands, variants, current, self.autoscale_state.get(task, AutoscaleState()), self.engine.now,
                 policy=self.policy, slack=self.scenario.slack, hold_s=self.scenario.hold_s,
                 arrival_by_variant=self._variant_rates(),
+                ready_replicas={v.name: sum(1 for r in self._live(v) if r.ready_s <= self.engine.now) for v in variants},
             )
             self.autoscale_state[task] = plan.state
             self.decisions += len(plan.decisions)
@@ -366,6 +372,7 @@ class _Simulation:
             accuracy=totals["accuracy_sum"] / totals["answered"] if totals["answered"] else 0.0,
             per_application=per_app,
             replica_timeline=self.timeline,
+            cost_rate_timeline=self.cost_rate_timeline,
             decisions=self.decisions,
         )
 

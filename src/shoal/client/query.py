@@ -1,0 +1,126 @@
+"""The Python SDK of model-less queries: name a family and requirements, get an answer or the reason.
+
+    client = QueryClient("http://127.0.0.1:8000")
+    answer = client.infer("demo", images, slo_ms=50, min_accuracy=0.8, max_cost_per_1000_usd=0.001)
+    answer.outputs, answer.variant          # logits, and the variant shoal chose
+    # RequirementsUnmet.alternatives: what relaxing each requirement would give (HTTP 422)
+    # Overloaded.retry_after_s: the requirements are fine, the load is not (HTTP 429)
+
+Requests use KServe v2 over HTTP with Triton's binary tensor extension (the tensor travels
+as raw bytes after a JSON header), so any KServe v2 server works with `infer` for exact models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+__all__ = ["Overloaded", "QueryAnswer", "QueryClient", "QueryFailed", "RequirementsUnmet"]
+
+_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8"}
+
+
+class QueryFailed(RuntimeError):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class RequirementsUnmet(QueryFailed):
+    """No variant can meet the requirements; `alternatives` say what relaxing each would give."""
+
+    def __init__(self, status: int, message: str, alternatives: list[dict]):
+        super().__init__(status, message)
+        self.alternatives = alternatives
+
+
+class Overloaded(QueryFailed):
+    def __init__(self, status: int, message: str, retry_after_s: float):
+        super().__init__(status, message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class QueryAnswer:
+    outputs: np.ndarray
+    variant: str | None
+    parameters: dict = field(default_factory=dict)
+
+
+class QueryClient:
+    def __init__(self, url: str, *, timeout_s: float = 30.0, input_name: str = "images"):
+        self.url = url.rstrip("/")
+        self.input_name = input_name
+        self._http = httpx.Client(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "QueryClient":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def infer(
+        self,
+        model: str,
+        images: np.ndarray,
+        *,
+        slo_ms: float | None = None,
+        min_accuracy: float | None = None,
+        max_cost_per_1000_usd: float | None = None,
+        priority: int = 0,
+    ) -> QueryAnswer:
+        """`model` is a family (model-less) or `<family>.<variant>`; images are [batch, C, S, S]."""
+        images = np.ascontiguousarray(images)
+        if images.dtype not in _DATATYPES:
+            raise ValueError(f"images must be float32 (scaled to [0, 1]) or uint8, got {images.dtype}")
+        parameters: dict = {"priority": priority, "binary_data_output": True}
+        for name, value in (("slo_ms", slo_ms), ("min_accuracy", min_accuracy), ("max_cost_per_1000_usd", max_cost_per_1000_usd)):
+            if value is not None:
+                parameters[name] = value
+        raw = images.tobytes()
+        header = json.dumps({
+            "inputs": [{"name": self.input_name, "datatype": _DATATYPES[images.dtype], "shape": list(images.shape),
+                        "parameters": {"binary_data_size": len(raw)}}],
+            "parameters": parameters,
+        }).encode()
+        response = self._http.post(
+            f"{self.url}/v2/models/{model}/infer", content=header + raw,
+            headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        )
+        if response.status_code != 200:
+            self._raise(response)
+        return self._decode(response)
+
+    @staticmethod
+    def _raise(response: httpx.Response) -> None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text}
+        message = body.get("error", response.text)
+        if response.status_code == 422 and "alternatives" in body:
+            raise RequirementsUnmet(response.status_code, message, body["alternatives"])
+        if response.status_code == 429:
+            raise Overloaded(response.status_code, message, float(response.headers.get("retry-after", 1)))
+        raise QueryFailed(response.status_code, message)
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> QueryAnswer:
+        length = response.headers.get("inference-header-content-length")
+        content = response.content
+        header = json.loads(content[: int(length)] if length else content)
+        (output,) = header["outputs"][:1]
+        if "data" in output:
+            values = np.asarray(output["data"], dtype=np.float32)
+        else:
+            start = int(length)
+            values = np.frombuffer(content[start : start + output["parameters"]["binary_data_size"]], dtype=np.float32)
+        parameters = header.get("parameters", {})
+        return QueryAnswer(values.reshape(output["shape"]), parameters.get("shoal_variant"), parameters)
