@@ -107,3 +107,35 @@ def test_the_python_sdk_states_requirements_and_surfaces_refusals(modelless_serv
         with pytest.raises(RequirementsUnmet) as refused:
             client.infer("fixture", images, slo_ms=2000, min_accuracy=1.0)
         assert refused.value.status == 422 and refused.value.alternatives[0]["relax"] == "min_accuracy"
+
+
+def test_registration_over_http_measures_then_makes_the_variant_selectable(fixture_repository_path, tmp_path):
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(fixture_repository_path, root)
+    repository = ModelRepository(root)
+    model_bytes = repository.model_path("fixture", "rf-64").read_bytes()  # a valid model under a new name
+    server = start_server(root, "--policy", "modelless", "--admin-token", "secret", "--preload", "fixture.rf-16")
+    try:
+        url = f"{server.url}/v2/repository/families/fixture/variants/rf-64-copy"
+        refused = httpx.post(url, content=model_bytes, timeout=60)
+        assert refused.status_code == 401
+        garbage = httpx.post(url, content=b"not onnx", headers={"Authorization": "Bearer secret"}, timeout=60)
+        assert garbage.status_code == 400 and not (root / "fixture" / "rf-64-copy").exists()
+        created = httpx.post(url, content=model_bytes, headers={"Authorization": "Bearer secret"}, timeout=120)
+        assert created.status_code == 201, created.text
+        answer = created.json()
+        assert answer["model"] == "fixture.rf-64-copy"
+        assert answer["accuracy"] == pytest.approx(repository.load_variant("fixture", "rf-64").accuracy)
+        assert answer["latency_ms_batch_1"] > 0 and (root / "fixture" / "rf-64-copy" / "profiles" / "cpu.json").is_file()
+        again = httpx.post(url, content=model_bytes, headers={"Authorization": "Bearer secret"}, timeout=60)
+        assert again.status_code == 400 and "already exists" in again.json()["error"]
+        # Selectable at once: only variants with a profile are candidates (rf-16, loaded, and the
+        # new one; rf-64 itself has never been loaded or profiled); rf-16 is not accurate enough,
+        # so the new variant is loaded for the query.
+        served = httpx.post(f"{server.url}/v2/models/fixture/infer", json=_body({"slo_ms": 5000, "min_accuracy": answer["accuracy"]}), timeout=60)
+        assert served.status_code == 200, served.text
+        assert served.json()["parameters"]["shoal_variant"] == "fixture.rf-64-copy"
+    finally:
+        stop_server(server)

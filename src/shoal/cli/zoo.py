@@ -48,7 +48,7 @@ def add(
     description: Annotated[str, typer.Option("--description")] = "",
     json_output: JsonOption = False,
 ) -> None:
-    """Check a model in ONNX Runtime, measure its accuracy, and register it."""
+    """Check a model in ONNX Runtime, measure its accuracy and latency profile, and register it."""
     repository = open_repository(repo)
     signature = inspect_model(model)
     validation_path = None
@@ -87,7 +87,15 @@ def add(
 
         session = create_session(model, Device.parse("cpu"))
         spec = spec.model_copy(update={"accuracy": round(measure_accuracy(session, family_spec, spec, *data), 6)})
+    # Profiled on every device here before it is registered, so model-less selection and the
+    # autoscaler can consider it from the moment it exists.
+    from shoal.profiler.measure import profile_variant
+    from shoal.profiler.session import available_devices
+
+    profiles = [profile_variant(model, family_spec, spec, device, repeats=10) for device in available_devices()]
     stored = repository.add_variant(spec, model)
+    for profile in profiles:
+        repository.save_profile(profile)
     if json_output:
         print_json(stored.model_dump(mode="json"))
     else:

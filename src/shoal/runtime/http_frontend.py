@@ -3,8 +3,9 @@
 Routes: /v2, /v2/health/{live,ready}, /v2/models/{m}[/versions/{v}][/ready|/infer],
 where {m} is a family, a `<family>.<variant>` or a served workflow (its deployment's name),
 /v2/repository/index, /v2/repository/models/{m}/{load,unload}, shoal's replica extension
-(POST /v2/repository/models/{m}/replicas {"replicas": n}, GET /v2/repository/replicas) and
-/metrics. Every error is a
+(POST /v2/repository/models/{m}/replicas {"replicas": n}, GET /v2/repository/replicas),
+registration (POST /v2/repository/families/{f}/variants/{v}, the ONNX file as body: accuracy
+and profile are measured before the variant becomes selectable) and /metrics. Every error is a
 JSON body `{"error": ...}` with the status the ServingError carries; anything unexpected is
 a 500 with a generic message, logged with its traceback.
 """
@@ -149,6 +150,14 @@ def build_http_app(
         await service.unload_model(request.path_params["model"])
         return JSONResponse({})
 
+    async def register(request: Request) -> Response:
+        require_token(request)
+        body = await read_body(request)
+        if not body:
+            raise BadRequestError("the body must be the variant's ONNX file (Content-Type: application/octet-stream)")
+        answer = await service.register_variant(request.path_params["family"], request.path_params["variant"], body)
+        return JSONResponse(answer, status_code=201)
+
     async def replicas(request: Request) -> Response:
         if request.method == "GET":
             return JSONResponse(service.replica_counts())
@@ -180,6 +189,7 @@ def build_http_app(
         Route("/v2/repository/models/{model}/unload", guarded(unload), methods=["POST"]),
         Route("/v2/repository/models/{model}/replicas", guarded(replicas), methods=["POST"]),
         Route("/v2/repository/replicas", guarded(replicas), methods=["GET"]),
+        Route("/v2/repository/families/{family}/variants/{variant}", guarded(register), methods=["POST"]),
         Route("/metrics", guarded(metrics), methods=["GET"]),
     ]
     return Starlette(routes=[*routes, *extra_routes])

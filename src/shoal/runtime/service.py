@@ -164,6 +164,35 @@ class InferenceService:
             index.append({"name": name, "version": "1", "state": state, "reason": ""})
         return index
 
+    async def register_variant(self, family_name: str, variant_name: str, model_bytes: bytes) -> dict[str, Any]:
+        """Measure (accuracy, profile on the serving device) and register a new variant; it is
+        selectable by family endpoints as soon as this returns (loaded on demand)."""
+        if family_name not in self.families:
+            raise ModelNotFoundError(f"family {family_name!r} is not served; register variants into an existing family")
+        import tempfile
+        from pathlib import Path
+
+        from shoal.core.errors import InvalidInputError
+        from shoal.zoo.register import register_measured_variant
+
+        with tempfile.TemporaryDirectory() as scratch:
+            model_path = Path(scratch) / "model.onnx"
+            model_path.write_bytes(model_bytes)
+            try:
+                variant, profiles = await asyncio.to_thread(
+                    register_measured_variant, self.repository, family_name, variant_name, model_path, [Device.parse(self.config.device)],
+                    profile_batch_sizes=[b for b in self.config.profile_batch_sizes if b <= self.config.max_batch_size],
+                )
+            except InvalidInputError as error:  # a bad model or name is the client's to fix
+                raise BadRequestError(str(error)) from None
+        family = self.families[family_name]
+        served = ServedVariant(family, variant, str(self.repository.model_path(family_name, variant.name)), repository_profile=profiles[0])
+        self.variants[served.key] = served
+        self.scheduler.add_queue(VariantQueue(served.key, served.batch_latency_ms, self.config.max_batch_size, self.config.queue_capacity))
+        logger.info("registered %s (accuracy %.4f)", served.key, variant.accuracy)
+        return {"model": served.key, "accuracy": variant.accuracy, "input_size_px": variant.input_size_px,
+                "latency_ms_batch_1": profiles[0].batch_latency_ms(1, "p50"), "device": self.config.device}
+
     async def load_model(self, model_name: str) -> None:
         family, served = self.resolve(model_name)
         keys = [served.key] if served else [k for k, v in self.variants.items() if v.family.name == family.name]

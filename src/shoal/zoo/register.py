@@ -1,0 +1,58 @@
+"""Registering a variant into an existing family: measured before it becomes selectable.
+
+Model-less serving picks variants by accuracy, latency and cost, so a variant without those
+numbers cannot be chosen safely. Registration therefore measures first (accuracy on the
+family's validation set, a latency profile on every device given) and writes last: the model
+is copied and the profiles saved only when every measurement succeeded, so a refused or
+failing model leaves the repository as it was. Shared by `shoal zoo add`'s HTTP twin
+(`POST /v2/repository/families/{family}/variants/{variant}`) and usable from Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from shoal.core.errors import RepositoryError
+from shoal.core.models import Device, Profile, Variant
+from shoal.zoo.repository import ModelRepository, inspect_model
+
+__all__ = ["register_measured_variant"]
+
+
+def register_measured_variant(
+    repository: ModelRepository,
+    family_name: str,
+    variant_name: str,
+    model_path: Path,
+    devices: Sequence[Device],
+    *,
+    description: str = "",
+    profile_batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    profile_repeats: int = 10,
+) -> tuple[Variant, list[Profile]]:
+    from shoal.profiler import create_session, measure_accuracy
+    from shoal.profiler.measure import profile_variant
+
+    family = repository.load_family(family_name)
+    if variant_name in repository.variant_names(family_name):
+        raise RepositoryError(f"variant {variant_name!r} already exists in family {family_name!r}; remove it first or pick another name")
+    validation = repository.load_validation(family_name)
+    if validation is None:
+        raise RepositoryError(
+            f"family {family_name!r} has no validation set, so a new variant's accuracy cannot be measured; "
+            "add one with `shoal zoo add --validation` when creating the family"
+        )
+    signature = inspect_model(model_path)
+    spec = Variant(name=variant_name, family=family_name, input_size_px=signature.input_size_px, description=description)
+    session = create_session(model_path, Device.parse("cpu"), intra_op_threads=1)
+    accuracy = round(measure_accuracy(session, family, spec, *validation), 6)
+    spec = spec.model_copy(update={"accuracy": accuracy})
+    profiles = [
+        profile_variant(model_path, family, spec, device, batch_sizes=profile_batch_sizes, repeats=profile_repeats)
+        for device in devices
+    ]
+    stored = repository.add_variant(spec, model_path)
+    for profile in profiles:
+        repository.save_profile(profile)
+    return stored, profiles
