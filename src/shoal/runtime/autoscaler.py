@@ -36,7 +36,8 @@ class Autoscaler:
         self.decisions = Counter("shoal_autoscale_decisions", "Autoscaling decisions", ["variant", "kind"], registry=registry)
         self.replicas = Gauge("shoal_replicas", "Workers holding each variant", ["variant"], registry=registry)
 
-    def _observe(self) -> None:
+    def observe(self) -> None:
+        """Fold the request counters since the last call into smoothed rates (every tick, scaling or not)."""
         for query_class, total in list(self.service.requests_by_class.items()):
             latest = (total - self.seen.get(query_class, 0)) / self.interval_s
             self.seen[query_class] = total
@@ -47,7 +48,7 @@ class Autoscaler:
             self.service.arrival_rps_by_variant[key] = smooth_rate(self.service.arrival_rps_by_variant.get(key, 0.0), latest)
 
     async def tick(self, now_s: float) -> list[AutoscaleDecision]:
-        self._observe()
+        """Plan and apply replica counts; call `observe` first."""
         made: list[AutoscaleDecision] = []
         for family_name, family in self.service.families.items():
             views = modelless_variants(self.service, family)

@@ -32,7 +32,7 @@ class Controller:
         self.idle_unload_after_s = idle_unload_after_s
         self.state = CacheState()
         self._seen_requests: dict[str, int] = {}
-        self.autoscaler = Autoscaler(service, interval_s=interval_s) if service.config.autoscale else None
+        self.autoscaler = Autoscaler(service, interval_s=interval_s)  # keeps arrival rates even when not scaling
         self.decisions = Counter(
             "shoal_controller_decisions", "Model-cache decisions of the controller", ["action", "variant"], registry=service.metrics.registry
         )
@@ -56,7 +56,8 @@ class Controller:
 
     async def tick(self, now_s: float | None = None) -> None:
         now_s = time.monotonic() if now_s is None else now_s
-        if self.autoscaler is not None:
+        self.autoscaler.observe()  # model-less selection reads the arrival rates (overload detection)
+        if self.service.config.autoscale:
             await self.autoscaler.tick(now_s)
             return
         plan, self.state = plan_cache(self.observe(now_s), self.state)
