@@ -5,7 +5,7 @@ where {m} is a family, a `<family>.<variant>` or a served workflow (its deployme
 /v2/repository/index, /v2/repository/models/{m}/{load,unload}, shoal's replica extension
 (POST /v2/repository/models/{m}/replicas {"replicas": n}, GET /v2/repository/replicas),
 registration (POST /v2/repository/families/{f}/variants/{v}, the ONNX file as body: accuracy
-and profile are measured before the variant becomes selectable) and /metrics. Every error is a
+and profile are measured before the variant becomes selectable) /metrics and /openapi.json (this API, for clients and fuzzers). Every error is a
 JSON body `{"error": ...}` with the status the ServingError carries; anything unexpected is
 a 500 with a generic message, logged with its traceback.
 """
@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from shoal.runtime.codec import decode_http_request, encode_http_response
 from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError, UnauthorizedError
+from shoal.runtime.openapi import openapi_document
 from shoal.runtime.service import InferenceService, requirements
 
 if TYPE_CHECKING:
@@ -171,6 +172,9 @@ def build_http_app(
         reached = await service.set_replicas(request.path_params["model"], body["replicas"])
         return JSONResponse({"model": request.path_params["model"], "replicas": reached})
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(str(request.base_url).rstrip("/"), service.model_names() + sorted(workflows)))
+
     async def metrics(request: Request) -> Response:
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -191,5 +195,6 @@ def build_http_app(
         Route("/v2/repository/replicas", guarded(replicas), methods=["GET"]),
         Route("/v2/repository/families/{family}/variants/{variant}", guarded(register), methods=["POST"]),
         Route("/metrics", guarded(metrics), methods=["GET"]),
+        Route("/openapi.json", guarded(openapi), methods=["GET"]),
     ]
     return Starlette(routes=[*routes, *extra_routes])
