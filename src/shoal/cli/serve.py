@@ -32,7 +32,7 @@ def serve(
     admission_headroom: Annotated[
         float, typer.Option("--admission-headroom", min=0.1, max=1.0, help="Admit a request only if its predicted finish is within this share of its SLO.")
     ] = 0.8,
-    cache_mb: Annotated[float, typer.Option("--cache-mb", min=1.0, help="Memory budget per worker for loaded variants (estimate: 3x the model file).")] = 2048.0,
+    cache_mb: Annotated[float, typer.Option("--cache-mb", min=0.001, help="Memory budget per worker for loaded variants (estimate: 3x the model file).")] = 2048.0,
     preload: Annotated[list[str] | None, typer.Option("--preload", help="Models to load at start (default: all).")] = None,
     control_interval_s: Annotated[float, typer.Option("--control-interval-s", min=0.05, help="Controller period.")] = 0.5,
     idle_unload_s: Annotated[float, typer.Option("--idle-unload-s", min=1.0, help="Unload a variant idle this long.")] = 300.0,

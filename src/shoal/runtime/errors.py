@@ -17,6 +17,7 @@ __all__ = [
     "WorkerFailedError",
     "UnauthorizedError",
     "RequirementsUnmetError",
+    "ModelLoadError",
 ]
 
 
@@ -96,3 +97,11 @@ class RequirementsUnmetError(ServingError):
     def __init__(self, message: str, alternatives: list[dict]):
         super().__init__(message)
         self.alternatives = alternatives
+
+
+class ModelLoadError(ServingError):
+    """A worker could not load a variant (unreadable or corrupt file, out of memory): the variant
+    is unavailable, the server and its other variants are not."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"

@@ -169,8 +169,10 @@ class Scheduler:
                 continue
             now = monotonic_ms()
             window = queue.items[: queue.max_batch_size * 2]
+            # As at admission: the answer reaches the client only when the event loop gets to it.
             decision = decide_batch(
-                [item.deadline_ms for item in window], now, queue.batch_latency_ms, queue.max_batch_size, max_queue_delay_ms=self.max_queue_delay_ms
+                [item.deadline_ms for item in window], now + self.loop_lag_ms, queue.batch_latency_ms, queue.max_batch_size,
+                max_queue_delay_ms=self.max_queue_delay_ms,
             )
             for item in queue.take(decision.num_expired):
                 _fail(item.future, DeadlineExceededError(f"dropped: deadline cannot be met ({queue.key} was {now - item.arrival_ms:.1f} ms in queue)"))

@@ -18,7 +18,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from shoal.runtime.errors import WorkerFailedError
+from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 from shoal.runtime.worker import WorkerConfig, worker_main
 
 __all__ = ["WorkerHandle"]
@@ -138,8 +138,10 @@ class WorkerHandle:
         profile_batch_sizes: Sequence[int] = (),
         profile_repeats: int = 5,
     ) -> dict:
-        """Load and warm a variant; the reply holds `load_ms` and warm-up latencies per batch size."""
-        reply = await self._request(
+        """Load and warm a variant; the reply holds `load_ms` and warm-up latencies per batch size.
+
+        A model the worker cannot open raises ModelLoadError naming the variant and the reason."""
+        request = self._request(
             {
                 "op": "load",
                 "variant": variant_key,
@@ -152,6 +154,10 @@ class WorkerHandle:
                 "profile_repeats": profile_repeats,
             }
         )
+        try:
+            reply = await request
+        except RuntimeError as error:  # the worker answered with an error (a crash is WorkerFailedError)
+            raise ModelLoadError(f"variant {variant_key!r} could not be loaded on worker {self.worker_id}: {error}") from None
         self.loaded_variants[variant_key] = reply["load_ms"]
         return reply
 
