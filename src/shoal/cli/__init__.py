@@ -24,6 +24,7 @@ from shoal.cli import bench_serve as _bench_serve  # noqa: F401,E402
 from shoal.cli import bench_edge_serve as _bench_edge_serve  # noqa: F401,E402
 from shoal.cli import bench_modelless as _bench_modelless  # noqa: F401,E402
 from shoal.cli import bench_reliability as _bench_reliability  # noqa: F401,E402
+from shoal.cli import bench_ray as _bench_ray  # noqa: F401,E402
 from shoal.cli import experiment as _experiment  # noqa: F401,E402
 from shoal.cli import workflow as _workflow  # noqa: F401,E402
 from shoal.cli import zoo as _zoo  # noqa: F401,E402

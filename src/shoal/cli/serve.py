@@ -20,7 +20,11 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Bind address (127.0.0.1 unless you mean to expose it).")] = "127.0.0.1",
     http_port: Annotated[int, typer.Option("--http-port", min=1, max=65535)] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="0 disables gRPC.")] = 8001,
-    backend: Annotated[str, typer.Option("--backend", help="local (worker processes on this machine).")] = "local",
+    backend: Annotated[str, typer.Option("--backend", help="local (worker processes on this machine) or ray (Ray actors).")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster to join (auto, ray://host:port); default: start a local one.", show_default=False)] = None,
+    ray_device_resource: Annotated[
+        str | None, typer.Option("--ray-device-resource", help="Custom Ray resource every worker actor requires, e.g. the accelerator type of the profiles.", show_default=False)
+    ] = None,
     policy: Annotated[str, typer.Option("--policy", help="shoal | modelless | fastest-meeting-slo | static:<family>.<variant>")] = "shoal",
     device: Annotated[str, typer.Option("--device", help="cpu or cuda:N")] = "cpu",
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
@@ -54,8 +58,13 @@ def serve(
     from shoal.runtime.server import run_server
     from shoal.runtime.worker_manager import ServeConfig
 
-    if backend != "local":
-        raise InvalidInputError(f"--backend {backend!r} is not available yet: use 'local'")
+    if backend not in ("local", "ray"):
+        raise InvalidInputError(f"--backend {backend!r}: use 'local' or 'ray'")
+    if backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise InvalidInputError("--backend ray needs Ray: pip install 'shoal[ray]'") from None
     repository = open_repository(repo)
     if not repository.family_names():
         raise InvalidInputError(f"repository {repository.root} holds no families (run `shoal zoo build-demo` or pass --repo)")
@@ -88,6 +97,9 @@ def serve(
         cache_bytes_per_worker=int(cache_mb * 1024 * 1024),
         prices_usd_per_hour=price_table,
         autoscale=autoscale,
+        backend=backend,
+        ray_address=address,
+        ray_device_resource=ray_device_resource,
         autoscale_slack=autoscale_slack,
         autoscale_hold_s=autoscale_hold_s,
     )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
-__all__ = ["WorkerConfig", "worker_main"]
+__all__ = ["ModelHost", "WorkerConfig", "worker_main"]
 
 
 @dataclass(frozen=True)
@@ -46,17 +46,71 @@ def _send(connection: Connection, message: dict) -> None:
     connection.send_bytes(json.dumps(message).encode())
 
 
+class ModelHost:
+    """ONNX Runtime sessions for the variants loaded on one device: the worker's actual work.
+
+    Shared by the local worker process (below) and the Ray actor (shoal.runtime.ray_backend),
+    so both backends load, warm up, profile and run variants identically.
+    """
+
+    def __init__(self, device: str, intra_op_threads: int):
+        from shoal.core.models import Device
+
+        self.device = Device.parse(device)
+        self.intra_op_threads = intra_op_threads
+        self.sessions: dict[str, tuple[object, str, str, tuple[int, ...]]] = {}
+
+    def load(self, message: dict) -> dict:
+        import numpy as np
+
+        from shoal.profiler.session import create_session
+
+        started = time.perf_counter()
+        session = create_session(message["path"], self.device, intra_op_threads=self.intra_op_threads)
+        item_shape = tuple(message["input_shape"])
+        warmup = np.zeros((1, *item_shape), dtype=np.float32)
+        for _ in range(int(message.get("warmup", 2))):
+            session.run([message["output_name"]], {message["input_name"]: warmup})
+        load_ms = (time.perf_counter() - started) * 1000.0
+        # Warm-up doubles as a small profile taken under the worker's own thread count, which
+        # is what the batcher's latency model must describe.
+        latency_ms: dict[str, list[float]] = {}
+        for batch_size in message.get("profile_batch_sizes", []):
+            feed = {message["input_name"]: np.zeros((batch_size, *item_shape), dtype=np.float32)}
+            session.run([message["output_name"]], feed)
+            samples = []
+            for _ in range(int(message.get("profile_repeats", 5))):
+                begin = time.perf_counter()
+                session.run([message["output_name"]], feed)
+                samples.append((time.perf_counter() - begin) * 1000.0)
+            latency_ms[str(batch_size)] = samples
+        self.sessions[message["variant"]] = (session, message["input_name"], message["output_name"], item_shape)
+        return {"op": "loaded", "variant": message["variant"], "load_ms": load_ms, "latency_ms": latency_ms}
+
+    def unload(self, variant: str) -> None:
+        self.sessions.pop(variant, None)
+
+    def item_shape(self, variant: str) -> tuple[int, ...]:
+        return self.sessions[variant][3]
+
+    def run(self, variant: str, inputs):
+        """One batch; returns (float32 outputs, compute ms)."""
+        import numpy as np
+
+        session, input_name, output_name, _ = self.sessions[variant]
+        started = time.perf_counter()
+        (outputs,) = session.run([output_name], {input_name: inputs})
+        compute_ms = (time.perf_counter() - started) * 1000.0
+        return np.ascontiguousarray(outputs, dtype=np.float32), compute_ms
+
+
 def worker_main(config: WorkerConfig, connection: Connection) -> None:
     """Entry point of the worker process (spawned, never forked: ONNX Runtime owns threads)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     import numpy as np
 
-    from shoal.core.models import Device
-    from shoal.profiler.session import create_session
-
     memory = SharedMemory(name=config.shared_memory_name)
-    device = Device.parse(config.device)
-    sessions: dict[str, tuple[object, str, str, tuple[int, ...]]] = {}
+    host = ModelHost(config.device, config.intra_op_threads)
     _send(connection, {"op": "ready", "pid": os.getpid()})
     try:
         while True:
@@ -67,42 +121,19 @@ def worker_main(config: WorkerConfig, connection: Connection) -> None:
             op = message.get("op")
             try:
                 if op == "run":
-                    session, input_name, output_name, item_shape = sessions[message["variant"]]
                     batch_size = int(message["batch_size"])
-                    inputs = np.ndarray((batch_size, *item_shape), dtype=np.float32, buffer=memory.buf, offset=0)
-                    started = time.perf_counter()
-                    (outputs,) = session.run([output_name], {input_name: inputs})
-                    compute_ms = (time.perf_counter() - started) * 1000.0
-                    outputs = np.ascontiguousarray(outputs, dtype=np.float32)
+                    shape = (batch_size, *host.item_shape(message["variant"]))
+                    inputs = np.ndarray(shape, dtype=np.float32, buffer=memory.buf, offset=0)
+                    outputs, compute_ms = host.run(message["variant"], inputs)
                     if outputs.nbytes > config.half_bytes:
                         raise ValueError(f"output of {outputs.nbytes} bytes does not fit the shared block")
                     target = np.ndarray(outputs.shape, dtype=np.float32, buffer=memory.buf, offset=config.half_bytes)
                     target[...] = outputs
                     _send(connection, {"op": "done", "batch_id": message["batch_id"], "output_shape": list(outputs.shape), "compute_ms": compute_ms})
                 elif op == "load":
-                    started = time.perf_counter()
-                    session = create_session(message["path"], device, intra_op_threads=config.intra_op_threads)
-                    item_shape = tuple(message["input_shape"])
-                    warmup = np.zeros((1, *item_shape), dtype=np.float32)
-                    for _ in range(int(message.get("warmup", 2))):
-                        session.run([message["output_name"]], {message["input_name"]: warmup})
-                    load_ms = (time.perf_counter() - started) * 1000.0
-                    # Warm-up doubles as a small profile taken under the worker's own thread
-                    # count, which is what the batcher's latency model must describe.
-                    latency_ms: dict[str, list[float]] = {}
-                    for batch_size in message.get("profile_batch_sizes", []):
-                        feed = {message["input_name"]: np.zeros((batch_size, *item_shape), dtype=np.float32)}
-                        session.run([message["output_name"]], feed)
-                        samples = []
-                        for _ in range(int(message.get("profile_repeats", 5))):
-                            begin = time.perf_counter()
-                            session.run([message["output_name"]], feed)
-                            samples.append((time.perf_counter() - begin) * 1000.0)
-                        latency_ms[str(batch_size)] = samples
-                    sessions[message["variant"]] = (session, message["input_name"], message["output_name"], item_shape)
-                    _send(connection, {"op": "loaded", "variant": message["variant"], "load_ms": load_ms, "latency_ms": latency_ms})
+                    _send(connection, host.load(message))
                 elif op == "unload":
-                    sessions.pop(message["variant"], None)
+                    host.unload(message["variant"])
                     _send(connection, {"op": "unloaded", "variant": message["variant"]})
                 elif op == "stop":
                     return
@@ -111,5 +142,5 @@ def worker_main(config: WorkerConfig, connection: Connection) -> None:
             except Exception as error:  # report and keep serving: one bad batch must not kill the worker
                 _send(connection, {"op": "error", "request_op": op, "batch_id": message.get("batch_id"), "variant": message.get("variant"), "message": str(error)[:500]})
     finally:
-        sessions.clear()
+        host.sessions.clear()
         memory.close()

@@ -51,6 +51,9 @@ class ServeConfig:
     prices_usd_per_hour: tuple[tuple[str, float], ...] = (("cpu", 0.048), ("cuda", 3.06))
     """Price of one worker per device kind, for model-less cost limits and autoscaling."""
     autoscale: bool = False  # replicas per variant from shoal.planner.autoscale (else the cache planner)
+    backend: str = "local"  # "local": worker processes here; "ray": Ray actors (shoal.runtime.ray_backend)
+    ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://host:port" to join one
+    ray_device_resource: str | None = None  # custom Ray resource each worker actor requires (its device type)
     autoscale_slack: float = 1.05
     autoscale_hold_s: float = 30.0
 
@@ -81,6 +84,17 @@ class WorkerManager:
         self._stopping = False
 
     def _new_handle(self, worker_id: str) -> WorkerHandle:
+        if self.config.backend == "ray":
+            from shoal.runtime.ray_backend import RayWorkerHandle
+
+            return RayWorkerHandle(  # type: ignore[return-value]  # the same interface
+                worker_id,
+                device=self.config.device,
+                intra_op_threads=self.config.threads_per_worker,
+                address=self.config.ray_address,
+                device_resource=self.config.ray_device_resource,
+                on_exit=self._on_worker_exit,
+            )
         return WorkerHandle(
             worker_id,
             device=self.config.device,
@@ -90,6 +104,11 @@ class WorkerManager:
         )
 
     async def start(self) -> None:
+        if self.config.backend == "ray":
+            from shoal.runtime.ray_backend import ensure_ray
+
+            # once, on the main thread, before any actor
+            ensure_ray(self.config.ray_address, local_cpus=self.config.num_workers * self.config.threads_per_worker)
         handles = [self._new_handle(f"w{index}") for index in range(self.config.num_workers)]
         await asyncio.gather(*(handle.start() for handle in handles))
         for handle in handles:

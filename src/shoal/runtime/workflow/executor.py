@@ -1,7 +1,7 @@
 """Run a placed workflow: stage models on their workers, requests routed along the DAG.
 
 Every worker named by the deployment is one worker process (ONNX Runtime, shared-memory
-tensors, see shoal.runtime.worker); a worker that carries several tasks (--shared-workers
+tensors, see shoal.runtime.worker), or one Ray actor with `backend="ray"`; a worker that carries several tasks (--shared-workers
 plans) holds one session per task and its batching loop pulls from all of them. Each
 (task, worker) pair has its own deadline-aware queue in the ordinary Scheduler, keyed
 `<task>@<worker>`, so stage batching, stale-request dropping and admission are the same code
@@ -66,6 +66,8 @@ class WorkflowExecutor:
         queue_capacity: int = 4096,
         intra_op_threads: int = 1,
         shared_memory_bytes: int = 16 * 1024 * 1024,
+        backend: str = "local",
+        ray_address: str | None = None,
     ):
         self.deployment = deployment
         self.base_dir = Path(base_dir)
@@ -74,6 +76,10 @@ class WorkflowExecutor:
         self.queue_capacity = queue_capacity
         self.intra_op_threads = intra_op_threads
         self.shared_memory_bytes = shared_memory_bytes
+        if backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+        self.backend = backend
+        self.ray_address = ray_address
         self.scheduler = Scheduler(self.metrics)
         self.workers: dict[str, WorkerHandle] = {}
         self.profiles: dict[str, Profile] = {}  # queue key -> latency measured at load
@@ -87,8 +93,14 @@ class WorkflowExecutor:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        handle_class = WorkerHandle
+        if self.backend == "ray":  # each planned worker becomes a Ray actor (possibly on another node)
+            from shoal.runtime.ray_backend import RayWorkerHandle, ensure_ray
+
+            ensure_ray(self.ray_address, local_cpus=len(self.deployment.workers) * self.intra_op_threads)
+            handle_class = RayWorkerHandle
         for worker in self.deployment.workers:
-            handle = WorkerHandle(
+            handle = handle_class(
                 worker,
                 device=self.deployment.device_of(worker),
                 intra_op_threads=self.intra_op_threads,

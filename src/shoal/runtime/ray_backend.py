@@ -1,0 +1,174 @@
+"""The Ray backend: each worker is a Ray actor holding ONNX Runtime sessions (`--backend ray`).
+
+`RayWorkerHandle` has the interface of the local `WorkerHandle` (start, load, unload, run, stop,
+`alive`, `loaded_variants`, `busy_until_ms`, `on_exit`), so the worker manager, the scheduler
+and the batcher run unchanged on either backend. The actor runs the same `ModelHost` as a local
+worker process. It asks Ray for `intra_op_threads` CPUs, one GPU when its device is CUDA, and
+optionally a custom resource naming the device type its profiles were taken on, which is how a
+plan's "replicas on accelerator type X" becomes a placement on the nodes that have X.
+
+Tensors travel through Ray's object store (numpy arrays are zero-copy there). An actor that dies
+fails the batch it holds with WorkerFailedError at once (answered, never lost) and is replaced
+by the worker manager, like a crashed local process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from shoal.runtime.errors import ModelLoadError, WorkerFailedError
+
+__all__ = ["RayWorkerHandle", "ensure_ray"]
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None, *, local_cpus: int | None = None) -> None:
+    """Connect to a cluster (`auto`, `ray://host:port`) or start a local one, once per process.
+
+    A local instance is given at least `local_cpus` logical CPUs (Ray counts them, it does not
+    pin), so `--workers N` actors of one CPU each always fit on this machine.
+    """
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        cpus = max(os.cpu_count() or 1, local_cpus or 0) if address is None else None
+        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(max_restarts=0)
+    class RayWorker:
+        def __init__(self, device: str, intra_op_threads: int):
+            from shoal.runtime.worker import ModelHost
+
+            self.host = ModelHost(device, intra_op_threads)
+
+        def ready(self) -> int:
+            import os
+
+            return os.getpid()
+
+        def load(self, message: dict) -> dict:
+            return self.host.load(message)
+
+        def unload(self, variant: str) -> None:
+            self.host.unload(variant)
+
+        def run(self, variant: str, inputs: np.ndarray):
+            return self.host.run(variant, inputs)
+
+    return RayWorker
+
+
+class RayWorkerHandle:
+    def __init__(
+        self,
+        worker_id: str,
+        *,
+        device: str = "cpu",
+        intra_op_threads: int = 1,
+        address: str | None = None,
+        device_resource: str | None = None,
+        on_exit: Callable[["RayWorkerHandle"], None] | None = None,
+        **_: object,
+    ):
+        self.worker_id = worker_id
+        self.device = device
+        self.intra_op_threads = intra_op_threads
+        self.address = address
+        self.device_resource = device_resource
+        self.on_exit = on_exit
+        self.loaded_variants: dict[str, float] = {}
+        self.busy_until_ms = 0.0
+        self.alive = False
+        self.pid: int | None = None
+        self._actor = None
+        self._run_lock = asyncio.Lock()
+        self._stopping = False
+
+    async def start(self, timeout_s: float = 120.0) -> None:
+        import ray
+
+        if not ray.is_initialized():  # the worker manager connects first; this is for direct use
+            ensure_ray(self.address)
+        options: dict = {"num_cpus": self.intra_op_threads, "name": None}
+        if self.device.startswith("cuda"):
+            options["num_gpus"] = 1
+        if self.device_resource:
+            options["resources"] = {self.device_resource: 1}
+        self._actor = _actor_class().options(**{k: v for k, v in options.items() if v is not None}).remote(self.device, self.intra_op_threads)
+        try:
+            self.pid = await asyncio.wait_for(self._actor.ready.remote(), timeout_s)
+        except TimeoutError:
+            ray.kill(self._actor)
+            raise WorkerFailedError(
+                f"worker {self.worker_id}: no Ray node offered {options} within {timeout_s:.0f} s; "
+                "add nodes or resources (`ray status` shows what the cluster has)"
+            ) from None
+        self.alive = True
+        self._ray = ray
+
+    def _failed(self, error: Exception) -> WorkerFailedError:
+        """An actor error means the actor is gone: mark it dead once and let the manager replace it."""
+        if self.alive:
+            self.alive = False
+            self.loaded_variants.clear()
+            if not self._stopping:
+                logger.error("ray worker %s died: %s", self.worker_id, error)
+                if self.on_exit:
+                    self.on_exit(self)
+        return WorkerFailedError(f"worker {self.worker_id} (ray actor) exited while holding this request")
+
+    async def load(
+        self, variant_key: str, path: str, input_name: str, output_name: str, input_shape: Sequence[int], *,
+        warmup: int = 2, profile_batch_sizes: Sequence[int] = (), profile_repeats: int = 5,
+    ) -> dict:
+        if not self.alive:
+            raise WorkerFailedError(f"worker {self.worker_id} is not running")
+        message = {"variant": variant_key, "path": path, "input_name": input_name, "output_name": output_name,
+                   "input_shape": list(input_shape), "warmup": warmup, "profile_batch_sizes": list(profile_batch_sizes),
+                   "profile_repeats": profile_repeats}
+        try:
+            reply = await self._actor.load.remote(message)
+        except self._ray.exceptions.RayActorError as error:
+            raise self._failed(error) from None
+        except self._ray.exceptions.RayTaskError as error:
+            raise ModelLoadError(f"variant {variant_key!r} could not be loaded on worker {self.worker_id}: {error.cause}") from None
+        self.loaded_variants[variant_key] = reply["load_ms"]
+        return reply
+
+    async def unload(self, variant_key: str) -> None:
+        if self.alive:
+            try:
+                await self._actor.unload.remote(variant_key)
+            except self._ray.exceptions.RayActorError as error:
+                raise self._failed(error) from None
+        self.loaded_variants.pop(variant_key, None)
+
+    async def run(self, variant_key: str, items: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+        async with self._run_lock:
+            if not self.alive:
+                raise WorkerFailedError(f"worker {self.worker_id} is not running")
+            try:
+                outputs, compute_ms = await self._actor.run.remote(variant_key, np.stack(items))
+            except self._ray.exceptions.RayActorError as error:
+                raise self._failed(error) from None
+            return np.array(outputs), compute_ms
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping = True
+        if self._actor is not None:
+            try:
+                self._ray.kill(self._actor)
+            except Exception:  # already gone
+                pass
+        self.alive = False

@@ -1,0 +1,120 @@
+"""The Ray backend on a local Ray instance: same answers as ONNX Runtime, actor crashes lose nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from shoal.core.models import Device
+from shoal.profiler.session import create_session
+from shoal.zoo.repository import ModelRepository
+
+from .conftest import start_server, stop_server
+
+def _ray_worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"ray::RayWorker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def ray_server(fixture_repository_path):
+    server = start_server(fixture_repository_path, "--backend", "ray", "--workers", "2", "--threads", "1", timeout_s=180)
+    yield server
+    stop_server(server)
+
+
+def test_answers_equal_onnx_runtime_called_directly(ray_server, fixture_repository_path):
+    images = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(images.shape), "data": images.ravel().tolist()}], "parameters": {"slo_ms": 10000}}
+    answer = httpx.post(f"{ray_server.url}/v2/models/fixture.rf-64/infer", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    got = np.asarray(answer.json()["outputs"][0]["data"], dtype=np.float32).reshape(answer.json()["outputs"][0]["shape"])
+    session = create_session(ModelRepository(fixture_repository_path).model_path("fixture", "rf-64"), Device.parse("cpu"), intra_op_threads=1)
+    (expected,) = session.run(None, {"images": images})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_killed_actor_is_replaced_and_no_request_is_lost(ray_server):
+    before = _ray_worker_pids()
+    assert len(before) == 2  # one actor per worker
+    body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3, 64, 64], "data": [0.0] * (3 * 64 * 64)}], "parameters": {"slo_ms": 10000}}
+    outcomes: list = []
+    stop = threading.Event()
+
+    def client():
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                try:
+                    outcomes.append(http.post(f"{ray_server.url}/v2/models/fixture.rf-64/infer", json=body).status_code)
+                except httpx.HTTPError as error:
+                    outcomes.append(f"transport: {error}")
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client) for _ in range(4)]
+        time.sleep(1.0)
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (len(_ray_worker_pids()) < 2 or before[0] in _ray_worker_pids()):
+            time.sleep(0.3)
+        time.sleep(2.0)
+        stop.set()
+        for future in futures:
+            future.result(timeout=120)
+    assert outcomes and all(isinstance(status, int) for status in outcomes), [o for o in outcomes if not isinstance(o, int)][:3]
+    assert set(outcomes) <= {200, 429, 500, 503}
+    after = _ray_worker_pids()
+    assert len(after) == 2 and before[0] not in after  # replaced
+    final = httpx.post(f"{ray_server.url}/v2/models/fixture.rf-64/infer", json=body, timeout=60)
+    assert final.status_code == 200
+    assert "shoal_worker_restarts_total 1.0" in httpx.get(f"{ray_server.url}/metrics").text
+
+
+def test_a_workflow_runs_its_stages_as_ray_actors(fixture_repository_path, tmp_path):
+    import asyncio
+
+    from shoal.runtime.workflow import WorkflowExecutor, load_deployment, save_deployment
+    from shoal.runtime.workflow.deploy import PipelineWorker, build_classifier_pipeline
+
+    stated = {(task, variant): (10.0 if task == "features" else 2.0) for task in ("features", "classify") for variant in ("rf-16", "rf-32", "rf-64")}
+    deployment, _, plan = build_classifier_pipeline(
+        ModelRepository(fixture_repository_path), "fixture", tmp_path, workers=[PipelineWorker(f"w{i}", 1.0) for i in range(3)],
+        rate_rps=150.0, accuracy_target=0.0, slo_ms=60_000.0, latency_ms=stated,
+    )
+    save_deployment(deployment, tmp_path / "deployment.json")
+    deployment, base = load_deployment(tmp_path / "deployment.json")
+    images = np.random.default_rng(5).integers(0, 256, size=(1, 3, 128, 128), dtype=np.uint8)
+
+    import ray
+
+    async def run():
+        executor = WorkflowExecutor(deployment, base, backend="ray")
+        await executor.start()
+        try:
+            answers = [await executor.infer({"camera": images}) for _ in range(30)]
+        finally:
+            await executor.stop()
+        return answers, executor.traffic_report()
+
+    answers, traffic = asyncio.run(run())
+    try:
+        assert all(answer.outputs["classify"].shape == (1, 10) for answer in answers)
+        shares = traffic["features"]
+        assert sum(row["items"] for row in shares.values()) == 30 and len(shares) == 2  # split 100/50 over two actors
+        assert all(abs(row["measured_share"] - row["planned_share"]) <= 1 / 30 + 1e-9 for row in shares.values())
+    finally:
+        ray.shutdown()
