@@ -87,39 +87,30 @@ def test_request_parameters_parse_or_give_a_bad_request(parameters):
     assert stated.max_cost_per_1000_usd is None or stated.max_cost_per_1000_usd > 0
 
 
-@FUZZ
-@given(document=json_values)
-def test_profile_files_load_or_name_the_problem(tmp_path, document):
-    path = tmp_path / "profile.json"
-    path.write_text(json.dumps(document))
-    try:
-        load_json(Profile, path)
-    except ShoalError as error:
-        assert str(path) in str(error)
+def _load_profile(path):
+    return load_json(Profile, path)
 
 
-@FUZZ
-@given(document=json_values)
-def test_edge_instances_load_or_name_the_problem(tmp_path, document):
+def _load_edge_instance(path):
     from shoal.formats.edge_instance import load_edge_instance
 
-    path = tmp_path / "instance.json"
-    path.write_text(json.dumps(document))
-    try:
-        load_edge_instance(path)
-    except ShoalError:
-        pass
+    return load_edge_instance(path)
 
 
-@FUZZ
-@given(document=json_values)
-def test_inferno_systems_load_or_name_the_problem(tmp_path, document):
+def _load_inferno_system(path):
     from shoal.formats.inferno import load_system
 
-    path = tmp_path / "system-data.json"
+    return load_system(path)
+
+
+@pytest.mark.parametrize("loader", [_load_profile, _load_edge_instance, _load_inferno_system], ids=["profile", "edge-instance", "inferno-system"])
+@FUZZ
+@given(document=json_values)
+def test_json_files_load_or_name_the_problem(tmp_path, loader, document):
+    path = tmp_path / "input.json"
     path.write_text(json.dumps(document))
     try:
-        load_system(path)
+        loader(path)
     except ShoalError:
         pass
 

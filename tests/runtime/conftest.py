@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shoal.experiments.server_process import child_pids
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -34,19 +36,7 @@ class RunningServer:
 
     def worker_pids(self) -> list[int]:
         """Child processes of the server that are shoal workers (read from /proc)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == self.process.pid and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-                pids.append(int(entry.name))
-        return pids
+        return child_pids(self.process.pid, worker_processes_only=True)
 
 
 def start_server(repository: Path, *extra: str, timeout_s: float = 60.0) -> RunningServer:

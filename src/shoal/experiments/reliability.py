@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 
 from shoal.client.loadgen import STATUS_BACKLOG, LoadGenerator, LoadSpec
-from shoal.experiments.server_process import ServerProcess, start_server_process
+from shoal.experiments.server_process import ServerProcess, child_pids, start_server_process
 
 __all__ = ["run_reliability"]
 
@@ -74,34 +74,15 @@ class Tally:
 def _rss_bytes(pid: int) -> int:
     """Resident memory of a process and its children (the worker processes), from /proc."""
     total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for member in (pid, *child_pids(pid)):
         try:
-            stat = (entry / "stat").read_text()
-            status = (entry / "status").read_text()
+            status = Path(f"/proc/{member}/status").read_text()
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if int(entry.name) == pid or parent == pid:
-            for line in status.splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
     return total
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-                found.append(int(entry.name))
-    return found
 
 
 def _body(items: int = 1, side: int = 64, slo_ms: float = 5000.0) -> dict:
@@ -220,7 +201,7 @@ def _fuzz(server: ServerProcess, tally: Tally, *, examples: int) -> int:
 def _faults(server: ServerProcess, repository: Path, tally: Tally, *, load_s: float) -> dict:
     injected = 0
     # 1. SIGKILL the worker under load: in-flight requests get an error, the worker comes back.
-    (worker_pid,) = _children(server.process.pid)[:1] or (None,)
+    (worker_pid,) = child_pids(server.process.pid, worker_processes_only=True)[:1] or (None,)
     stop = threading.Event()
     outcomes: list[int | None] = []
 
@@ -244,7 +225,7 @@ def _faults(server: ServerProcess, repository: Path, tally: Tally, *, load_s: fl
             future.result(timeout=60)
     for status in outcomes:
         tally.add(status, fault=True)
-    restarted = worker_pid not in _children(server.process.pid)
+    restarted = worker_pid not in child_pids(server.process.pid, worker_processes_only=True)
     # 2. A corrupt model file: loading it is a clear 503, everything else keeps answering.
     model_file = repository / "fixture" / "rf-32" / "model.onnx"
     model_file.write_bytes(model_file.read_bytes()[:64])

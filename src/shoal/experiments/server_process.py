@@ -13,7 +13,27 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "start_server_process"]
+__all__ = ["ServerProcess", "child_pids", "start_server_process"]
+
+
+def child_pids(parent_pid: int, *, worker_processes_only: bool = False) -> list[int]:
+    """Processes whose parent is `parent_pid`, from /proc; with `worker_processes_only`, only the
+    multiprocessing children (shoal's workers), not its resource tracker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) != parent_pid:
+            continue
+        if worker_processes_only and (b"multiprocessing" not in cmdline or b"resource_tracker" in cmdline):
+            continue
+        found.append(int(entry.name))
+    return found
 
 
 def _free_port() -> int:
