@@ -139,3 +139,17 @@ def test_registration_over_http_measures_then_makes_the_variant_selectable(fixtu
         assert served.json()["parameters"]["shoal_variant"] == "fixture.rf-64-copy"
     finally:
         stop_server(server)
+
+
+def test_the_sdk_sends_the_server_what_is_left_of_the_slo_after_its_own_overhead(modelless_server):
+    from shoal.client.query import QueryClient
+
+    images = np.zeros((1, 3, 64, 64), dtype=np.float32)
+    with QueryClient(modelless_server.url) as client:
+        client.infer("fixture", images, slo_ms=2000)
+        assert client.last_parameters["slo_ms"] == 2000  # nothing measured yet
+        for _ in range(5):
+            client.infer("fixture", images, slo_ms=2000)
+        assert client.overhead_ms > 0.0
+        assert client.last_parameters["slo_ms"] == pytest.approx(2000 - client.overhead_ms, abs=client.overhead_ms)
+        assert client.last_parameters["slo_ms"] < 2000

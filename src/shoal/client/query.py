@@ -13,6 +13,7 @@ as raw bytes after a JSON header), so any KServe v2 server works with `infer` fo
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -52,9 +53,15 @@ class QueryAnswer:
 
 
 class QueryClient:
-    def __init__(self, url: str, *, timeout_s: float = 30.0, input_name: str = "images"):
+    def __init__(self, url: str, *, timeout_s: float = 30.0, input_name: str = "images", subtract_overhead: bool = True):
         self.url = url.rstrip("/")
         self.input_name = input_name
+        self.subtract_overhead = subtract_overhead
+        self.overhead_ms = 0.0
+        """Smoothed time outside the server (this client, the network): client latency minus the
+        server's own `shoal_server_ms`. The SLO a query states is end to end, so the client sends
+        the server only what is left of it after this overhead (as edge clients do)."""
+        self.last_parameters: dict = {}
         self._http = httpx.Client(timeout=timeout_s)
 
     def close(self) -> None:
@@ -81,22 +88,31 @@ class QueryClient:
         if images.dtype not in _DATATYPES:
             raise ValueError(f"images must be float32 (scaled to [0, 1]) or uint8, got {images.dtype}")
         parameters: dict = {"priority": priority, "binary_data_output": True}
+        if slo_ms is not None and self.subtract_overhead:
+            slo_ms = max(1.0, slo_ms - self.overhead_ms)
         for name, value in (("slo_ms", slo_ms), ("min_accuracy", min_accuracy), ("max_cost_per_1000_usd", max_cost_per_1000_usd)):
             if value is not None:
                 parameters[name] = value
+        self.last_parameters = parameters
         raw = images.tobytes()
         header = json.dumps({
             "inputs": [{"name": self.input_name, "datatype": _DATATYPES[images.dtype], "shape": list(images.shape),
                         "parameters": {"binary_data_size": len(raw)}}],
             "parameters": parameters,
         }).encode()
+        started = time.perf_counter()
         response = self._http.post(
             f"{self.url}/v2/models/{model}/infer", content=header + raw,
             headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
         )
         if response.status_code != 200:
             self._raise(response)
-        return self._decode(response)
+        answer = self._decode(response)
+        server_ms = answer.parameters.get("shoal_server_ms")
+        if isinstance(server_ms, (int, float)):
+            outside_ms = max(0.0, (time.perf_counter() - started) * 1000.0 - server_ms)
+            self.overhead_ms = outside_ms if self.overhead_ms == 0.0 else self.overhead_ms + 0.2 * (outside_ms - self.overhead_ms)
+        return answer
 
     @staticmethod
     def _raise(response: httpx.Response) -> None:

@@ -24,6 +24,7 @@ from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, tensor_fro
 from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError, ServingError
 from shoal.runtime.proto import grpc_service_pb2 as pb
 from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
+from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import InferenceService
 
 __all__ = ["start_grpc_server"]
@@ -128,12 +129,14 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._guard(context, call)
 
     async def ModelInfer(self, request, context):
+        received_ms = monotonic_ms()
+
         async def call():
             self.service.resolve(request.model_name)
             inputs = decode_grpc_inputs(request)
             parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
             requested = [output.name for output in request.outputs]
-            result = await self.service.infer(request.model_name, inputs, parameters, requested)
+            result = await self.service.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms)
             outputs = np.ascontiguousarray(result.outputs)
             response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
             response.outputs.add(name=result.output_name, datatype=NUMPY_TO_DATATYPE[outputs.dtype], shape=list(outputs.shape))

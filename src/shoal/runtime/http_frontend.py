@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from shoal.runtime.codec import decode_http_request, encode_http_response
 from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError, UnauthorizedError
 from shoal.runtime.openapi import openapi_document
+from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import InferenceService, requirements
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ def build_http_app(
         return JSONResponse({"name": request.path_params["model"], "ready": is_ready}, status_code=200 if is_ready else 503)
 
     async def infer(request: Request) -> Response:
+        received_ms = monotonic_ms()
         model = request.path_params["model"]
         if model not in workflows:
             service.resolve(model)  # 404 before reading a large body
@@ -124,7 +126,7 @@ def build_http_app(
             answer = await workflows[model].infer(decoded.inputs, slo_ms=slo_ms, priority=priority)
             outputs, parameters = answer.outputs, {"shoal_workflow_ms": round(answer.latency_ms, 3)}
         else:
-            result = await service.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs)
+            result = await service.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms)
             outputs, parameters = {result.output_name: result.outputs}, result.parameters
         payload, json_length = encode_http_response(
             model,

@@ -242,8 +242,13 @@ class InferenceService:
             )
         return self.policy.select(query, options)
 
-    async def infer(self, model_name: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], requested_outputs: list[str]) -> InferenceResult:
-        arrival_ms = monotonic_ms()
+    async def infer(
+        self, model_name: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], requested_outputs: list[str],
+        *, received_ms: float | None = None,
+    ) -> InferenceResult:
+        """`received_ms` (monotonic) is when the frontend got the request: the SLO clock starts
+        there, so reading and decoding the body count against the deadline too."""
+        arrival_ms = monotonic_ms() if received_ms is None else received_ms
         family, served = self.resolve(model_name)
         stated = requirements(parameters, self.config.default_slo_ms)
         slo_ms, priority = stated.slo_ms, stated.priority
