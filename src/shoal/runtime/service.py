@@ -236,7 +236,8 @@ class InferenceService:
                     accuracy=served.variant.accuracy or 0.0,
                     input_size_px=served.variant.input_size_px,
                     loaded=loaded,
-                    predicted_latency_ms=self.scheduler.predicted_finish_ms(key, now) if loaded else float("inf"),
+                    # As admission sees it: the event loop's lag comes on top of the queue.
+                    predicted_latency_ms=self.scheduler.loop_lag_ms + self.scheduler.predicted_finish_ms(key, now) if loaded else float("inf"),
                     cost_per_1000_usd=variant_cost_per_1000_usd(self, served),
                 )
             )
@@ -259,7 +260,9 @@ class InferenceService:
         if served is None:
             query_class = (family.name, *stated.query_class)
             self.requests_by_class[query_class] = self.requests_by_class.get(query_class, 0) + tensor.shape[0]
-            remaining_ms = slo_ms - (monotonic_ms() - arrival_ms)
+            # The policy must judge variants by the budget admission will hold them to (the SLO
+            # times the admission headroom), or it picks one that admission then refuses.
+            remaining_ms = slo_ms * self.config.admission_headroom - (monotonic_ms() - arrival_ms)
             if self.policy.name == "modelless":
                 served = await choose_modelless(self, model_name, family, stated, tensor.shape[-1], remaining_ms)
             else:
