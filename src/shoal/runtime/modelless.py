@@ -74,13 +74,19 @@ def _live(service: "InferenceService", variant: ModellessVariant, now_ms: float)
     )
 
 
-def raise_unmet(model_name: str, stated: "StatedRequirements", variants: list[ModellessVariant], reason: str) -> None:
-    """422 with alternatives when no variant can meet the requirements even idle, else 429."""
-    relaxations = alternatives(Requirements(stated.slo_ms, stated.min_accuracy, stated.max_cost_per_1000_usd), variants)
+def raise_unmet(model_name: str, stated: "StatedRequirements", variants: list[ModellessVariant], reason: str, budget_ms: float) -> None:
+    """422 with alternatives when no variant can meet the requirements even idle within
+    `budget_ms` (the part of the SLO admission allows), else 429."""
+    relaxations = alternatives(Requirements(max(budget_ms, 1e-3), stated.min_accuracy, stated.max_cost_per_1000_usd), variants)
     if relaxations:
+        # An SLO suggestion is in the client's terms: the stated SLO that leaves that budget.
+        scale = stated.slo_ms / budget_ms if budget_ms > 0 else 1.0
+        suggestions = [
+            {**asdict(item), "value": math.ceil(item.value * scale * 10) / 10} if item.relax == "slo_ms" else asdict(item)
+            for item in relaxations
+        ]
         raise RequirementsUnmetError(
-            f"{model_name}: {reason}; see 'alternatives' for what relaxing each requirement would give",
-            [asdict(item) for item in relaxations],
+            f"{model_name}: {reason}; see 'alternatives' for what relaxing each requirement would give", suggestions,
         )
     raise OverloadedError(f"{model_name}: {reason}", retry_after_s=1.0)
 
@@ -90,15 +96,16 @@ async def choose_modelless(service: "InferenceService", model_name: str, family:
     variants = modelless_variants(service, family, input_size_px)
     if not variants:
         raise BadRequestError(f"{model_name}: no variant takes a {input_size_px} px input or has a profile; send a larger image or run `shoal profile`")
-    try:
-        requirements = Requirements(remaining_slo_ms, stated.min_accuracy, stated.max_cost_per_1000_usd)
-    except ValueError as error:
-        raise BadRequestError(str(error)) from None
+    if remaining_slo_ms <= 0:
+        raise OverloadedError(f"{model_name}: the request's SLO was spent before a variant could be chosen", retry_after_s=1.0)
+    requirements = Requirements(remaining_slo_ms, stated.min_accuracy, stated.max_cost_per_1000_usd)
     now_ms = monotonic_ms()
     decision = select_variant(requirements, [_live(service, view, now_ms) for view in variants.values()], policy="shoal")
     if decision.action == "reject":
-        raise_unmet(model_name, stated, list(variants.values()), decision.reason)
+        raise_unmet(model_name, stated, list(variants.values()), decision.reason, remaining_slo_ms)
     served = service.variants[decision.variant]
     if decision.action == "load":
-        await service.manager.set_replicas(served, 1)  # INFaaS-style: the query waits for the load
+        # INFaaS-style: the query waits for the load. Never fewer replicas than now: the
+        # autoscaler may have added some since the decision.
+        await service.manager.set_replicas(served, max(1, len(service.scheduler.workers_for(served.key))))
     return served

@@ -94,10 +94,12 @@ class RayWorkerHandle:
         self._actor = None
         self._run_lock = asyncio.Lock()
         self._stopping = False
+        self._ray = None
 
     async def start(self, timeout_s: float = 120.0) -> None:
         import ray
 
+        self._ray = ray
         if not ray.is_initialized():  # the worker manager connects first; this is for direct use
             ensure_ray(self.address)
         options: dict = {"num_cpus": self.intra_op_threads, "name": None}
@@ -115,7 +117,6 @@ class RayWorkerHandle:
                 "add nodes or resources (`ray status` shows what the cluster has)"
             ) from None
         self.alive = True
-        self._ray = ray
 
     def _failed(self, error: Exception) -> WorkerFailedError:
         """An actor error means the actor is gone: mark it dead once and let the manager replace it."""
@@ -166,7 +167,7 @@ class RayWorkerHandle:
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping = True
-        if self._actor is not None:
+        if self._actor is not None and self._ray is not None:
             try:
                 self._ray.kill(self._actor)
             except Exception:  # already gone

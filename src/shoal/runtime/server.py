@@ -45,13 +45,18 @@ async def serve_forever(
         from shoal.runtime.workflow import WorkflowExecutor, load_deployment
 
         deployment, base_dir = load_deployment(workflow_deployment)
-        workflows[deployment.name] = WorkflowExecutor(deployment, base_dir, metrics=service.metrics)
+        workflows[deployment.name] = WorkflowExecutor(
+            deployment, base_dir, metrics=service.metrics, backend=config.backend, ray_address=config.ray_address
+        )
     await service.start()
-    for name, executor in workflows.items():
-        if name in service.model_names():
-            await service.stop()
-            raise InvalidInputError(f"workflow name {name!r} is also a model of the repository; rename the workflow in its deployment file")
-        await executor.start()
+    try:
+        for name, executor in workflows.items():
+            if name in service.model_names():
+                raise InvalidInputError(f"workflow name {name!r} is also a model of the repository; rename the workflow in its deployment file")
+            await executor.start()
+    except BaseException:
+        await _stop_all(service, workflows)
+        raise
     controller_task = asyncio.create_task(Controller(service, interval_s=control_interval_s, idle_unload_after_s=idle_unload_after_s).run())
     edge = EdgeSessionManager(service, policy=edge_policy, interval_s=edge_interval_s)
     edge_task = asyncio.create_task(edge.run())

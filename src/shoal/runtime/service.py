@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -270,7 +271,7 @@ class InferenceService:
                               max_cost_per_1000_usd=stated.max_cost_per_1000_usd)
                 selection = self._choose(family, query)
                 if selection.variant is None:
-                    raise_unmet(model_name, stated, list(modelless_variants(self, family, tensor.shape[-1]).values()), selection.reason)
+                    raise_unmet(model_name, stated, list(modelless_variants(self, family, tensor.shape[-1]).values()), selection.reason, remaining_ms)
                 served = self.variants[selection.variant]
             self.metrics.policy_decisions.labels(family.name, served.variant.name, self.policy.name).inc()
         elif not self.scheduler.workers_for(served.key):
@@ -329,15 +330,19 @@ class StatedRequirements:
 
     @property
     def query_class(self) -> tuple[float, float, float | None]:
-        return (self.slo_ms, self.min_accuracy, self.max_cost_per_1000_usd)
+        """Requests that want about the same are one class for the autoscaler: the SLO is rounded
+        down to a quarter octave (clients that subtract their own overhead send a slightly
+        different SLO each time, and one class per float would grow without bound)."""
+        slo_bucket_ms = 2.0 ** (math.floor(math.log2(self.slo_ms) * 4.0) / 4.0)
+        return (round(slo_bucket_ms, 3), self.min_accuracy, self.max_cost_per_1000_usd)
 
 
 def _number(parameters: dict[str, Any], name: str) -> float | None:
     value = parameters.get(name)
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise BadRequestError(f"parameter {name!r} must be a number, got {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise BadRequestError(f"parameter {name!r} must be a finite number, got {value!r}")
     return float(value)
 
 

@@ -71,7 +71,6 @@ class ModelHost:
         warmup = np.zeros((1, *item_shape), dtype=np.float32)
         for _ in range(int(message.get("warmup", 2))):
             session.run([message["output_name"]], {message["input_name"]: warmup})
-        load_ms = (time.perf_counter() - started) * 1000.0
         # Warm-up doubles as a small profile taken under the worker's own thread count, which
         # is what the batcher's latency model must describe.
         latency_ms: dict[str, list[float]] = {}
@@ -84,6 +83,8 @@ class ModelHost:
                 session.run([message["output_name"]], feed)
                 samples.append((time.perf_counter() - begin) * 1000.0)
             latency_ms[str(batch_size)] = samples
+        # Until ready to serve, profile included: what a query that waits for a load waits.
+        load_ms = (time.perf_counter() - started) * 1000.0
         self.sessions[message["variant"]] = (session, message["input_name"], message["output_name"], item_shape)
         return {"op": "loaded", "variant": message["variant"], "load_ms": load_ms, "latency_ms": latency_ms}
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from shoal.core.errors import RepositoryError
 from shoal.core.models import Device, Profile, Variant
-from shoal.zoo.repository import ModelRepository, inspect_model
+from shoal.core.models import check_name as _check_name
+from shoal.zoo.repository import ModelRepository, check_signature_matches, inspect_model
 
 __all__ = ["register_measured_variant"]
 
@@ -43,8 +44,13 @@ def register_measured_variant(
             f"family {family_name!r} has no validation set, so a new variant's accuracy cannot be measured; "
             "add one with `shoal zoo add --validation` when creating the family"
         )
+    try:
+        _check_name(variant_name, "variant name")
+    except ValueError as error:
+        raise RepositoryError(str(error)) from None
     signature = inspect_model(model_path)
     spec = Variant(name=variant_name, family=family_name, input_size_px=signature.input_size_px, description=description)
+    check_signature_matches(family, signature, spec, Path(model_path))  # before any measurement runs it
     session = create_session(model_path, Device.parse("cpu"), intra_op_threads=1)
     accuracy = round(measure_accuracy(session, family, spec, *validation), 6)
     spec = spec.model_copy(update={"accuracy": accuracy})

@@ -23,7 +23,7 @@ from shoal.core.errors import InvalidInputError, RepositoryError
 from shoal.core.models import Device, Family, Profile, Variant, check_name
 from shoal.core.serialization import dump_json, dump_yaml, load_json, load_yaml
 
-__all__ = ["ModelRepository", "ModelSignature", "FAMILY_FILE", "VARIANT_FILE"]
+__all__ = ["ModelRepository", "ModelSignature", "FAMILY_FILE", "VARIANT_FILE", "check_signature_matches", "inspect_model"]
 
 FAMILY_FILE = "family.yaml"
 VARIANT_FILE = "variant.yaml"
@@ -173,7 +173,7 @@ class ModelRepository:
                 f"variant {variant.name!r} already exists in family {variant.family!r}; remove it first or pick another name"
             )
         signature = inspect_model(model_path)
-        _check_signature_matches(family, signature, variant, model_path)
+        check_signature_matches(family, signature, variant, model_path)
         parameter_count = variant.parameter_count or count_parameters(model_path)
         stored = variant.model_copy(update={"model_file": MODEL_FILE, "parameter_count": parameter_count})
         directory.mkdir(parents=True, exist_ok=False)
@@ -212,7 +212,7 @@ def _safe(name: str, what: str) -> str:
         raise RepositoryError(str(error)) from None
 
 
-def _check_signature_matches(family: Family, signature: ModelSignature, variant: Variant, model_path: Path) -> None:
+def check_signature_matches(family: Family, signature: ModelSignature, variant: Variant, model_path: Path) -> None:
     if signature.input_name != family.input_name:
         raise RepositoryError(
             f"{model_path}: input is named {signature.input_name!r} but family {family.name!r} expects {family.input_name!r}"

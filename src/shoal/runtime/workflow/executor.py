@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,6 @@ from shoal.runtime.workflow.routing import SmoothWeightedRoundRobin
 from shoal.zoo.preprocess import resize_images
 
 __all__ = ["WorkflowExecutor", "WorkflowResult", "queue_key"]
-
-logger = logging.getLogger(__name__)
-
 
 def queue_key(task: str, worker: str) -> str:
     return f"{task}@{worker}"
@@ -89,36 +85,58 @@ class WorkflowExecutor:
         self.sinks = deployment.sinks
         self._request_ids = itertools.count()
         self._downstream_ms: dict[str, float] = {}
+        self._restarts: set[asyncio.Task] = set()
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        handle_class = WorkerHandle
+        """Start every worker and load its stages; on any failure stop what started and re-raise."""
+        self._handle_class = WorkerHandle
         if self.backend == "ray":  # each planned worker becomes a Ray actor (possibly on another node)
             from shoal.runtime.ray_backend import RayWorkerHandle, ensure_ray
 
             ensure_ray(self.ray_address, local_cpus=len(self.deployment.workers) * self.intra_op_threads)
-            handle_class = RayWorkerHandle
-        for worker in self.deployment.workers:
-            handle = handle_class(
-                worker,
-                device=self.deployment.device_of(worker),
-                intra_op_threads=self.intra_op_threads,
-                shared_memory_bytes=self.shared_memory_bytes,
-            )
-            self.workers[worker] = handle
-        await asyncio.gather(*(handle.start() for handle in self.workers.values()))
-        loads = []
+            self._handle_class = RayWorkerHandle
         for task_name, task in self.deployment.tasks.items():
             for worker in task.load_shares_rps:
                 key = queue_key(task_name, worker)
                 self.scheduler.add_queue(VariantQueue(key, self._latency_fn(key), self.max_batch_size, self.queue_capacity))
-                loads.append(self._load(task_name, worker))
-        await asyncio.gather(*loads)
+        try:
+            for worker in self.deployment.workers:
+                self.workers[worker] = self._new_handle(worker)
+            await asyncio.gather(*(handle.start() for handle in self.workers.values()))
+            await asyncio.gather(*(self._load(task_name, worker) for task_name, task in self.deployment.tasks.items() for worker in task.load_shares_rps))
+        except BaseException:
+            await self.stop()
+            raise
         for handle in self.workers.values():
             self.scheduler.attach_worker(handle)
         self._downstream_ms = self._downstream_latency_ms()
         self.started = True
+
+    def _new_handle(self, worker: str):
+        return self._handle_class(
+            worker,
+            device=self.deployment.device_of(worker),
+            intra_op_threads=self.intra_op_threads,
+            shared_memory_bytes=self.shared_memory_bytes,
+            on_exit=self._on_worker_exit,
+        )
+
+    def _on_worker_exit(self, handle) -> None:
+        """A stage worker died: its in-flight items already got errors; bring it back with its stages."""
+        if self.started:
+            task = asyncio.get_running_loop().create_task(self._restart(handle.worker_id))
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, worker: str) -> None:
+        handle = self._new_handle(worker)
+        await handle.start()
+        self.workers[worker] = handle
+        await asyncio.gather(*(self._load(task_name, worker) for task_name, task in self.deployment.tasks.items() if worker in task.load_shares_rps))
+        self.scheduler.attach_worker(handle)
+        self.metrics.worker_restarts.inc()
 
     async def _load(self, task_name: str, worker: str) -> None:
         model = self.deployment.tasks[task_name].model
@@ -154,6 +172,8 @@ class WorkflowExecutor:
 
     async def stop(self) -> None:
         self.started = False
+        for task in list(self._restarts):
+            task.cancel()
         await self.scheduler.close()
         await asyncio.gather(*(handle.stop() for handle in self.workers.values()), return_exceptions=True)
 
@@ -215,9 +235,9 @@ class WorkflowExecutor:
                 raise BadRequestError(f"task {task_name!r} expects items of shape {list(task.model.item_shape)}, its inputs give {list(tensor.shape)}")
             worker = self.routers[task_name].pick()
             placed[task_name] = worker
-            self.items_by_route[task_name][worker] += 1
             admit_by_ms = deadline_ms - self._downstream_ms.get(task_name, 0.0)
             future = self.scheduler.submit(queue_key(task_name, worker), np.ascontiguousarray(tensor), deadline_ms, priority, admit_by_ms=admit_by_ms)
+            self.items_by_route[task_name][worker] += 1  # counted once admitted
             return (await future)[0]
 
         for task_name in self.order:
@@ -237,6 +257,7 @@ class WorkflowExecutor:
             "name": self.deployment.name,
             "versions": ["1"],
             "platform": "shoal_workflow",
+            # FP32 in [0, 1]; UINT8 is accepted too and scaled by 1/255.
             "inputs": [{"name": name, "datatype": "FP32", "shape": [-1, *source.item_shape]} for name, source in self.deployment.sources.items()],
             "outputs": [{"name": sink, "datatype": "FP32", "shape": [-1, -1]} for sink in self.sinks],
         }

@@ -3,8 +3,8 @@
 The planner gives every worker of a task a load share in requests/s. Random choice would match
 the shares only on average (a 2000-request run drifts by a few percent) and sends bursts to one
 worker; nginx's smooth weighted round-robin is deterministic, interleaves the workers as evenly
-as the weights allow, and after any number of picks n each worker has received within one
-request of n x its share. Weights may be any positive floats.
+as the weights allow, and after any number of picks n each worker has received within about
+one request of n x its share. Weights may be any positive floats.
 """
 
 from __future__ import annotations
