@@ -14,7 +14,6 @@ process, so this only matters to code that embeds the server next to such a clie
 from __future__ import annotations
 
 import json
-
 import logging
 
 import grpc

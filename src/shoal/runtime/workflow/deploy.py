@@ -132,7 +132,7 @@ def build_classifier_pipeline(
     out_dir = Path(out_dir)
     model_dir = out_dir / "models"
     stage_models: dict[tuple[str, str], StageModel] = {}
-    stage_latency_ms: dict[tuple[str, str], float] = {}
+    stage_latency_ms: dict[tuple[str, str, str], float] = {}  # (task, variant, device) -> ms
     devices = {worker.device for worker in workers}
     problem_latency: dict[tuple[str, str, str], float] = {}
     message_bytes: dict[tuple[str, str, str, str], float] = {}
