@@ -197,3 +197,38 @@ def test_inputs_are_checked_before_anything_runs(pipeline):
         executor.check_inputs({"image": np.zeros((1, 3, 128, 128), np.float32)})
     with pytest.raises(BadRequestError, match="same number"):
         executor.check_inputs({"camera": np.zeros((0, 3, 128, 128), np.float32)})
+
+
+def test_a_dead_stage_worker_is_restarted_with_its_stages(pipeline):
+    import os
+    import signal
+
+    from shoal.runtime.errors import ServingError
+
+    path, _ = pipeline
+    deployment, base = load_deployment(path)
+    images = np.zeros((1, 3, 128, 128), dtype=np.uint8)
+
+    async def run():
+        executor = WorkflowExecutor(deployment, base)
+        await executor.start()
+        try:
+            victim = next(iter(deployment.tasks["features"].load_shares_rps))
+            os.kill(executor.workers[victim].pid, signal.SIGKILL)
+            outcomes = []
+            for _ in range(200):  # until the restarted worker serves its share again
+                try:
+                    await executor.infer({"camera": images})
+                    outcomes.append("ok")
+                except ServingError as error:
+                    outcomes.append(type(error).__name__)
+                if outcomes[-10:] == ["ok"] * 10 and executor.workers[victim].alive:
+                    break
+                await asyncio.sleep(0.05)
+            return outcomes, executor.workers[victim].alive, executor.metrics.registry.get_sample_value("shoal_worker_restarts_total")
+        finally:
+            await executor.stop()
+
+    outcomes, alive, restarts = asyncio.run(run())
+    assert alive and restarts == 1
+    assert outcomes[-10:] == ["ok"] * 10
