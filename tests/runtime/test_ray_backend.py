@@ -131,3 +131,23 @@ def test_a_workflow_runs_its_stages_as_ray_actors(fixture_repository_path, tmp_p
         assert all(abs(row["measured_share"] - row["planned_share"]) <= 1 / 30 + 1e-9 for row in shares.values())
     finally:
         ray.shutdown()
+
+
+def test_the_capacity_loop_actuator_scales_ray_actors(ray_server):
+    import asyncio
+
+    from shoal.planner.capacity_control import ServerBinding
+    from shoal.runtime.capacity_actuators import ReplicaChange, RuntimeReplicaActuator
+
+    async def scale():
+        actuator = RuntimeReplicaActuator(ray_server.url)
+        binding = ServerBinding(server="rf16", variant="fixture.rf-16")
+        first = await actuator.apply([ReplicaChange("rf16", "fixture.rf-16", 1)])
+        one = await actuator.current_replicas([binding])
+        second = await actuator.apply([ReplicaChange("rf16", "fixture.rf-16", 5)])  # more than the 2 actors
+        two = await actuator.current_replicas([binding])
+        return first, one, second, two
+
+    first, one, second, two = asyncio.run(scale())
+    assert first[0].status == "applied" and one == {"rf16": 1}
+    assert second[0].status == "capped" and second[0].reached == 2 and two == {"rf16": 2}
