@@ -69,6 +69,15 @@ def _candidates(query: Query, options: Sequence[VariantOption]) -> list[VariantO
     ]
 
 
+def _best_in_time(query: Query, options: Sequence[VariantOption], rank, describe) -> Selection:
+    """The lowest `rank` among candidates predicted within the SLO, or why there is none."""
+    fitting = [o for o in _candidates(query, options) if o.predicted_latency_ms <= query.slo_ms]
+    if not fitting:
+        return _nothing_fits(query, options)
+    best = min(fitting, key=rank)
+    return Selection(best.name, describe(best))
+
+
 def _nothing_fits(query: Query, options: Sequence[VariantOption]) -> Selection:
     loaded = [option for option in options if option.loaded]
     if not loaded:
@@ -107,11 +116,8 @@ class FastestMeetingSlo:
     name: str = "fastest-meeting-slo"
 
     def select(self, query: Query, options: Sequence[VariantOption]) -> Selection:
-        fitting = [o for o in _candidates(query, options) if o.predicted_latency_ms <= query.slo_ms]
-        if not fitting:
-            return _nothing_fits(query, options)
-        best = min(fitting, key=lambda o: (o.predicted_latency_ms, -o.accuracy, o.name))
-        return Selection(best.name, f"fastest predicted ({best.predicted_latency_ms:.1f} ms)")
+        return _best_in_time(query, options, lambda o: (o.predicted_latency_ms, -o.accuracy, o.name),
+                             lambda o: f"fastest predicted ({o.predicted_latency_ms:.1f} ms)")
 
 
 @dataclass(frozen=True)
@@ -121,11 +127,8 @@ class MostAccurateMeetingSlo:
     name: str = "shoal"
 
     def select(self, query: Query, options: Sequence[VariantOption]) -> Selection:
-        fitting = [o for o in _candidates(query, options) if o.predicted_latency_ms <= query.slo_ms]
-        if not fitting:
-            return _nothing_fits(query, options)
-        best = max(fitting, key=lambda o: (o.accuracy, -o.predicted_latency_ms, o.name))
-        return Selection(best.name, f"most accurate within SLO ({best.accuracy:.3f}, {best.predicted_latency_ms:.1f} ms)")
+        return _best_in_time(query, options, lambda o: (-o.accuracy, o.predicted_latency_ms, o.name),
+                             lambda o: f"most accurate within SLO ({o.accuracy:.3f}, {o.predicted_latency_ms:.1f} ms)")
 
 
 @dataclass(frozen=True)
@@ -139,11 +142,8 @@ class ModellessPolicy:
     name: str = "modelless"
 
     def select(self, query: Query, options: Sequence[VariantOption]) -> Selection:
-        fitting = [o for o in _candidates(query, options) if o.predicted_latency_ms <= query.slo_ms]
-        if not fitting:
-            return _nothing_fits(query, options)
-        best = min(fitting, key=lambda o: (o.cost_per_1000_usd, -o.accuracy, o.name))
-        return Selection(best.name, f"cheapest meeting the requirements ({best.cost_per_1000_usd:.3g} $/1000)")
+        return _best_in_time(query, options, lambda o: (o.cost_per_1000_usd, -o.accuracy, o.name),
+                             lambda o: f"cheapest meeting the requirements ({o.cost_per_1000_usd:.3g} $/1000)")
 
 
 POLICY_NAMES = ("shoal", "modelless", "fastest-meeting-slo", "static:<variant>")
