@@ -44,3 +44,25 @@ def test_errors_map_to_status_codes(client):
         client.infer("fixture.rf-16", [wrong])
     assert bad.value.status() == "StatusCode.INVALID_ARGUMENT" and "[batch, 3, S, S]" in bad.value.message()
     assert client.is_server_ready()
+
+
+def test_unmeetable_requirements_are_failed_precondition_with_alternatives(server):
+    import json
+
+    import grpc
+
+    # tritonclient's own stubs: the same KServe v2 proto (shoal's would clash with them in one process).
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name="fixture")
+    request.inputs.add(name="images", datatype="FP32", shape=[1, 3, 64, 64])
+    request.raw_input_contents.append(np.zeros((1, 3, 64, 64), np.float32).tobytes())
+    request.parameters["min_accuracy"].double_param = 1.0
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    trailers = dict(refused.value.trailing_metadata())
+    alternatives = json.loads(trailers["shoal-alternatives"])
+    assert alternatives[0]["relax"] == "min_accuracy" and alternatives[0]["value"] < 1.0
