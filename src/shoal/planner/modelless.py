@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Literal
 
 __all__ = [
@@ -89,7 +90,7 @@ class ModellessVariant:
     def batch_latency_ms(self, batch_size: int) -> float:
         return self.latency_ms_by_batch[min(max(batch_size, 1), self.max_batch_size) - 1]
 
-    @property
+    @cached_property  # asked per query and per replica check; the table never changes
     def peak_throughput_rps(self) -> float:
         """Requests/s of one replica running full batches back to back (ignores any SLO)."""
         return max(b * 1000.0 / self.batch_latency_ms(b) for b in range(1, self.max_batch_size + 1))

@@ -25,13 +25,19 @@ __all__ = ["choose_modelless", "modelless_variant", "modelless_variants", "raise
 
 
 def modelless_variant(service: "InferenceService", served: "ServedVariant") -> ModellessVariant | None:
-    """The planner's view of a variant: its worker-measured profile, else the repository's."""
+    """The planner's view of a variant: its worker-measured profile, else the repository's.
+
+    Family requests ask for it per variant on every request; it changes only when a load
+    brings a new profile, so it is kept on the served variant until then.
+    """
     profile = served.latency or served.repository_profile
     if profile is None or served.variant.accuracy is None:
         return None
+    if served.planner_view is not None and served.planner_view[0] is profile:
+        return served.planner_view[1]
     top = min(service.config.max_batch_size, max(profile.batch_sizes))
     load_profile = served.repository_profile or profile
-    return ModellessVariant(
+    view = ModellessVariant(
         name=served.key,
         task=served.family.name,
         accuracy=float(served.variant.accuracy),
@@ -40,6 +46,8 @@ def modelless_variant(service: "InferenceService", served: "ServedVariant") -> M
         latency_ms_by_batch=tuple(profile.batch_latency_ms(b, "p50") for b in range(1, top + 1)),
         load_time_ms=max(load_profile.load_time_ms, 1.0),
     )
+    served.planner_view = (profile, view)
+    return view
 
 
 def modelless_variants(service: "InferenceService", family: Family, input_size_px: int | None = None) -> dict[str, ModellessVariant]:

@@ -42,6 +42,7 @@ class ServedVariant:
     model_path: str
     latency: Profile | None = None  # measured by the worker at load time
     repository_profile: Profile | None = None  # `shoal profile` output, known before any load
+    planner_view: tuple | None = field(default=None, repr=False)  # (profile, ModellessVariant), see runtime.modelless
 
     @property
     def key(self) -> str:
