@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from shoal.experiments.server_process import child_pids
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from shoal.experiments.server_process import child_pids, free_port, wait_until_ready
 
 
 @dataclass
@@ -49,18 +40,13 @@ def start_server(repository: Path, *extra: str, timeout_s: float = 60.0) -> Runn
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     server = RunningServer(process, http_port, grpc_port, repository)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{process.stdout.read()}")
-        try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not become ready in time")
+    state = wait_until_ready(process, server.url, timeout_s)
+    if state == "exited":
+        raise RuntimeError(f"server exited early:\n{process.stdout.read()}")
+    if state == "timeout":
+        process.kill()
+        raise RuntimeError("server did not become ready in time")
+    return server
 
 
 def stop_server(server: RunningServer) -> str:

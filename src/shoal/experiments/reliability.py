@@ -33,6 +33,7 @@ import numpy as np
 
 from shoal.client.loadgen import STATUS_BACKLOG, LoadGenerator, LoadSpec
 from shoal.experiments.server_process import ServerProcess, child_pids, start_server_process
+from shoal.profiler.measure import resident_memory_bytes
 
 __all__ = ["run_reliability"]
 
@@ -72,17 +73,8 @@ class Tally:
 
 
 def _rss_bytes(pid: int) -> int:
-    """Resident memory of a process and its children (the worker processes), from /proc."""
-    total = 0
-    for member in (pid, *child_pids(pid)):
-        try:
-            status = Path(f"/proc/{member}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
+    """Resident memory of a process and its children (the worker processes)."""
+    return sum(resident_memory_bytes(member) for member in (pid, *child_pids(pid)))
 
 
 def _body(items: int = 1, side: int = 64, slo_ms: float = 5000.0) -> dict:

@@ -42,7 +42,6 @@ import multiprocessing
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ import numpy as np
 
 from shoal.client.loadgen import LoadGenerator, LoadSpec, build_infer_body, summarise
 from shoal.core.errors import InvalidInputError
+from shoal.experiments.server_process import free_port
 from shoal.zoo.repository import ModelRepository
 
 __all__ = [
@@ -280,12 +280,6 @@ class Batch1Reference:
 
 
 # -- servers in their own process groups ------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _process_table() -> dict[int, tuple[int, int, int]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "child_pids", "start_server_process"]
+__all__ = ["ServerProcess", "child_pids", "free_port", "start_server_process", "wait_until_ready"]
 
 
 def child_pids(parent_pid: int, *, worker_processes_only: bool = False) -> list[int]:
@@ -36,7 +36,7 @@ def child_pids(parent_pid: int, *, worker_processes_only: bool = False) -> list[
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -60,7 +60,7 @@ class ServerProcess:
 def start_server_process(repository: Path, *extra: str, timeout_s: float = 120.0, log_path: Path | None = None) -> ServerProcess:
     """Start `shoal serve` on a free port and wait until it reports ready (its output goes to
     `log_path`, or nowhere)."""
-    port = _free_port()
+    port = free_port()
     log = open(log_path or os.devnull, "w")  # noqa: SIM115 - owned by the process
     process = subprocess.Popen(
         [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", str(port), "--grpc-port", "0", *extra],
@@ -68,15 +68,25 @@ def start_server_process(repository: Path, *extra: str, timeout_s: float = 120.0
         stderr=log,
     )
     server = ServerProcess(process, f"http://127.0.0.1:{port}")
+    state = wait_until_ready(process, server.url, timeout_s)
+    if state == "exited":
+        raise RuntimeError(f"shoal serve exited with status {process.returncode} before it was ready")
+    if state == "timeout":
+        server.stop()
+        raise RuntimeError(f"shoal serve was not ready after {timeout_s:.0f} s")
+    return server
+
+
+def wait_until_ready(process: subprocess.Popen, url: str, timeout_s: float) -> str:
+    """Poll /v2/health/ready until it answers 200: "ready", "exited" (the process died) or "timeout"."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"shoal serve exited with status {process.returncode} before it was ready")
+            return "exited"
         try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return server
+            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
+                return "ready"
         except httpx.HTTPError:
             pass
-        time.sleep(0.25)
-    server.stop()
-    raise RuntimeError(f"shoal serve was not ready after {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return "timeout"

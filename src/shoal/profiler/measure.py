@@ -28,10 +28,10 @@ ProgressCallback = Callable[[int], None]
 """Called with the number of finished steps since the last call (for progress bars)."""
 
 
-def resident_memory_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+def resident_memory_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process, this one by default (Linux /proc; 0 where unavailable)."""
     try:
-        with open("/proc/self/statm") as statm:
+        with open(f"/proc/{pid}/statm") as statm:
             resident_pages = int(statm.read().split()[1])
     except (OSError, ValueError, IndexError):
         return 0
