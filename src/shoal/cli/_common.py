@@ -47,6 +47,12 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+def write_json(path: Path, value: Any) -> None:
+    """A results file: the folder is created, the JSON indented for people reading diffs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
 def print_json(value: Any) -> None:
     # Plain print, not rich: other programs parse this, so no markup or wrapping.
     print(json.dumps(value, indent=2, default=str))

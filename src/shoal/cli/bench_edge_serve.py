@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from shoal.cli._app import bench_app
-from shoal.cli._common import RepoOption, console, open_repository
+from shoal.cli._common import RepoOption, console, open_repository, write_json
 from shoal.core.errors import InvalidInputError
 from shoal.zoo import DEMO_FAMILY
 
@@ -72,6 +72,5 @@ def bench_edge_serve(
             table.add_row(s["setting"], f"{s['accuracy']:.1%}" if s["accuracy"] is not None else "-", f"{s['miss_rate']:.2%}", f"{s['p99_ms']}", json.dumps(s["outcomes"]))
         console.print(table)
         console.print(results[name]["verdict"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out, results)
     console.print(f"wrote {out}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from shoal.cli._app import bench_app
-from shoal.cli._common import RepoOption, error_console, open_repository, print_json, progress_bar, read_prices
+from shoal.cli._common import RepoOption, error_console, open_repository, print_json, progress_bar, read_prices, write_json
 from shoal.core.errors import InvalidInputError
 
 def _plot(results: dict, path: Path) -> None:
@@ -65,7 +64,7 @@ def bench_modelless_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     _plot(results, out.with_suffix(".png"))
     results.pop("_timelines")
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out, results)
     if json_output:
         print_json(results)
         return

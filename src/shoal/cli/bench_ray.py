@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from shoal.cli._app import bench_app
-from shoal.cli._common import error_console, print_json, progress_bar
+from shoal.cli._common import error_console, print_json, progress_bar, write_json
 from shoal.core.errors import InvalidInputError
 
 
@@ -30,8 +29,7 @@ def bench_ray_command(
     with progress_bar(transient=True) as progress:
         task = progress.add_task("backends", total=2)
         results = run_ray_bench(quick=quick, workers=workers, progress=lambda name: (progress.update(task, description=name), progress.advance(task)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out, results)
     if json_output:
         print_json(results)
         return

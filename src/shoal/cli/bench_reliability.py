@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from shoal.cli._app import bench_app
-from shoal.cli._common import error_console, print_json, progress_bar
+from shoal.cli._common import error_console, print_json, progress_bar, write_json
 
 SUMMARY_KEYS = ("requests_sent", "answered", "errors", "lost", "server_5xx", "fuzz_cases", "faults_injected", "rss_growth_pct")
 
@@ -26,8 +25,7 @@ def bench_reliability_command(
     with progress_bar(transient=True) as progress:
         task = progress.add_task("reliability", total=3)
         report = run_reliability(quick=quick, progress=lambda phase: (progress.update(task, description=phase), progress.advance(task)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     summary = {key: report[key] for key in SUMMARY_KEYS}
     if json_output:
         print_json(summary)

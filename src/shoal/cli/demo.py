@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +19,7 @@ import typer
 from rich.table import Table
 
 from shoal.cli._app import app
-from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, profile_with_progress, progress_bar
+from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, profile_with_progress, progress_bar, write_json
 from shoal.core.errors import InvalidInputError
 from shoal.core.models import Device
 from shoal.zoo import DEMO_FAMILY
@@ -109,7 +108,6 @@ def demo(
             console.print(summary)
             console.print(f"report: {comparison['report']}")
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
     if json_output:
         print_json(result)

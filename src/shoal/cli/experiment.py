@@ -3,7 +3,6 @@ simulations."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,7 @@ import typer
 from rich.table import Table
 
 from shoal.cli._app import app
-from shoal.cli._common import JsonOption, RepoOption, console, error_console, open_repository, print_json, progress_bar
+from shoal.cli._common import JsonOption, RepoOption, console, error_console, open_repository, print_json, progress_bar, write_json
 from shoal.core.errors import InvalidInputError
 from shoal.zoo import DEMO_FAMILY
 
@@ -106,8 +105,7 @@ def experiment_validate(
         comparisons.append(entry)
     result = {"version": code_version(), "tolerance": VALIDATION_TOLERANCE, "configuration": spec.model_dump(), "comparisons": comparisons,
               "all_within": all(c["accuracy_within"] and c["miss_rate_within"] for c in comparisons)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     if json_output:
         print_json(result)
         return

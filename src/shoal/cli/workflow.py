@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.table import Table
 
 from shoal.cli._app import app
-from shoal.cli._common import JsonOption, RepoOption, console, open_repository, print_json, progress_bar
+from shoal.cli._common import JsonOption, RepoOption, console, open_repository, print_json, progress_bar, write_json
 from shoal.core.errors import InvalidInputError
 
 workflow_app = typer.Typer(help="Deploy a planned multi-stage workflow and run it on worker processes.", no_args_is_help=True)
@@ -105,8 +104,7 @@ def run_command(
             on_done=lambda: progress.advance(task),
         )
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
     if json_output:
         print_json(result)
         return
