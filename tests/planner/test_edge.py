@@ -375,3 +375,29 @@ def test_two_worker_repack_is_optimal():
                 best = max(best, value)
         assert total == pytest.approx(best)
         assert sum(units[choice == 1]) <= caps[0] and sum(units[choice == 2]) <= caps[1]
+
+
+def packing_instance(seed: int, workers: int) -> EdgeInstance:
+    """Every client fits every configuration, so the plan is pure packing (frame rates as coins):
+    the case where filling by value density leaves capacity unused."""
+    rng = np.random.default_rng([11, seed, workers])
+    variants = tuple(
+        EdgeVariant(name, accuracy, 224, 100.0, {1: float(rng.uniform(20, 60)), 2: float(rng.uniform(35, 110))})
+        for name, accuracy in (("fast", 0.6), ("accurate", 0.8))
+    )
+    clients = tuple(
+        EdgeClient(f"c{i}", slo_ms=2000, fps=float(rng.choice([10, 15, 25])), bandwidth_mbps=100) for i in range(3 * workers + 1)
+    )
+    return EdgeInstance(variants, tuple(EdgeWorker(f"w{i}") for i in range(workers)), clients)
+
+
+@pytest.mark.parametrize("workers", (1, 2))
+def test_shoal_packs_frame_rates_exactly(workers):
+    # With greedy fills shoal lost 11-20% on seeds 20, 23 and 51 of one worker and 1.5% on seed
+    # 15 of two (a client first by value density blocks two that fit together); its exact single
+    # and pair packings must reach the optimum.
+    for seed in range(60):
+        instance = packing_instance(seed, workers)
+        exact = plan_edge(instance, "exact")
+        assert exact.optimality == "proven_optimal"
+        assert plan_edge(instance, "shoal").objective == pytest.approx(exact.objective, abs=1e-9), seed

@@ -12,14 +12,18 @@ fps * accuracy * switch factor, and a worker's value is the sum over its clients
    workers fixed, the configuration and client set that maximise the objective. A client on
    another worker is worth taking only for more than it is worth there; the worker's own
    clients may be dropped. All configurations are scored at once by a density-greedy knapsack
-   (numpy) and the best few re-solved with a skip-fill pass.
+   (numpy) and the best few re-solved with a skip-fill pass; for few workers every
+   configuration's knapsack is also solved exactly by a DP over frame-rate units (frame rates
+   are coins: filling by density can block two clients that fit together).
 3. Best response of a pair of workers: for every pair of candidate configurations, the first
    worker fills by its advantage over the second, the second takes what is left. This lets one
    worker upgrade while the other downgrades to absorb the clients it sheds, which no single
-   move can do. After an improving pair move, single moves run again.
+   move can do. When that finds nothing, the most promising pairs (by a fractional-knapsack
+   upper bound) are packed exactly with a two-knapsack DP until no bound beats the best found.
+   After an improving pair move, single moves run again.
 4. Kicks, when nothing improves: the best few pair plans are applied even at a loss and followed
-   by single moves of everyone; kept if the result is better (a third worker re-packing is what
-   makes some upgrades pay off).
+   by single moves and pair re-packing of everyone; kept if the result is better (a third
+   worker re-packing is what makes some upgrades pay off).
 5. For few workers the whole descent also runs from an empty plan; the better result is kept.
 
 Every move is exact in the objective and keeps the state feasible. Effort is bounded by
@@ -60,6 +64,10 @@ class ShoalOptions:
     """Best pair plans tried as kicks (followed by single moves) when no move improves."""
     pair_max_workers: int = 8
     """Pair moves, kicks and the second start only up to this many workers."""
+    exact_single_cells: int = 2_000_000
+    """Single moves pack exactly (knapsack DP) while configurations x capacity units x clients stay below this."""
+    exact_pairs: int = 256
+    """Configuration pairs per pair move packed exactly (two-knapsack DP), best upper bound first."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ class _Search:
         self.work = 0
         self.unit = frame_rate_unit(self.fps) if self.fps.size else None
         self.units = np.rint(self.fps / self.unit).astype(int) if self.unit else None
+        self.exact_single = self.unit is not None and tables.num_workers <= options.pair_max_workers
 
     def capacity(self, w: int) -> np.ndarray:
         return self.capacity_of_device[int(self.tables.worker_device[w])]
@@ -150,7 +159,36 @@ class _Search:
             total, chosen = self._skip_fill(sub[k], fps, capacity[k])
             if total > best[0] + _EPS:
                 best = (total, k, relevant[chosen].tolist())
+        if self.exact_single:
+            packed = self._exact_response(sub, relevant, capacity, best[0])
+            if packed is not None:
+                best = packed
         return best
+
+    def _exact_response(self, gains: np.ndarray, relevant: np.ndarray, capacity: np.ndarray, lower: float):
+        """Every configuration's 0-1 knapsack solved exactly at once (frame-rate units), if any beats `lower`."""
+        units = self.units[relevant]
+        caps = np.array([capacity_units(c, self.unit) for c in capacity.tolist()], dtype=int)
+        top = int(caps.max())
+        if top <= 0 or gains.shape[0] * (top + 1) * relevant.size > self.options.exact_single_cells:
+            return None
+        self.work += gains.shape[0] * (top + 1) * relevant.size // 64
+        table = np.zeros((gains.shape[0], top + 1))
+        for index in range(relevant.size):
+            u = int(units[index])
+            if u > top:
+                continue
+            candidate = table[:, : top + 1 - u] + gains[:, index : index + 1]
+            np.maximum(table[:, u:], np.where(gains[:, index : index + 1] > 0, candidate, -np.inf), out=table[:, u:])
+        totals = table[np.arange(gains.shape[0]), caps]
+        k = int(np.argmax(totals))
+        if totals[k] <= lower + self.tolerance:
+            return None
+        values = np.where(gains[k] > 0, gains[k], -np.inf)
+        result = repack_two(values, np.full_like(values, -np.inf), units, int(caps[k]), 0)
+        if result is None:
+            return None
+        return result[0], k, relevant[result[1] == 1].tolist()
 
     # --- moves ---------------------------------------------------------------------------------
     def _current(self, workers: tuple[int, ...]) -> float:
@@ -214,33 +252,71 @@ class _Search:
         )
         return value_1 + value_2, (rows_1, rows_2), (take_1, take_2), relevant
 
-    def _apply_pair(self, first: int, second: int, plans, i: int, j: int) -> None:
+    def _apply_pair(self, first: int, second: int, plans, i: int, j: int, masks=None) -> None:
+        """Apply configuration pair (i, j) of `plans`, with its greedy fill or the given client masks."""
         _, (rows_1, rows_2), (take_1, take_2), relevant = plans
+        mask_1, mask_2 = masks if masks is not None else (take_1[i, j], take_2[i, j])
         pair = (first, second)
         self.value[np.isin(self.assign, pair)] = 0.0
         self.assign[np.isin(self.assign, pair)] = -1
-        self._apply(first, int(rows_1[i]), relevant[take_1[i, j]].tolist())
-        self._apply(second, int(rows_2[j]), relevant[take_2[i, j]].tolist())
+        self._apply(first, int(rows_1[i]), relevant[mask_1].tolist())
+        self._apply(second, int(rows_2[j]), relevant[mask_2].tolist())
 
-    def _pair_move(self, first: int, second: int) -> bool:
+    def _pair_move(self, first: int, second: int, exact: bool) -> bool:
         plans = self._pair_plans(first, second)
         if plans is None:
             return False
         total = plans[0]
         i, j = np.unravel_index(int(np.argmax(total)), total.shape)
-        if total[i, j] - self._current((first, second)) <= self.tolerance:
+        best = (float(total[i, j]), int(i), int(j), None)
+        packed = self._exact_pair(first, second, plans, best[0]) if exact else None
+        if packed is not None:
+            best = packed
+        if best[0] - self._current((first, second)) <= self.tolerance:
             return False
-        self._apply_pair(first, second, plans, int(i), int(j))
+        self._apply_pair(first, second, plans, best[1], best[2], best[3])
         return True
 
-    def pair_moves(self) -> bool:
+    def _exact_pair(self, first: int, second: int, plans, lower: float):
+        """Pack the most promising configuration pairs exactly, stopping when no bound beats `lower`.
+
+        The greedy fill misses packings where every client fits only in one particular split
+        (frame rates as coins); the two-knapsack DP finds them. Pairs are visited by an upper
+        bound (fractional knapsack of the better worker's gain per client into both capacities),
+        so the DP runs only where it can still win. Returns (value, i, j, (mask_1, mask_2)) or None.
+        """
+        if self.unit is None or self.options.exact_pairs <= 0:
+            return None
+        _, (rows_1, rows_2), _, relevant = plans
+        gains_1 = self._gains(first, (first, second))[:, relevant]
+        gains_2 = self._gains(second, (first, second))[:, relevant]
+        fps = self.fps[relevant]
+        capacity_1, capacity_2 = self.capacity(first)[rows_1], self.capacity(second)[rows_2]
+        bound = _pair_bound(gains_1[rows_1], gains_2[rows_2], fps, capacity_1, capacity_2)
+        units = self.units[relevant]
+        best = None
+        for flat in np.argsort(-bound, axis=None, kind="stable")[: self.options.exact_pairs].tolist():
+            i, j = np.unravel_index(flat, bound.shape)
+            if bound[i, j] <= lower + self.tolerance:
+                break
+            values_1 = np.where(gains_1[rows_1[i]] > 0, gains_1[rows_1[i]], -np.inf)
+            values_2 = np.where(gains_2[rows_2[j]] > 0, gains_2[rows_2[j]], -np.inf)
+            caps = capacity_units(capacity_1[i], self.unit), capacity_units(capacity_2[j], self.unit)
+            self.work += relevant.size * (caps[0] + 1) * (caps[1] + 1) // 64
+            result = repack_two(values_1, values_2, units, *caps)
+            if result is not None and result[0] > lower + self.tolerance:
+                lower = result[0]
+                best = (result[0], int(i), int(j), (result[1] == 1, result[1] == 2))
+        return best
+
+    def pair_moves(self, exact: bool = False) -> bool:
         num_w = len(self.config)
         improved = False
         for first in range(num_w):
             for second in range(num_w):
                 if first == second or self.work >= self.options.work_budget:
                     continue
-                improved |= self._pair_move(first, second)
+                improved |= self._pair_move(first, second, exact)
         return improved
 
     def _snapshot(self):
@@ -250,8 +326,8 @@ class _Search:
         self.config, self.assign, self.value = list(snapshot[0]), snapshot[1].copy(), snapshot[2].copy()
 
     def kick_moves(self) -> bool:
-        """Pair plans that lose value on their own, each followed by single moves of everyone:
-        one worker's upgrade can pay off only once a third worker re-packs."""
+        """Pair plans that lose value on their own, each followed by single moves of everyone and
+        re-packing: one worker's upgrade can pay off only once a third worker re-packs."""
         num_w = len(self.config)
         best_value, best = float(self.value.sum()), None
         for first in range(num_w):
@@ -268,6 +344,8 @@ class _Search:
                     self._restore(base)
                     self._apply_pair(first, second, plans, int(i), int(j))
                     self.single_moves()
+                    if self.repack_pairs():
+                        self.single_moves()
                     if float(self.value.sum()) > best_value + self.tolerance:
                         best_value, best = float(self.value.sum()), self._snapshot()
                 self._restore(base)
@@ -318,7 +396,7 @@ class _Search:
         for _ in range(self.options.max_rounds):
             if self.work >= self.options.work_budget:
                 break
-            if self.pair_moves() or self.repack_pairs():
+            if self.pair_moves() or self.repack_pairs() or self.pair_moves(exact=True):
                 self.single_moves()
             elif not self.kick_moves():
                 break
@@ -336,6 +414,28 @@ class _Search:
         self.descend()
         if float(best[2].sum()) >= float(self.value.sum()):
             self._restore(best)
+
+
+def _pair_bound(
+    gains_1: np.ndarray, gains_2: np.ndarray, fps: np.ndarray, capacity_1: np.ndarray, capacity_2: np.ndarray
+) -> np.ndarray:
+    """(n1, n2) upper bound on two workers' gain: each client at its better gain, packed
+    fractionally into the summed capacity, and no more than the two fractional bounds apart."""
+    both = np.maximum(gains_1[:, None, :], gains_2[None, :, :])
+    together = _fractional(both, fps, (capacity_1[:, None] + capacity_2[None, :]))
+    apart = _fractional(gains_1, fps, capacity_1)[:, None] + _fractional(gains_2, fps, capacity_2)[None, :]
+    return np.minimum(together, apart)
+
+
+def _fractional(gains: np.ndarray, fps: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Fractional knapsack value along the last axis (the LP bound of a 0-1 knapsack)."""
+    order = np.argsort(-(gains / fps), axis=-1, kind="stable")
+    sorted_gains = np.take_along_axis(gains, order, axis=-1)
+    sorted_fps = fps[order]
+    load_before = np.cumsum(sorted_fps, axis=-1) - sorted_fps
+    room = np.clip(capacity[..., None] - load_before, 0.0, None)
+    share = np.minimum(1.0, room / sorted_fps)
+    return (np.clip(sorted_gains, 0.0, None) * share).sum(axis=-1)
 
 
 def _fill(priority: np.ndarray, gains: np.ndarray, fps: np.ndarray, capacity: np.ndarray):
