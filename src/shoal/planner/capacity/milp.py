@@ -122,7 +122,13 @@ def _lexicographic(problem: _Problem, levels: list[set[str]], time_limit_s: floa
         if result.x is None:
             return None, "error", f"HiGHS: {result.message}"
         worst = status if status != "optimal" else worst
-        extra.append(LinearConstraint(row[np.newaxis, :], round(-result.fun), np.inf))
+        served = round(-result.fun)
+        if served == len(level & set(problem.server_names)):
+            # every server of the level is served: one row per server binds tighter than their sum
+            rows = problem.membership[[problem.server_names.index(name) for name in sorted(level) if name in problem.server_names]]
+            extra.append(LinearConstraint(rows, 1, 1))
+        else:
+            extra.append(LinearConstraint(row[np.newaxis, :], served, np.inf))
     result = problem.solve(problem.cost, extra, _options(time_limit_s, 0.0))
     if result.x is None:
         return None, "error", f"HiGHS: {result.message}"
