@@ -151,3 +151,27 @@ def test_the_capacity_loop_actuator_scales_ray_actors(ray_server):
     first, one, second, two = asyncio.run(scale())
     assert first[0].status == "applied" and one == {"rf16": 1}
     assert second[0].status == "capped" and second[0].reached == 2 and two == {"rf16": 2}
+
+
+def test_the_capacity_loop_runs_a_full_cycle_on_ray_actors(ray_server, tmp_path):
+    """collect (the Ray server's metrics) -> optimize -> actuate (actors holding the variant)."""
+    from shoal.runtime.capacity_actuators import RuntimeReplicaActuator
+    from shoal.runtime.capacity_loop import CapacityLoop, build_app, load_control_file
+
+    from .test_capacity_loop import control_document, send_load, serving, set_replicas, write_control_file  # noqa: TID252
+
+    set_replicas(ray_server.url, {"fixture.rf-16": 1, "fixture.rf-32": 1, "fixture.rf-64": 1})
+    spec = load_control_file(write_control_file(tmp_path, control_document(scale_down_delay_s=600)))
+    loop = CapacityLoop(spec=spec, runtime_url=ray_server.url, actuator=RuntimeReplicaActuator(ray_server.url),
+                        min_window_s=0.2)
+    with serving(build_app(loop)) as client:
+        send_load(ray_server.url, "fixture.rf-32")
+        report = client.get("/invoke").json()
+        assert report["ok"], report
+        assert report["collected"]["fixture.rf-32"]["arrival_rate_rps"] > 0
+        assert report["collected"]["fixture.rf-64"]["arrival_rate_rps"] == 0
+        wanted = report["optimized"]["servers"]["rf32"]["numReplicas"]
+        assert wanted >= 2
+        assert [(a["server"], a["reached"]) for a in report["applied"]] == [("rf32", 2)]  # the 2 actors
+    counts = httpx.get(f"{ray_server.url}/v2/repository/replicas").json()
+    assert counts["fixture.rf-32"] == 2 and counts["fixture.rf-64"] == 1
