@@ -142,3 +142,30 @@ def test_a_lagging_event_loop_counts_against_the_deadline_at_admission():
         await scheduler.close()
 
     asyncio.run(scenario())
+
+
+def test_dispatch_plans_with_the_tail_of_recent_batch_times_admission_with_the_mean():
+    queue = VariantQueue("v", lambda size: 10.0 * size, 8, 100)
+    # four batches in five as profiled, one in five four times slower
+    for index in range(60):
+        queue.observe_batch(1, 40.0 if index % 5 == 4 else 10.0)
+    assert queue.batch_latency_ms(1) < 20.0  # the mean stays near the profile
+    assert queue.tail_batch_latency_ms(1) == pytest.approx(40.0, rel=0.05)  # what a deadline must allow
+    assert queue.tail_batch_latency_ms(2) == pytest.approx(2 * queue.tail_batch_latency_ms(1))
+
+
+def test_the_batcher_does_not_dispatch_a_batch_its_recent_tail_would_make_late():
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=10.0)
+        queue = scheduler.queues["v"]
+        for index in range(60):
+            queue.observe_batch(1, 40.0 if index % 5 == 4 else 10.0)
+        now = monotonic_ms()
+        # 25 ms left: enough for the 10 ms mean, not for the 40 ms a fifth of batches took
+        future = scheduler.submit("v", np.zeros(1, np.float32), now + 25, admit_by_ms=now + 1000)
+        with pytest.raises(DeadlineExceededError):
+            await future
+        assert worker.batches == []
+        await scheduler.close()
+
+    asyncio.run(scenario())

@@ -302,8 +302,17 @@ class InferenceService:
             outcome = "dropped" if isinstance(error, DeadlineExceededError) else "failure"
             self.metrics.outcome(model_name, served.key, outcome)
             raise
+        finished_ms = monotonic_ms()
+        # An answer after the deadline is worth no more than the deadline error the client planned
+        # for, and sending it would hide the miss: it is dropped like one (the event loop's lag is
+        # the time the answer still needs to leave).
+        if finished_ms + self.scheduler.loop_lag_ms > deadline_ms:
+            self.metrics.outcome(model_name, served.key, "dropped")
+            raise DeadlineExceededError(
+                f"dropped: {served.key} finished {finished_ms - arrival_ms:.1f} ms after arrival, past the {slo_ms:g} ms SLO"
+            )
         outputs = np.stack([result[0] for result in results])
-        total_ms = monotonic_ms() - arrival_ms
+        total_ms = finished_ms - arrival_ms
         queue_ms = max(result[1] for result in results)
         self.metrics.answered(model_name, served.key, queue_ms, total_ms)
         return InferenceResult(
