@@ -81,6 +81,8 @@ def test_binary_tensors_round_trip_exactly(array):
 @example(parameters={"slo_ms": float("nan")})
 @example(parameters={"max_cost_per_1000_usd": float("inf")})
 @example(parameters={"timeout": float("-inf"), "min_accuracy": float("nan")})
+@example(parameters={"timeout": 5e-324})  # positive, but zero once in milliseconds (found by the reliability bench)
+@example(parameters={"slo_ms": 5e-324})
 @given(parameters=st.dictionaries(st.sampled_from(["timeout", "slo_ms", "priority", "min_accuracy", "max_cost_per_1000_usd", "other"]), json_values, max_size=5))
 def test_request_parameters_parse_or_give_a_bad_request(parameters):
     try:
@@ -88,6 +90,7 @@ def test_request_parameters_parse_or_give_a_bad_request(parameters):
     except BadRequestError:
         return
     assert math.isfinite(stated.slo_ms) and stated.slo_ms > 0 and 0.0 <= stated.min_accuracy <= 1.0
+    assert math.isfinite(stated.query_class[0])  # the autoscaler's class key exists for every admitted SLO
     assert stated.max_cost_per_1000_usd is None or stated.max_cost_per_1000_usd > 0
 
 

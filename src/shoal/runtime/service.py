@@ -362,9 +362,9 @@ def requirements(parameters: dict[str, Any], default_slo_ms: float) -> StatedReq
     slo_ms = default_slo_ms
     timeout_us = _number(parameters, "timeout")
     if timeout_us is not None:
-        if timeout_us <= 0:
-            raise BadRequestError("parameter 'timeout' must be a positive number of microseconds")
         slo_ms = timeout_us / 1000.0
+        if slo_ms <= 0:  # also a positive timeout too small to be a number of milliseconds
+            raise BadRequestError(f"parameter 'timeout' must be a positive number of microseconds, got {timeout_us!r}")
     stated_slo_ms = _number(parameters, "slo_ms")
     if stated_slo_ms is not None:
         if stated_slo_ms <= 0:
