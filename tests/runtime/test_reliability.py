@@ -16,7 +16,8 @@ def test_every_request_gets_exactly_one_answer_through_overload_fuzzing_and_faul
     assert overload["shed_with_retry_after"] == overload["shed_sampled"]  # every 429 says when to retry
     assert overload["recovered_after_s"] <= 5.0
     faults = report["faults"]
-    assert faults["faults_injected"] == 3 and faults["worker_killed_and_restarted"]
+    assert faults["faults_injected"] == 4 and faults["worker_killed_and_restarted"]
+    assert faults["controller_kill_status"] == 202 and faults["controller_ticking_again_after_s"] is not None
     assert faults["corrupt_model_load_status"] == 503 and "could not be loaded" in faults["corrupt_model_error"]
     assert faults["served_after_corrupt_load"]
     assert max(faults["ready_variants_after_each_load"]) <= 2  # the cache bound holds

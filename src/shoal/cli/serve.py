@@ -53,6 +53,9 @@ def serve(
         Path | None, typer.Option("--workflow", help="Also serve this workflow deployment.json (from `shoal workflow deploy`) as a model.", show_default=False)
     ] = None,
     admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="SHOAL_ADMIN_TOKEN", help="Bearer token for load/unload.")] = None,
+    fault_injection: Annotated[
+        bool, typer.Option("--fault-injection", help="Mount POST /v2/faults/{controller|edge}/kill (token-guarded) for reliability tests.")
+    ] = False,
 ) -> None:
     """Serve a repository over KServe v2 HTTP and gRPC until interrupted."""
     from shoal.runtime.server import run_server
@@ -115,4 +118,5 @@ def serve(
         edge_policy=edge_policy,
         edge_interval_s=edge_interval_s,
         workflow_deployment=workflow,
+        fault_injection=fault_injection,
     )

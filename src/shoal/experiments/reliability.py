@@ -7,7 +7,8 @@ Phases, each against a real `shoal serve` on a private copy of a repository:
    the server is back to answering everything in time, and the RSS growth of the server and its
    workers across the whole phase;
 2. fuzzing: schemathesis over /openapi.json and well-formed tensors with random parameters;
-3. fault injection: SIGKILL the worker under load, corrupt a model file and ask for it, and load
+3. fault injection: SIGKILL the worker under load, kill the controller under load (the server runs
+   with `--fault-injection`; its supervisor must restart it), corrupt a model file and ask for it, and load
    every variant through a model cache that holds one.
 
 Every request sent is counted once as answered (200), an error (any other HTTP answer) or lost
@@ -190,6 +191,14 @@ def _fuzz(server: ServerProcess, tally: Tally, *, examples: int) -> int:
     return cases
 
 
+def _metric(url: str, name: str) -> float:
+    """One sample of the server's /metrics (0 when absent)."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def _faults(server: ServerProcess, repository: Path, tally: Tally, *, load_s: float) -> dict:
     injected = 0
     # 1. SIGKILL the worker under load: in-flight requests get an error, the worker comes back.
@@ -212,13 +221,27 @@ def _faults(server: ServerProcess, repository: Path, tally: Tally, *, load_s: fl
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and httpx.get(f"{server.url}/v2/models/fixture.rf-64/ready", timeout=5).status_code != 200:
             time.sleep(0.2)
+        # 2. Kill the controller (the supervised loop ends as a crash would end it), still under load.
+        ticks_before = _metric(server.url, "shoal_controller_ticks_total")
+        killed = httpx.post(f"{server.url}/v2/faults/controller/kill", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        injected += killed.status_code == 202
+        killed_at = time.monotonic()
+        controller_back_s = None
+        while time.monotonic() - killed_at < 30:
+            if _metric(server.url, 'shoal_background_restarts_total{task="controller"}') >= 1 and (
+                _metric(server.url, "shoal_controller_ticks_total") > ticks_before + 1
+            ):
+                controller_back_s = round(time.monotonic() - killed_at, 2)
+                break
+            time.sleep(0.05)
+        time.sleep(load_s / 4)
         stop.set()
         for future in futures:
             future.result(timeout=60)
     for status in outcomes:
         tally.add(status, fault=True)
     restarted = worker_pid not in child_pids(server.process.pid, worker_processes_only=True)
-    # 2. A corrupt model file: loading it is a clear 503, everything else keeps answering.
+    # 3. A corrupt model file: loading it is a clear 503, everything else keeps answering.
     model_file = repository / "fixture" / "rf-32" / "model.onnx"
     model_file.write_bytes(model_file.read_bytes()[:64])
     injected += 1
@@ -227,7 +250,7 @@ def _faults(server: ServerProcess, repository: Path, tally: Tally, *, load_s: fl
     tally.add(load.status_code, fault=True)
     still = _post(server.url, "fixture.rf-64", _body())
     tally.add(None if still is None else still.status_code)
-    # 3. Every variant through a cache that holds one: loads evict, the server keeps answering.
+    # 4. Every variant through a cache that holds one: loads evict, the server keeps answering.
     injected += 1
     ready_counts = []
     for variant in ("fixture.rf-16", "fixture.rf-heavy", "fixture.rf-64", "fixture.rf-16"):
@@ -239,7 +262,9 @@ def _faults(server: ServerProcess, repository: Path, tally: Tally, *, load_s: fl
         tally.add(None if family is None else family.status_code)
     return {
         "worker_killed_and_restarted": bool(worker_pid) and restarted,
-        "requests_during_kill": len(outcomes),
+        "requests_during_kills": len(outcomes),
+        "controller_kill_status": killed.status_code,
+        "controller_ticking_again_after_s": controller_back_s,
         "corrupt_model_load_status": load.status_code,
         "corrupt_model_error": load.json().get("error", "")[:200],
         "served_after_corrupt_load": bool(still is not None and still.status_code == 200),
@@ -280,7 +305,9 @@ def run_reliability(*, quick: bool = True, progress: Callable[[str], None] | Non
         largest = max(path.stat().st_size for path in fault_repository.glob("fixture/*/model.onnx"))
         smallest = min(path.stat().st_size for path in fault_repository.glob("fixture/*/model.onnx"))
         cache_mb = 3 * (largest + smallest / 2) / 2**20
-        server = start_server_process(fault_repository, *common, "--preload", "fixture.rf-64", "--cache-mb", f"{cache_mb:.6f}")
+        server = start_server_process(
+            fault_repository, *common, "--preload", "fixture.rf-64", "--cache-mb", f"{cache_mb:.6f}", "--fault-injection"
+        )
         try:
             if progress:
                 progress("faults")

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 from shoal.planner.preload import CacheContext, CacheState, VariantUsage, plan_cache
 from shoal.runtime.autoscaler import Autoscaler
 from shoal.runtime.service import InferenceService
+from shoal.runtime.supervisor import Heartbeat
 
 __all__ = ["Controller"]
 
@@ -36,6 +37,7 @@ class Controller:
         self.decisions = Counter(
             "shoal_controller_decisions", "Model-cache decisions of the controller", ["action", "variant"], registry=service.metrics.registry
         )
+        self.ticks = Counter("shoal_controller_ticks", "Control-loop iterations completed", registry=service.metrics.registry)
 
     def observe(self, now_s: float) -> CacheContext:
         usages = []
@@ -75,10 +77,14 @@ class Controller:
             await self.service.manager.unload(key)
             self.service.metrics.loaded.labels(key).set(0)
 
-    async def run(self) -> None:
+    async def run(self, heartbeat: Heartbeat | None = None) -> None:
+        """Tick every interval; `heartbeat` (from the server's supervisor) is touched after each tick."""
         while True:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.tick()
             except Exception:  # a failed tick is logged and retried; the loop must not die
                 logger.exception("controller tick failed")
+            self.ticks.inc()
+            if heartbeat is not None:
+                heartbeat.beat()

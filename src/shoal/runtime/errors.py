@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ServingError",
     "BadRequestError",
+    "NotFoundError",
     "ModelNotFoundError",
     "ModelNotReadyError",
     "OverloadedError",
@@ -42,9 +43,13 @@ class UnauthorizedError(ServingError):
     grpc_code = "UNAUTHENTICATED"
 
 
-class ModelNotFoundError(ServingError):
+class NotFoundError(ServingError):
     http_status = 404
     grpc_code = "NOT_FOUND"
+
+
+class ModelNotFoundError(NotFoundError):
+    pass
 
 
 class PayloadTooLargeError(ServingError):

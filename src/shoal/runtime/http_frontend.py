@@ -32,13 +32,22 @@ from shoal.runtime.service import InferenceService, requirements
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor
 
-__all__ = ["build_http_app"]
+__all__ = ["build_http_app", "check_admin_token", "error_response"]
 
 logger = logging.getLogger(__name__)
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def _error_response(error: ServingError) -> JSONResponse:
+def check_admin_token(request: Request, admin_token: str | None) -> None:
+    """Management endpoints need 'Authorization: Bearer <token>' when the server has a token."""
+    if admin_token is None:
+        return
+    supplied = request.headers.get("authorization", "")
+    if not secrets.compare_digest(supplied.encode(), f"Bearer {admin_token}".encode()):
+        raise UnauthorizedError("this management endpoint needs 'Authorization: Bearer <token>'")
+
+
+def error_response(error: ServingError) -> JSONResponse:
     headers = {}
     if isinstance(error, OverloadedError):
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
@@ -63,7 +72,7 @@ def build_http_app(
             try:
                 return await handler(request)
             except ServingError as error:
-                return _error_response(error)
+                return error_response(error)
             except Exception:
                 logger.exception("unexpected error on %s", request.url.path)
                 return JSONResponse({"error": "internal server error"}, status_code=500)
@@ -71,11 +80,7 @@ def build_http_app(
         return endpoint
 
     def require_token(request: Request) -> None:
-        if admin_token is None:
-            return
-        supplied = request.headers.get("authorization", "")
-        if not secrets.compare_digest(supplied.encode(), f"Bearer {admin_token}".encode()):
-            raise UnauthorizedError("this management endpoint needs 'Authorization: Bearer <token>'")
+        check_admin_token(request, admin_token)
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")

@@ -11,8 +11,10 @@ from pathlib import Path
 import uvicorn
 
 from shoal.core.errors import InvalidInputError
+from shoal.runtime.faults import fault_route
 from shoal.runtime.http_frontend import build_http_app
 from shoal.runtime.service import InferenceService
+from shoal.runtime.supervisor import Supervisor
 from shoal.runtime.worker_manager import ServeConfig
 
 __all__ = ["run_server", "serve_forever"]
@@ -34,6 +36,7 @@ async def serve_forever(
     edge_policy: str = "shoal",
     edge_interval_s: float = 0.5,
     workflow_deployment: Path | None = None,
+    fault_injection: bool = False,
 ) -> None:
     from shoal.runtime.controller import Controller
     from shoal.runtime.edge.sessions import EdgeSessionManager
@@ -57,10 +60,16 @@ async def serve_forever(
     except BaseException:
         await _stop_all(service, workflows)
         raise
-    controller_task = asyncio.create_task(Controller(service, interval_s=control_interval_s, idle_unload_after_s=idle_unload_after_s).run())
+    supervisor = Supervisor(service.metrics.registry)
+    controller = Controller(service, interval_s=control_interval_s, idle_unload_after_s=idle_unload_after_s)
+    # A tick may wait for a model load (seconds to minutes): only a much longer silence is a hang.
+    supervisor.add("controller", controller.run, stall_after_s=max(120.0, 20 * control_interval_s))
     edge = EdgeSessionManager(service, policy=edge_policy, interval_s=edge_interval_s)
-    edge_task = asyncio.create_task(edge.run())
-    app = build_http_app(service, admin_token=admin_token, max_body_bytes=max_body_bytes, extra_routes=[edge_route(edge)], workflows=workflows)
+    supervisor.add("edge", edge.run, stall_after_s=max(60.0, 20 * edge_interval_s))
+    extra_routes = [edge_route(edge)]
+    if fault_injection:
+        extra_routes.append(fault_route(supervisor, admin_token))
+    app = build_http_app(service, admin_token=admin_token, max_body_bytes=max_body_bytes, extra_routes=extra_routes, workflows=workflows)
     http_server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=http_port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
     )
@@ -81,8 +90,7 @@ async def serve_forever(
     while not http_server.started and not http_task.done():
         await asyncio.sleep(0.01)
     if http_task.done():
-        controller_task.cancel()
-        edge_task.cancel()
+        await supervisor.stop()
         await _stop_all(service, workflows)
         http_task.result()
         raise SystemExit(f"HTTP frontend failed to start on {host}:{http_port}")
@@ -92,8 +100,7 @@ async def serve_forever(
     await stop.wait()
     logger.info("shutting down")
     http_server.should_exit = True
-    controller_task.cancel()
-    edge_task.cancel()
+    await supervisor.stop()
     if grpc_server is not None:
         await grpc_server.stop(grace=5)
     await _stop_all(service, workflows)

@@ -34,6 +34,7 @@ from shoal.planner.edge.live import (
 )
 from shoal.runtime.edge.protocol import FrameHeader, ProtocolError, Register, Report
 from shoal.runtime.errors import DeadlineExceededError, OverloadedError, ServingError
+from shoal.runtime.supervisor import Heartbeat
 from shoal.runtime.service import InferenceService
 
 __all__ = ["EdgeSession", "EdgeSessionManager", "assignment_message"]
@@ -239,9 +240,12 @@ class EdgeSessionManager:
                 logger.info("edge: %s -> %s at %d px (%s)", session.name, instruction.variant, instruction.input_size_px, instruction.reason or "planned")
             await _send_quietly(session, assignment_message(instruction))
 
-    async def run(self) -> None:
-        """Plan every interval, and at once when a session arrives, leaves or its bandwidth jumps."""
+    async def run(self, heartbeat: Heartbeat | None = None) -> None:
+        """Plan every interval, and at once when a session arrives, leaves or its bandwidth jumps;
+        `heartbeat` (from the server's supervisor) is touched after each plan."""
         while True:
+            if heartbeat is not None:
+                heartbeat.beat()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
             except TimeoutError:

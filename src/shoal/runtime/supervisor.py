@@ -1,0 +1,141 @@
+"""Background loops that come back when they die or stall.
+
+The controller and the edge scheduler run as tasks on the server's event loop. Their ticks
+catch their own errors, but a loop can still end (a bug that escapes, a cancellation that is
+not the server's, a `BaseException`) or hang inside one tick (an await that never returns).
+Either way the server would go on answering requests with nobody adjusting the cache,
+the replicas or the edge plans, and nothing would say so. A `Supervisor` runs each loop as
+a task, restarts it with a fresh object after a crash (exponential back-off, reset once it
+has run a while), cancels and restarts it when its heartbeat goes stale, and counts every
+restart in `shoal_background_restarts_total{task}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter
+
+__all__ = ["Heartbeat", "Supervisor"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Heartbeat:
+    """What a supervised loop touches once per iteration, so that a hang can be told from a wait."""
+
+    last_beat_s: float = field(default_factory=time.monotonic)
+
+    def beat(self) -> None:
+        self.last_beat_s = time.monotonic()
+
+
+@dataclass
+class _Loop:
+    name: str
+    start: Callable[[Heartbeat], Awaitable[None]]
+    stall_after_s: float
+    task: asyncio.Task | None = None
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    restarts: int = 0
+    started_s: float = 0.0
+
+
+class Supervisor:
+    """Runs named loops; `kill(name)` is the fault-injection hook (a cancellation it did not ask for)."""
+
+    BACKOFF_START_S = 0.1
+    BACKOFF_MAX_S = 5.0
+    STABLE_AFTER_S = 30.0
+    """A loop that ran this long before dying restarts without waiting: its back-off resets."""
+
+    def __init__(self, registry: CollectorRegistry, *, check_interval_s: float = 0.2) -> None:
+        self.check_interval_s = check_interval_s
+        self.restarts = Counter(
+            "shoal_background_restarts", "Background loops restarted after they ended or stalled", ["task"], registry=registry
+        )
+        self._loops: dict[str, _Loop] = {}
+        self._watch: asyncio.Task | None = None
+        self._stopping = False
+
+    def add(self, name: str, start: Callable[[Heartbeat], Awaitable[None]], *, stall_after_s: float) -> None:
+        """`start(heartbeat)` builds a fresh loop object and runs it; it must call `heartbeat.beat()`
+        at least every `stall_after_s` seconds while healthy."""
+        loop = _Loop(name, start, stall_after_s)
+        self._loops[name] = loop
+        self._launch(loop)
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._watch_loops(), name="supervisor")
+
+    def names(self) -> list[str]:
+        return sorted(self._loops)
+
+    def restart_count(self, name: str) -> int:
+        return self._loops[name].restarts
+
+    def kill(self, name: str) -> None:
+        """Cancel the loop as a crash would end it; the supervisor notices and restarts it."""
+        task = self._loops[name].task
+        if task is not None:
+            task.cancel()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = [loop.task for loop in self._loops.values() if loop.task is not None]
+        if self._watch is not None:
+            tasks.append(self._watch)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- inside -----------------------------------------------------------------------------------
+    def _launch(self, loop: _Loop) -> None:
+        loop.heartbeat = Heartbeat()
+        loop.started_s = time.monotonic()
+        loop.task = asyncio.create_task(loop.start(loop.heartbeat), name=loop.name)
+
+    def _backoff_s(self, loop: _Loop) -> float:
+        if time.monotonic() - loop.started_s >= self.STABLE_AFTER_S:
+            return 0.0
+        return min(self.BACKOFF_MAX_S, self.BACKOFF_START_S * 2 ** max(0, loop.restarts - 1))
+
+    async def _watch_loops(self) -> None:
+        waiting: dict[str, float] = {}  # loop -> when it may start again
+        while not self._stopping:
+            await asyncio.sleep(self.check_interval_s)
+            now = time.monotonic()
+            for loop in self._loops.values():
+                if loop.name in waiting:
+                    if now >= waiting[loop.name]:
+                        del waiting[loop.name]
+                        self._launch(loop)
+                    continue
+                task = loop.task
+                if task is None:
+                    continue
+                if task.done():
+                    reason = _ending(task)
+                elif now - loop.heartbeat.last_beat_s > loop.stall_after_s:
+                    reason = f"no heartbeat for {now - loop.heartbeat.last_beat_s:.1f} s"
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                else:
+                    continue
+                loop.restarts += 1
+                self.restarts.labels(loop.name).inc()
+                delay_s = self._backoff_s(loop)
+                error = task.exception() if task.done() and not task.cancelled() else None
+                logger.error("background loop %r ended (%s); restarting it in %.1f s", loop.name, reason, delay_s, exc_info=error)
+                waiting[loop.name] = now + delay_s
+
+
+def _ending(task: asyncio.Task) -> str:
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    return "returned" if error is None else f"{type(error).__name__}: {error}"

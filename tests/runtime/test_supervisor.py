@@ -1,0 +1,105 @@
+"""Background loops that die or hang are restarted and counted; a stopping server restarts nothing."""
+
+import asyncio
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from shoal.runtime.supervisor import Heartbeat, Supervisor
+
+
+class Beating:
+    """A loop that beats every 10 ms; `mode` makes its next run crash, return or hang."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.mode = "healthy"
+
+    async def run(self, heartbeat: Heartbeat) -> None:
+        self.runs += 1
+        mode, self.mode = self.mode, "healthy"
+        if mode == "crash":
+            raise RuntimeError("bug escaped the tick")
+        if mode == "return":
+            return
+        while True:
+            if mode != "hang":
+                heartbeat.beat()
+            await asyncio.sleep(0.01)
+
+
+def restarts(registry: CollectorRegistry, name: str) -> float:
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith(f'shoal_background_restarts_total{{task="{name}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def wait_for(condition, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_a_killed_loop_is_restarted_and_counted():
+    async def scenario():
+        registry = CollectorRegistry()
+        supervisor = Supervisor(registry, check_interval_s=0.02)
+        loop = Beating()
+        supervisor.add("controller", loop.run, stall_after_s=5.0)
+        await wait_for(lambda: loop.runs == 1)
+        supervisor.kill("controller")
+        await wait_for(lambda: loop.runs == 2)
+        assert supervisor.restart_count("controller") == 1 and restarts(registry, "controller") == 1.0
+        await supervisor.stop()
+
+    asyncio.run(scenario())
+
+
+def test_crashes_and_returns_restart_with_growing_back_off():
+    async def scenario():
+        supervisor = Supervisor(CollectorRegistry(), check_interval_s=0.02)
+        loop = Beating()
+        loop.mode = "crash"
+        supervisor.add("edge", loop.run, stall_after_s=5.0)
+        await wait_for(lambda: loop.runs == 2)
+        first_backoff = supervisor._backoff_s(supervisor._loops["edge"])
+        supervisor.kill("edge")  # and once more: the back-off doubles
+        await wait_for(lambda: loop.runs == 3)
+        assert supervisor._backoff_s(supervisor._loops["edge"]) == 2 * first_backoff
+        loop.mode = "return"
+        supervisor.kill("edge")  # the next run returns at once: that is an ending too
+        await wait_for(lambda: supervisor.restart_count("edge") == 4)
+        await wait_for(lambda: loop.runs == 5)
+        await supervisor.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_loop_whose_heartbeat_stops_is_cancelled_and_restarted():
+    async def scenario():
+        supervisor = Supervisor(CollectorRegistry(), check_interval_s=0.02)
+        loop = Beating()
+        loop.mode = "hang"
+        supervisor.add("controller", loop.run, stall_after_s=0.2)
+        await wait_for(lambda: loop.runs == 2)  # the hung first run was cancelled
+        assert supervisor.restart_count("controller") == 1
+        await asyncio.sleep(0.5)  # the second run beats: no more restarts
+        assert supervisor.restart_count("controller") == 1
+        await supervisor.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stop_restarts_nothing():
+    async def scenario():
+        supervisor = Supervisor(CollectorRegistry(), check_interval_s=0.02)
+        loop = Beating()
+        supervisor.add("controller", loop.run, stall_after_s=5.0)
+        await wait_for(lambda: loop.runs == 1)
+        await supervisor.stop()
+        await asyncio.sleep(0.1)
+        assert loop.runs == 1 and supervisor.restart_count("controller") == 0
+        assert supervisor._loops["controller"].task.done()
+
+    asyncio.run(scenario())
