@@ -114,17 +114,26 @@ def test_a_workflow_runs_its_stages_as_ray_actors(fixture_repository_path, tmp_p
 
     import ray
 
+    from ray.util.placement_group import placement_group_table
+
     async def run():
         executor = WorkflowExecutor(deployment, base, backend="ray")
         await executor.start()
+        group = executor._placement_group
         try:
+            # the plan's workers were reserved together, one CPU bundle each, and each actor sits in its bundle
+            table = placement_group_table(group)
+            assert table["state"] == "CREATED" and len(table["bundles"]) == len(deployment.workers)
+            available = ray.available_resources()
+            assert all(available.get(f"CPU_group_{index}_{group.id.hex()}", 0.0) == 0.0 for index in range(len(deployment.workers)))
             answers = [await executor.infer({"camera": images}) for _ in range(30)]
         finally:
             await executor.stop()
-        return answers, executor.traffic_report()
+        return answers, executor.traffic_report(), placement_group_table(group)["state"]
 
     try:
-        answers, traffic = asyncio.run(run())
+        answers, traffic, state_after_stop = asyncio.run(run())
+        assert state_after_stop == "REMOVED"  # stopping gives the reservation back
         assert all(answer.outputs["classify"].shape == (1, 10) for answer in answers)
         shares = traffic["features"]
         assert sum(row["items"] for row in shares.values()) == 30 and len(shares) == 2  # split 100/50 over two actors
@@ -175,3 +184,27 @@ def test_the_capacity_loop_runs_a_full_cycle_on_ray_actors(ray_server, tmp_path)
         assert [(a["server"], a["reached"]) for a in report["applied"]] == [("rf32", 2)]  # the 2 actors
     counts = httpx.get(f"{ray_server.url}/v2/repository/replicas").json()
     assert counts["fixture.rf-32"] == 2 and counts["fixture.rf-64"] == 1
+
+
+def test_workers_the_cluster_cannot_host_are_refused_as_a_whole():
+    import asyncio
+
+    import ray
+
+    from shoal.runtime.errors import WorkerFailedError
+    from shoal.runtime.ray_backend import ensure_ray, reserve_workers, worker_resources
+
+    assert worker_resources("cuda:0", 2, "a100") == {"CPU": 2.0, "GPU": 1.0, "a100": 1.0}
+    ensure_ray(None, local_cpus=2)
+    try:
+        before = ray.available_resources()["CPU"]
+        # one bundle fits, the second asks for a device type no node has: nothing may be reserved
+        bundles = [worker_resources("cpu", 1), worker_resources("cpu", 1, "tpu-v9")]
+        with pytest.raises(WorkerFailedError, match="cannot place 2 workers"):
+            asyncio.run(reserve_workers(bundles, timeout_s=2.0))
+        time.sleep(0.5)
+        assert ray.available_resources()["CPU"] == before
+        with pytest.raises(ValueError, match="placement strategy"):
+            asyncio.run(reserve_workers(bundles, strategy="ANYWHERE"))
+    finally:
+        ray.shutdown()

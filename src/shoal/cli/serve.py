@@ -25,6 +25,9 @@ def serve(
     ray_device_resource: Annotated[
         str | None, typer.Option("--ray-device-resource", help="Custom Ray resource every worker actor requires, e.g. the accelerator type of the profiles.", show_default=False)
     ] = None,
+    ray_placement: Annotated[
+        str, typer.Option("--ray-placement", help="How the workers' placement group (one bundle each, all or none) spreads: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD.")
+    ] = "PACK",
     policy: Annotated[str, typer.Option("--policy", help="shoal | modelless | fastest-meeting-slo | static:<family>.<variant>")] = "shoal",
     device: Annotated[str, typer.Option("--device", help="cpu or cuda:N")] = "cpu",
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
@@ -63,6 +66,8 @@ def serve(
 
     if backend not in ("local", "ray"):
         raise InvalidInputError(f"--backend {backend!r}: use 'local' or 'ray'")
+    if ray_placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise InvalidInputError(f"--ray-placement {ray_placement!r}: use PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
     if backend == "ray":
         try:
             import ray  # noqa: F401
@@ -103,6 +108,7 @@ def serve(
         backend=backend,
         ray_address=address,
         ray_device_resource=ray_device_resource,
+        ray_placement_strategy=ray_placement,
         autoscale_slack=autoscale_slack,
         autoscale_hold_s=autoscale_hold_s,
     )

@@ -7,6 +7,12 @@ worker process. It asks Ray for `intra_op_threads` CPUs, one GPU when its device
 optionally a custom resource naming the device type its profiles were taken on, which is how a
 plan's "replicas on accelerator type X" becomes a placement on the nodes that have X.
 
+Placement: a set of workers that only makes sense together (the `--workers N` of a server, the
+workers of a workflow plan) is reserved as one Ray placement group, one bundle per worker, so
+that it starts in full or not at all (`reserve_workers`; strategy PACK by default, SPREAD to put
+workers on different nodes). Each actor runs in its own bundle, and a replacement for a dead
+actor goes back into the same bundle.
+
 Tensors travel through Ray's object store (numpy arrays are zero-copy there). An actor that dies
 fails the batch it holds with WorkerFailedError at once (answered, never lost) and is replaced
 by the worker manager, like a crashed local process.
@@ -17,12 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 
-__all__ = ["RayWorkerHandle", "ensure_ray"]
+__all__ = ["Placement", "RayWorkerHandle", "ensure_ray", "release_workers", "reserve_workers", "worker_resources"]
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,55 @@ def ensure_ray(address: str | None = None, *, local_cpus: int | None = None) -> 
     if not ray.is_initialized():
         cpus = max(os.cpu_count() or 1, local_cpus or 0) if address is None else None
         ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def worker_resources(device: str, intra_op_threads: int, device_resource: str | None = None) -> dict[str, float]:
+    """What one worker asks Ray for: its threads as CPUs, a GPU on CUDA, its device type if named."""
+    resources: dict[str, float] = {"CPU": float(intra_op_threads)}
+    if device.startswith("cuda"):
+        resources["GPU"] = 1.0
+    if device_resource:
+        resources[device_resource] = 1.0
+    return resources
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A worker's place: bundle `bundle_index` of a reserved placement group."""
+
+    group: Any
+    bundle_index: int
+
+
+async def reserve_workers(bundles: Sequence[dict[str, float]], *, strategy: str = "PACK", name: str = "",
+                          timeout_s: float = 120.0) -> Any:
+    """Reserve one bundle per worker, all or nothing; a clear error naming what is missing when the
+    cluster cannot host them within `timeout_s` (the reservation is withdrawn then)."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    if strategy not in PLACEMENT_STRATEGIES:
+        raise ValueError(f"placement strategy {strategy!r} is unknown: use one of {', '.join(PLACEMENT_STRATEGIES)}")
+    group = placement_group([dict(bundle) for bundle in bundles], strategy=strategy, name=name)
+    try:
+        await asyncio.wait_for(group.ready(), timeout_s)
+    except TimeoutError:
+        remove_placement_group(group)
+        raise WorkerFailedError(
+            f"the Ray cluster cannot place {len(bundles)} workers {list(bundles)} with strategy {strategy} within "
+            f"{timeout_s:.0f} s (available: {ray.available_resources()}); add nodes or resources, or lower --workers"
+        ) from None
+    return group
+
+
+def release_workers(group: Any) -> None:
+    """Give a placement group's resources back (its actors must be stopped first)."""
+    from ray.util.placement_group import remove_placement_group
+
+    try:
+        remove_placement_group(group)
+    except Exception:  # already removed, or Ray is shutting down
+        logger.debug("placement group already gone", exc_info=True)
 
 
 def _actor_class():
@@ -78,6 +137,7 @@ class RayWorkerHandle:
         intra_op_threads: int = 1,
         address: str | None = None,
         device_resource: str | None = None,
+        placement: Placement | None = None,
         on_exit: Callable[["RayWorkerHandle"], None] | None = None,
         **_: object,
     ):
@@ -86,6 +146,7 @@ class RayWorkerHandle:
         self.intra_op_threads = intra_op_threads
         self.address = address
         self.device_resource = device_resource
+        self.placement = placement
         self.on_exit = on_exit
         self.loaded_variants: dict[str, float] = {}
         self.busy_until_ms = 0.0
@@ -102,18 +163,22 @@ class RayWorkerHandle:
         self._ray = ray
         if not ray.is_initialized():  # the worker manager connects first; this is for direct use
             ensure_ray(self.address)
-        options: dict = {"num_cpus": self.intra_op_threads, "name": None}
-        if self.device.startswith("cuda"):
-            options["num_gpus"] = 1
-        if self.device_resource:
-            options["resources"] = {self.device_resource: 1}
+        wanted = worker_resources(self.device, self.intra_op_threads, self.device_resource)
+        options: dict = {"num_cpus": wanted.pop("CPU"), "num_gpus": wanted.pop("GPU", None), "resources": wanted or None}
+        if self.placement is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=self.placement.group, placement_group_bundle_index=self.placement.bundle_index
+            )
         self._actor = _actor_class().options(**{k: v for k, v in options.items() if v is not None}).remote(self.device, self.intra_op_threads)
         try:
             self.pid = await asyncio.wait_for(self._actor.ready.remote(), timeout_s)
         except TimeoutError:
             ray.kill(self._actor)
             raise WorkerFailedError(
-                f"worker {self.worker_id}: no Ray node offered {options} within {timeout_s:.0f} s; "
+                f"worker {self.worker_id}: no Ray node offered {worker_resources(self.device, self.intra_op_threads, self.device_resource)} "
+                f"within {timeout_s:.0f} s; "
                 "add nodes or resources (`ray status` shows what the cluster has)"
             ) from None
         self.alive = True

@@ -54,6 +54,7 @@ class ServeConfig:
     backend: str = "local"  # "local": worker processes here; "ray": Ray actors (shoal.runtime.ray_backend)
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://host:port" to join one
     ray_device_resource: str | None = None  # custom Ray resource each worker actor requires (its device type)
+    ray_placement_strategy: str = "PACK"  # how the workers' placement group spreads over nodes (PACK, SPREAD, STRICT_*)
     autoscale_slack: float = 1.05
     autoscale_hold_s: float = 30.0
 
@@ -82,10 +83,12 @@ class WorkerManager:
         self._variants: dict[str, "ServedVariant"] = {}
         self._restarts: set[asyncio.Task] = set()
         self._stopping = False
+        self._placement_group = None  # Ray: the workers' reservation, one bundle per worker
+        self._bundle_index = {f"w{index}": index for index in range(config.num_workers)}
 
     def _new_handle(self, worker_id: str) -> WorkerHandle:
         if self.config.backend == "ray":
-            from shoal.runtime.ray_backend import RayWorkerHandle
+            from shoal.runtime.ray_backend import Placement, RayWorkerHandle
 
             return RayWorkerHandle(  # type: ignore[return-value]  # the same interface
                 worker_id,
@@ -93,6 +96,8 @@ class WorkerManager:
                 intra_op_threads=self.config.threads_per_worker,
                 address=self.config.ray_address,
                 device_resource=self.config.ray_device_resource,
+                # a worker, first or replacement, always runs in its own bundle
+                placement=Placement(self._placement_group, self._bundle_index[worker_id]) if self._placement_group is not None else None,
                 on_exit=self._on_worker_exit,
             )
         return WorkerHandle(
@@ -105,11 +110,15 @@ class WorkerManager:
 
     async def start(self) -> None:
         if self.config.backend == "ray":
-            from shoal.runtime.ray_backend import ensure_ray
+            from shoal.runtime.ray_backend import ensure_ray, reserve_workers, worker_resources
 
             # once, on the main thread, before any actor
             ensure_ray(self.config.ray_address, local_cpus=self.config.num_workers * self.config.threads_per_worker)
-        handles = [self._new_handle(f"w{index}") for index in range(self.config.num_workers)]
+            bundle = worker_resources(self.config.device, self.config.threads_per_worker, self.config.ray_device_resource)
+            self._placement_group = await reserve_workers(
+                [bundle] * self.config.num_workers, strategy=self.config.ray_placement_strategy, name=""
+            )
+        handles = [self._new_handle(worker_id) for worker_id in self._bundle_index]
         await asyncio.gather(*(handle.start() for handle in handles))
         for handle in handles:
             self.workers[handle.worker_id] = handle
@@ -121,6 +130,11 @@ class WorkerManager:
         for task in list(self._restarts):
             task.cancel()
         await asyncio.gather(*(worker.stop() for worker in self.workers.values()), return_exceptions=True)
+        if self._placement_group is not None:
+            from shoal.runtime.ray_backend import release_workers
+
+            release_workers(self._placement_group)
+            self._placement_group = None
 
     # -- loading --------------------------------------------------------------------------------
     async def ensure_loaded(self, served: "ServedVariant") -> None:

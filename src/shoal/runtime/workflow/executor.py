@@ -64,6 +64,7 @@ class WorkflowExecutor:
         shared_memory_bytes: int = 16 * 1024 * 1024,
         backend: str = "local",
         ray_address: str | None = None,
+        ray_placement_strategy: str = "PACK",
     ):
         self.deployment = deployment
         self.base_dir = Path(base_dir)
@@ -76,6 +77,7 @@ class WorkflowExecutor:
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         self.backend = backend
         self.ray_address = ray_address
+        self.ray_placement_strategy = ray_placement_strategy
         self.scheduler = Scheduler(self.metrics)
         self.workers: dict[str, WorkerHandle] = {}
         self.profiles: dict[str, Profile] = {}  # queue key -> latency measured at load
@@ -86,6 +88,7 @@ class WorkflowExecutor:
         self._request_ids = itertools.count()
         self._downstream_ms: dict[str, float] = {}
         self._restarts: set[asyncio.Task] = set()
+        self._placement_group = None  # Ray: one bundle per planned worker, reserved together
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -93,10 +96,15 @@ class WorkflowExecutor:
         """Start every worker and load its stages; on any failure stop what started and re-raise."""
         self._handle_class = WorkerHandle
         if self.backend == "ray":  # each planned worker becomes a Ray actor (possibly on another node)
-            from shoal.runtime.ray_backend import RayWorkerHandle, ensure_ray
+            from shoal.runtime.ray_backend import RayWorkerHandle, ensure_ray, reserve_workers, worker_resources
 
             ensure_ray(self.ray_address, local_cpus=len(self.deployment.workers) * self.intra_op_threads)
             self._handle_class = RayWorkerHandle
+            # The plan is a whole: every planned worker gets its bundle, or the deployment does not start.
+            self._placement_group = await reserve_workers(
+                [worker_resources(self.deployment.device_of(worker), self.intra_op_threads) for worker in self.deployment.workers],
+                strategy=self.ray_placement_strategy,
+            )
         for task_name, task in self.deployment.tasks.items():
             for worker in task.load_shares_rps:
                 key = queue_key(task_name, worker)
@@ -115,12 +123,18 @@ class WorkflowExecutor:
         self.started = True
 
     def _new_handle(self, worker: str):
+        options: dict = {}
+        if self._placement_group is not None:  # a worker, first or replacement, runs in its own bundle
+            from shoal.runtime.ray_backend import Placement
+
+            options["placement"] = Placement(self._placement_group, list(self.deployment.workers).index(worker))
         return self._handle_class(
             worker,
             device=self.deployment.device_of(worker),
             intra_op_threads=self.intra_op_threads,
             shared_memory_bytes=self.shared_memory_bytes,
             on_exit=self._on_worker_exit,
+            **options,
         )
 
     def _on_worker_exit(self, handle) -> None:
@@ -176,6 +190,11 @@ class WorkflowExecutor:
             task.cancel()
         await self.scheduler.close()
         await asyncio.gather(*(handle.stop() for handle in self.workers.values()), return_exceptions=True)
+        if self._placement_group is not None:
+            from shoal.runtime.ray_backend import release_workers
+
+            release_workers(self._placement_group)
+            self._placement_group = None
 
     # -- serving --------------------------------------------------------------------------------
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> int:
