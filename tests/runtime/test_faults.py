@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 
+from shoal.experiments.server_process import scrape_metric
+
 from .conftest import start_server, stop_server  # noqa: TID252
 
 BODY_64 = json.dumps(
@@ -114,13 +116,6 @@ def test_graceful_shutdown_answers_in_flight_requests(fixture_repository_path):
     assert server.process.returncode == 0, output
 
 
-def _metric(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def test_a_killed_controller_comes_back_while_requests_are_answered(fixture_repository_path):
     server = start_server(fixture_repository_path, "--fault-injection", "--admin-token", "s3cret", "--control-interval-s", "0.1")
     try:
@@ -129,13 +124,13 @@ def test_a_killed_controller_comes_back_while_requests_are_answered(fixture_repo
         statuses = [send(server.url)[0] for _ in range(5)]
         response = httpx.post(f"{server.url}/v2/faults/controller/kill", headers={"Authorization": "Bearer s3cret"}, timeout=10)
         assert response.status_code == 202 and response.json() == {"killed": "controller", "restarts_before": 0}
-        ticks_after_kill = _metric(server.url, "shoal_controller_ticks_total")
+        ticks_after_kill = scrape_metric(server.url, "shoal_controller_ticks_total")
         statuses += [send(server.url)[0] for _ in range(5)]
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _metric(server.url, "shoal_controller_ticks_total") < ticks_after_kill + 3:
+        while time.monotonic() < deadline and scrape_metric(server.url, "shoal_controller_ticks_total") < ticks_after_kill + 3:
             time.sleep(0.1)
-        assert _metric(server.url, 'shoal_background_restarts_total{task="controller"}') == 1.0
-        assert _metric(server.url, "shoal_controller_ticks_total") >= ticks_after_kill + 3  # ticking again
+        assert scrape_metric(server.url, "shoal_background_restarts_total", task="controller") == 1.0
+        assert scrape_metric(server.url, "shoal_controller_ticks_total") >= ticks_after_kill + 3  # ticking again
         assert statuses == [200] * 10
         assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
     finally:

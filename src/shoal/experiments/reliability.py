@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 
 from shoal.client.loadgen import STATUS_BACKLOG, LoadGenerator, LoadSpec
-from shoal.experiments.server_process import ServerProcess, child_pids, start_server_process
+from shoal.experiments.server_process import ServerProcess, child_pids, scrape_metric, start_server_process
 from shoal.profiler.measure import resident_memory_bytes
 
 __all__ = ["run_reliability"]
@@ -191,14 +191,6 @@ def _fuzz(server: ServerProcess, tally: Tally, *, examples: int) -> int:
     return cases
 
 
-def _metric(url: str, name: str) -> float:
-    """One sample of the server's /metrics (0 when absent)."""
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def _faults(server: ServerProcess, repository: Path, tally: Tally, *, load_s: float) -> dict:
     injected = 0
     # 1. SIGKILL the worker under load: in-flight requests get an error, the worker comes back.
@@ -222,14 +214,14 @@ def _faults(server: ServerProcess, repository: Path, tally: Tally, *, load_s: fl
         while time.monotonic() < deadline and httpx.get(f"{server.url}/v2/models/fixture.rf-64/ready", timeout=5).status_code != 200:
             time.sleep(0.2)
         # 2. Kill the controller (the supervised loop ends as a crash would end it), still under load.
-        ticks_before = _metric(server.url, "shoal_controller_ticks_total")
+        ticks_before = scrape_metric(server.url, "shoal_controller_ticks_total")
         killed = httpx.post(f"{server.url}/v2/faults/controller/kill", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
         injected += killed.status_code == 202
         killed_at = time.monotonic()
         controller_back_s = None
         while time.monotonic() - killed_at < 30:
-            if _metric(server.url, 'shoal_background_restarts_total{task="controller"}') >= 1 and (
-                _metric(server.url, "shoal_controller_ticks_total") > ticks_before + 1
+            if scrape_metric(server.url, "shoal_background_restarts_total", task="controller") >= 1 and (
+                scrape_metric(server.url, "shoal_controller_ticks_total") > ticks_before + 1
             ):
                 controller_back_s = round(time.monotonic() - killed_at, 2)
                 break

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "child_pids", "free_port", "start_server_process", "wait_until_ready"]
+__all__ = ["ServerProcess", "child_pids", "free_port", "scrape_metric", "start_server_process", "wait_until_ready"]
 
 
 def child_pids(parent_pid: int, *, worker_processes_only: bool = False) -> list[int]:
@@ -34,6 +34,18 @@ def child_pids(parent_pid: int, *, worker_processes_only: bool = False) -> list[
             continue
         found.append(int(entry.name))
     return found
+
+
+def scrape_metric(url: str, sample: str, **labels: str) -> float:
+    """One sample of a server's Prometheus /metrics (e.g. `shoal_controller_ticks_total`), the one
+    whose labels include `labels`; 0 when the server has not exported it yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for found in family.samples:
+            if found.name == sample and all(found.labels.get(key) == value for key, value in labels.items()):
+                return float(found.value)
+    return 0.0
 
 
 def free_port() -> int:
