@@ -22,6 +22,8 @@ def test_bad_options_fail_before_any_work(capsys, fixture_repository_path):
     assert "--edge-policy 'greedy'" in capsys.readouterr().err
     assert main(["serve", "--repo", repo, "--backend", "ray", "--ray-placement", "ANYWHERE"]) == 2
     assert "--ray-placement 'ANYWHERE'" in capsys.readouterr().err
+    assert main(["serve", "--repo", repo, "--fault-injection"]) == 2
+    assert "--fault-injection needs --admin-token" in capsys.readouterr().err
 
 
 def test_planner_bench_runs_on_a_familys_measured_profiles(capsys, writable_repository):

@@ -124,8 +124,9 @@ def test_a_workflow_runs_its_stages_as_ray_actors(fixture_repository_path, tmp_p
             # the plan's workers were reserved together, one CPU bundle each, and each actor sits in its bundle
             table = placement_group_table(group)
             assert table["state"] == "CREATED" and len(table["bundles"]) == len(deployment.workers)
-            available = ray.available_resources()
-            assert all(available.get(f"CPU_group_{index}_{group.id.hex()}", 0.0) == 0.0 for index in range(len(deployment.workers)))
+            bundle_cpus = [f"CPU_group_{index}_{group.id.hex()}" for index in range(len(deployment.workers))]
+            assert all(name in ray.cluster_resources() for name in bundle_cpus)
+            assert all(ray.available_resources().get(name, 0.0) == 0.0 for name in bundle_cpus)  # taken by the actors
             answers = [await executor.infer({"camera": images}) for _ in range(30)]
         finally:
             await executor.stop()
@@ -190,21 +191,21 @@ def test_workers_the_cluster_cannot_host_are_refused_as_a_whole():
     import asyncio
 
     import ray
+    from ray.util.placement_group import placement_group_table
 
     from shoal.runtime.errors import WorkerFailedError
-    from shoal.runtime.ray_backend import ensure_ray, reserve_workers, worker_resources
+    from shoal.runtime.ray_backend import ensure_ray, reserve_placement_group, worker_resources
 
     assert worker_resources("cuda:0", 2, "a100") == {"CPU": 2.0, "GPU": 1.0, "a100": 1.0}
     ensure_ray(None, local_cpus=2)
     try:
-        before = ray.available_resources()["CPU"]
-        # one bundle fits, the second asks for a device type no node has: nothing may be reserved
+        # one bundle fits, the second asks for a device type no node has: nothing may stay reserved
         bundles = [worker_resources("cpu", 1), worker_resources("cpu", 1, "tpu-v9")]
         with pytest.raises(WorkerFailedError, match="cannot place 2 workers"):
-            asyncio.run(reserve_workers(bundles, timeout_s=2.0))
-        time.sleep(0.5)
-        assert ray.available_resources()["CPU"] == before
+            asyncio.run(reserve_placement_group(bundles, timeout_s=2.0))
+        tables = placement_group_table().values()
+        assert tables and all(table["state"] == "REMOVED" for table in tables)  # the attempt was withdrawn
         with pytest.raises(ValueError, match="placement strategy"):
-            asyncio.run(reserve_workers(bundles, strategy="ANYWHERE"))
+            asyncio.run(reserve_placement_group(bundles, strategy="ANYWHERE"))
     finally:
         ray.shutdown()

@@ -154,18 +154,47 @@ def test_dispatch_plans_with_the_tail_of_recent_batch_times_admission_with_the_m
     assert queue.tail_batch_latency_ms(2) == pytest.approx(2 * queue.tail_batch_latency_ms(1))
 
 
-def test_the_batcher_does_not_dispatch_a_batch_its_recent_tail_would_make_late():
+def test_the_batcher_sizes_batches_with_the_tail_and_expires_with_the_mean():
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=10.0)  # profile: 10 ms at any batch size
+        queue = scheduler.queues["v"]
+        for _ in range(60):
+            queue.observe_batch(1, 10.0)
+        for index in range(40):  # lately a fifth of the batches took 40 ms
+            queue.observe_batch(1, 40.0 if index % 5 == 4 else 10.0)
+        assert queue.batch_latency_ms(1) < 25.0 < queue.tail_batch_latency_ms(1)
+        now = monotonic_ms()
+        # 25 ms left: a batch of 4 fits the mean, but only a batch the tail allows may run, and no
+        # request is expired for the tail alone
+        futures = [scheduler.submit("v", np.zeros(1, np.float32), now + 25, admit_by_ms=now + 1000) for _ in range(4)]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert worker.batches[0] == 1
+        assert not isinstance(outcomes[0], Exception)
+        await scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_spell_does_not_leave_the_queue_dropping_everything():
     async def scenario():
         scheduler, worker = make_scheduler(batch_ms=10.0)
         queue = scheduler.queues["v"]
-        for index in range(60):
-            queue.observe_batch(1, 40.0 if index % 5 == 4 else 10.0)
-        now = monotonic_ms()
-        # 25 ms left: enough for the 10 ms mean, not for the 40 ms a fifth of batches took
-        future = scheduler.submit("v", np.zeros(1, np.float32), now + 25, admit_by_ms=now + 1000)
-        with pytest.raises(DeadlineExceededError):
-            await future
-        assert worker.batches == []
+        for _ in range(8):
+            queue.observe_batch(1, 40.0)  # a slow spell: the tail is now 4x the profile
+        for _ in range(20):
+            queue.observe_batch(1, 10.0)  # and over: the mean is back near 1x
+        assert queue.tail_batch_latency_ms(1) == pytest.approx(40.0)
+        answered = 0
+        for _ in range(60):  # 30 ms deadlines: fit the mean, not the stale tail
+            future = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 30)
+            try:
+                await future
+                answered += 1
+            except DeadlineExceededError:
+                pass
+        # batches ran, so the tail learnt that the spell is over
+        assert answered >= 50 and len(worker.batches) >= 50
+        assert queue.tail_batch_latency_ms(1) < 20.0
         await scheduler.close()
 
     asyncio.run(scenario())

@@ -66,8 +66,12 @@ def serve(
 
     if backend not in ("local", "ray"):
         raise InvalidInputError(f"--backend {backend!r}: use 'local' or 'ray'")
-    if ray_placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-        raise InvalidInputError(f"--ray-placement {ray_placement!r}: use PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+    from shoal.runtime.ray_backend import PLACEMENT_STRATEGIES
+
+    if ray_placement not in PLACEMENT_STRATEGIES:
+        raise InvalidInputError(f"--ray-placement {ray_placement!r}: use one of {', '.join(PLACEMENT_STRATEGIES)}")
+    if fault_injection and not (admin_token or os.environ.get("SHOAL_ADMIN_TOKEN")):
+        raise InvalidInputError("--fault-injection needs --admin-token: the kill route must not be open to anyone")
     if backend == "ray":
         try:
             import ray  # noqa: F401

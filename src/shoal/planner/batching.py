@@ -31,6 +31,7 @@ def decide_batch(
     max_batch_size: int,
     *,
     max_queue_delay_ms: float = 0.0,
+    expiry_latency_ms: Callable[[int], float] | None = None,
 ) -> BatchDecision:
     """Pick the largest batch whose predicted finish meets the earliest deadline in it.
 
@@ -38,11 +39,16 @@ def decide_batch(
     from the head, its earliest deadline is its first one, so one check covers the whole batch.
     With `max_queue_delay_ms` > 0 a partial batch may wait for more arrivals, but only as long
     as the earliest deadline still allows running a full batch afterwards.
+
+    `expiry_latency_ms` (default: `batch_latency_ms`) decides which requests are past saving.
+    The runtime sizes batches with a pessimistic (tail) latency but expires with the expected
+    one: expiring with the tail would drop everything after a slow spell, no batch would run,
+    and the tail, learnt only from batches that run, would never come down.
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     num_expired = 0
-    single_ms = batch_latency_ms(1)
+    single_ms = (expiry_latency_ms or batch_latency_ms)(1)
     while num_expired < len(deadlines_ms) and now_ms + single_ms > deadlines_ms[num_expired]:
         num_expired += 1
     remaining = len(deadlines_ms) - num_expired

@@ -28,7 +28,8 @@ def fault_route(supervisor: Supervisor, admin_token: str | None) -> Route:
             if name not in supervisor.names():
                 raise NotFoundError(f"no background loop {name!r}; use one of {', '.join(supervisor.names())}")
             before = supervisor.restart_count(name)
-            supervisor.kill(name)
+            if not supervisor.kill(name):
+                return JSONResponse({"error": f"{name!r} is not running (it is waiting to be restarted); try again"}, status_code=409)
             return JSONResponse({"killed": name, "restarts_before": before}, status_code=202)
         except ServingError as error:
             return error_response(error)

@@ -22,6 +22,9 @@ class ServingMetrics:
         self.loaded = Gauge("shoal_variant_loaded", "1 when the variant is loaded on at least one worker", ["variant"], registry=self.registry)
         self.loop_lag = Gauge("shoal_event_loop_lag_seconds", "Smoothed lateness of the frontend event loop", registry=self.registry)
         self.slowdown = Gauge("shoal_batch_slowdown", "Measured batch time over profiled batch time (smoothed)", ["variant"], registry=self.registry)
+        self.tail_slowdown = Gauge(
+            "shoal_batch_slowdown_p90", "90th percentile of measured over profiled batch time, last 64 batches (sizes batches)", ["variant"], registry=self.registry
+        )
         self.worker_busy_seconds = Counter(
             "shoal_worker_busy_seconds", "Wall time each worker spent running batches (its utilisation over a window)", ["worker"], registry=self.registry
         )

@@ -9,7 +9,7 @@ plan's "replicas on accelerator type X" becomes a placement on the nodes that ha
 
 Placement: a set of workers that only makes sense together (the `--workers N` of a server, the
 workers of a workflow plan) is reserved as one Ray placement group, one bundle per worker, so
-that it starts in full or not at all (`reserve_workers`; strategy PACK by default, SPREAD to put
+that it starts in full or not at all (`reserve_placement_group`; strategy PACK by default, SPREAD to put
 workers on different nodes). Each actor runs in its own bundle, and a replacement for a dead
 actor goes back into the same bundle.
 
@@ -30,7 +30,10 @@ import numpy as np
 
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 
-__all__ = ["Placement", "RayWorkerHandle", "ensure_ray", "release_workers", "reserve_workers", "worker_resources"]
+__all__ = [
+    "PLACEMENT_STRATEGIES", "Placement", "RayWorkerHandle", "ensure_ray", "placements", "release_placement_group",
+    "reserve_placement_group", "worker_resources",
+]
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -70,16 +73,16 @@ class Placement:
     bundle_index: int
 
 
-async def reserve_workers(bundles: Sequence[dict[str, float]], *, strategy: str = "PACK", name: str = "",
-                          timeout_s: float = 120.0) -> Any:
+async def reserve_placement_group(bundles: Sequence[dict[str, float]], *, strategy: str = "PACK", timeout_s: float = 120.0) -> Any:
     """Reserve one bundle per worker, all or nothing; a clear error naming what is missing when the
-    cluster cannot host them within `timeout_s` (the reservation is withdrawn then)."""
+    cluster cannot host them within `timeout_s`. On any failure (a cancelled start included) the
+    reservation is withdrawn."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     if strategy not in PLACEMENT_STRATEGIES:
         raise ValueError(f"placement strategy {strategy!r} is unknown: use one of {', '.join(PLACEMENT_STRATEGIES)}")
-    group = placement_group([dict(bundle) for bundle in bundles], strategy=strategy, name=name)
+    group = placement_group([dict(bundle) for bundle in bundles], strategy=strategy)
     try:
         await asyncio.wait_for(group.ready(), timeout_s)
     except TimeoutError:
@@ -88,17 +91,25 @@ async def reserve_workers(bundles: Sequence[dict[str, float]], *, strategy: str 
             f"the Ray cluster cannot place {len(bundles)} workers {list(bundles)} with strategy {strategy} within "
             f"{timeout_s:.0f} s (available: {ray.available_resources()}); add nodes or resources, or lower --workers"
         ) from None
+    except BaseException:
+        remove_placement_group(group)
+        raise
     return group
 
 
-def release_workers(group: Any) -> None:
-    """Give a placement group's resources back (its actors must be stopped first)."""
+def release_placement_group(group: Any) -> None:
+    """Give a placement group's resources back (stop its actors first)."""
     from ray.util.placement_group import remove_placement_group
 
     try:
         remove_placement_group(group)
     except Exception:  # already removed, or Ray is shutting down
         logger.debug("placement group already gone", exc_info=True)
+
+
+def placements(group: Any, count: int) -> list[Placement]:
+    """Bundle i of `group` for the i-th of `count` workers."""
+    return [Placement(group, index) for index in range(count)]
 
 
 def _actor_class():

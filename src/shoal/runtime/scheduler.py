@@ -78,9 +78,10 @@ class VariantQueue:
         return self.profile_latency_ms(batch_size) * self.slowdown
 
     def tail_batch_latency_ms(self, batch_size: int) -> float:
-        """A batch time that recent batches rarely exceeded: what a dispatch must fit before the
-        earliest deadline. Planning with the mean makes about half of the batches dispatched at
-        the last moment late, and under overload most batches are dispatched at the last moment."""
+        """A batch time that recent batches rarely exceeded: what a batch must fit before its
+        earliest deadline. Sizing with the mean makes about half of the batches dispatched at the
+        last moment late, and under overload most batches are dispatched at the last moment.
+        (Expiry stays with the mean, see `decide_batch`.)"""
         return self.profile_latency_ms(batch_size) * max(self.slowdown, self.tail_slowdown)
 
     def observe_batch(self, batch_size: int, wall_ms: float) -> None:
@@ -187,7 +188,7 @@ class Scheduler:
             # As at admission: the answer reaches the client only when the event loop gets to it.
             decision = decide_batch(
                 [item.deadline_ms for item in window], now + self.loop_lag_ms, queue.tail_batch_latency_ms, queue.max_batch_size,
-                max_queue_delay_ms=self.max_queue_delay_ms,
+                max_queue_delay_ms=self.max_queue_delay_ms, expiry_latency_ms=queue.batch_latency_ms,
             )
             for item in queue.take(decision.num_expired):
                 _fail(item.future, DeadlineExceededError(f"dropped: deadline cannot be met ({queue.key} was {now - item.arrival_ms:.1f} ms in queue)"))
@@ -210,6 +211,7 @@ class Scheduler:
             queue.observe_batch(len(batch), monotonic_ms() - started_ms)
             self.metrics.worker_busy_seconds.labels(worker.worker_id).inc(max(0.0, monotonic_ms() - started_ms) / 1000.0)
             self.metrics.slowdown.labels(queue.key).set(queue.slowdown)
+            self.metrics.tail_slowdown.labels(queue.key).set(queue.tail_slowdown)
         except asyncio.CancelledError:
             for item in batch:
                 _fail(item.future, WorkerFailedError("server stopped while this request was running"))

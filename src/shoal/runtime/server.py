@@ -21,6 +21,9 @@ __all__ = ["run_server", "serve_forever"]
 
 logger = logging.getLogger(__name__)
 
+STALL_AFTER_S = 600.0
+"""A background loop silent this long is hung: the supervisor cancels and restarts it."""
+
 
 async def serve_forever(
     config: ServeConfig,
@@ -63,10 +66,11 @@ async def serve_forever(
         raise
     supervisor = Supervisor(service.metrics.registry)
     controller = Controller(service, interval_s=control_interval_s, idle_unload_after_s=idle_unload_after_s)
-    # A tick may wait for a model load (seconds to minutes): only a much longer silence is a hang.
-    supervisor.add("controller", controller.run, stall_after_s=max(120.0, 20 * control_interval_s))
+    # Both loops may wait for a model load (seconds to minutes) inside one iteration: only a much
+    # longer silence is a hang (cancelling a slow load half-way would do more harm than waiting).
+    supervisor.add("controller", controller.run, stall_after_s=STALL_AFTER_S)
     edge = EdgeSessionManager(service, policy=edge_policy, interval_s=edge_interval_s)
-    supervisor.add("edge", edge.run, stall_after_s=max(60.0, 20 * edge_interval_s))
+    supervisor.add("edge", edge.run, stall_after_s=STALL_AFTER_S)
     extra_routes = [edge_route(edge)]
     if fault_injection:
         extra_routes.append(fault_route(supervisor, admin_token))

@@ -5,9 +5,10 @@ catch their own errors, but a loop can still end (a bug that escapes, a cancella
 not the server's, a `BaseException`) or hang inside one tick (an await that never returns).
 Either way the server would go on answering requests with nobody adjusting the cache,
 the replicas or the edge plans, and nothing would say so. A `Supervisor` runs each loop as
-a task, restarts it with a fresh object after a crash (exponential back-off, reset once it
-has run a while), cancels and restarts it when its heartbeat goes stale, and counts every
-restart in `shoal_background_restarts_total{task}`.
+a task, runs it again after a crash (the same object: its state, such as the autoscaler's
+hold timers, survives; exponential back-off over consecutive quick failures), cancels and
+restarts it when its heartbeat goes stale, and counts every restart in
+`shoal_background_restarts_total{task}`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class _Loop:
     task: asyncio.Task | None = None
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
     restarts: int = 0
+    quick_failures: int = 0  # failures in a row, each after less than STABLE_AFTER_S of running
     started_s: float = 0.0
 
 
@@ -52,7 +54,9 @@ class Supervisor:
     BACKOFF_START_S = 0.1
     BACKOFF_MAX_S = 5.0
     STABLE_AFTER_S = 30.0
-    """A loop that ran this long before dying restarts without waiting: its back-off resets."""
+    """A loop that ran this long before dying restarts at once, and its back-off starts over."""
+    CANCEL_WAIT_S = 5.0
+    """How long a stalled loop may take to honour its cancellation before it is abandoned."""
 
     def __init__(self, registry: CollectorRegistry, *, check_interval_s: float = 0.2) -> None:
         self.check_interval_s = check_interval_s
@@ -78,11 +82,14 @@ class Supervisor:
     def restart_count(self, name: str) -> int:
         return self._loops[name].restarts
 
-    def kill(self, name: str) -> None:
-        """Cancel the loop as a crash would end it; the supervisor notices and restarts it."""
+    def kill(self, name: str) -> bool:
+        """Cancel the loop as a crash would end it; the supervisor notices and restarts it.
+        False when it is not running (waiting out its back-off)."""
         task = self._loops[name].task
-        if task is not None:
-            task.cancel()
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
 
     async def stop(self) -> None:
         self._stopping = True
@@ -100,9 +107,12 @@ class Supervisor:
         loop.task = asyncio.create_task(loop.start(loop.heartbeat), name=loop.name)
 
     def _backoff_s(self, loop: _Loop) -> float:
+        """0 after a run that lasted STABLE_AFTER_S, else 0.1 s doubling per quick failure in a row."""
         if time.monotonic() - loop.started_s >= self.STABLE_AFTER_S:
+            loop.quick_failures = 0
             return 0.0
-        return min(self.BACKOFF_MAX_S, self.BACKOFF_START_S * 2 ** max(0, loop.restarts - 1))
+        loop.quick_failures += 1
+        return min(self.BACKOFF_MAX_S, self.BACKOFF_START_S * 2 ** (loop.quick_failures - 1))
 
     async def _watch_loops(self) -> None:
         waiting: dict[str, float] = {}  # loop -> when it may start again
@@ -123,7 +133,8 @@ class Supervisor:
                 elif now - loop.heartbeat.last_beat_s > loop.stall_after_s:
                     reason = f"no heartbeat for {now - loop.heartbeat.last_beat_s:.1f} s"
                     task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+                    # a loop that swallows its cancellation must not hold up the others
+                    await asyncio.wait({task}, timeout=self.CANCEL_WAIT_S)
                 else:
                     continue
                 loop.restarts += 1

@@ -83,12 +83,13 @@ class WorkerManager:
         self._variants: dict[str, "ServedVariant"] = {}
         self._restarts: set[asyncio.Task] = set()
         self._stopping = False
+        self._worker_ids = [f"w{index}" for index in range(config.num_workers)]
         self._placement_group = None  # Ray: the workers' reservation, one bundle per worker
-        self._bundle_index = {f"w{index}": index for index in range(config.num_workers)}
+        self._placements: dict = {}  # worker id -> its Placement (Ray only)
 
     def _new_handle(self, worker_id: str) -> WorkerHandle:
         if self.config.backend == "ray":
-            from shoal.runtime.ray_backend import Placement, RayWorkerHandle
+            from shoal.runtime.ray_backend import RayWorkerHandle
 
             return RayWorkerHandle(  # type: ignore[return-value]  # the same interface
                 worker_id,
@@ -96,8 +97,7 @@ class WorkerManager:
                 intra_op_threads=self.config.threads_per_worker,
                 address=self.config.ray_address,
                 device_resource=self.config.ray_device_resource,
-                # a worker, first or replacement, always runs in its own bundle
-                placement=Placement(self._placement_group, self._bundle_index[worker_id]) if self._placement_group is not None else None,
+                placement=self._placements.get(worker_id),  # a worker, first or replacement, runs in its own bundle
                 on_exit=self._on_worker_exit,
             )
         return WorkerHandle(
@@ -110,31 +110,41 @@ class WorkerManager:
 
     async def start(self) -> None:
         if self.config.backend == "ray":
-            from shoal.runtime.ray_backend import ensure_ray, reserve_workers, worker_resources
+            from shoal.runtime.ray_backend import ensure_ray, placements, reserve_placement_group, worker_resources
 
             # once, on the main thread, before any actor
             ensure_ray(self.config.ray_address, local_cpus=self.config.num_workers * self.config.threads_per_worker)
             bundle = worker_resources(self.config.device, self.config.threads_per_worker, self.config.ray_device_resource)
-            self._placement_group = await reserve_workers(
-                [bundle] * self.config.num_workers, strategy=self.config.ray_placement_strategy, name=""
+            self._placement_group = await reserve_placement_group(
+                [bundle] * self.config.num_workers, strategy=self.config.ray_placement_strategy
             )
-        handles = [self._new_handle(worker_id) for worker_id in self._bundle_index]
-        await asyncio.gather(*(handle.start() for handle in handles))
+            self._placements = dict(zip(self._worker_ids, placements(self._placement_group, self.config.num_workers)))
+        handles = [self._new_handle(worker_id) for worker_id in self._worker_ids]
+        try:
+            await asyncio.gather(*(handle.start() for handle in handles))
+        except BaseException:  # stop what started and give the reservation back
+            self._stopping = True
+            await asyncio.gather(*(handle.stop() for handle in handles), return_exceptions=True)
+            self._release_placement_group()
+            raise
         for handle in handles:
             self.workers[handle.worker_id] = handle
             self._cache[handle.worker_id] = OrderedDict()
             self.scheduler.attach_worker(handle)
+
+    def _release_placement_group(self) -> None:
+        if self._placement_group is not None:
+            from shoal.runtime.ray_backend import release_placement_group
+
+            release_placement_group(self._placement_group)
+            self._placement_group = None
 
     async def stop(self) -> None:
         self._stopping = True
         for task in list(self._restarts):
             task.cancel()
         await asyncio.gather(*(worker.stop() for worker in self.workers.values()), return_exceptions=True)
-        if self._placement_group is not None:
-            from shoal.runtime.ray_backend import release_workers
-
-            release_workers(self._placement_group)
-            self._placement_group = None
+        self._release_placement_group()
 
     # -- loading --------------------------------------------------------------------------------
     async def ensure_loaded(self, served: "ServedVariant") -> None:

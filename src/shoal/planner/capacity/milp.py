@@ -124,7 +124,9 @@ def _lexicographic(problem: _Problem, levels: list[set[str]], time_limit_s: floa
         worst = status if status != "optimal" else worst
         served = round(-result.fun)
         if served == len(level & set(problem.server_names)):
-            # every server of the level is served: one row per server binds tighter than their sum
+            # Every server of the level is served. One "served" row per server instead of their sum:
+            # the same LP relaxation (each server's row is already <= 1), but HiGHS's presolve
+            # fixes and removes far more with it (headline pool 1.23 -> 0.83 s).
             rows = problem.membership[[problem.server_names.index(name) for name in sorted(level) if name in problem.server_names]]
             extra.append(LinearConstraint(rows, 1, 1))
         else:

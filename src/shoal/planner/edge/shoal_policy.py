@@ -63,10 +63,10 @@ class ShoalOptions:
     kicks_per_pair: int = 4
     """Best pair plans tried as kicks (followed by single moves) when no move improves."""
     pair_max_workers: int = 8
-    """Pair moves, kicks and the second start only up to this many workers."""
+    """Pair moves, kicks, the second start and the exact single-move packing only up to this many workers."""
     exact_single_cells: int = 2_000_000
     """Single moves pack exactly (knapsack DP) while configurations x capacity units x clients stay below this."""
-    exact_pairs: int = 256
+    max_exact_pairs: int = 256
     """Configuration pairs per pair move packed exactly (two-knapsack DP), best upper bound first."""
 
 
@@ -285,7 +285,7 @@ class _Search:
         bound (fractional knapsack of the better worker's gain per client into both capacities),
         so the DP runs only where it can still win. Returns (value, i, j, (mask_1, mask_2)) or None.
         """
-        if self.unit is None or self.options.exact_pairs <= 0:
+        if self.unit is None or self.options.max_exact_pairs <= 0:
             return None
         _, (rows_1, rows_2), _, relevant = plans
         gains_1 = self._gains(first, (first, second))[:, relevant]
@@ -295,9 +295,9 @@ class _Search:
         bound = _pair_bound(gains_1[rows_1], gains_2[rows_2], fps, capacity_1, capacity_2)
         units = self.units[relevant]
         best = None
-        for flat in np.argsort(-bound, axis=None, kind="stable")[: self.options.exact_pairs].tolist():
+        for flat in np.argsort(-bound, axis=None, kind="stable")[: self.options.max_exact_pairs].tolist():
             i, j = np.unravel_index(flat, bound.shape)
-            if bound[i, j] <= lower + self.tolerance:
+            if bound[i, j] <= lower + self.tolerance or self.work >= self.options.work_budget:
                 break
             values_1 = np.where(gains_1[rows_1[i]] > 0, gains_1[rows_1[i]], -np.inf)
             values_2 = np.where(gains_2[rows_2[j]] > 0, gains_2[rows_2[j]], -np.inf)
@@ -313,7 +313,8 @@ class _Search:
         num_w = len(self.config)
         improved = False
         for first in range(num_w):
-            for second in range(num_w):
+            # the greedy fill favours the first worker, so both orders count; exact packing is symmetric
+            for second in range(first + 1 if exact else 0, num_w):
                 if first == second or self.work >= self.options.work_budget:
                     continue
                 improved |= self._pair_move(first, second, exact)

@@ -223,7 +223,9 @@ class EdgeSessionManager:
         instance = build_edge_instance(
             variants, workers, [s.live() for s in sessions], server_overhead_ms=overhead_ms, plan_interval_ms=self.interval_s * 1000.0
         )
-        plan = plan_edge(instance, self.policy)  # type: ignore[arg-type]
+        # Pure and CPU-bound (tens to hundreds of ms for many clients): off the event loop, so
+        # that requests keep flowing while it plans on a snapshot.
+        plan = await asyncio.to_thread(plan_edge, instance, self.policy)  # type: ignore[arg-type]
         state.planned_mbps = {s.name: s.bandwidth_mbps for s in sessions}
         state.worker_variants = {name: decision.variant for name, decision in plan.workers.items()}
         for key in {decision.variant for decision in plan.workers.values() if decision.variant}:

@@ -89,6 +89,7 @@ class WorkflowExecutor:
         self._downstream_ms: dict[str, float] = {}
         self._restarts: set[asyncio.Task] = set()
         self._placement_group = None  # Ray: one bundle per planned worker, reserved together
+        self._placements: dict = {}  # worker name -> its Placement (Ray only)
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -96,20 +97,25 @@ class WorkflowExecutor:
         """Start every worker and load its stages; on any failure stop what started and re-raise."""
         self._handle_class = WorkerHandle
         if self.backend == "ray":  # each planned worker becomes a Ray actor (possibly on another node)
-            from shoal.runtime.ray_backend import RayWorkerHandle, ensure_ray, reserve_workers, worker_resources
+            from shoal.runtime.ray_backend import RayWorkerHandle, ensure_ray
 
             ensure_ray(self.ray_address, local_cpus=len(self.deployment.workers) * self.intra_op_threads)
             self._handle_class = RayWorkerHandle
-            # The plan is a whole: every planned worker gets its bundle, or the deployment does not start.
-            self._placement_group = await reserve_workers(
-                [worker_resources(self.deployment.device_of(worker), self.intra_op_threads) for worker in self.deployment.workers],
-                strategy=self.ray_placement_strategy,
-            )
         for task_name, task in self.deployment.tasks.items():
             for worker in task.load_shares_rps:
                 key = queue_key(task_name, worker)
                 self.scheduler.add_queue(VariantQueue(key, self._latency_fn(key), self.max_batch_size, self.queue_capacity))
         try:
+            if self.backend == "ray":
+                # The plan is a whole: every planned worker gets its bundle, or the deployment does not start.
+                from shoal.runtime.ray_backend import placements, reserve_placement_group, worker_resources
+
+                workers = list(self.deployment.workers)
+                self._placement_group = await reserve_placement_group(
+                    [worker_resources(self.deployment.device_of(worker), self.intra_op_threads) for worker in workers],
+                    strategy=self.ray_placement_strategy,
+                )
+                self._placements = dict(zip(workers, placements(self._placement_group, len(workers))))
             for worker in self.deployment.workers:
                 self.workers[worker] = self._new_handle(worker)
             await asyncio.gather(*(handle.start() for handle in self.workers.values()))
@@ -124,10 +130,8 @@ class WorkflowExecutor:
 
     def _new_handle(self, worker: str):
         options: dict = {}
-        if self._placement_group is not None:  # a worker, first or replacement, runs in its own bundle
-            from shoal.runtime.ray_backend import Placement
-
-            options["placement"] = Placement(self._placement_group, list(self.deployment.workers).index(worker))
+        if worker in self._placements:  # Ray: a worker, first or replacement, runs in its own bundle
+            options["placement"] = self._placements[worker]
         return self._handle_class(
             worker,
             device=self.deployment.device_of(worker),
@@ -191,9 +195,9 @@ class WorkflowExecutor:
         await self.scheduler.close()
         await asyncio.gather(*(handle.stop() for handle in self.workers.values()), return_exceptions=True)
         if self._placement_group is not None:
-            from shoal.runtime.ray_backend import release_workers
+            from shoal.runtime.ray_backend import release_placement_group
 
-            release_workers(self._placement_group)
+            release_placement_group(self._placement_group)
             self._placement_group = None
 
     # -- serving --------------------------------------------------------------------------------
