@@ -8,6 +8,7 @@ Nothing here is ever unpickled.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +59,13 @@ class DecodedRequest:
 def _shape(value: Any, tensor: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in value):
         raise BadRequestError(f"input {tensor!r}: 'shape' must be a list of non-negative integers")
-    elements = int(np.prod(value)) if value else 1
-    if elements > MAX_TENSOR_ELEMENTS:
-        raise PayloadTooLargeError(f"input {tensor!r}: {elements} elements exceed the limit of {MAX_TENSOR_ELEMENTS}")
+    # math.prod: exact (numpy's product of large dimensions wraps around int64). Every dimension
+    # is bounded too: a zero elsewhere makes the product 0, but numpy cannot take such a shape.
+    elements = math.prod(value)
+    if elements > MAX_TENSOR_ELEMENTS or any(dim > MAX_TENSOR_ELEMENTS for dim in value):
+        raise PayloadTooLargeError(
+            f"input {tensor!r}: shape {value} exceeds the limit of {MAX_TENSOR_ELEMENTS} elements (in all and per dimension)"
+        )
     return tuple(value)
 
 
@@ -79,7 +84,7 @@ def tensor_from_json(spec: dict[str, Any], binary: memoryview | None = None) -> 
         raise BadRequestError("every input needs a non-empty string 'name'")
     shape = _shape(spec.get("shape"), name)
     dtype = _datatype(spec.get("datatype"), name)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if binary is not None:
         if len(binary) != count * dtype.itemsize:
             raise BadRequestError(
