@@ -95,9 +95,10 @@ def tensor_from_json(spec: dict[str, Any], binary: memoryview | None = None) -> 
     if data is None:
         raise BadRequestError(f"input {name!r}: needs 'data' or parameters.binary_data_size")
     try:
-        array = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError):
-        raise BadRequestError(f"input {name!r}: 'data' does not hold {spec['datatype']} values") from None
+        with np.errstate(over="raise", invalid="raise"):  # 1e300 as FP32 is a client error, not inf
+            array = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError, FloatingPointError):
+        raise BadRequestError(f"input {name!r}: 'data' does not hold {spec['datatype']} values (or one is out of its range)") from None
     if array.size != count:
         raise BadRequestError(f"input {name!r}: 'data' has {array.size} values but shape {list(shape)} needs {count}")
     return array.reshape(shape)
