@@ -229,7 +229,8 @@ class _Search:
         return np.asarray((first + rest)[: self.options.pair_configs], dtype=int)
 
     def _pair_plans(self, first: int, second: int):
-        """Every candidate configuration pair of two workers, scored: (total, rows, masks, clients)."""
+        """Every candidate configuration pair of two workers, scored: (total, rows, masks, clients,
+        gains), the gains being each worker's per configuration and client (relevant clients only)."""
         pair = (first, second)
         gains_1, gains_2 = self._gains(first, pair), self._gains(second, pair)
         relevant = np.flatnonzero((gains_1 > 0).any(axis=0) | (gains_2 > 0).any(axis=0))
@@ -250,11 +251,11 @@ class _Search:
         take_2, value_2 = _fill(
             np.where(left > 0, left / fps + tie, -np.inf), left, fps, self.capacity(second)[rows_2][None, :]
         )
-        return value_1 + value_2, (rows_1, rows_2), (take_1, take_2), relevant
+        return value_1 + value_2, (rows_1, rows_2), (take_1, take_2), relevant, (gains_1, gains_2)
 
     def _apply_pair(self, first: int, second: int, plans, i: int, j: int, masks=None) -> None:
         """Apply configuration pair (i, j) of `plans`, with its greedy fill or the given client masks."""
-        _, (rows_1, rows_2), (take_1, take_2), relevant = plans
+        _, (rows_1, rows_2), (take_1, take_2), relevant, _ = plans
         mask_1, mask_2 = masks if masks is not None else (take_1[i, j], take_2[i, j])
         pair = (first, second)
         self.value[np.isin(self.assign, pair)] = 0.0
@@ -287,9 +288,7 @@ class _Search:
         """
         if self.unit is None or self.options.max_exact_pairs <= 0:
             return None
-        _, (rows_1, rows_2), _, relevant = plans
-        gains_1 = self._gains(first, (first, second))[:, relevant]
-        gains_2 = self._gains(second, (first, second))[:, relevant]
+        _, (rows_1, rows_2), _, relevant, (gains_1, gains_2) = plans
         fps = self.fps[relevant]
         capacity_1, capacity_2 = self.capacity(first)[rows_1], self.capacity(second)[rows_2]
         bound = _pair_bound(gains_1[rows_1], gains_2[rows_2], fps, capacity_1, capacity_2)
