@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from shoal.runtime.errors import NotFoundError, ServingError
-from shoal.runtime.http_frontend import check_admin_token, error_response
+from shoal.runtime.errors import NotFoundError
+from shoal.runtime.http_frontend import check_admin_token, guarded
 from shoal.runtime.supervisor import Supervisor
 
 __all__ = ["fault_route"]
@@ -22,16 +22,13 @@ __all__ = ["fault_route"]
 
 def fault_route(supervisor: Supervisor, admin_token: str | None) -> Route:
     async def kill(request: Request) -> JSONResponse:
-        try:
-            check_admin_token(request, admin_token)
-            name = request.path_params["loop"]
-            if name not in supervisor.names():
-                raise NotFoundError(f"no background loop {name!r}; use one of {', '.join(supervisor.names())}")
-            before = supervisor.restart_count(name)
-            if not supervisor.kill(name):
-                return JSONResponse({"error": f"{name!r} is not running (it is waiting to be restarted); try again"}, status_code=409)
-            return JSONResponse({"killed": name, "restarts_before": before}, status_code=202)
-        except ServingError as error:
-            return error_response(error)
+        check_admin_token(request, admin_token)
+        name = request.path_params["loop"]
+        if name not in supervisor.names():
+            raise NotFoundError(f"no background loop {name!r}; use one of {', '.join(supervisor.names())}")
+        before = supervisor.restart_count(name)
+        if not supervisor.kill(name):
+            return JSONResponse({"error": f"{name!r} is not running (it is waiting to be restarted); try again"}, status_code=409)
+        return JSONResponse({"killed": name, "restarts_before": before}, status_code=202)
 
-    return Route("/v2/faults/{loop}/kill", kill, methods=["POST"])
+    return Route("/v2/faults/{loop}/kill", guarded(kill), methods=["POST"])

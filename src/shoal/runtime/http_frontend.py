@@ -32,7 +32,7 @@ from shoal.runtime.service import InferenceService, requirements
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor
 
-__all__ = ["build_http_app", "check_admin_token", "error_response"]
+__all__ = ["build_http_app", "check_admin_token", "error_response", "guarded"]
 
 logger = logging.getLogger(__name__)
 HEADER_LENGTH = "inference-header-content-length"
@@ -57,6 +57,22 @@ def error_response(error: ServingError) -> JSONResponse:
     return JSONResponse(body, status_code=error.http_status, headers=headers)
 
 
+def guarded(handler):
+    """Wrap a route handler: a ServingError becomes its status and message, anything else a
+    logged, generic 500."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ServingError as error:
+            return error_response(error)
+        except Exception:
+            logger.exception("unexpected error on %s", request.url.path)
+            return JSONResponse({"error": "internal server error"}, status_code=500)
+
+    return endpoint
+
+
 def build_http_app(
     service: InferenceService,
     *,
@@ -66,18 +82,6 @@ def build_http_app(
     workflows: Mapping[str, "WorkflowExecutor"] | None = None,
 ) -> Starlette:
     workflows = dict(workflows or {})
-
-    def guarded(handler):
-        async def endpoint(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ServingError as error:
-                return error_response(error)
-            except Exception:
-                logger.exception("unexpected error on %s", request.url.path)
-                return JSONResponse({"error": "internal server error"}, status_code=500)
-
-        return endpoint
 
     def require_token(request: Request) -> None:
         check_admin_token(request, admin_token)
