@@ -209,3 +209,47 @@ def test_workers_the_cluster_cannot_host_are_refused_as_a_whole():
             asyncio.run(reserve_placement_group(bundles, strategy="ANYWHERE"))
     finally:
         ray.shutdown()
+
+
+def test_an_actor_on_this_node_takes_batches_through_shared_memory(fixture_repository_path):
+    import asyncio
+
+    import ray
+
+    from shoal.runtime.errors import WorkerFailedError
+    from shoal.runtime.ray_backend import RayWorkerHandle, ensure_ray
+
+    repository = ModelRepository(fixture_repository_path)
+    path = repository.model_path("fixture", "rf-64")
+    items = list(np.random.default_rng(7).random((5, 3, 64, 64), dtype=np.float32))
+    expected = create_session(path, Device.parse("cpu"), intra_op_threads=1).run(None, {"images": np.stack(items)})[0]
+
+    async def run(shared_memory_bytes: int):
+        handle = RayWorkerHandle("w0", shared_memory_bytes=shared_memory_bytes)
+        await handle.start()
+        block_file = Path("/dev/shm") / handle.block.name.lstrip("/") if handle.block else None
+        try:
+            await handle.load("rf-64", str(path), "images", "logits", (3, 64, 64))
+            outputs, compute_ms = await handle.run("rf-64", items)
+            present_while_alive = block_file.exists() if block_file else None
+            os.kill(handle.pid, signal.SIGKILL)  # the actor dies with the block attached
+            with pytest.raises(WorkerFailedError):
+                for _ in range(50):  # until Ray notices the death
+                    await handle.run("rf-64", items)
+                    await asyncio.sleep(0.1)
+            return outputs, compute_ms, present_while_alive, block_file, handle.block
+        finally:
+            await handle.stop()
+
+    ensure_ray(None, local_cpus=2)
+    try:
+        shared, compute_ms, present_while_alive, block_file, block_after = asyncio.run(run(1 << 20))
+        assert block_file is not None and present_while_alive  # the same-node actor used a block ...
+        assert not block_file.exists() and block_after is None  # ... which the dead actor's owner removed
+        np.testing.assert_allclose(shared, expected, rtol=1e-5, atol=1e-5)
+        assert compute_ms > 0
+        through_object_store, _, _, no_block, _ = asyncio.run(run(0))  # shared memory switched off
+        assert no_block is None
+        np.testing.assert_allclose(through_object_store, expected, rtol=1e-5, atol=1e-5)
+    finally:
+        ray.shutdown()

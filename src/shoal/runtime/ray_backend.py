@@ -13,7 +13,12 @@ that it starts in full or not at all (`reserve_placement_group`; strategy PACK b
 workers on different nodes). Each actor runs in its own bundle, and a replacement for a dead
 actor goes back into the same bundle.
 
-Tensors travel through Ray's object store (numpy arrays are zero-copy there). An actor that dies
+Tensors: an actor on the driver's own node gets a shared-memory `BatchBlock` like a local worker
+process, and the actor call carries only the variant and the batch size. Passing a 3 MB batch
+through Ray's object store instead costs about 4.4 ms more CPU per batch on this machine (the
+raylet creates, seals and frees an object for every batch), which a CPU-bound node pays in
+throughput. An actor on another node, or one that cannot attach the block, gets its batches
+through the object store (numpy arrays are zero-copy there). An actor that dies
 fails the batch it holds with WorkerFailedError at once (answered, never lost) and is replaced
 by the worker manager, like a crashed local process.
 """
@@ -28,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from shoal.runtime.batch_block import BatchBlock
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 
 __all__ = [
@@ -121,11 +127,18 @@ def _actor_class():
             from shoal.runtime.worker import ModelHost
 
             self.host = ModelHost(device, intra_op_threads)
+            self.block: BatchBlock | None = None
 
-        def ready(self) -> int:
+        def ready(self) -> dict:
             import os
 
-            return os.getpid()
+            return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+        def attach_block(self, name: str, size_bytes: int) -> None:
+            self.block = BatchBlock.attach(name, size_bytes, tracked=False)
+
+        def run_block(self, variant: str, batch_size: int) -> dict:
+            return self.host.run_block(self.block, variant, batch_size)
 
         def load(self, message: dict) -> dict:
             return self.host.load(message)
@@ -149,6 +162,7 @@ class RayWorkerHandle:
         address: str | None = None,
         device_resource: str | None = None,
         placement: Placement | None = None,
+        shared_memory_bytes: int = 64 * 1024 * 1024,
         on_exit: Callable[["RayWorkerHandle"], None] | None = None,
         **_: object,
     ):
@@ -158,7 +172,9 @@ class RayWorkerHandle:
         self.address = address
         self.device_resource = device_resource
         self.placement = placement
+        self.shared_memory_bytes = shared_memory_bytes
         self.on_exit = on_exit
+        self.block: BatchBlock | None = None  # set when the actor shares this node's memory
         self.loaded_variants: dict[str, float] = {}
         self.busy_until_ms = 0.0
         self.alive = False
@@ -184,7 +200,7 @@ class RayWorkerHandle:
             )
         self._actor = _actor_class().options(**{k: v for k, v in options.items() if v is not None}).remote(self.device, self.intra_op_threads)
         try:
-            self.pid = await asyncio.wait_for(self._actor.ready.remote(), timeout_s)
+            identity = await asyncio.wait_for(self._actor.ready.remote(), timeout_s)
         except TimeoutError:
             ray.kill(self._actor)
             raise WorkerFailedError(
@@ -192,13 +208,38 @@ class RayWorkerHandle:
                 f"within {timeout_s:.0f} s; "
                 "add nodes or resources (`ray status` shows what the cluster has)"
             ) from None
+        self.pid = identity["pid"]
+        if self.shared_memory_bytes and identity["node_id"] == self._driver_node_id():
+            await self._share_memory()
         self.alive = True
+
+    def _driver_node_id(self) -> str | None:
+        """This process's Ray node; None through a Ray Client (`ray://`), whose driver is remote."""
+        from ray.util.client import ray as client_ray
+
+        if client_ray.is_connected():
+            return None
+        return self._ray.get_runtime_context().get_node_id()
+
+    async def _share_memory(self) -> None:
+        block = BatchBlock.create(self.shared_memory_bytes)
+        try:
+            await self._actor.attach_block.remote(block.name, self.shared_memory_bytes)
+        except self._ray.exceptions.RayTaskError as error:  # e.g. a container with its own /dev/shm
+            logger.warning("worker %s: shared memory unavailable (%s); batches go through the object store", self.worker_id, error.cause)
+            block.release()
+            return
+        except BaseException:
+            block.release()
+            raise
+        self.block = block
 
     def _failed(self, error: Exception) -> WorkerFailedError:
         """An actor error means the actor is gone: mark it dead once and let the manager replace it."""
         if self.alive:
             self.alive = False
             self.loaded_variants.clear()
+            self._release_block()
             if not self._stopping:
                 logger.error("ray worker %s died: %s", self.worker_id, error)
                 if self.on_exit:
@@ -236,6 +277,13 @@ class RayWorkerHandle:
             if not self.alive:
                 raise WorkerFailedError(f"worker {self.worker_id} is not running")
             try:
+                block = self.block
+                if block is not None:
+                    block.write_inputs(items)
+                    reply = await self._actor.run_block.remote(variant_key, len(items))
+                    if not self.alive:  # declared dead meanwhile (a failed load): its block is gone
+                        raise WorkerFailedError(f"worker {self.worker_id} (ray actor) exited while holding this request")
+                    return block.read_outputs(reply["output_shape"]), reply["compute_ms"]
                 outputs, compute_ms = await self._actor.run.remote(variant_key, np.stack(items))
             except self._ray.exceptions.RayActorError as error:
                 raise self._failed(error) from None
@@ -249,3 +297,9 @@ class RayWorkerHandle:
             except Exception:  # already gone
                 pass
         self.alive = False
+        self._release_block()
+
+    def _release_block(self) -> None:
+        if self.block is not None:
+            self.block.release()
+            self.block = None

@@ -2,9 +2,9 @@
 
 A worker is a separate OS process so that a crashing or hanging model cannot take the server
 down and so that Python-level work in the frontend never competes with the model for the GIL.
-Tensors travel through one shared-memory block per worker (inputs in the first half, outputs
-in the second); the pipe carries only small JSON control messages, so nothing is pickled and
-the bytes of a batch are copied once on each side.
+Tensors travel through one shared-memory block per worker (`BatchBlock`: inputs in the first
+half, outputs in the second); the pipe carries only small JSON control messages, so nothing is
+pickled and the bytes of a batch are copied once on each side.
 
 Control messages (JSON over a multiprocessing Connection, parent -> worker):
     {"op": "load", "variant", "path", "input_name", "output_name", "input_shape", "warmup",
@@ -24,7 +24,8 @@ import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.shared_memory import SharedMemory
+
+from shoal.runtime.batch_block import BatchBlock
 
 __all__ = ["ModelHost", "WorkerConfig", "worker_main"]
 
@@ -36,10 +37,6 @@ class WorkerConfig:
     intra_op_threads: int
     shared_memory_name: str
     shared_memory_bytes: int
-
-    @property
-    def half_bytes(self) -> int:
-        return self.shared_memory_bytes // 2
 
 
 def _send(connection: Connection, message: dict) -> None:
@@ -104,13 +101,16 @@ class ModelHost:
         compute_ms = (time.perf_counter() - started) * 1000.0
         return np.ascontiguousarray(outputs, dtype=np.float32), compute_ms
 
+    def run_block(self, block: BatchBlock, variant: str, batch_size: int) -> dict:
+        """One batch read from and written back to a shared block; returns the reply's numbers."""
+        outputs, compute_ms = self.run(variant, block.inputs(batch_size, self.item_shape(variant)))
+        return {"output_shape": block.write_outputs(outputs), "compute_ms": compute_ms}
+
 
 def worker_main(config: WorkerConfig, connection: Connection) -> None:
     """Entry point of the worker process (spawned, never forked: ONNX Runtime owns threads)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    import numpy as np
-
-    memory = SharedMemory(name=config.shared_memory_name)
+    block = BatchBlock.attach(config.shared_memory_name, config.shared_memory_bytes)
     host = ModelHost(config.device, config.intra_op_threads)
     _send(connection, {"op": "ready", "pid": os.getpid()})
     try:
@@ -122,15 +122,8 @@ def worker_main(config: WorkerConfig, connection: Connection) -> None:
             op = message.get("op")
             try:
                 if op == "run":
-                    batch_size = int(message["batch_size"])
-                    shape = (batch_size, *host.item_shape(message["variant"]))
-                    inputs = np.ndarray(shape, dtype=np.float32, buffer=memory.buf, offset=0)
-                    outputs, compute_ms = host.run(message["variant"], inputs)
-                    if outputs.nbytes > config.half_bytes:
-                        raise ValueError(f"output of {outputs.nbytes} bytes does not fit the shared block")
-                    target = np.ndarray(outputs.shape, dtype=np.float32, buffer=memory.buf, offset=config.half_bytes)
-                    target[...] = outputs
-                    _send(connection, {"op": "done", "batch_id": message["batch_id"], "output_shape": list(outputs.shape), "compute_ms": compute_ms})
+                    reply = host.run_block(block, message["variant"], int(message["batch_size"]))
+                    _send(connection, {"op": "done", "batch_id": message["batch_id"], **reply})
                 elif op == "load":
                     _send(connection, host.load(message))
                 elif op == "unload":
@@ -144,4 +137,4 @@ def worker_main(config: WorkerConfig, connection: Connection) -> None:
                 _send(connection, {"op": "error", "request_op": op, "batch_id": message.get("batch_id"), "variant": message.get("variant"), "message": str(error)[:500]})
     finally:
         host.sessions.clear()
-        memory.close()
+        block.release()

@@ -14,10 +14,9 @@ import logging
 import multiprocessing
 from collections import deque
 from collections.abc import Callable, Sequence
-from multiprocessing.shared_memory import SharedMemory
-
 import numpy as np
 
+from shoal.runtime.batch_block import BatchBlock
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 from shoal.runtime.worker import WorkerConfig, worker_main
 
@@ -44,7 +43,7 @@ class WorkerHandle:
         self.process: multiprocessing.process.BaseProcess | None = None
         self.loaded_variants: dict[str, float] = {}  # variant key -> load time in ms
         self.busy_until_ms = 0.0  # predicted end of the running batch, for admission estimates
-        self._memory: SharedMemory | None = None
+        self._block: BatchBlock | None = None
         self._connection = None
         self._pending: deque[asyncio.Future] = deque()
         self._run_lock = asyncio.Lock()
@@ -58,10 +57,10 @@ class WorkerHandle:
 
     async def start(self, timeout_s: float = 60.0) -> None:
         loop = asyncio.get_running_loop()
-        self._memory = SharedMemory(create=True, size=self.shared_memory_bytes)
+        self._block = BatchBlock.create(self.shared_memory_bytes)
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe(duplex=True)
-        config = WorkerConfig(self.worker_id, self.device, self.intra_op_threads, self._memory.name, self.shared_memory_bytes)
+        config = WorkerConfig(self.worker_id, self.device, self.intra_op_threads, self._block.name, self.shared_memory_bytes)
         self.process = context.Process(target=worker_main, args=(config, child_end), name=f"shoal-worker-{self.worker_id}", daemon=True)
         self.process.start()
         child_end.close()
@@ -170,19 +169,10 @@ class WorkerHandle:
         async with self._run_lock:
             if not self.alive:
                 raise WorkerFailedError(f"worker {self.worker_id} is not running")
-            item_shape = items[0].shape
-            needed = len(items) * int(np.prod(item_shape)) * 4
-            if needed > self.shared_memory_bytes // 2:
-                raise ValueError(f"batch of {needed} bytes exceeds the worker's shared block")
-            view = np.ndarray((len(items), *item_shape), dtype=np.float32, buffer=self._memory.buf, offset=0)
-            for index, item in enumerate(items):
-                view[index] = item
-            del view
+            self._block.write_inputs(items)
             self._batch_counter += 1
             reply = await self._request({"op": "run", "batch_id": self._batch_counter, "variant": variant_key, "batch_size": len(items)})
-            shape = tuple(reply["output_shape"])
-            outputs = np.ndarray(shape, dtype=np.float32, buffer=self._memory.buf, offset=self.shared_memory_bytes // 2).copy()
-            return outputs, reply["compute_ms"]
+            return self._block.read_outputs(reply["output_shape"]), reply["compute_ms"]
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping = True
@@ -202,10 +192,6 @@ class WorkerHandle:
         self._release_memory()
 
     def _release_memory(self) -> None:
-        if self._memory is not None:
-            try:
-                self._memory.close()
-                self._memory.unlink()
-            except (FileNotFoundError, BufferError):
-                pass
-            self._memory = None
+        if self._block is not None:
+            self._block.release()
+            self._block = None

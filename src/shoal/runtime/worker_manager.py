@@ -98,6 +98,7 @@ class WorkerManager:
                 address=self.config.ray_address,
                 device_resource=self.config.ray_device_resource,
                 placement=self._placements.get(worker_id),  # a worker, first or replacement, runs in its own bundle
+                shared_memory_bytes=self.config.shared_memory_bytes,
                 on_exit=self._on_worker_exit,
             )
         return WorkerHandle(
