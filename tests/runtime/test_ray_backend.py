@@ -211,7 +211,7 @@ def test_workers_the_cluster_cannot_host_are_refused_as_a_whole():
         ray.shutdown()
 
 
-def test_an_actor_on_this_node_takes_batches_through_shared_memory(fixture_repository_path):
+def test_an_actor_on_this_node_takes_batches_through_its_channel(fixture_repository_path):
     import asyncio
 
     import ray
@@ -223,33 +223,35 @@ def test_an_actor_on_this_node_takes_batches_through_shared_memory(fixture_repos
     path = repository.model_path("fixture", "rf-64")
     items = list(np.random.default_rng(7).random((5, 3, 64, 64), dtype=np.float32))
     expected = create_session(path, Device.parse("cpu"), intra_op_threads=1).run(None, {"images": np.stack(items)})[0]
+    exits = []
 
     async def run(shared_memory_bytes: int):
-        handle = RayWorkerHandle("w0", shared_memory_bytes=shared_memory_bytes)
+        handle = RayWorkerHandle("w0", shared_memory_bytes=shared_memory_bytes, on_exit=exits.append)
         await handle.start()
-        block_file = Path("/dev/shm") / handle.block.name.lstrip("/") if handle.block else None
+        block_file = Path("/dev/shm") / handle.channel.block.name.lstrip("/") if handle.channel else None
         try:
             await handle.load("rf-64", str(path), "images", "logits", (3, 64, 64))
             outputs, compute_ms = await handle.run("rf-64", items)
             present_while_alive = block_file.exists() if block_file else None
-            os.kill(handle.pid, signal.SIGKILL)  # the actor dies with the block attached
+            os.kill(handle.pid, signal.SIGKILL)  # the actor dies; whatever it held must fail, not hang
             with pytest.raises(WorkerFailedError):
-                for _ in range(50):  # until Ray notices the death
-                    await handle.run("rf-64", items)
+                for _ in range(50):  # until the death is noticed (at once through the channel)
+                    await asyncio.wait_for(handle.run("rf-64", items), 10)
                     await asyncio.sleep(0.1)
-            return outputs, compute_ms, present_while_alive, block_file, handle.block
+            return outputs, compute_ms, present_while_alive, block_file, handle.alive
         finally:
             await handle.stop()
 
     ensure_ray(None, local_cpus=2)
     try:
-        shared, compute_ms, present_while_alive, block_file, block_after = asyncio.run(run(1 << 20))
-        assert block_file is not None and present_while_alive  # the same-node actor used a block ...
-        assert not block_file.exists() and block_after is None  # ... which the dead actor's owner removed
+        shared, compute_ms, present_while_alive, block_file, alive_after = asyncio.run(run(1 << 20))
+        assert block_file is not None and present_while_alive  # the same-node actor used the channel's block ...
+        assert not block_file.exists() and not alive_after  # ... which was removed when the actor died
+        assert len(exits) == 1  # and the owner was told once, to replace it
         np.testing.assert_allclose(shared, expected, rtol=1e-5, atol=1e-5)
         assert compute_ms > 0
-        through_object_store, _, _, no_block, _ = asyncio.run(run(0))  # shared memory switched off
-        assert no_block is None
-        np.testing.assert_allclose(through_object_store, expected, rtol=1e-5, atol=1e-5)
+        by_actor_call, _, _, no_block, _ = asyncio.run(run(0))  # channel switched off: actor calls, object store
+        assert no_block is None and len(exits) == 2
+        np.testing.assert_allclose(by_actor_call, expected, rtol=1e-5, atol=1e-5)
     finally:
         ray.shutdown()

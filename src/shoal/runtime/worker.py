@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 
 from shoal.runtime.batch_block import BatchBlock
 
-__all__ = ["ModelHost", "WorkerConfig", "worker_main"]
+__all__ = ["ModelHost", "WorkerConfig", "serve_connection", "worker_main"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,34 @@ class ModelHost:
         return {"output_shape": block.write_outputs(outputs), "compute_ms": compute_ms}
 
 
+def serve_connection(host: ModelHost, block: BatchBlock, connection: Connection) -> None:
+    """Answer control messages until "stop" or the parent's end closes.
+
+    The loop of a local worker process, and of a Ray actor on the server's own node (run on a
+    thread there), so both speak exactly the protocol in this module's docstring."""
+    while True:
+        try:
+            message = json.loads(connection.recv_bytes())
+        except (EOFError, OSError):
+            return
+        op = message.get("op")
+        try:
+            if op == "run":
+                reply = host.run_block(block, message["variant"], int(message["batch_size"]))
+                _send(connection, {"op": "done", "batch_id": message["batch_id"], **reply})
+            elif op == "load":
+                _send(connection, host.load(message))
+            elif op == "unload":
+                host.unload(message["variant"])
+                _send(connection, {"op": "unloaded", "variant": message["variant"]})
+            elif op == "stop":
+                return
+            else:
+                _send(connection, {"op": "error", "message": f"unknown op {op!r}"})
+        except Exception as error:  # report and keep serving: one bad batch must not kill the worker
+            _send(connection, {"op": "error", "request_op": op, "batch_id": message.get("batch_id"), "variant": message.get("variant"), "message": str(error)[:500]})
+
+
 def worker_main(config: WorkerConfig, connection: Connection) -> None:
     """Entry point of the worker process (spawned, never forked: ONNX Runtime owns threads)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
@@ -114,27 +142,7 @@ def worker_main(config: WorkerConfig, connection: Connection) -> None:
     host = ModelHost(config.device, config.intra_op_threads)
     _send(connection, {"op": "ready", "pid": os.getpid()})
     try:
-        while True:
-            try:
-                message = json.loads(connection.recv_bytes())
-            except EOFError:
-                return
-            op = message.get("op")
-            try:
-                if op == "run":
-                    reply = host.run_block(block, message["variant"], int(message["batch_size"]))
-                    _send(connection, {"op": "done", "batch_id": message["batch_id"], **reply})
-                elif op == "load":
-                    _send(connection, host.load(message))
-                elif op == "unload":
-                    host.unload(message["variant"])
-                    _send(connection, {"op": "unloaded", "variant": message["variant"]})
-                elif op == "stop":
-                    return
-                else:
-                    _send(connection, {"op": "error", "message": f"unknown op {op!r}"})
-            except Exception as error:  # report and keep serving: one bad batch must not kill the worker
-                _send(connection, {"op": "error", "request_op": op, "batch_id": message.get("batch_id"), "variant": message.get("variant"), "message": str(error)[:500]})
+        serve_connection(host, block, connection)
     finally:
         host.sessions.clear()
         block.release()

@@ -1,0 +1,130 @@
+"""The parent's end of a worker's control connection and shared block, spoken from the event loop.
+
+One `WorkerChannel` per worker process on this machine: a local worker (a pipe) or a Ray actor
+on the server's own node (a Unix socket). Replies are read with `add_reader`, so waiting for a
+batch costs no thread. Messages are the small JSON ones of `shoal.runtime.worker`; tensors go
+through the `BatchBlock`. Replies come back in request order, so pending requests are a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from shoal.runtime.batch_block import BatchBlock
+from shoal.runtime.errors import ModelLoadError, WorkerFailedError
+
+__all__ = ["WorkerChannel", "load_message"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_message(
+    variant_key: str, path: str, input_name: str, output_name: str, input_shape: Sequence[int], *,
+    warmup: int = 2, profile_batch_sizes: Sequence[int] = (), profile_repeats: int = 5,
+) -> dict:
+    """The "load" message every kind of worker understands (see shoal.runtime.worker)."""
+    return {
+        "op": "load", "variant": variant_key, "path": path, "input_name": input_name, "output_name": output_name,
+        "input_shape": list(input_shape), "warmup": warmup, "profile_batch_sizes": list(profile_batch_sizes),
+        "profile_repeats": profile_repeats,
+    }
+
+
+class WorkerChannel:
+    def __init__(self, worker_id: str, connection: Connection, block: BatchBlock, *, on_closed: Callable[[], None]):
+        """`on_closed` runs when the other end goes away (its process died); the owner then
+        calls `close` with the reason its pending requests fail with."""
+        self.worker_id = worker_id
+        self.block = block
+        self._connection = connection
+        self._on_closed = on_closed
+        self._pending: deque[asyncio.Future] = deque()
+        self._run_lock = asyncio.Lock()
+        self._batch_counter = 0
+        self.closed = False
+        asyncio.get_running_loop().add_reader(connection.fileno(), self._on_readable)
+
+    def expect_reply(self) -> asyncio.Future:
+        """A future for a message the worker sends unasked (its "ready")."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(future)
+        return future
+
+    def _on_readable(self) -> None:
+        try:
+            payload = self._connection.recv_bytes()
+        except (EOFError, OSError):
+            self._on_closed()
+            return
+        message = json.loads(payload)
+        if not self._pending:
+            logger.warning("worker %s sent an unexpected message %s", self.worker_id, message.get("op"))
+            return
+        future = self._pending.popleft()
+        if future.done():
+            return
+        if message.get("op") == "error":
+            future.set_exception(RuntimeError(message.get("message", "worker error")))
+        else:
+            future.set_result(message)
+
+    def request(self, message: dict) -> asyncio.Future:
+        if self.closed:
+            raise WorkerFailedError(f"worker {self.worker_id} is not running")
+        future = self.expect_reply()
+        try:
+            self._connection.send_bytes(json.dumps(message).encode())
+        except OSError as error:
+            self._pending.remove(future)
+            raise WorkerFailedError(f"worker {self.worker_id} cannot be reached: {error}") from None
+        return future
+
+    def send_stop(self) -> None:
+        if not self.closed:
+            try:
+                self._connection.send_bytes(json.dumps({"op": "stop"}).encode())
+            except OSError:
+                pass
+
+    async def load(self, message: dict) -> dict:
+        """Load and warm a variant; a model the worker cannot open is a ModelLoadError naming it."""
+        try:
+            return await self.request(message)
+        except RuntimeError as error:  # the worker answered with an error (a crash is WorkerFailedError)
+            raise ModelLoadError(f"variant {message['variant']!r} could not be loaded on worker {self.worker_id}: {error}") from None
+
+    async def unload(self, variant_key: str) -> None:
+        await self.request({"op": "unload", "variant": variant_key})
+
+    async def run(self, variant_key: str, items: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+        """One batch (items of equal shape); returns (outputs copied out of the block, compute ms)."""
+        async with self._run_lock:
+            if self.closed:
+                raise WorkerFailedError(f"worker {self.worker_id} is not running")
+            self.block.write_inputs(items)
+            self._batch_counter += 1
+            reply = await self.request({"op": "run", "batch_id": self._batch_counter, "variant": variant_key, "batch_size": len(items)})
+            return self.block.read_outputs(reply["output_shape"]), reply["compute_ms"]
+
+    def close(self, reason: str) -> None:
+        """Fail every pending request with `reason`, stop reading, give the block back. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            asyncio.get_running_loop().remove_reader(self._connection.fileno())
+        except (ValueError, OSError):
+            pass
+        while self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(WorkerFailedError(reason))
+        self._connection.close()
+        self.block.release()
