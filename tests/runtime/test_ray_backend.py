@@ -119,7 +119,7 @@ def test_a_workflow_runs_its_stages_as_ray_actors(fixture_repository_path, tmp_p
     async def run():
         executor = WorkflowExecutor(deployment, base, backend="ray")
         await executor.start()
-        group = executor._placement_group
+        group = executor.backend.placement_group
         try:
             # the plan's workers were reserved together, one CPU bundle each, and each actor sits in its bundle
             table = placement_group_table(group)

@@ -75,7 +75,7 @@ class Autoscaler:
             plan = plan_autoscale(
                 demands, list(views.values()), current, self.states.get(family_name, AutoscaleState()), now_s,
                 slack=self.service.config.autoscale_slack, hold_s=self.service.config.autoscale_hold_s,
-                max_replicas=self.service.config.num_workers, ready_replicas=current,
+                max_replicas=self.service.manager.live_workers, ready_replicas=current,  # a dead worker is not capacity
             )
             self.states[family_name] = plan.state
             for decision in plan.decisions:

@@ -29,6 +29,9 @@ class ServingMetrics:
             "shoal_worker_busy_seconds", "Wall time each worker spent running batches (its utilisation over a window)", ["worker"], registry=self.registry
         )
         self.worker_restarts = Counter("shoal_worker_restarts", "Worker processes restarted after a crash", registry=self.registry)
+        self.worker_replacements_failed = Counter(
+            "shoal_worker_replacements_failed", "Attempts to start a dead worker's replacement that failed (retried)", registry=self.registry
+        )
         self.policy_decisions = Counter("shoal_policy_decisions", "Variant chosen by the policy for family requests", ["family", "variant", "policy"], registry=self.registry)
 
     def outcome(self, model: str, variant: str, outcome: str) -> None:

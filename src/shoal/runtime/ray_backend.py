@@ -39,12 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from shoal.runtime.backend import WorkerSpec
 from shoal.runtime.batch_block import BatchBlock
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 from shoal.runtime.worker_channel import WorkerChannel, load_message
 
 __all__ = [
-    "PLACEMENT_STRATEGIES", "Placement", "RayWorkerHandle", "ensure_ray", "placements", "release_placement_group",
+    "PLACEMENT_STRATEGIES", "Placement", "RayBackend", "RayWorkerHandle", "ensure_ray", "placements", "release_placement_group",
     "reserve_placement_group", "worker_resources",
 ]
 
@@ -336,3 +337,45 @@ class RayWorkerHandle:
         self.alive = False
         if self.channel is not None:
             self.channel.close(f"worker {self.worker_id} stopped")
+
+
+class RayBackend:
+    """Workers as Ray actors: `reserve` takes one placement-group bundle per worker, all or none,
+    and every worker, first or replacement, starts in its own bundle."""
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None, device_resource: str | None = None, placement_strategy: str = "PACK",
+                 shared_memory_bytes: int = 64 * 1024 * 1024):
+        if placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ValueError(f"placement strategy {placement_strategy!r} is unknown: use one of {', '.join(PLACEMENT_STRATEGIES)}")
+        self.address = address
+        self.device_resource = device_resource
+        self.placement_strategy = placement_strategy
+        self.shared_memory_bytes = shared_memory_bytes
+        self.placement_group: Any = None
+        self._placements: dict[str, Placement] = {}
+
+    async def reserve(self, specs: Sequence[WorkerSpec]) -> None:
+        # Ray is joined (or started) here, once, on the event loop's thread, before any actor.
+        ensure_ray(self.address, local_cpus=sum(spec.intra_op_threads for spec in specs))
+        bundles = [worker_resources(spec.device, spec.intra_op_threads, self.device_resource) for spec in specs]
+        self.placement_group = await reserve_placement_group(bundles, strategy=self.placement_strategy)
+        self._placements = {spec.worker_id: place for spec, place in zip(specs, placements(self.placement_group, len(specs)))}
+
+    def new_worker(self, spec: WorkerSpec, *, on_exit: Callable[[Any], None]) -> RayWorkerHandle:
+        return RayWorkerHandle(
+            spec.worker_id, device=spec.device, intra_op_threads=spec.intra_op_threads, address=self.address,
+            device_resource=self.device_resource, placement=self._placements.get(spec.worker_id),
+            shared_memory_bytes=self.shared_memory_bytes, on_exit=on_exit,
+        )
+
+    def resources(self) -> dict[str, float]:
+        import ray
+
+        return dict(ray.cluster_resources()) if ray.is_initialized() else {}
+
+    def release(self) -> None:
+        if self.placement_group is not None:
+            release_placement_group(self.placement_group)
+            self.placement_group = None

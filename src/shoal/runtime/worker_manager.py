@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 from shoal.profiler.session import default_intra_op_threads
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler
-from shoal.runtime.worker_handle import WorkerHandle
+from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
 
 if TYPE_CHECKING:
     from shoal.runtime.service import ServedVariant
@@ -78,74 +78,45 @@ class WorkerManager:
         self.scheduler = scheduler
         self.metrics = metrics
         self.on_loaded = on_loaded
-        self.workers: dict[str, WorkerHandle] = {}
+        self.workers: dict[str, Worker] = {}
         self._cache: dict[str, OrderedDict[str, int]] = {}  # worker -> variant key -> estimated bytes (LRU order)
         self._variants: dict[str, "ServedVariant"] = {}
         self._restarts: set[asyncio.Task] = set()
         self._stopping = False
         self._worker_ids = [f"w{index}" for index in range(config.num_workers)]
-        self._placement_group = None  # Ray: the workers' reservation, one bundle per worker
-        self._placements: dict = {}  # worker id -> its Placement (Ray only)
-
-    def _new_handle(self, worker_id: str) -> WorkerHandle:
-        if self.config.backend == "ray":
-            from shoal.runtime.ray_backend import RayWorkerHandle
-
-            return RayWorkerHandle(  # type: ignore[return-value]  # the same interface
-                worker_id,
-                device=self.config.device,
-                intra_op_threads=self.config.threads_per_worker,
-                address=self.config.ray_address,
-                device_resource=self.config.ray_device_resource,
-                placement=self._placements.get(worker_id),  # a worker, first or replacement, runs in its own bundle
-                shared_memory_bytes=self.config.shared_memory_bytes,
-                on_exit=self._on_worker_exit,
-            )
-        return WorkerHandle(
-            worker_id,
-            device=self.config.device,
-            intra_op_threads=self.config.threads_per_worker,
-            shared_memory_bytes=self.config.shared_memory_bytes,
-            on_exit=self._on_worker_exit,
+        self.backend = make_backend(
+            config.backend, shared_memory_bytes=config.shared_memory_bytes, ray_address=config.ray_address,
+            ray_device_resource=config.ray_device_resource, ray_placement_strategy=config.ray_placement_strategy,
         )
 
-    async def start(self) -> None:
-        if self.config.backend == "ray":
-            from shoal.runtime.ray_backend import ensure_ray, placements, reserve_placement_group, worker_resources
+    def _spec(self, worker_id: str) -> WorkerSpec:
+        return WorkerSpec(worker_id, self.config.device, self.config.threads_per_worker)
 
-            # once, on the main thread, before any actor
-            ensure_ray(self.config.ray_address, local_cpus=self.config.num_workers * self.config.threads_per_worker)
-            bundle = worker_resources(self.config.device, self.config.threads_per_worker, self.config.ray_device_resource)
-            self._placement_group = await reserve_placement_group(
-                [bundle] * self.config.num_workers, strategy=self.config.ray_placement_strategy
-            )
-            self._placements = dict(zip(self._worker_ids, placements(self._placement_group, self.config.num_workers)))
+    def _new_handle(self, worker_id: str) -> Worker:
+        return self.backend.new_worker(self._spec(worker_id), on_exit=self._on_worker_exit)
+
+    async def start(self) -> None:
+        await self.backend.reserve([self._spec(worker_id) for worker_id in self._worker_ids])
+        logger.info("backend %s can host %s", self.backend.name, self.backend.resources())
         handles = [self._new_handle(worker_id) for worker_id in self._worker_ids]
         try:
             await asyncio.gather(*(handle.start() for handle in handles))
         except BaseException:  # stop what started and give the reservation back
             self._stopping = True
             await asyncio.gather(*(handle.stop() for handle in handles), return_exceptions=True)
-            self._release_placement_group()
+            self.backend.release()
             raise
         for handle in handles:
             self.workers[handle.worker_id] = handle
             self._cache[handle.worker_id] = OrderedDict()
             self.scheduler.attach_worker(handle)
 
-    def _release_placement_group(self) -> None:
-        if self._placement_group is not None:
-            from shoal.runtime.ray_backend import release_placement_group
-
-            release_placement_group(self._placement_group)
-            self._placement_group = None
-
     async def stop(self) -> None:
         self._stopping = True
         for task in list(self._restarts):
             task.cancel()
         await asyncio.gather(*(worker.stop() for worker in self.workers.values()), return_exceptions=True)
-        self._release_placement_group()
+        self.backend.release()
 
     # -- loading --------------------------------------------------------------------------------
     async def ensure_loaded(self, served: "ServedVariant") -> None:
@@ -153,7 +124,7 @@ class WorkerManager:
         self._variants[served.key] = served
         await asyncio.gather(*(self._load_on(worker, served) for worker in list(self.workers.values()) if worker.alive))
 
-    async def _load_on(self, worker: WorkerHandle, served: "ServedVariant") -> None:
+    async def _load_on(self, worker: Worker, served: "ServedVariant") -> None:
         cache = self._cache[worker.worker_id]
         if served.key in worker.loaded_variants:
             cache.move_to_end(served.key)
@@ -205,18 +176,30 @@ class WorkerManager:
                 cache.move_to_end(key)
 
     # -- crash recovery -------------------------------------------------------------------------
-    def _on_worker_exit(self, handle: WorkerHandle) -> None:
+    def _on_worker_exit(self, handle: Worker) -> None:
         if self._stopping:
             return
         task = asyncio.get_running_loop().create_task(self._restart(handle.worker_id))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
 
+    @property
+    def live_workers(self) -> int:
+        """Workers serving now: the capacity the autoscaler may plan with."""
+        return sum(worker.alive for worker in self.workers.values())
+
     async def _restart(self, worker_id: str) -> None:
+        """Replace a dead worker; while no replacement can start (a Ray node gone and no room
+        elsewhere) keep serving on the others and try again with back-off."""
         keys = list(self._cache.get(worker_id, {}))
         self.metrics.worker_restarts.inc()
-        handle = self._new_handle(worker_id)
-        await handle.start()
+
+        def failed(error: Exception, retry_in_s: float) -> None:
+            logger.error("worker %s could not be replaced (%s); serving on %d worker(s), next try in %.0f s",
+                         worker_id, error, self.live_workers, retry_in_s)
+            self.metrics.worker_replacements_failed.inc()
+
+        handle = await start_replacement(lambda: self._new_handle(worker_id), failed)
         self.workers[worker_id] = handle
         self._cache[worker_id] = OrderedDict()
         for key in keys:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +27,17 @@ import numpy as np
 
 from shoal.core.models import Profile
 from shoal.profiler.measure import summarise_latencies
+from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
 from shoal.runtime.errors import BadRequestError, OverloadedError
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
-from shoal.runtime.worker_handle import WorkerHandle
 from shoal.runtime.workflow.deployment import WorkflowDeployment
 from shoal.runtime.workflow.routing import SmoothWeightedRoundRobin
 from shoal.zoo.preprocess import resize_images
 
 __all__ = ["WorkflowExecutor", "WorkflowResult", "queue_key"]
+
+logger = logging.getLogger(__name__)
 
 def queue_key(task: str, worker: str) -> str:
     return f"{task}@{worker}"
@@ -73,13 +76,10 @@ class WorkflowExecutor:
         self.queue_capacity = queue_capacity
         self.intra_op_threads = intra_op_threads
         self.shared_memory_bytes = shared_memory_bytes
-        if backend not in ("local", "ray"):
-            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
-        self.backend = backend
-        self.ray_address = ray_address
-        self.ray_placement_strategy = ray_placement_strategy
+        self.backend = make_backend(backend, shared_memory_bytes=shared_memory_bytes, ray_address=ray_address,
+                                    ray_placement_strategy=ray_placement_strategy)
         self.scheduler = Scheduler(self.metrics)
-        self.workers: dict[str, WorkerHandle] = {}
+        self.workers: dict[str, Worker] = {}
         self.profiles: dict[str, Profile] = {}  # queue key -> latency measured at load
         self.routers = {name: SmoothWeightedRoundRobin(task.load_shares_rps) for name, task in deployment.tasks.items()}
         self.items_by_route: dict[str, dict[str, int]] = {name: dict.fromkeys(task.load_shares_rps, 0) for name, task in deployment.tasks.items()}
@@ -88,34 +88,18 @@ class WorkflowExecutor:
         self._request_ids = itertools.count()
         self._downstream_ms: dict[str, float] = {}
         self._restarts: set[asyncio.Task] = set()
-        self._placement_group = None  # Ray: one bundle per planned worker, reserved together
-        self._placements: dict = {}  # worker name -> its Placement (Ray only)
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start every worker and load its stages; on any failure stop what started and re-raise."""
-        self._handle_class = WorkerHandle
-        if self.backend == "ray":  # each planned worker becomes a Ray actor (possibly on another node)
-            from shoal.runtime.ray_backend import RayWorkerHandle, ensure_ray
-
-            ensure_ray(self.ray_address, local_cpus=len(self.deployment.workers) * self.intra_op_threads)
-            self._handle_class = RayWorkerHandle
         for task_name, task in self.deployment.tasks.items():
             for worker in task.load_shares_rps:
                 key = queue_key(task_name, worker)
                 self.scheduler.add_queue(VariantQueue(key, self._latency_fn(key), self.max_batch_size, self.queue_capacity))
         try:
-            if self.backend == "ray":
-                # The plan is a whole: every planned worker gets its bundle, or the deployment does not start.
-                from shoal.runtime.ray_backend import placements, reserve_placement_group, worker_resources
-
-                workers = list(self.deployment.workers)
-                self._placement_group = await reserve_placement_group(
-                    [worker_resources(self.deployment.device_of(worker), self.intra_op_threads) for worker in workers],
-                    strategy=self.ray_placement_strategy,
-                )
-                self._placements = dict(zip(workers, placements(self._placement_group, len(workers))))
+            # The plan is a whole: every planned worker gets its place (a Ray bundle), or the deployment does not start.
+            await self.backend.reserve([self._spec(worker) for worker in self.deployment.workers])
             for worker in self.deployment.workers:
                 self.workers[worker] = self._new_handle(worker)
             await asyncio.gather(*(handle.start() for handle in self.workers.values()))
@@ -128,18 +112,11 @@ class WorkflowExecutor:
         self._downstream_ms = self._downstream_latency_ms()
         self.started = True
 
-    def _new_handle(self, worker: str):
-        options: dict = {}
-        if worker in self._placements:  # Ray: a worker, first or replacement, runs in its own bundle
-            options["placement"] = self._placements[worker]
-        return self._handle_class(
-            worker,
-            device=self.deployment.device_of(worker),
-            intra_op_threads=self.intra_op_threads,
-            shared_memory_bytes=self.shared_memory_bytes,
-            on_exit=self._on_worker_exit,
-            **options,
-        )
+    def _spec(self, worker: str) -> WorkerSpec:
+        return WorkerSpec(worker, self.deployment.device_of(worker), self.intra_op_threads)
+
+    def _new_handle(self, worker: str) -> Worker:
+        return self.backend.new_worker(self._spec(worker), on_exit=self._on_worker_exit)
 
     def _on_worker_exit(self, handle) -> None:
         """A stage worker died: its in-flight items already got errors; bring it back with its stages."""
@@ -149,8 +126,11 @@ class WorkflowExecutor:
             task.add_done_callback(self._restarts.discard)
 
     async def _restart(self, worker: str) -> None:
-        handle = self._new_handle(worker)
-        await handle.start()
+        def failed(error: Exception, retry_in_s: float) -> None:
+            logger.error("stage worker %s could not be replaced (%s); next try in %.0f s", worker, error, retry_in_s)
+            self.metrics.worker_replacements_failed.inc()
+
+        handle = await start_replacement(lambda: self._new_handle(worker), failed)
         self.workers[worker] = handle
         await asyncio.gather(*(self._load(task_name, worker) for task_name, task in self.deployment.tasks.items() if worker in task.load_shares_rps))
         self.scheduler.attach_worker(handle)
@@ -194,11 +174,7 @@ class WorkflowExecutor:
             task.cancel()
         await self.scheduler.close()
         await asyncio.gather(*(handle.stop() for handle in self.workers.values()), return_exceptions=True)
-        if self._placement_group is not None:
-            from shoal.runtime.ray_backend import release_placement_group
-
-            release_placement_group(self._placement_group)
-            self._placement_group = None
+        self.backend.release()
 
     # -- serving --------------------------------------------------------------------------------
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> int:

@@ -1,0 +1,133 @@
+"""Where workers run: the `Backend` interface and its `local` implementation (`ray`: ray_backend).
+
+The worker manager and the workflow executor talk to a backend only through this interface:
+reserve a set of workers as a whole, start one worker (first or replacement) in its place, list
+what the backend can host, give the reservation back. A worker is anything with the `Worker`
+interface, so the scheduler and the batcher never know which backend they run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["BACKENDS", "Backend", "LocalBackend", "Worker", "WorkerSpec", "make_backend", "start_replacement"]
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One planned worker: its name, its device and the threads its sessions use."""
+
+    worker_id: str
+    device: str = "cpu"
+    intra_op_threads: int = 1
+
+
+class Worker(Protocol):
+    """One worker: a process or an actor holding ONNX Runtime sessions on one device."""
+
+    worker_id: str
+    device: str
+    alive: bool
+    loaded_variants: dict[str, float]
+    busy_until_ms: float
+
+    @property
+    def pid(self) -> int | None: ...
+
+    async def start(self) -> None: ...
+
+    async def load(self, variant_key: str, path: str, input_name: str, output_name: str, input_shape: Sequence[int], **options: Any) -> dict: ...
+
+    async def unload(self, variant_key: str) -> None: ...
+
+    async def run(self, variant_key: str, items: Sequence[np.ndarray]) -> tuple[np.ndarray, float]: ...
+
+    async def stop(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    async def reserve(self, specs: Sequence[WorkerSpec]) -> None:
+        """Make room for all of `specs` or fail with a message naming what is missing."""
+
+    def new_worker(self, spec: WorkerSpec, *, on_exit: Callable[[Any], None]) -> Worker:
+        """A worker for `spec` (not started), in the place reserved for it."""
+
+    def resources(self) -> dict[str, float]:
+        """What this backend can host in all: CPUs, GPUs and named device types."""
+
+    def release(self) -> None:
+        """Give the reservation back (after the workers stopped). Safe to call twice."""
+
+
+class LocalBackend:
+    """Worker processes on this machine (the default)."""
+
+    name = "local"
+
+    def __init__(self, *, shared_memory_bytes: int = 64 * 1024 * 1024):
+        self.shared_memory_bytes = shared_memory_bytes
+
+    async def reserve(self, specs: Sequence[WorkerSpec]) -> None:
+        """Nothing to reserve: processes share the machine's cores (threads are not pinned)."""
+
+    def new_worker(self, spec: WorkerSpec, *, on_exit: Callable[[Any], None]) -> Worker:
+        from shoal.runtime.worker_handle import WorkerHandle
+
+        return WorkerHandle(spec.worker_id, device=spec.device, intra_op_threads=spec.intra_op_threads,
+                            shared_memory_bytes=self.shared_memory_bytes, on_exit=on_exit)
+
+    def resources(self) -> dict[str, float]:
+        from shoal.profiler.session import available_devices, default_intra_op_threads
+
+        resources = {"CPU": float(default_intra_op_threads())}
+        if any(device.kind == "cuda" for device in available_devices()):
+            resources["GPU"] = 1.0  # ONNX Runtime is asked for cuda:0 only
+        return resources
+
+    def release(self) -> None:
+        pass
+
+
+def make_backend(
+    name: str, *, shared_memory_bytes: int = 64 * 1024 * 1024, ray_address: str | None = None,
+    ray_device_resource: str | None = None, ray_placement_strategy: str = "PACK",
+) -> Backend:
+    if name == "local":
+        return LocalBackend(shared_memory_bytes=shared_memory_bytes)
+    if name == "ray":
+        from shoal.runtime.ray_backend import RayBackend
+
+        return RayBackend(address=ray_address, device_resource=ray_device_resource, placement_strategy=ray_placement_strategy,
+                          shared_memory_bytes=shared_memory_bytes)
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+
+
+async def start_replacement(
+    make_worker: Callable[[], Worker], on_failure: Callable[[Exception, float], None], *,
+    first_retry_s: float = 1.0, max_retry_s: float = 30.0,
+) -> Worker:
+    """Start a dead worker's replacement, retrying with back-off until one starts.
+
+    A replacement can fail to start when its place is gone (a Ray node died and no other node
+    has room); the caller keeps serving on its other workers meanwhile. `on_failure(error,
+    retry_in_s)` reports each failed try."""
+    delay_s = first_retry_s
+    while True:
+        worker = make_worker()
+        try:
+            await worker.start()
+            return worker
+        except Exception as error:
+            await worker.stop()
+            on_failure(error, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(2 * delay_s, max_retry_s)

@@ -1,0 +1,104 @@
+"""The Backend interface: local resources, replacement with back-off, capacity while a worker is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from shoal.runtime.backend import LocalBackend, WorkerSpec, make_backend, start_replacement
+from shoal.runtime.errors import WorkerFailedError
+
+
+class FlakyWorker:
+    """A worker whose start fails while `failures` has entries left."""
+
+    def __init__(self, failures: list[str]):
+        self.failures = failures
+        self.stopped = False
+        self.alive = False
+
+    async def start(self) -> None:
+        if self.failures:
+            raise WorkerFailedError(self.failures.pop(0))
+        self.alive = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_replacement_that_cannot_start_is_retried_with_back_off():
+    failures = ["no node has room", "no node has room", "no node has room"]
+    made: list[FlakyWorker] = []
+    reported: list[tuple[str, float]] = []
+
+    def make() -> FlakyWorker:
+        made.append(FlakyWorker(failures))
+        return made[-1]
+
+    worker = asyncio.run(start_replacement(make, lambda error, retry_s: reported.append((str(error), retry_s)),
+                                           first_retry_s=0.01, max_retry_s=0.025))
+    assert worker is made[-1] and worker.alive and len(made) == 4
+    assert all(failed.stopped for failed in made[:3])  # a failed start is cleaned up before the next try
+    assert [retry_s for _, retry_s in reported] == [0.01, 0.02, 0.025]  # doubling, capped
+    assert reported[0][0] == "no node has room"
+
+
+def test_backends_by_name():
+    assert make_backend("local").name == "local"
+    with pytest.raises(ValueError, match="backend must be one of local, ray"):
+        make_backend("kubernetes")
+    assert LocalBackend().resources()["CPU"] == float(len(os.sched_getaffinity(0)))
+
+
+def test_the_manager_serves_on_the_other_workers_while_a_replacement_cannot_start(fixture_repository_path):
+    from shoal.runtime.metrics import ServingMetrics
+    from shoal.runtime.scheduler import Scheduler
+    from shoal.runtime.worker_manager import ServeConfig, WorkerManager
+
+    async def scenario():
+        metrics = ServingMetrics()
+        manager = WorkerManager(ServeConfig(repository=fixture_repository_path, num_workers=2, intra_op_threads=1),
+                                Scheduler(metrics), metrics, lambda key, reply: None)
+        await manager.start()
+        real_backend = manager.backend
+        failures = ["the node is gone"]
+
+        class OneFailureBackend:  # the first replacement cannot start, the second can
+            name = "local"
+
+            def new_worker(self, spec: WorkerSpec, *, on_exit):
+                worker = real_backend.new_worker(spec, on_exit=on_exit)
+                if failures:
+                    reason = failures.pop(0)
+
+                    async def fail() -> None:
+                        raise WorkerFailedError(reason)
+                    worker.start = fail
+                return worker
+
+            def release(self) -> None:
+                real_backend.release()
+
+        manager.backend = OneFailureBackend()
+        try:
+            assert manager.live_workers == 2
+            os.kill(manager.workers["w0"].pid, signal.SIGKILL)
+            for _ in range(100):  # the death is noticed; the first replacement fails; 1 s back-off
+                await asyncio.sleep(0.05)
+                if metrics.worker_replacements_failed._value.get() == 1:
+                    break
+            during = manager.live_workers
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if manager.live_workers == 2:
+                    break
+            return during, manager.live_workers, metrics.worker_replacements_failed._value.get()
+        finally:
+            await manager.stop()
+
+    during, after, failed_tries = asyncio.run(scenario())
+    assert during == 1  # the autoscaler plans with the one live worker meanwhile
+    assert failed_tries == 1 and after == 2  # then the retry brought the capacity back
