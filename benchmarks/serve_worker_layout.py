@@ -1,0 +1,62 @@
+"""shoal's worker layout on the heavy demo variant: one worker with 2 ONNX Runtime threads (the
+layout `shoal bench serve` uses, the same compute budget as the lean server and Ray Serve)
+against two single-threaded workers, quick open-loop sweeps interleaved so that machine noise
+hits both alike.
+
+    .venv/bin/python benchmarks/serve_worker_layout.py --rounds 3 --out benchmarks/results/serve-worker-layout.json
+
+Each round runs `shoal bench serve --quick --systems shoal` once per layout (the ceiling is
+measured in each run, so ratios compare like with like).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import shoal.experiments.serve_bench as serve_bench
+
+LAYOUTS = {"1x2": ("1", "2"), "2x1": ("2", "1")}
+
+
+def run(layout: str, repository: Path) -> dict:
+    workers, threads = LAYOUTS[layout]
+    original = serve_bench._server_argv
+
+    def argv(system, target, config, port, scratch):
+        command = original(system, target, config, port, scratch)
+        if system == "shoal":
+            command[command.index("--workers") + 1] = workers
+            command[command.index("--threads") + 1] = threads
+        return command
+
+    serve_bench._server_argv = argv
+    try:
+        result = serve_bench.run_serve_bench(serve_bench.BenchConfig(repository=repository, quick=True, systems=("shoal",), transport=False))
+    finally:
+        serve_bench._server_argv = original
+    heavy = result["variants"]["heavy"]
+    shoal = heavy["systems"]["shoal"]
+    return {"layout": layout, "goodput_rps": shoal["goodput_rps"], "ceiling_rps": heavy["ceiling"]["goodput_rps"],
+            "ratio_vs_ceiling": heavy["ratio_vs_ceiling"], "overload_p99_ms": shoal["overload_p99_ms"],
+            "overload_goodput_rps": shoal["overload_goodput_rps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repo", type=Path, default=Path.home() / ".cache/shoal/repo")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows = []
+    for round_index in range(args.rounds):
+        for layout in (("2x1", "1x2") if round_index % 2 else ("1x2", "2x1")):
+            rows.append({"round": round_index, **run(layout, args.repo)})
+            print(json.dumps(rows[-1]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
