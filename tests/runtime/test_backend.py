@@ -102,3 +102,21 @@ def test_the_manager_serves_on_the_other_workers_while_a_replacement_cannot_star
     during, after, failed_tries = asyncio.run(scenario())
     assert during == 1  # the autoscaler plans with the one live worker meanwhile
     assert failed_tries == 1 and after == 2  # then the retry brought the capacity back
+
+
+def test_a_replacement_cancelled_while_starting_is_stopped():
+    class SlowWorker(FlakyWorker):
+        async def start(self) -> None:
+            await asyncio.sleep(10)
+
+    made: list[SlowWorker] = []
+
+    async def scenario() -> None:
+        task = asyncio.create_task(start_replacement(lambda: made.append(SlowWorker([])) or made[-1], lambda error, retry_s: None))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert len(made) == 1 and made[0].stopped

@@ -126,6 +126,9 @@ async def start_replacement(
         try:
             await worker.start()
             return worker
+        except asyncio.CancelledError:  # the owner is stopping: leave no half-started worker behind
+            await worker.stop()
+            raise
         except Exception as error:
             await worker.stop()
             on_failure(error, delay_s)
