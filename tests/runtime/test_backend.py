@@ -120,3 +120,47 @@ def test_a_replacement_cancelled_while_starting_is_stopped():
 
     asyncio.run(scenario())
     assert len(made) == 1 and made[0].stopped
+
+
+def test_stopping_the_manager_stops_a_replacement_that_is_still_starting(fixture_repository_path):
+    from shoal.runtime.metrics import ServingMetrics
+    from shoal.runtime.scheduler import Scheduler
+    from shoal.runtime.worker_manager import ServeConfig, WorkerManager
+
+    started: list = []
+
+    async def scenario():
+        metrics = ServingMetrics()
+        manager = WorkerManager(ServeConfig(repository=fixture_repository_path, num_workers=1, intra_op_threads=1),
+                                Scheduler(metrics), metrics, lambda key, reply: None)
+        await manager.start()
+        real_backend = manager.backend
+
+        class SlowStartBackend:  # the replacement's process runs, but its start (say, a model load) takes long
+            name = "local"
+
+            def new_worker(self, spec: WorkerSpec, *, on_exit):
+                worker = real_backend.new_worker(spec, on_exit=on_exit)
+                real_start = worker.start
+
+                async def slow_start() -> None:
+                    await real_start()
+                    started.append(worker)
+                    await asyncio.sleep(30)
+                worker.start = slow_start
+                return worker
+
+            def release(self) -> None:
+                real_backend.release()
+
+        manager.backend = SlowStartBackend()
+        os.kill(manager.workers["w0"].pid, signal.SIGKILL)
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if started:
+                break
+        await manager.stop()
+        return started
+
+    (replacement,) = asyncio.run(scenario())
+    assert not replacement.process.is_alive()  # stopped before stop() returned, not orphaned

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -244,14 +246,28 @@ def test_an_actor_on_this_node_takes_batches_through_its_channel(fixture_reposit
 
     ensure_ray(None, local_cpus=2)
     try:
+        socket_directories = set(Path(tempfile.gettempdir()).glob("shoal-channel-*"))
         shared, compute_ms, present_while_alive, block_file, alive_after = asyncio.run(run(1 << 20))
         assert block_file is not None and present_while_alive  # the same-node actor used the channel's block ...
         assert not block_file.exists() and not alive_after  # ... which was removed when the actor died
         assert len(exits) == 1  # and the owner was told once, to replace it
         np.testing.assert_allclose(shared, expected, rtol=1e-5, atol=1e-5)
         assert compute_ms > 0
-        by_actor_call, _, _, no_block, _ = asyncio.run(run(0))  # channel switched off: actor calls, object store
-        assert no_block is None and len(exits) == 2
-        np.testing.assert_allclose(by_actor_call, expected, rtol=1e-5, atol=1e-5)
+        assert set(Path(tempfile.gettempdir()).glob("shoal-channel-*")) == socket_directories  # the killed actor left none
+        import multiprocessing.connection
+
+        def unreachable(*args, **kwargs):
+            raise ConnectionRefusedError("a container with its own /tmp")
+
+        real_client = multiprocessing.connection.Client
+        multiprocessing.connection.Client = unreachable  # the actor's socket cannot be reached from here
+        try:
+            by_actor_call, _, _, no_block, _ = asyncio.run(run(1 << 20))
+        finally:
+            multiprocessing.connection.Client = real_client
+            for directory in set(Path(tempfile.gettempdir()).glob("shoal-channel-*")) - socket_directories:
+                shutil.rmtree(directory, ignore_errors=True)  # the unused socket of the actor we could not reach
+        assert no_block is None and len(exits) == 2  # fell back to actor calls (tensors in the object store) ...
+        np.testing.assert_allclose(by_actor_call, expected, rtol=1e-5, atol=1e-5)  # ... with the same answers
     finally:
         ray.shutdown()

@@ -9,6 +9,7 @@ interface, so the scheduler and the batcher never know which backend they run on
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +19,8 @@ import numpy as np
 __all__ = ["BACKENDS", "Backend", "LocalBackend", "Worker", "WorkerSpec", "make_backend", "start_replacement"]
 
 BACKENDS = ("local", "ray")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,17 @@ async def start_replacement(
             await worker.start()
             return worker
         except asyncio.CancelledError:  # the owner is stopping: leave no half-started worker behind
-            await worker.stop()
+            await asyncio.shield(_stop_quietly(worker))
             raise
         except Exception as error:
-            await worker.stop()
+            await _stop_quietly(worker)
             on_failure(error, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(2 * delay_s, max_retry_s)
+
+
+async def _stop_quietly(worker: Worker) -> None:
+    try:
+        await worker.stop()
+    except Exception:  # a worker that failed to start may not stop cleanly either; keep going
+        logger.warning("a failed worker did not stop cleanly", exc_info=True)

@@ -144,18 +144,24 @@ def _actor_class():
         def serve_channel(self, block_name: str, size_bytes: int, authkey: bytes) -> str:
             """Serve the worker protocol on a Unix socket (for a server on this node); returns its
             address. The serving thread runs beside Ray's own, which keep answering `ready`."""
+            import os
+            import tempfile
             import threading
             from multiprocessing.connection import Listener
 
             from shoal.runtime.worker import serve_connection
 
             block = BatchBlock.attach(block_name, size_bytes, tracked=False)
-            listener = Listener(family="AF_UNIX", authkey=authkey)
+            # A directory of our own (0700), emptied once the server connected: a killed actor
+            # runs no exit handlers, so nothing may be left for them to clean.
+            directory = tempfile.mkdtemp(prefix="shoal-channel-")
+            listener = Listener(os.path.join(directory, "socket"), family="AF_UNIX", authkey=authkey)
 
             def serve() -> None:
                 try:
-                    with listener:
+                    with listener:  # closing unlinks the socket file
                         connection = listener.accept()
+                    os.rmdir(directory)
                     serve_connection(self.host, block, connection)
                 finally:
                     block.release()
@@ -187,7 +193,6 @@ class RayWorkerHandle:
         placement: Placement | None = None,
         shared_memory_bytes: int = 64 * 1024 * 1024,
         on_exit: Callable[["RayWorkerHandle"], None] | None = None,
-        **_: object,
     ):
         self.worker_id = worker_id
         self.device = device
@@ -225,16 +230,24 @@ class RayWorkerHandle:
         try:
             identity = await asyncio.wait_for(self._actor.ready.remote(), timeout_s)
         except TimeoutError:
-            ray.kill(self._actor)
+            self._kill_actor()
             raise WorkerFailedError(
                 f"worker {self.worker_id}: no Ray node offered {worker_resources(self.device, self.intra_op_threads, self.device_resource)} "
                 f"within {timeout_s:.0f} s; "
                 "add nodes or resources (`ray status` shows what the cluster has)"
             ) from None
+        except ray.exceptions.RayActorError as error:  # died while starting, e.g. its constructor failed
+            raise WorkerFailedError(f"worker {self.worker_id}: its Ray actor died while starting: {error}") from None
         self.pid = identity["pid"]
         if self.shared_memory_bytes and identity["node_id"] == self._driver_node_id():
             self.channel = await self._open_channel()
         self.alive = True
+
+    def _kill_actor(self) -> None:
+        try:
+            self._ray.kill(self._actor)
+        except Exception:  # already gone, or Ray is shutting down
+            logger.debug("ray actor of worker %s already gone", self.worker_id, exc_info=True)
 
     def _driver_node_id(self) -> str | None:
         """This process's Ray node; None through a Ray Client (`ray://`), whose driver is remote."""
@@ -246,16 +259,18 @@ class RayWorkerHandle:
 
     async def _open_channel(self, timeout_s: float = 30.0) -> WorkerChannel | None:
         """Connect to the actor's socket and block; None (actor calls from then on) when this node
-        does not let us, say a container with its own /dev/shm or /tmp."""
+        does not let us, say a container with its own /dev/shm or /tmp. (The actor then keeps a
+        thread waiting on its unused socket until it is killed; the socket's directory stays.)"""
         import secrets
+        from multiprocessing import AuthenticationError
         from multiprocessing.connection import Client
 
         block = BatchBlock.create(self.shared_memory_bytes)
-        authkey = secrets.token_bytes(32)  # the socket is a file any local user could open
+        authkey = secrets.token_bytes(32)  # only this server may drive the actor, whatever the socket's permissions
         try:
             address = await self._actor.serve_channel.remote(block.name, self.shared_memory_bytes, authkey)
             connection = await asyncio.wait_for(asyncio.to_thread(Client, address, family="AF_UNIX", authkey=authkey), timeout_s)
-        except (self._ray.exceptions.RayTaskError, OSError, TimeoutError) as error:
+        except (self._ray.exceptions.RayError, OSError, AuthenticationError, TimeoutError) as error:
             logger.warning("worker %s: no shared channel to its actor (%s); batches go by actor call", self.worker_id, error)
             block.release()
             return None
@@ -273,6 +288,7 @@ class RayWorkerHandle:
         if self.alive:
             self.alive = False
             self.loaded_variants.clear()
+            self._kill_actor()  # a closed channel may leave the process alive in its bundle; the replacement needs the bundle
             if self.channel is not None:
                 self.channel.close(f"worker {self.worker_id} (ray actor) exited while holding this request")
             if not self._stopping:
@@ -330,10 +346,7 @@ class RayWorkerHandle:
     async def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping = True
         if self._actor is not None and self._ray is not None:
-            try:
-                self._ray.kill(self._actor)
-            except Exception:  # already gone
-                pass
+            self._kill_actor()
         self.alive = False
         if self.channel is not None:
             self.channel.close(f"worker {self.worker_id} stopped")

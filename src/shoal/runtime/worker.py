@@ -3,8 +3,9 @@
 A worker is a separate OS process so that a crashing or hanging model cannot take the server
 down and so that Python-level work in the frontend never competes with the model for the GIL.
 Tensors travel through one shared-memory block per worker (`BatchBlock`: inputs in the first
-half, outputs in the second); the pipe carries only small JSON control messages, so nothing is
-pickled and the bytes of a batch are copied once on each side.
+half, outputs in the second); the connection (a pipe, or a Unix socket to a Ray actor on the
+server's node, which serves the same loop) carries only small JSON control messages, so nothing
+is pickled and the bytes of a batch are copied once on each side.
 
 Control messages (JSON over a multiprocessing Connection, parent -> worker):
     {"op": "load", "variant", "path", "input_name", "output_name", "input_shape", "warmup",

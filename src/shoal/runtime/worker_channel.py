@@ -108,10 +108,16 @@ class WorkerChannel:
         async with self._run_lock:
             if self.closed:
                 raise WorkerFailedError(f"worker {self.worker_id} is not running")
-            self.block.write_inputs(items)
-            self._batch_counter += 1
-            reply = await self.request({"op": "run", "batch_id": self._batch_counter, "variant": variant_key, "batch_size": len(items)})
-            return self.block.read_outputs(reply["output_shape"]), reply["compute_ms"]
+            try:
+                self.block.write_inputs(items)
+                self._batch_counter += 1
+                reply = await self.request({"op": "run", "batch_id": self._batch_counter, "variant": variant_key, "batch_size": len(items)})
+                # A reply that arrived is good even if the channel closed since (the worker exited
+                # right after answering): `close` left the block to us.
+                return self.block.read_outputs(reply["output_shape"]), reply["compute_ms"]
+            finally:
+                if self.closed:
+                    self.block.release()
 
     def close(self, reason: str) -> None:
         """Fail every pending request with `reason`, stop reading, give the block back. Idempotent."""
@@ -127,4 +133,5 @@ class WorkerChannel:
             if not future.done():
                 future.set_exception(WorkerFailedError(reason))
         self._connection.close()
-        self.block.release()
+        if not self._run_lock.locked():  # else the batch in flight releases it when it is done with it
+            self.block.release()

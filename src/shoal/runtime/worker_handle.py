@@ -121,9 +121,10 @@ class WorkerHandle:
         if self.alive:
             self._channel.send_stop()
             deadline = asyncio.get_running_loop().time() + timeout_s
-            while self.alive and asyncio.get_running_loop().time() < deadline:
+            # The pipe can close a moment before the process is gone: wait for the process itself.
+            while (self.alive or self.process.is_alive()) and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.02)
-            if self.alive:
+            if self.alive or self.process.is_alive():
                 self.process.kill()
                 await asyncio.sleep(0.05)
         if self.alive:  # the sentinel callback may not have run yet

@@ -113,8 +113,10 @@ class WorkerManager:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in list(self._restarts):
+        restarts = list(self._restarts)
+        for task in restarts:
             task.cancel()
+        await asyncio.gather(*restarts, return_exceptions=True)  # a replacement being started is stopped first
         await asyncio.gather(*(worker.stop() for worker in self.workers.values()), return_exceptions=True)
         self.backend.release()
 
@@ -204,6 +206,9 @@ class WorkerManager:
         self._cache[worker_id] = OrderedDict()
         for key in keys:
             if key in self._variants:
-                await self._load_on(handle, self._variants[key])
+                try:
+                    await self._load_on(handle, self._variants[key])
+                except Exception:  # serve what did load; the controller loads the rest where it is wanted
+                    logger.exception("worker %s: could not reload %s after its restart", worker_id, key)
         self.scheduler.attach_worker(handle)
         logger.warning("worker %s restarted (pid %s) with %d variants", worker_id, handle.pid, len(keys))

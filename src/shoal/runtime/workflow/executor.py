@@ -132,7 +132,11 @@ class WorkflowExecutor:
 
         handle = await start_replacement(lambda: self._new_handle(worker), failed)
         self.workers[worker] = handle
-        await asyncio.gather(*(self._load(task_name, worker) for task_name, task in self.deployment.tasks.items() if worker in task.load_shares_rps))
+        stages = [task_name for task_name, task in self.deployment.tasks.items() if worker in task.load_shares_rps]
+        outcomes = await asyncio.gather(*(self._load(task_name, worker) for task_name in stages), return_exceptions=True)
+        for task_name, outcome in zip(stages, outcomes):
+            if isinstance(outcome, BaseException):  # the worker serves the stages that did load
+                logger.error("stage worker %s: could not reload %s after its restart: %s", worker, task_name, outcome)
         self.scheduler.attach_worker(handle)
         self.metrics.worker_restarts.inc()
 
@@ -170,8 +174,10 @@ class WorkflowExecutor:
 
     async def stop(self) -> None:
         self.started = False
-        for task in list(self._restarts):
+        restarts = list(self._restarts)
+        for task in restarts:
             task.cancel()
+        await asyncio.gather(*restarts, return_exceptions=True)  # a replacement being started is stopped first
         await self.scheduler.close()
         await asyncio.gather(*(handle.stop() for handle in self.workers.values()), return_exceptions=True)
         self.backend.release()

@@ -1,0 +1,51 @@
+"""WorkerChannel: a reply that arrived is delivered even when the channel closes right after it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from multiprocessing import Pipe
+
+import numpy as np
+import pytest
+
+from shoal.runtime.batch_block import BatchBlock
+from shoal.runtime.errors import WorkerFailedError
+from shoal.runtime.worker_channel import WorkerChannel
+
+
+def _doubling_worker(connection, block_name: str, size_bytes: int) -> None:
+    """Answers one "run" by doubling the batch, like a worker whose process exits right after."""
+    block = BatchBlock.attach(block_name, size_bytes)
+    message = json.loads(connection.recv_bytes())
+    shape = block.write_outputs(2 * block.inputs(message["batch_size"], (3,)))
+    connection.send_bytes(json.dumps({"op": "done", "batch_id": message["batch_id"], "output_shape": shape, "compute_ms": 1.0}).encode())
+    block.release()
+
+
+def test_a_reply_that_arrived_survives_the_channel_closing_before_the_batch_resumes():
+    async def scenario():
+        parent, child = Pipe()
+        block = BatchBlock.create(1 << 16)
+        channel = WorkerChannel("w0", parent, block, on_closed=lambda: None)
+        deliver = channel._on_readable
+
+        def deliver_then_close() -> None:  # the exit is noticed in the same loop pass as the reply
+            deliver()
+            channel.close("worker w0 exited")
+
+        asyncio.get_running_loop().remove_reader(parent.fileno())
+        asyncio.get_running_loop().add_reader(parent.fileno(), deliver_then_close)
+        thread = threading.Thread(target=_doubling_worker, args=(child, block.name, 1 << 16))
+        thread.start()
+        items = [np.array([1.0, 2.0, 3.0], dtype=np.float32), np.array([4.0, 5.0, 6.0], dtype=np.float32)]
+        outputs, compute_ms = await channel.run("v", items)
+        thread.join()
+        with pytest.raises(WorkerFailedError, match="not running"):
+            await channel.run("v", items)  # closed now: later batches fail at once
+        return outputs, block
+
+    outputs, block = asyncio.run(scenario())
+    np.testing.assert_array_equal(outputs, [[2.0, 4.0, 6.0], [8.0, 10.0, 12.0]])
+    assert block._memory is None  # released once the batch was done with it
