@@ -401,3 +401,28 @@ def test_shoal_packs_frame_rates_exactly(workers):
         exact = plan_edge(instance, "exact")
         assert exact.optimality == "proven_optimal"
         assert plan_edge(instance, "shoal").objective == pytest.approx(exact.objective, abs=1e-9), seed
+
+
+def test_a_loaded_start_plan_keeps_exactly_what_the_model_allows():
+    """`load_plan` turns a plan from elsewhere (here Jellyfish's) into a search state worth at
+    least what the shared model says that plan is worth (each client gets its best input on the
+    same configuration), so descending from it ends no lower."""
+    from shoal.planner.edge._tables import build_tables
+    from shoal.planner.edge.jellyfish import solve_jellyfish
+    from shoal.planner.edge.shoal_policy import ShoalOptions, _Search
+
+    variants = jellyfish_synthetic_variants()
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        instance = random_instance(rng, variants, 4, 16)
+        tables = build_tables(instance)
+        annealed = solve_jellyfish(tables, seed=0)
+        search = _Search(tables, ShoalOptions())
+        search.load_plan((annealed.configs, annealed.assignment))
+        scored = plan_edge(instance, "jellyfish", seed=0).objective
+        loaded = float(search.value.sum()) / tables.total_fps
+        assert loaded >= scored - 1e-9
+        assert all(search.assign[c] < 0 or annealed.assignment[c][0] == search.assign[c] for c in range(tables.num_clients))
+        assert plan_edge(instance, "shoal").objective >= scored - 1e-9
+        without = plan_edge(instance, "shoal", shoal_options=ShoalOptions(annealing_start=False)).objective
+        assert plan_edge(instance, "shoal").objective >= without - 1e-9  # one more start never hurts
