@@ -96,6 +96,7 @@ async def serve_forever(
         await asyncio.sleep(0.01)
     if http_task.done():
         await supervisor.stop()
+        edge.close()
         await _stop_all(service, workflows)
         http_task.result()
         raise SystemExit(f"HTTP frontend failed to start on {host}:{http_port}")
@@ -106,6 +107,7 @@ async def serve_forever(
     logger.info("shutting down")
     http_server.should_exit = True
     await supervisor.stop()
+    edge.close()
     if grpc_server is not None:
         await grpc_server.stop(grace=5)
     await _stop_all(service, workflows)
