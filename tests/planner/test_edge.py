@@ -426,3 +426,15 @@ def test_a_loaded_start_plan_keeps_exactly_what_the_model_allows():
         assert plan_edge(instance, "shoal").objective >= scored - 1e-9
         without = plan_edge(instance, "shoal", shoal_options=ShoalOptions(annealing_start=False)).objective
         assert plan_edge(instance, "shoal").objective >= without - 1e-9  # one more start never hurts
+
+
+def test_the_annealing_start_lifts_shoal_where_best_response_stalls():
+    """Grid instance 4 workers x 32 clients #21: best response alone stops below Jellyfish's plan."""
+    from shoal.experiments.edge_bench import _instance
+    from shoal.planner.edge.shoal_policy import ShoalOptions
+
+    instance = _instance(jellyfish_synthetic_variants(), 4, 32, 0, 21)
+    jellyfish = plan_edge(instance, "jellyfish", seed=21).objective
+    alone = plan_edge(instance, "shoal", shoal_options=ShoalOptions(annealing_start=False)).objective
+    assert alone < jellyfish - 1e-6
+    assert plan_edge(instance, "shoal").objective >= jellyfish - 1e-9

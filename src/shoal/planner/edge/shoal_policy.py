@@ -24,8 +24,9 @@ fps * accuracy * switch factor, and a worker's value is the sum over its clients
 4. Kicks, when nothing improves: the best few pair plans are applied even at a loss and followed
    by single moves and pair re-packing of everyone; kept if the result is better (a third
    worker re-packing is what makes some upgrades pay off).
-5. For few workers the whole descent also runs from an empty plan and from the plan of
-   Jellyfish's simulated annealing (seed 0; 10-115 ms at 4-8 workers); the best result is kept.
+5. For few workers the descent also runs from an empty plan and from the plan of Jellyfish's
+   simulated annealing (seed 0; the annealing itself takes 3-80 ms at 2-8 workers), each with
+   what is left of the work budget; the best result is kept.
    Best response is a strong local search but a deterministic one: on 2 of the 600 grid
    instances it stopped 0.4-0.8% below a plan that differs on 3-4 workers at once, which the
    annealing's random walk over configurations had found.
@@ -423,16 +424,18 @@ class _Search:
         for plan in others:
             best = self._snapshot()
             self.load_plan(plan)
-            self.descend()
+            self.descend()  # with what is left of the work budget: often single moves only (bounded time)
             if float(best[2].sum()) >= float(self.value.sum()):
                 self._restore(best)
 
     def load_plan(self, plan: Plan | None) -> None:
         """Make `plan` the state (None: the empty plan), keeping only what the model allows.
 
-        A worker's configuration that was pruned as dominated becomes the kept configuration
-        worth most for the same clients; clients a configuration cannot serve, or that overflow
-        its capacity (least valuable per frame first), are left unserved."""
+        Each worker keeps its clients on the configuration worth most for them: the plan's own
+        unless another kept one is worth strictly more (a configuration pruned as dominated has
+        a kept dominator, worth at least as much). On a configuration, clients it cannot serve,
+        or that overflow its capacity (least valuable per frame first), are left unserved. So
+        the state is worth at least what the shared model scores the plan at."""
         self.config = [-1] * len(self.config)
         self.assign[:] = -1
         self.value[:] = 0.0
@@ -443,27 +446,29 @@ class _Search:
             clients = np.array([c for c, place in enumerate(assignment) if place is not None and place[0] == w], dtype=int)
             if config is None or clients.size == 0:
                 continue
-            values, capacity = self.worker_value[w][:, clients], self.capacity(w)
-            load = float(self.fps[clients].sum())
-            fits = np.isfinite(values).all(axis=1) & (capacity * (1 - 1e-9) >= load)
             known = self.configs_of_device[int(self.tables.worker_device[w])]
-            if config in known and fits[known.index(config)]:
-                k = known.index(config)
-            elif fits.any():
-                k = int(np.argmax(np.where(fits, values.sum(axis=1), -np.inf)))
-            else:
-                k = known.index(config) if config in known else -1
-                if k < 0:
-                    continue
-                servable = clients[np.isfinite(values[k])]
-                density = self.worker_value[w][k, servable] / self.fps[servable]
-                kept, used = [], 0.0
-                for c in servable[np.argsort(-density, kind="stable")].tolist():
-                    if used + self.fps[c] <= capacity[k] * (1 - 1e-9):
-                        kept.append(c)
-                        used += float(self.fps[c])
-                clients = np.array(kept, dtype=int)
-            self._apply(w, k, clients.tolist())
+            own = known.index(config) if config in known else None
+            best: tuple[float, int, list[int]] = (0.0, -1, [])
+            for k in ([own] if own is not None else []) + [k for k in range(len(known)) if k != own]:
+                kept = self._keep_fitting(w, k, clients)
+                total = float(self.worker_value[w][k, kept].sum()) if kept else 0.0
+                if total > best[0] + self.tolerance:
+                    best = (total, k, kept)
+            if best[1] >= 0:
+                self._apply(w, best[1], best[2])
+
+    def _keep_fitting(self, w: int, k: int, clients: np.ndarray) -> list[int]:
+        """The clients configuration k of worker w can serve, by value per frame while they fit."""
+        values = self.worker_value[w][k, clients]
+        servable = clients[np.isfinite(values)]
+        density = self.worker_value[w][k, servable] / self.fps[servable]
+        limit = self.capacity(w)[k] * (1 - 1e-9)
+        kept, used = [], 0.0
+        for c in servable[np.argsort(-density, kind="stable")].tolist():
+            if used + self.fps[c] <= limit:
+                kept.append(c)
+                used += float(self.fps[c])
+        return kept
 
 
 def _pair_bound(
