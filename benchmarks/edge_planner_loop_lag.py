@@ -9,38 +9,56 @@ asyncio task measures how late `asyncio.sleep(0.001)` wakes up.
 """
 
 import asyncio
-import concurrent.futures
-import multiprocessing
+import json
 import statistics
 import time
+from pathlib import Path
 
 from shoal.experiments.edge_bench import _instance
 from shoal.experiments.edge_instances import jellyfish_synthetic_variants
 from shoal.planner.edge import plan_edge
+from shoal.runtime.edge.planner_process import PlannerProcess
 
-async def ticker(stop, lags):
+OUT = Path("benchmarks/results/edge_planner_loop_lag.json")
+
+
+async def ticker(stop: asyncio.Event, lags: list[float]) -> None:
     while not stop.is_set():
-        t = time.perf_counter(); await asyncio.sleep(0.001); lags.append((time.perf_counter() - t) * 1000 - 1.0)
+        started = time.perf_counter()
+        await asyncio.sleep(0.001)
+        lags.append((time.perf_counter() - started) * 1000 - 1.0)
 
-async def measure(mode, instances, pool):
-    loop = asyncio.get_running_loop(); stop = asyncio.Event(); lags = []
+
+async def measure(mode: str, instances, planner: PlannerProcess) -> dict:
+    stop, lags = asyncio.Event(), []
     task = asyncio.create_task(ticker(stop, lags))
-    t0 = time.perf_counter()
-    for inst in instances:
-        if mode == "thread": await asyncio.to_thread(plan_edge, inst, "shoal")
-        elif mode == "process": await loop.run_in_executor(pool, plan_edge, inst, "shoal")
-        else: await asyncio.sleep(0.3)
-    stop.set(); await task
+    started = time.perf_counter()
+    for instance in instances:
+        if mode == "thread":
+            await asyncio.to_thread(plan_edge, instance, "shoal")
+        elif mode == "process":
+            await planner.plan(instance, "shoal")
+        else:
+            await asyncio.sleep(0.3)
+    stop.set()
+    await task
     lags.sort()
-    return f"{mode}: {len(instances)} plans in {time.perf_counter()-t0:.1f} s; loop lag p50 {statistics.median(lags):.2f} ms p99 {lags[int(0.99*len(lags))]:.2f} ms max {lags[-1]:.1f} ms"
+    row = {"mode": mode, "plans": len(instances), "seconds": round(time.perf_counter() - started, 2),
+           "lag_p50_ms": round(statistics.median(lags), 3), "lag_p99_ms": round(lags[int(0.99 * len(lags))], 3), "lag_max_ms": round(lags[-1], 2)}
+    print(row)
+    return row
 
-async def main():
-    V = jellyfish_synthetic_variants()
-    instances = [_instance(V, 4, 32, 3, i) for i in range(8)]
-    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    await asyncio.get_running_loop().run_in_executor(pool, plan_edge, instances[0], "shoal")  # warm
-    for mode in ("idle", "thread", "process", "thread", "process"):
-        print(await measure(mode, instances, pool))
-    pool.shutdown()
+
+async def main() -> None:
+    instances = [_instance(jellyfish_synthetic_variants(), 4, 32, 3, index) for index in range(8)]
+    planner = PlannerProcess()
+    await planner.plan(instances[0], "shoal")  # the process's start is not what is measured
+    try:
+        rows = [await measure(mode, instances, planner) for mode in ("idle", "thread", "process", "thread", "process")]
+    finally:
+        planner.stop()
+    OUT.write_text(json.dumps(rows, indent=1))
+
+
 if __name__ == "__main__":
     asyncio.run(main())

@@ -79,39 +79,40 @@ async def serve_forever(
         uvicorn.Config(app, host=host, port=http_port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
     )
     grpc_server = None
-    if grpc_port:
-        try:
-            from shoal.runtime.grpc_frontend import start_grpc_server
-        except ImportError:  # the gRPC frontend is optional until its module exists
-            start_grpc_server = None
-        if start_grpc_server is not None:
-            grpc_server = await start_grpc_server(service, host=host, port=grpc_port)
-    stop = stop_event or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    http_server.install_signal_handlers = lambda: None  # signals are handled here, for all frontends
-    http_task = asyncio.create_task(http_server.serve())
-    while not http_server.started and not http_task.done():
-        await asyncio.sleep(0.01)
-    if http_task.done():
+    http_task: asyncio.Task | None = None
+    try:  # whatever ends serving (a signal, a frontend that fails to start, an error), stop everything
+        if grpc_port:
+            try:
+                from shoal.runtime.grpc_frontend import start_grpc_server
+            except ImportError:  # the gRPC frontend is optional until its module exists
+                start_grpc_server = None
+            if start_grpc_server is not None:
+                grpc_server = await start_grpc_server(service, host=host, port=grpc_port)
+        stop = stop_event or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        http_server.install_signal_handlers = lambda: None  # signals are handled here, for all frontends
+        http_task = asyncio.create_task(http_server.serve())
+        while not http_server.started and not http_task.done():
+            await asyncio.sleep(0.01)
+        if http_task.done():
+            http_task.result()
+            raise SystemExit(f"HTTP frontend failed to start on {host}:{http_port}")
+        grpc_text = f", gRPC on {host}:{grpc_port}" if grpc_server else ""
+        workflow_text = "".join(f", workflow {name!r}" for name in workflows)
+        print(f"shoal serving {len(service.variants)} variants{workflow_text}: HTTP on http://{host}:{http_port}{grpc_text}", file=sys.stderr, flush=True)
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        http_server.should_exit = True
         await supervisor.stop()
         edge.close()
+        if grpc_server is not None:
+            await grpc_server.stop(grace=5)
         await _stop_all(service, workflows)
-        http_task.result()
-        raise SystemExit(f"HTTP frontend failed to start on {host}:{http_port}")
-    grpc_text = f", gRPC on {host}:{grpc_port}" if grpc_server else ""
-    workflow_text = "".join(f", workflow {name!r}" for name in workflows)
-    print(f"shoal serving {len(service.variants)} variants{workflow_text}: HTTP on http://{host}:{http_port}{grpc_text}", file=sys.stderr, flush=True)
-    await stop.wait()
-    logger.info("shutting down")
-    http_server.should_exit = True
-    await supervisor.stop()
-    edge.close()
-    if grpc_server is not None:
-        await grpc_server.stop(grace=5)
-    await _stop_all(service, workflows)
-    await http_task
+        if http_task is not None and not http_task.done():
+            await http_task
 
 
 async def _stop_all(service: InferenceService, workflows: dict) -> None:

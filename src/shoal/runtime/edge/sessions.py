@@ -14,18 +14,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from shoal.core.models import Device, Profile
-from shoal.planner.edge import EdgeClient, EdgeInstance, EdgePlan, EdgeWorker, plan_edge
+from shoal.planner.edge import EdgeClient, EdgeWorker
 from shoal.planner.edge.live import (
     ClientInstruction,
     LadderStep,
@@ -35,6 +32,7 @@ from shoal.planner.edge.live import (
     instructions_from_plan,
     needs_replan,
 )
+from shoal.runtime.edge.planner_process import PlannerProcess
 from shoal.runtime.edge.protocol import FrameHeader, ProtocolError, Register, Report
 from shoal.runtime.errors import DeadlineExceededError, OverloadedError, ServingError
 from shoal.runtime.supervisor import Heartbeat
@@ -93,7 +91,7 @@ class EdgeSessionManager:
         self._wake = asyncio.Event()
         self._overhead_ms: collections.deque[float] = collections.deque(maxlen=256)
         self._profiles: dict[str, Profile | None] = {}
-        self._planner: ProcessPoolExecutor | None = None
+        self._planner = PlannerProcess()  # its process starts with the first plan (a session arrived)
 
     # -- sessions -------------------------------------------------------------------------------
     def register(self, request: Register, send: Send) -> tuple[EdgeSession, list[LadderStep]]:
@@ -227,7 +225,7 @@ class EdgeSessionManager:
         instance = build_edge_instance(
             variants, workers, [s.live() for s in sessions], server_overhead_ms=overhead_ms, plan_interval_ms=self.interval_s * 1000.0
         )
-        plan = await self._plan(instance)
+        plan = await self._planner.plan(instance, self.policy)
         state.planned_mbps = {s.name: s.bandwidth_mbps for s in sessions}
         state.worker_variants = {name: decision.variant for name, decision in plan.workers.items()}
         for key in {decision.variant for decision in plan.workers.values() if decision.variant}:
@@ -244,28 +242,9 @@ class EdgeSessionManager:
                 logger.info("edge: %s -> %s at %d px (%s)", session.name, instruction.variant, instruction.input_size_px, instruction.reason or "planned")
             await _send_quietly(session, assignment_message(instruction))
 
-    async def _plan(self, instance: EdgeInstance) -> EdgePlan:
-        """Plan in a process of its own. The planner is pure and CPU-bound (up to ~0.4 s at 4-8
-        workers); on a thread it would hold the GIL in 5 ms slices while requests wait: measured
-        on 4 x 32 instances, the event loop's p99 lag was 2.2-3.0 ms on a thread, 0.11-0.18 ms
-        with a planner process. The process starts with the first plan (servers without edge
-        clients never pay for it); if it dies, this plan runs on a thread and the next one
-        starts a new process."""
-        if self._planner is None:
-            self._planner = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._planner, plan_edge, instance, self.policy)
-        except BrokenProcessPool:
-            logger.warning("the edge planner process died; planning this time on a thread")
-            self._planner.shutdown(wait=False, cancel_futures=True)
-            self._planner = None
-            return await asyncio.to_thread(plan_edge, instance, self.policy)  # type: ignore[arg-type]
-
     def close(self) -> None:
         """Stop the planner process (the server is shutting down)."""
-        if self._planner is not None:
-            self._planner.shutdown(wait=False, cancel_futures=True)
-            self._planner = None
+        self._planner.stop()
 
     async def run(self, heartbeat: Heartbeat | None = None) -> None:
         """Plan every interval, and at once when a session arrives, leaves or its bandwidth jumps;
