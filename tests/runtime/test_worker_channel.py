@@ -49,3 +49,17 @@ def test_a_reply_that_arrived_survives_the_channel_closing_before_the_batch_resu
     outputs, block = asyncio.run(scenario())
     np.testing.assert_array_equal(outputs, [[2.0, 4.0, 6.0], [8.0, 10.0, 12.0]])
     assert block._memory is None  # released once the batch was done with it
+
+
+def test_a_request_to_a_worker_that_is_gone_names_its_exit():
+    async def scenario():
+        parent, child = Pipe()
+        child.close()  # the worker's end is gone; its exit has not been noticed yet
+        channel = WorkerChannel("w0", parent, BatchBlock.create(1 << 12), on_closed=lambda: None)
+        try:
+            with pytest.raises(WorkerFailedError, match="w0 exited before this request reached it"):
+                await channel.run("v", [np.zeros(3, dtype=np.float32)])
+        finally:
+            channel.close("test over")
+
+    asyncio.run(scenario())

@@ -81,6 +81,9 @@ class WorkerChannel:
         future = self.expect_reply()
         try:
             self._connection.send_bytes(json.dumps(message).encode())
+        except (BrokenPipeError, ConnectionResetError) as error:  # it died; its exit is not noticed yet
+            self._pending.remove(future)
+            raise WorkerFailedError(f"worker {self.worker_id} exited before this request reached it ({error})") from None
         except OSError as error:
             self._pending.remove(future)
             raise WorkerFailedError(f"worker {self.worker_id} cannot be reached: {error}") from None
