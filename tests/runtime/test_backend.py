@@ -53,16 +53,23 @@ def test_backends_by_name():
     assert LocalBackend().resources()["CPU"] == float(len(os.sched_getaffinity(0)))
 
 
-def test_the_manager_serves_on_the_other_workers_while_a_replacement_cannot_start(fixture_repository_path):
+async def _started_manager(repository, num_workers: int):
+    """A real WorkerManager with `num_workers` single-threaded local worker processes."""
     from shoal.runtime.metrics import ServingMetrics
     from shoal.runtime.scheduler import Scheduler
     from shoal.runtime.worker_manager import ServeConfig, WorkerManager
 
+    metrics = ServingMetrics()
+    manager = WorkerManager(ServeConfig(repository=repository, num_workers=num_workers, intra_op_threads=1),
+                            Scheduler(metrics), metrics, lambda key, reply: None)
+    await manager.start()
+    return manager, metrics
+
+
+def test_the_manager_serves_on_the_other_workers_while_a_replacement_cannot_start(fixture_repository_path):
+
     async def scenario():
-        metrics = ServingMetrics()
-        manager = WorkerManager(ServeConfig(repository=fixture_repository_path, num_workers=2, intra_op_threads=1),
-                                Scheduler(metrics), metrics, lambda key, reply: None)
-        await manager.start()
+        manager, metrics = await _started_manager(fixture_repository_path, 2)
         real_backend = manager.backend
         failures = ["the node is gone"]
 
@@ -123,17 +130,11 @@ def test_a_replacement_cancelled_while_starting_is_stopped():
 
 
 def test_stopping_the_manager_stops_a_replacement_that_is_still_starting(fixture_repository_path):
-    from shoal.runtime.metrics import ServingMetrics
-    from shoal.runtime.scheduler import Scheduler
-    from shoal.runtime.worker_manager import ServeConfig, WorkerManager
 
     started: list = []
 
     async def scenario():
-        metrics = ServingMetrics()
-        manager = WorkerManager(ServeConfig(repository=fixture_repository_path, num_workers=1, intra_op_threads=1),
-                                Scheduler(metrics), metrics, lambda key, reply: None)
-        await manager.start()
+        manager, metrics = await _started_manager(fixture_repository_path, 1)
         real_backend = manager.backend
 
         class SlowStartBackend:  # the replacement's process runs, but its start (say, a model load) takes long
