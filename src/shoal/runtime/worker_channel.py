@@ -61,6 +61,8 @@ class WorkerChannel:
         try:
             payload = self._connection.recv_bytes()
         except (EOFError, OSError):
+            # An fd at EOF stays readable: stop watching it now, whatever the owner does next.
+            asyncio.get_running_loop().remove_reader(self._connection.fileno())
             self._on_closed()
             return
         message = json.loads(payload)
