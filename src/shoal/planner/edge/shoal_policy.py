@@ -448,27 +448,16 @@ class _Search:
                 continue
             known = self.configs_of_device[int(self.tables.worker_device[w])]
             own = known.index(config) if config in known else None
+            values = self.worker_value[w][:, clients]
+            servable = np.where(np.isfinite(values), values, 0.0)  # a client a configuration cannot serve is worth nothing there
+            capacity, fps = self.capacity(w), self.fps[clients]
             best: tuple[float, int, list[int]] = (0.0, -1, [])
             for k in ([own] if own is not None else []) + [k for k in range(len(known)) if k != own]:
-                kept = self._keep_fitting(w, k, clients)
-                total = float(self.worker_value[w][k, kept].sum()) if kept else 0.0
+                total, chosen = self._skip_fill(servable[k], fps, float(capacity[k]))
                 if total > best[0] + self.tolerance:
-                    best = (total, k, kept)
+                    best = (total, k, clients[chosen].tolist())
             if best[1] >= 0:
                 self._apply(w, best[1], best[2])
-
-    def _keep_fitting(self, w: int, k: int, clients: np.ndarray) -> list[int]:
-        """The clients configuration k of worker w can serve, by value per frame while they fit."""
-        values = self.worker_value[w][k, clients]
-        servable = clients[np.isfinite(values)]
-        density = self.worker_value[w][k, servable] / self.fps[servable]
-        limit = self.capacity(w)[k] * (1 - 1e-9)
-        kept, used = [], 0.0
-        for c in servable[np.argsort(-density, kind="stable")].tolist():
-            if used + self.fps[c] <= limit:
-                kept.append(c)
-                used += float(self.fps[c])
-        return kept
 
 
 def _pair_bound(
