@@ -733,12 +733,13 @@ def _ratios(systems: dict[str, Any], ceiling: dict[str, Any], slo_ms: float) -> 
 # -- shared memory vs pickle ------------------------------------------------------------------
 
 
-def _transport_echo_main(connection: Any, memory_name: str, half_bytes: int, num_classes: int) -> None:
-    """Child: answer each batch the way a worker would, through shared memory or a pickle."""
+def _transport_echo_main(connection: Any, memory_name: str, size_bytes: int, num_classes: int) -> None:
+    """Child: answer each batch the way a worker would, through the worker's shared block or a pickle."""
     import pickle
-    from multiprocessing.shared_memory import SharedMemory
 
-    memory = SharedMemory(name=memory_name)
+    from shoal.runtime.batch_block import BatchBlock
+
+    block = BatchBlock.attach(memory_name, size_bytes)
     try:
         while True:
             try:
@@ -750,11 +751,12 @@ def _transport_echo_main(connection: Any, memory_name: str, half_bytes: int, num
                 if message.get("op") == "stop":
                     return
                 shape = tuple(message["shape"])
-                inputs = np.ndarray(shape, dtype=np.float32, buffer=memory.buf, offset=0)
-                outputs = np.ndarray((shape[0], num_classes), dtype=np.float32, buffer=memory.buf, offset=half_bytes)
-                outputs[...] = inputs[:, 0, 0, :num_classes] if shape[-1] >= num_classes else 0.0
-                del inputs, outputs
-                connection.send_bytes(json.dumps({"op": "done", "output_shape": [shape[0], num_classes]}).encode())
+                inputs = block.inputs(shape[0], shape[1:])
+                outputs = np.zeros((shape[0], num_classes), dtype=np.float32)
+                if shape[-1] >= num_classes:
+                    outputs[...] = inputs[:, 0, 0, :num_classes]
+                del inputs
+                connection.send_bytes(json.dumps({"op": "done", "output_shape": block.write_outputs(outputs)}).encode())
             else:
                 inputs = pickle.loads(payload)
                 outputs = np.zeros((inputs.shape[0], num_classes), dtype=np.float32)
@@ -762,7 +764,7 @@ def _transport_echo_main(connection: Any, memory_name: str, half_bytes: int, num
                     outputs[...] = inputs[:, 0, 0, :num_classes]
                 connection.send(outputs)
     finally:
-        memory.close()
+        block.release()
 
 
 def measure_tensor_transport(item_shapes: dict[str, tuple[int, ...]], *, batch_sizes: tuple[int, ...] = (1, 32),
@@ -773,13 +775,13 @@ def measure_tensor_transport(item_shapes: dict[str, tuple[int, ...]], *, batch_s
     outputs in the parent; shared memory copies items into the block and outputs out of it,
     pickle stacks the items and serialises them (copying the bytes through the pipe).
     """
-    from multiprocessing.shared_memory import SharedMemory
+    from shoal.runtime.batch_block import BatchBlock
 
     largest = max(int(np.prod(shape)) for shape in item_shapes.values()) * max(batch_sizes) * 4
-    memory = SharedMemory(create=True, size=2 * largest + 4096)
+    block = BatchBlock.create(2 * largest + 4096)
     context = multiprocessing.get_context("spawn")
     parent_end, child_end = context.Pipe(duplex=True)
-    process = context.Process(target=_transport_echo_main, args=(child_end, memory.name, largest + 4096, num_classes), daemon=True)
+    process = context.Process(target=_transport_echo_main, args=(child_end, block.name, block.size_bytes, num_classes), daemon=True)
     process.start()
     child_end.close()
     rows = []
@@ -790,13 +792,9 @@ def measure_tensor_transport(item_shapes: dict[str, tuple[int, ...]], *, batch_s
                 items = [rng.random(item_shape, dtype=np.float32) for _ in range(batch_size)]
 
                 def via_shared_memory() -> np.ndarray:
-                    view = np.ndarray((batch_size, *item_shape), dtype=np.float32, buffer=memory.buf, offset=0)
-                    for index, item in enumerate(items):
-                        view[index] = item
-                    del view
+                    block.write_inputs(items)
                     parent_end.send_bytes(json.dumps({"op": "run", "shape": [batch_size, *item_shape]}).encode())
-                    reply = json.loads(parent_end.recv_bytes())
-                    return np.ndarray(tuple(reply["output_shape"]), dtype=np.float32, buffer=memory.buf, offset=largest + 4096).copy()
+                    return block.read_outputs(json.loads(parent_end.recv_bytes())["output_shape"])
 
                 def via_pickle() -> np.ndarray:
                     parent_end.send(np.stack(items))
@@ -829,8 +827,7 @@ def measure_tensor_transport(item_shapes: dict[str, tuple[int, ...]], *, batch_s
         if process.is_alive():
             process.kill()
         parent_end.close()
-        memory.close()
-        memory.unlink()
+        block.release()
     return rows
 
 
