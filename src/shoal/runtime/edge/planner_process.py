@@ -30,12 +30,10 @@ class PlannerProcess:
     def __init__(self, *, timeout_s: float = 60.0):
         self.timeout_s = timeout_s
         self._pool: Pool | None = None
-        self._starting: asyncio.Lock | None = None
+        self._starting = asyncio.Lock()  # binds to the event loop on first use (Python >= 3.10)
 
     async def start(self) -> None:
         """Start the process if it is not running; spawning (a fork/exec) runs off the event loop."""
-        if self._starting is None:
-            self._starting = asyncio.Lock()
         async with self._starting:
             if self._pool is None:
                 context = multiprocessing.get_context("spawn")
