@@ -45,8 +45,8 @@ from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 from shoal.runtime.worker_channel import WorkerChannel, load_message
 
 __all__ = [
-    "PLACEMENT_STRATEGIES", "Placement", "RayBackend", "RayWorkerHandle", "ensure_ray", "placements", "release_placement_group",
-    "reserve_placement_group", "worker_resources",
+    "PLACEMENT_STRATEGIES", "Placement", "RayBackend", "RayWorkerHandle", "check_placement_strategy", "ensure_ray", "placements",
+    "release_placement_group", "reserve_placement_group", "worker_resources",
 ]
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -79,6 +79,11 @@ def worker_resources(device: str, intra_op_threads: int, device_resource: str | 
     return resources
 
 
+def check_placement_strategy(strategy: str) -> None:
+    if strategy not in PLACEMENT_STRATEGIES:
+        raise ValueError(f"placement strategy {strategy!r} is unknown: use one of {', '.join(PLACEMENT_STRATEGIES)}")
+
+
 @dataclass(frozen=True)
 class Placement:
     """A worker's place: bundle `bundle_index` of a reserved placement group."""
@@ -94,8 +99,7 @@ async def reserve_placement_group(bundles: Sequence[dict[str, float]], *, strate
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    if strategy not in PLACEMENT_STRATEGIES:
-        raise ValueError(f"placement strategy {strategy!r} is unknown: use one of {', '.join(PLACEMENT_STRATEGIES)}")
+    check_placement_strategy(strategy)
     group = placement_group([dict(bundle) for bundle in bundles], strategy=strategy)
     try:
         await asyncio.wait_for(group.ready(), timeout_s)
@@ -360,8 +364,7 @@ class RayBackend:
 
     def __init__(self, *, address: str | None = None, device_resource: str | None = None, placement_strategy: str = "PACK",
                  shared_memory_bytes: int = 64 * 1024 * 1024):
-        if placement_strategy not in PLACEMENT_STRATEGIES:
-            raise ValueError(f"placement strategy {placement_strategy!r} is unknown: use one of {', '.join(PLACEMENT_STRATEGIES)}")
+        check_placement_strategy(placement_strategy)  # at construction, before Ray starts
         self.address = address
         self.device_resource = device_resource
         self.placement_strategy = placement_strategy
