@@ -154,6 +154,15 @@ def test_dispatch_plans_with_the_tail_of_recent_batch_times_admission_with_the_m
     assert queue.tail_batch_latency_ms(2) == pytest.approx(2 * queue.tail_batch_latency_ms(1))
 
 
+def test_the_tail_is_the_90th_percentile_of_the_last_64_ratios():
+    queue = VariantQueue("v", lambda size: 10.0 * size, 8, 100)
+    ratios = np.random.default_rng(3).uniform(0.5, 20.0, 100)
+    for count, ratio in enumerate(ratios, start=1):
+        queue.observe_batch(2, 20.0 * ratio)
+        window = ratios[max(0, count - VariantQueue.TAIL_WINDOW) : count]
+        assert queue.tail_slowdown == pytest.approx(float(np.quantile(window, 0.9)), rel=1e-12)
+
+
 def test_the_batcher_sizes_batches_with_the_tail_and_expires_with_the_mean():
     async def scenario():
         scheduler, worker = make_scheduler(batch_ms=10.0)  # profile: 10 ms at any batch size
@@ -198,3 +207,21 @@ def test_a_slow_spell_does_not_leave_the_queue_dropping_everything():
         await scheduler.close()
 
     asyncio.run(scenario())
+
+
+def test_a_served_variant_answers_from_its_current_latency_profile():
+    from shoal.core import Family, LatencyStats, Profile, Variant
+    from shoal.runtime.service import ServedVariant
+
+    def profile(ms_per_item: float) -> Profile:
+        stats = {size: LatencyStats(batch_size=size, p50_ms=ms_per_item * size, p95_ms=99.0, p99_ms=99.0, mean_ms=ms_per_item * size) for size in (1, 4)}
+        return Profile(family="f", variant="v", device="cpu", batches=stats, load_time_ms=1.0)
+
+    served = ServedVariant(Family(name="f", num_classes=3, source_image_px=16), Variant(name="v", family="f", input_size_px=16), "unused.onnx")
+    assert served.batch_latency_ms(2) == float("inf")  # not loaded: no batch fits
+    served.latency = profile(1.0)
+    assert served.batch_latency_ms(2) == pytest.approx(2.0)  # the median, interpolated
+    assert served.batch_latency_ms(2) == pytest.approx(2.0)
+    served.latency = profile(3.0)  # reloaded and re-profiled: the old answers must not stick
+    assert served.batch_latency_ms(2) == pytest.approx(6.0)
+    assert served.batch_latency_ms(8) == pytest.approx(24.0)

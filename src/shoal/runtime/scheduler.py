@@ -13,6 +13,7 @@ import bisect
 import collections
 import itertools
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +59,9 @@ class VariantQueue:
     SLOWDOWN_SMOOTHING = 0.2
     TAIL_WINDOW = 64
     """Recent batches whose measured-over-profiled ratios give the tail the dispatcher plans for."""
-    TAIL_QUANTILE = 0.9
+    TAIL_DECILE = 9
+    """The 90th percentile of those ratios. (numpy's quantile cost ~20 us per batch, 4-5% of the
+    frontend's CPU under load; the standard library's takes ~2 us and interpolates the same way.)"""
 
     def __init__(self, key: str, profile_latency_ms: Callable[[int], float], max_batch_size: int, capacity: int):
         self.key = key
@@ -91,7 +94,10 @@ class VariantQueue:
             ratio = min(20.0, max(0.5, wall_ms / predicted))
             self.slowdown += self.SLOWDOWN_SMOOTHING * (ratio - self.slowdown)
             self._recent_ratios.append(ratio)
-            self.tail_slowdown = float(np.quantile(self._recent_ratios, self.TAIL_QUANTILE))
+            if len(self._recent_ratios) == 1:
+                self.tail_slowdown = ratio
+            else:
+                self.tail_slowdown = statistics.quantiles(self._recent_ratios, n=10, method="inclusive")[self.TAIL_DECILE - 1]
 
     def push(self, item: QueuedItem) -> None:
         bisect.insort(self.items, item)

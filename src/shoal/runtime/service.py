@@ -43,6 +43,8 @@ class ServedVariant:
     latency: Profile | None = None  # measured by the worker at load time
     repository_profile: Profile | None = None  # `shoal profile` output, known before any load
     planner_view: tuple | None = field(default=None, repr=False)  # (profile, ModellessVariant), see runtime.modelless
+    _latency_cache_for: Profile | None = field(default=None, init=False, repr=False, compare=False)
+    _latency_cache_ms: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -51,9 +53,16 @@ class ServedVariant:
     def batch_latency_ms(self, batch_size: int) -> float:
         if self.latency is None:
             return float("inf")
-        # The median of the worker's warm-up runs: on a shared machine the tail of a handful of
-        # samples is mostly other processes' noise, which would make the batcher refuse work.
-        return self.latency.batch_latency_ms(batch_size, "p50")
+        # The scheduler asks this several times per request; interpolating the profile each time
+        # cost about 5% of the frontend's CPU, so answers are kept per profile and batch size.
+        if self._latency_cache_for is not self.latency:
+            self._latency_cache_for, self._latency_cache_ms = self.latency, {}
+        cached = self._latency_cache_ms.get(batch_size)
+        if cached is None:
+            # The median of the worker's warm-up runs: on a shared machine the tail of a handful
+            # of samples is mostly other processes' noise, which would make the batcher refuse work.
+            cached = self._latency_cache_ms[batch_size] = self.latency.batch_latency_ms(batch_size, "p50")
+        return cached
 
 
 @dataclass
