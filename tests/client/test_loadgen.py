@@ -104,6 +104,15 @@ def test_summarise_of_a_run_without_answers_has_no_percentiles():
     assert stats.error_fraction == round(2 / 3, 6)
 
 
+def test_p99_from_send_takes_out_the_generators_own_lag_per_request():
+    run = _run(_spec(), [200, 200, 200, 429], [10.0, 20.0, 60.0, 5.0])
+    assert summarise(run).p99_from_send_ms is None  # no lag recorded: nothing to report
+    run.start_lag_ms = np.array([0.0, 5.0, 30.0, 4.0])  # the slowest answer was sent 30 ms late
+    stats = summarise(run)
+    assert stats.p99_ms == pytest.approx(59.2)  # from the schedule: [10, 20, 60]
+    assert stats.p99_from_send_ms == pytest.approx(29.7)  # from the send: [10, 15, 30]
+
+
 def test_a_request_answered_exactly_at_the_slo_counts_as_goodput():
     stats = summarise(_run(_spec(slo_ms=10.0, duration_s=1.0), [200, 200], [10.0, 10.000001]))
     assert stats.num_within_slo == 1 and stats.goodput_rps == 1.0
@@ -219,6 +228,9 @@ def test_open_loop_run_against_shoal_loses_no_request(shoal_server):
     served = {outcome: after.get(outcome, 0.0) - before.get(outcome, 0.0) for outcome in ("success", "shed", "dropped")}
     assert served == {"success": stats.num_ok, "shed": stats.num_shed, "dropped": stats.num_dropped}
     assert run.cpu_s > 0 and run.wall_s >= 2.0
+    sent = ~np.isnan(run.start_lag_ms)
+    assert sent.sum() == stats.num_requests and np.all(run.start_lag_ms[sent] >= 0)
+    assert stats.p99_from_send_ms <= stats.p99_ms
 
 
 def test_closed_loop_run_keeps_the_concurrency_and_answers_everything(shoal_server):

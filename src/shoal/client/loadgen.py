@@ -125,6 +125,9 @@ class LoadRun:
     """float64: time the server says it spent on it (shoal's `shoal_server_ms`); NaN unknown.
     Client latency minus this is time outside the service: sockets, HTTP parsing, the client."""
     variants: list[str] = field(default_factory=list)
+    start_lag_ms: np.ndarray | None = None
+    """float64: how late the generator began sending each request (its own scheduling lag, before
+    a byte left); NaN when never sent. Part of `latency_ms` that no server can shorten."""
     wall_s: float = 0.0
     """Window plus drain, as the generator's clock saw it."""
     cpu_s: float = 0.0
@@ -170,6 +173,9 @@ class LoadStats:
     server_p50_ms: float | None
     """Of answered requests that carry a server-side time (shoal only)."""
     server_p99_ms: float | None
+    p99_from_send_ms: float | None
+    """p99 of answers timed from when the generator began sending, not from the schedule: the
+    generator's own lag taken out, what the server and the sockets are answerable for."""
     variants: dict[str, int]
     generator_cpu_s: float
     generator_cpu_fraction: float
@@ -229,6 +235,8 @@ def summarise(run: LoadRun) -> LoadStats:
     batches = batches[batches > 0]
     server_ms = run.server_ms[ok] if run.server_ms is not None else np.empty(0)
     server_ms = server_ms[~np.isnan(server_ms)]
+    from_send_ms = latencies - run.start_lag_ms[ok] if run.start_lag_ms is not None else np.empty(0)
+    from_send_ms = from_send_ms[~np.isnan(from_send_ms)]
     return LoadStats(
         mode=spec.mode,
         duration_s=duration_s,
@@ -256,6 +264,7 @@ def summarise(run: LoadRun) -> LoadStats:
         mean_batch_size=None if batches.size == 0 else round(float(batches.mean()), 3),
         server_p50_ms=_percentile(server_ms, 50),
         server_p99_ms=_percentile(server_ms, 99),
+        p99_from_send_ms=_percentile(from_send_ms, 99),
         variants=counts,
         generator_cpu_s=round(run.cpu_s, 4),
         generator_cpu_fraction=round(run.cpu_s / run.wall_s, 4) if run.wall_s > 0 else 0.0,
@@ -319,6 +328,7 @@ class _Recorder:
         self.variant: list[int] = []
         self.batch: list[int] = []
         self.server_ms: list[float] = []
+        self.start_lag_ms: list[float] = []
         self.variants: dict[str, int] = {}
         self.errors: dict[str, int] = {}  # client-side failures by exception type
 
@@ -329,6 +339,7 @@ class _Recorder:
         self.variant.append(-1)
         self.batch.append(0)
         self.server_ms.append(math.nan)
+        self.start_lag_ms.append(math.nan)
         return len(self.status) - 1
 
     def finish(self, index: int, status: int, latency_ms: float, parameters: dict[str, Any] | None) -> None:
@@ -366,6 +377,7 @@ async def generate_load(spec: LoadSpec) -> LoadRun:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
 
         async def send(index: int, intended: float) -> None:
+            recorder.start_lag_ms[index] = max(0.0, clock() - intended) * 1000.0  # up to 0.5 ms early: no sleep that short
             try:
                 async with session.post(url, data=body, headers=headers) as response:
                     payload = await response.read()
@@ -433,6 +445,7 @@ async def generate_load(spec: LoadSpec) -> LoadRun:
         variant_index=np.asarray(recorder.variant, dtype=np.int32),
         batch_size=np.asarray(recorder.batch, dtype=np.int32),
         server_ms=np.asarray(recorder.server_ms, dtype=np.float64),
+        start_lag_ms=np.asarray(recorder.start_lag_ms, dtype=np.float64),
         variants=sorted(recorder.variants, key=recorder.variants.__getitem__),
         wall_s=wall_s,
         cpu_s=cpu_s,

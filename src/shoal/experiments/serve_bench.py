@@ -591,6 +591,8 @@ def _sweep_plan(system: str, url: str, target: BenchTarget, config: BenchConfig,
         "low_load_throughput_rps": low["throughput_rps"],
         "overload_offered_rps": overload["offered_rps"] if overload else None,
         "overload_p99_ms": overload["p99_ms"] if overload else None,
+        "overload_p99_from_send_ms": overload["p99_from_send_ms"] if overload else None,
+        "overload_server_p99_ms": overload["server_p99_ms"] if overload else None,
         "overload_goodput_rps": overload["goodput_rps"] if overload else None,
         "overload_shed_fraction": overload["shed_fraction"] if overload else None,
         "overload_drop_fraction": overload["drop_fraction"] if overload else None,
@@ -932,7 +934,7 @@ def _run_serve_bench(config: BenchConfig, progress: ProgressCallback | None) -> 
 CSV_COLUMNS = (
     "variant_role", "model", "system", "kind", "mode", "rate_rps", "concurrency", "offered_rps", "num_requests",
     "throughput_rps", "goodput_rps", "shed_fraction", "drop_fraction", "error_fraction", "late_fraction",
-    "p50_ms", "p95_ms", "p99_ms", "server_p50_ms", "server_p99_ms", "mean_batch_size", "generator_cpu_fraction",
+    "p50_ms", "p95_ms", "p99_ms", "p99_from_send_ms", "server_p50_ms", "server_p99_ms", "mean_batch_size", "generator_cpu_fraction",
     "server_cpu_fraction", "generator_send_lag_p99_ms",
 )  # fmt: skip
 
