@@ -55,3 +55,18 @@ def test_shoal_scales_with_the_load_and_beats_infaas_on_violations(results):
     assert shoal.decisions > 0
     assert shoal.slo_violation_rate < infaas.slo_violation_rate
     assert shoal.cost_usd < static.cost_usd
+
+
+def test_the_per_phase_oracle_is_static_provisioning_redone_for_each_phase(results, scenario):
+    from dataclasses import replace
+
+    from shoal.sim.modelless import per_phase_oracle_cost_usd
+
+    oracle = per_phase_oracle_cost_usd(scenario)
+    one_phase = [simulate_modelless(replace(scenario, multipliers=(m,)), "static_peak").cost_usd for m in scenario.multipliers]
+    assert oracle == pytest.approx(sum(one_phase))
+    # The 4x phase needs more than the 1x phases, so the oracle is below static provisioning,
+    # by at most the peak-to-mean ratio of the load.
+    assert one_phase[1] > one_phase[0]
+    static = results["static_peak"].cost_usd
+    assert static / 3 < oracle < static

@@ -34,7 +34,7 @@ from shoal.planner.autoscale import AutoscaleState, Demand, plan_autoscale, smoo
 from shoal.planner.modelless import LiveVariant, ModellessVariant, Requirements, capacity_at_slo_rps, replica_finish_ms, select_variant
 from shoal.sim.engine import Engine
 
-__all__ = ["Application", "ModellessResult", "ModellessScenario", "simulate_modelless", "POLICIES"]
+__all__ = ["Application", "ModellessResult", "ModellessScenario", "per_phase_oracle_cost_usd", "simulate_modelless", "POLICIES"]
 
 POLICIES = ("shoal", "infaas", "static_peak")
 
@@ -393,4 +393,19 @@ def _cheapest_for(variants: Sequence[ModellessVariant], requirements: Requiremen
 
 def simulate_modelless(scenario: ModellessScenario, policy: str) -> ModellessResult:
     return _Simulation(scenario, policy).run()
+
+
+def per_phase_oracle_cost_usd(scenario: ModellessScenario) -> float:
+    """What provisioning costs when every phase gets, from its first instant, exactly the replicas
+    static provisioning would buy for that phase's rate (no load time, no hold, no smoothing).
+
+    No reactive autoscaler can be cheaper than this for the same sizing rule, so static-peak cost
+    divided by this is the most any policy's saving over static provisioning can be here."""
+    total = 0.0
+    for multiplier in scenario.multipliers:
+        for app in scenario.applications:
+            candidates = [v for v in scenario.variants if v.task == app.task]
+            variant, count = _cheapest_for(candidates, app.requirements, app.base_rps * multiplier, scenario.slack)
+            total += count * variant.price_usd_per_hour * scenario.phase_s / 3600.0
+    return total
 
