@@ -63,3 +63,17 @@ def test_a_request_to_a_worker_that_is_gone_names_its_exit():
             channel.close("test over")
 
     asyncio.run(scenario())
+
+
+def test_a_batch_block_round_trips_a_batch_and_refuses_one_that_does_not_fit():
+    block = BatchBlock.create(2 * 3 * 4 * 4 * 2)  # each half holds exactly 3 items of 2x4 float32
+    try:
+        items = [np.full((2, 4), index, np.float32) for index in range(3)]
+        block.write_inputs(items)
+        np.testing.assert_array_equal(block.inputs(3, (2, 4)), np.stack(items))
+        with pytest.raises(ValueError, match="exceeds the worker's shared block"):
+            block.write_inputs(items + [items[0]])
+        shape = block.write_outputs(np.arange(6, dtype=np.float32).reshape(3, 2))
+        np.testing.assert_array_equal(block.read_outputs(shape), np.arange(6, dtype=np.float32).reshape(3, 2))
+    finally:
+        block.release()

