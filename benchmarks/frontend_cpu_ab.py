@@ -1,47 +1,87 @@
-"""A/B the frontend's CPU per request: servers from different source trees, same load, interleaved."""
-import json, os, subprocess, sys, time, urllib.request
+"""CPU the frontend process spends per request, for servers started from different source trees.
+
+Same load on each (open-loop Poisson from shoal's load generator), trees interleaved ABBA so that
+machine noise hits both alike; the frontend's CPU comes from /proc (utime + stime) over the
+measured window only. Use a `git worktree` of the older commit as the other tree:
+
+    git worktree add /tmp/old <commit>
+    .venv/bin/python benchmarks/frontend_cpu_ab.py --trees old=/tmp/old/src,new=src \\
+        --rate-rps 1500 --model demo.tiny-16 --size-px 16 --rounds 4 --out benchmarks/results/serve-frontend-cpu/light-1500rps.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
 from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise
 
-def cpu_s(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-def serve(src, workers, threads, model):
-    env = dict(os.environ, PYTHONPATH=src)
-    proc = subprocess.Popen([sys.executable, "-m", "shoal", "serve", "--http-port", "8400", "--grpc-port", "0", "--workers", str(workers),
-                             "--threads", str(threads), "--max-batch-size", "32", "--preload", model], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open("/tmp/prof/ab-serve.log", "a"))
-    for _ in range(120):
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:8400/v2/models/{model}/ready", timeout=1).status == 200:
-                return proc
-        except Exception:
-            time.sleep(0.5)
-    raise RuntimeError("not ready")
 
-if __name__ == "__main__":
-    trees = dict(arg.split("=") for arg in sys.argv[1].split(","))
-    rate, duration, rounds = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-    model = sys.argv[5] if len(sys.argv) > 5 else "demo.xlarge-128"
-    size = int(sys.argv[6]) if len(sys.argv) > 6 else 128
-    layout = sys.argv[7] if len(sys.argv) > 7 else "2x1"
-    workers, threads = map(int, layout.split("x"))
+def serve(source: str, port: int, workers: int, threads: int, model: str, log: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "shoal", "serve", "--http-port", str(port), "--grpc-port", "0", "--workers", str(workers),
+            "--threads", str(threads), "--max-batch-size", "32", "--preload", model]  # fmt: skip
+    process = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=source), stdout=subprocess.DEVNULL, stderr=log.open("a"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/ready", timeout=1).status == 200:
+                return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"the server from {source} was not ready within 60 s (log: {log})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trees", required=True, help="name=src_dir,name=src_dir")
+    parser.add_argument("--rate-rps", type=float, required=True)
+    parser.add_argument("--duration-s", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--model", default="demo.xlarge-128")
+    parser.add_argument("--size-px", type=int, default=128)
+    parser.add_argument("--layout", default="1x2", help="WORKERSxTHREADS")
+    parser.add_argument("--port", type=int, default=8400)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    trees = dict(item.split("=", 1) for item in args.trees.split(","))
+    workers, threads = map(int, args.layout.split("x"))
+    log = Path(tempfile.gettempdir()) / "frontend_cpu_ab.log"
+    spec = LoadSpec(url=f"http://127.0.0.1:{args.port}", model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
+                    slo_ms=50.0, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps)  # fmt: skip
+    warm_up = LoadSpec(**{**spec.__dict__, "duration_s": 3.0})
     rows = []
     with LoadGenerator() as generator:
-        for round_index in range(rounds):
-            names = list(trees) if round_index % 2 == 0 else list(reversed(trees))
-            for name in names:
-                proc = serve(trees[name], workers, threads, model)
-                spec = LoadSpec(url="http://127.0.0.1:8400", model=model, input_name="images", input_shape=(1, 3, size, size),
-                                slo_ms=50, duration_s=3, mode="open", rate_rps=rate)
-                generator.run(spec)  # warm-up
-                before = cpu_s(proc.pid)
-                run = generator.run(LoadSpec(**{**spec.__dict__, "duration_s": duration}))
-                used = cpu_s(proc.pid) - before
-                stats = summarise(run)
-                stats = stats if isinstance(stats, dict) else stats.__dict__
-                row = {"tree": name, "round": round_index, "frontend_cpu_ms_per_request": round(1000 * used / stats["num_requests"], 4),
-                       "goodput_rps": round(stats["goodput_rps"], 1), "p99_ms": round(stats["p99_ms"], 2), "mean_batch": round(stats["mean_batch_size"], 2)}
-                rows.append(row); print(json.dumps(row), flush=True)
-                proc.terminate(); proc.wait(30)
-    print(json.dumps(rows))
+        for round_index in range(args.rounds):
+            for name in list(trees) if round_index % 2 == 0 else list(reversed(trees)):
+                process = serve(trees[name], args.port, workers, threads, args.model, log)
+                try:
+                    generator.run(warm_up)
+                    before = cpu_s(process.pid)
+                    stats = summarise(generator.run(spec))
+                    used_s = cpu_s(process.pid) - before
+                finally:
+                    process.terminate()
+                    process.wait(30)
+                rows.append({"tree": name, "round": round_index, "frontend_cpu_ms_per_request": round(1000 * used_s / stats.num_requests, 4),
+                             "goodput_rps": round(stats.goodput_rps, 1), "p99_ms": stats.p99_ms, "mean_batch": stats.mean_batch_size})  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
