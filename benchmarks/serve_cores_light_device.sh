@@ -1,4 +1,5 @@
 #!/bin/bash
+# The light variant on 2, 4 and 8 cores of the 16-core machine; set-up as in serve_cores_device.sh.
 cd "$(dirname "$0")/.." || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl || exit 1
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 SHOAL_REPO=$PWD/.device/repo

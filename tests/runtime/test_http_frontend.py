@@ -87,6 +87,18 @@ def test_binary_length_mismatch_is_a_400(server):
     assert response.status_code == 400 and "Inference-Header-Content-Length" in response.json()["error"]
 
 
+def test_inference_paths_answer_alike_with_and_without_a_version_and_refuse_other_methods(server):
+    images = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32)
+    body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": images.ravel().tolist()}]})
+    plain = httpx.post(f"{server.url}/v2/models/fixture.rf-16/infer", content=body)
+    versioned = httpx.post(f"{server.url}/v2/models/fixture.rf-16/versions/1/infer", content=body)
+    assert plain.status_code == versioned.status_code == 200
+    assert plain.json()["outputs"][0]["data"] == versioned.json()["outputs"][0]["data"]
+    assert httpx.post(f"{server.url}/v2/models/nope/versions/1/infer", content=body).status_code == 404
+    assert httpx.get(f"{server.url}/v2/models/fixture.rf-16/infer").status_code == 405
+    assert httpx.post(f"{server.url}/v2/models/fixture.rf-16/infer/extra", content=body).status_code == 404
+
+
 def test_server_stays_healthy_after_bad_input(server):
     for _ in range(5):
         infer_raw(server, "fixture.rf-16", b"\xff\xfe garbage")
