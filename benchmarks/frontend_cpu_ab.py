@@ -2,26 +2,28 @@
 
 Same load on each (open-loop Poisson from shoal's load generator), trees interleaved ABBA so that
 machine noise hits both alike; the frontend's CPU comes from /proc (utime + stime) over the
-measured window only. Use a `git worktree` of the older commit as the other tree:
+measured window only, and the generator's own CPU per request is reported beside it. Use a
+`git worktree` of the older commit as the other tree:
 
     git worktree add /tmp/old <commit>
     .venv/bin/python benchmarks/frontend_cpu_ab.py --trees old=/tmp/old/src,new=src \\
-        --rate-rps 1500 --model demo.tiny-16 --size-px 16 --rounds 4 --out benchmarks/results/serve-frontend-cpu/light-1500rps.json
+        --rate-rps 1500 --model demo.tiny-16 --size-px 16 --rounds 4 --out benchmarks/results/serve-frontend-cpu/light-1500rps-session.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+import httpx
+
 from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise
+from shoal.experiments.server_process import ServerProcess, start_server_process
 
 
 def cpu_s(pid: int) -> float:
@@ -29,19 +31,18 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve(source: str, port: int, workers: int, threads: int, model: str, log: Path) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "shoal", "serve", "--http-port", str(port), "--grpc-port", "0", "--workers", str(workers),
-            "--threads", str(threads), "--max-batch-size", "32", "--preload", model]  # fmt: skip
-    process = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=source), stdout=subprocess.DEVNULL, stderr=log.open("a"))
+def serve(source: str, repository: Path, model: str, workers: int, threads: int, log: Path) -> ServerProcess:
+    server = start_server_process(
+        repository, "--workers", str(workers), "--threads", str(threads), "--max-batch-size", "32", "--preload", model,
+        log_path=log, env=dict(os.environ, PYTHONPATH=str(Path(source).resolve())),
+    )  # fmt: skip
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/ready", timeout=1).status == 200:
-                return process
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"the server from {source} was not ready within 60 s (log: {log})")
+    while time.monotonic() < deadline and server.process.poll() is None:  # ready is not loaded: wait for the model
+        if httpx.get(f"{server.url}/v2/models/{model}/ready", timeout=1.0).status_code == 200:
+            return server
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"{model} was not loaded within 60 s by the server from {source} (log: {log})")
 
 
 def main() -> None:
@@ -50,33 +51,35 @@ def main() -> None:
     parser.add_argument("--rate-rps", type=float, required=True)
     parser.add_argument("--duration-s", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--repo", type=Path, default=Path(os.environ.get("SHOAL_REPO", Path.home() / ".cache/shoal/repo")))
     parser.add_argument("--model", default="demo.xlarge-128")
     parser.add_argument("--size-px", type=int, default=128)
     parser.add_argument("--layout", default="1x2", help="WORKERSxTHREADS")
-    parser.add_argument("--port", type=int, default=8400)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     trees = dict(item.split("=", 1) for item in args.trees.split(","))
     workers, threads = map(int, args.layout.split("x"))
     log = Path(tempfile.gettempdir()) / "frontend_cpu_ab.log"
-    spec = LoadSpec(url=f"http://127.0.0.1:{args.port}", model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
-                    slo_ms=50.0, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps)  # fmt: skip
-    warm_up = LoadSpec(**{**spec.__dict__, "duration_s": 3.0})
     rows = []
     with LoadGenerator() as generator:
         for round_index in range(args.rounds):
             for name in list(trees) if round_index % 2 == 0 else list(reversed(trees)):
-                process = serve(trees[name], args.port, workers, threads, args.model, log)
+                server = serve(trees[name], args.repo, args.model, workers, threads, log)
                 try:
-                    generator.run(warm_up)
-                    before = cpu_s(process.pid)
+                    spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
+                                    slo_ms=50.0, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps)  # fmt: skip
+                    generator.run(dataclasses.replace(spec, duration_s=3.0))  # warm-up
+                    before = cpu_s(server.process.pid)
                     stats = summarise(generator.run(spec))
-                    used_s = cpu_s(process.pid) - before
+                    used_s = cpu_s(server.process.pid) - before
                 finally:
-                    process.terminate()
-                    process.wait(30)
-                rows.append({"tree": name, "round": round_index, "frontend_cpu_ms_per_request": round(1000 * used_s / stats.num_requests, 4),
-                             "goodput_rps": round(stats.goodput_rps, 1), "p99_ms": stats.p99_ms, "mean_batch": stats.mean_batch_size})  # fmt: skip
+                    server.stop()
+                rows.append({
+                    "tree": name, "round": round_index,
+                    "frontend_cpu_ms_per_request": round(1000 * used_s / stats.num_requests, 4),
+                    "generator_cpu_ms_per_request": round(1000 * stats.generator_cpu_s / stats.num_requests, 4),
+                    "goodput_rps": round(stats.goodput_rps, 1), "p99_ms": stats.p99_ms, "mean_batch": stats.mean_batch_size,
+                })  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

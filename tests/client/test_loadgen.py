@@ -230,7 +230,6 @@ def test_open_loop_run_against_shoal_loses_no_request(shoal_server):
     assert run.cpu_s > 0 and run.wall_s >= 2.0
     sent = ~np.isnan(run.start_lag_ms)
     assert sent.sum() == stats.num_requests and np.all(run.start_lag_ms[sent] >= 0)
-    assert stats.p99_from_send_ms <= stats.p99_ms
 
 
 def test_closed_loop_run_keeps_the_concurrency_and_answers_everything(shoal_server):

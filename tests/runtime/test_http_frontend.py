@@ -187,3 +187,45 @@ def test_replicas_follow_the_requested_count(fixture_repository_path):
         assert httpx.post(f"{url}/v2/repository/models/fixture.rf-16/replicas", json={"replicas": -1}).status_code == 400
     finally:
         stop_server(server)
+
+
+def test_the_fast_path_takes_exactly_the_inference_posts():
+    import asyncio
+
+    from starlette.responses import PlainTextResponse
+
+    from shoal.runtime.http_frontend import InferFastPath
+
+    seen: list[tuple[str, dict]] = []
+
+    async def endpoint(request):
+        seen.append(("fast", dict(request.path_params)))
+        return PlainTextResponse("fast")
+
+    async def starlette_app(scope, receive, send):
+        seen.append(("starlette", {}))
+        await PlainTextResponse("slow")(scope, receive, send)
+
+    async def call(method: str, path: str) -> None:
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            pass
+
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"", "headers": [], "root_path": ""}
+        await InferFastPath(endpoint, starlette_app)(scope, receive, send)
+
+    cases = [
+        ("POST", "/v2/models/demo.tiny-16/infer", ("fast", {"model": "demo.tiny-16"})),
+        ("POST", "/v2/models/demo/versions/3/infer", ("fast", {"model": "demo", "version": "3"})),
+        ("GET", "/v2/models/demo/infer", ("starlette", {})),
+        ("HEAD", "/v2/models/demo/infer", ("starlette", {})),
+        ("POST", "/v2/models/demo/infer/extra", ("starlette", {})),
+        ("POST", "/v2/models/a/b/infer", ("starlette", {})),
+        ("POST", "/v2/repository/models/demo/load", ("starlette", {})),
+    ]
+    for method, path, expected in cases:
+        seen.clear()
+        asyncio.run(call(method, path))
+        assert seen == [expected], (method, path)

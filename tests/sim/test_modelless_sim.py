@@ -70,3 +70,5 @@ def test_the_per_phase_oracle_is_static_provisioning_redone_for_each_phase(resul
     assert one_phase[1] > one_phase[0]
     static = results["static_peak"].cost_usd
     assert static / 3 < oracle < static
+    # One application: shoal's planner finds the same cheapest sizing for each phase.
+    assert per_phase_oracle_cost_usd(scenario, "shoal") == pytest.approx(oracle)

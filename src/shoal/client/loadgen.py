@@ -175,7 +175,8 @@ class LoadStats:
     server_p99_ms: float | None
     p99_from_send_ms: float | None
     """p99 of answers timed from when the generator began sending, not from the schedule: the
-    generator's own lag taken out, what the server and the sockets are answerable for."""
+    generator's lag before sending taken out (its event loop's delay in reading the answer is
+    still in)."""
     variants: dict[str, int]
     generator_cpu_s: float
     generator_cpu_fraction: float

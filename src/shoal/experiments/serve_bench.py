@@ -841,6 +841,7 @@ def _machine() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),  # taskset
         "load_average": [round(value, 2) for value in os.getloadavg()],
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
@@ -922,7 +923,7 @@ def _run_serve_bench(config: BenchConfig, progress: ProgressCallback | None) -> 
         "shoal_command": "shoal serve --workers 1 --threads {t} --max-batch-size {b} --preload <variant>".format(t=config.ort_threads, b=config.max_batch_size),
     }
     out["machine"] = {**machine_before, "load_average_after": [round(value, 2) for value in os.getloadavg()],
-                      "note": "2-core machine shared with other jobs; compare ratios from one run, not absolute numbers across runs"}  # fmt: skip
+                      "note": "a shared machine: compare ratios from one run, not absolute numbers across runs"}  # fmt: skip
     out["variants"] = variants
     out["transport"] = transport
     out["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -69,15 +69,18 @@ class ServerProcess:
                 self.process.wait()
 
 
-def start_server_process(repository: Path, *extra: str, timeout_s: float = 120.0, log_path: Path | None = None) -> ServerProcess:
+def start_server_process(
+    repository: Path, *extra: str, timeout_s: float = 120.0, log_path: Path | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
     """Start `shoal serve` on a free port and wait until it reports ready (its output goes to
-    `log_path`, or nowhere)."""
+    `log_path`, or nowhere; `env` replaces the environment, e.g. to serve another source tree)."""
     port = free_port()
     log = open(log_path or os.devnull, "w")  # noqa: SIM115 - owned by the process
     process = subprocess.Popen(
         [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", str(port), "--grpc-port", "0", *extra],
         stdout=log,
         stderr=log,
+        env=env,
     )
     server = ServerProcess(process, f"http://127.0.0.1:{port}")
     state = wait_until_ready(process, server.url, timeout_s)

@@ -85,7 +85,9 @@ class InferFastPath:
     frontend's CPU per inference request on light models, where the frontend is the bottleneck.
     The endpoint is the same `guarded` handler the Starlette routes use (it turns every error
     into a response itself), so behaviour does not depend on which way a request came; other
-    methods on these paths still reach Starlette (405)."""
+    methods on these paths still reach Starlette (405). The endpoint gets no `app` or `router`
+    in its scope (it uses neither); behind a `root_path` the paths carry a prefix, do not match
+    here, and take Starlette's way."""
 
     def __init__(self, infer_endpoint, app: ASGIApp):
         self.infer_endpoint = infer_endpoint

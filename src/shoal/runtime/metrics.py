@@ -38,29 +38,30 @@ class ServingMetrics:
         # Children of the per-request metrics by label values: `labels()` takes a lock and builds
         # the key on every call, a few microseconds each, several times per request. The label
         # values are served model and variant names, so this stays as small as the repository.
-        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
-    def _child(self, metric: Any, *values: str) -> Any:
-        key = (metric._name, values)  # noqa: SLF001 (metric names are unique within the registry)
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once (the metrics live as long as this object)."""
+        key = (id(metric), values)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*values)
         return child
 
     def outcome(self, model: str, variant: str, outcome: str) -> None:
-        self._child(self.requests, model, variant, outcome).inc()
+        self.child(self.requests, model, variant, outcome).inc()
 
     def set_pending(self, variant: str, count: int) -> None:
-        self._child(self.pending, variant).set(count)
+        self.child(self.pending, variant).set(count)
 
     def batch(self, variant: str, size: int, compute_ms: float) -> None:
-        self._child(self.batch_size, variant).observe(size)
-        self._child(self.compute_seconds, variant).observe(compute_ms / 1000.0)
+        self.child(self.batch_size, variant).observe(size)
+        self.child(self.compute_seconds, variant).observe(compute_ms / 1000.0)
 
     def answered(self, model: str, variant: str, queue_ms: float, total_ms: float) -> None:
-        self._child(self.requests, model, variant, "success").inc()
-        self._child(self.queue_seconds, variant).observe(queue_ms / 1000.0)
-        self._child(self.end_to_end_seconds, variant).observe(total_ms / 1000.0)
+        self.child(self.requests, model, variant, "success").inc()
+        self.child(self.queue_seconds, variant).observe(queue_ms / 1000.0)
+        self.child(self.end_to_end_seconds, variant).observe(total_ms / 1000.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -215,9 +215,9 @@ class Scheduler:
         try:
             outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch])
             queue.observe_batch(len(batch), monotonic_ms() - started_ms)
-            self.metrics.worker_busy_seconds.labels(worker.worker_id).inc(max(0.0, monotonic_ms() - started_ms) / 1000.0)
-            self.metrics.slowdown.labels(queue.key).set(queue.slowdown)
-            self.metrics.tail_slowdown.labels(queue.key).set(queue.tail_slowdown)
+            self.metrics.child(self.metrics.worker_busy_seconds, worker.worker_id).inc(max(0.0, monotonic_ms() - started_ms) / 1000.0)
+            self.metrics.child(self.metrics.slowdown, queue.key).set(queue.slowdown)
+            self.metrics.child(self.metrics.tail_slowdown, queue.key).set(queue.tail_slowdown)
         except asyncio.CancelledError:
             for item in batch:
                 _fail(item.future, WorkerFailedError("server stopped while this request was running"))

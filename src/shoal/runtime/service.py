@@ -283,7 +283,7 @@ class InferenceService:
                 if selection.variant is None:
                     raise_unmet(model_name, stated, list(modelless_variants(self, family, tensor.shape[-1]).values()), selection.reason, remaining_ms)
                 served = self.variants[selection.variant]
-            self.metrics.policy_decisions.labels(family.name, served.variant.name, self.policy.name).inc()
+            self.metrics.child(self.metrics.policy_decisions, family.name, served.variant.name, self.policy.name).inc()
         elif not self.scheduler.workers_for(served.key):
             raise ModelNotReadyError(f"variant {served.key!r} is not loaded; POST /v2/repository/models/{served.key}/load")
         if tensor.shape[-1] < served.variant.input_size_px:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -395,17 +396,25 @@ def simulate_modelless(scenario: ModellessScenario, policy: str) -> ModellessRes
     return _Simulation(scenario, policy).run()
 
 
-def per_phase_oracle_cost_usd(scenario: ModellessScenario) -> float:
-    """What provisioning costs when every phase gets, from its first instant, exactly the replicas
-    static provisioning would buy for that phase's rate (no load time, no hold, no smoothing).
+def per_phase_oracle_cost_usd(scenario: ModellessScenario, sizing: Literal["static", "shoal"] = "static") -> float:
+    """What provisioning costs when every phase gets, from its first instant, the replicas its
+    rate needs (no load time, no hold, no smoothing): sized as static provisioning sizes (the
+    cheapest single variant per application) or by shoal's own planner (applications of a task
+    pooled on shared variants, horizontal or vertical).
 
-    No reactive autoscaler can be cheaper than this for the same sizing rule, so static-peak cost
-    divided by this is the most any policy's saving over static provisioning can be here."""
-    total = 0.0
+    Static-peak cost divided by this is what perfect reaction alone could save over provisioning
+    for the peak with the same sizing rule: the load shape's share of any saving."""
+    total_usd_per_hour_s = 0.0
     for multiplier in scenario.multipliers:
-        for app in scenario.applications:
-            candidates = [v for v in scenario.variants if v.task == app.task]
-            variant, count = _cheapest_for(candidates, app.requirements, app.base_rps * multiplier, scenario.slack)
-            total += count * variant.price_usd_per_hour * scenario.phase_s / 3600.0
-    return total
-
+        if sizing == "static":
+            for app in scenario.applications:
+                candidates = [v for v in scenario.variants if v.task == app.task]
+                variant, count = _cheapest_for(candidates, app.requirements, app.base_rps * multiplier, scenario.slack)
+                total_usd_per_hour_s += count * variant.price_usd_per_hour * scenario.phase_s
+        else:
+            for task in sorted({app.task for app in scenario.applications}):
+                candidates = [v for v in scenario.variants if v.task == task]
+                demands = [Demand(app.name, app.requirements, app.base_rps * multiplier) for app in scenario.applications if app.task == task]
+                plan = plan_autoscale(demands, candidates, {}, AutoscaleState(), 0.0, policy="shoal", slack=scenario.slack)
+                total_usd_per_hour_s += sum(plan.replicas[v.name] * v.price_usd_per_hour for v in candidates) * scenario.phase_s
+    return total_usd_per_hour_s / 3600.0
