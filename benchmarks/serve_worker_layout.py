@@ -20,7 +20,7 @@ import shoal.experiments.serve_bench as serve_bench
 LAYOUTS = {"1x2": ("1", "2"), "2x1": ("2", "1")}
 
 
-def run(layout: str, repository: Path) -> dict:
+def run(layout: str, repository: Path, quick: bool = True) -> dict:
     workers, threads = LAYOUTS[layout]
     original = serve_bench._server_argv
 
@@ -33,10 +33,10 @@ def run(layout: str, repository: Path) -> dict:
 
     serve_bench._server_argv = argv
     try:
-        result = serve_bench.run_serve_bench(serve_bench.BenchConfig(repository=repository, quick=True, systems=("shoal",), transport=False))
+        result = serve_bench.run_serve_bench(serve_bench.BenchConfig(repository=repository, quick=quick, systems=("shoal",), transport=False, model="demo.xlarge-128"))
     finally:
         serve_bench._server_argv = original
-    heavy = result["variants"]["heavy"]
+    heavy = next(iter(result["variants"].values()))  # the one variant asked for
     shoal = heavy["systems"]["shoal"]
     return {"layout": layout, "goodput_rps": shoal["goodput_rps"], "ceiling_rps": heavy["ceiling"]["goodput_rps"],
             "ratio_vs_ceiling": heavy["ratio_vs_ceiling"], "overload_p99_ms": shoal["overload_p99_ms"],
@@ -48,11 +48,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repo", type=Path, default=Path.home() / ".cache/shoal/repo")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--full", action="store_true", help="full-length points (5 s) instead of the quick sweep")
     args = parser.parse_args()
     rows = []
     for round_index in range(args.rounds):
         for layout in (("2x1", "1x2") if round_index % 2 else ("1x2", "2x1")):
-            rows.append({"round": round_index, **run(layout, args.repo)})
+            rows.append({"round": round_index, "full": args.full, **run(layout, args.repo, quick=not args.full)})
             print(json.dumps(rows[-1]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
