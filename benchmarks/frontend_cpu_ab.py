@@ -31,9 +31,9 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve(source: str, repository: Path, model: str, workers: int, threads: int, log: Path) -> ServerProcess:
+def serve(source: str, repository: Path, model: str, workers: int, threads: int, log: Path, extra_args: tuple[str, ...] = ()) -> ServerProcess:
     server = start_server_process(
-        repository, "--workers", str(workers), "--threads", str(threads), "--max-batch-size", "32", "--preload", model,
+        repository, "--workers", str(workers), "--threads", str(threads), "--max-batch-size", "32", "--preload", model, *extra_args,
         log_path=log, env=dict(os.environ, PYTHONPATH=str(Path(source).resolve())),
     )  # fmt: skip
     deadline = time.monotonic() + 60

@@ -225,3 +225,56 @@ def test_a_served_variant_answers_from_its_current_latency_profile():
     served.latency = profile(3.0)  # reloaded and re-profiled: the old answers must not stick
     assert served.batch_latency_ms(2) == pytest.approx(6.0)
     assert served.batch_latency_ms(8) == pytest.approx(24.0)
+
+
+def test_the_admission_error_is_a_high_percentile_of_recent_finish_errors():
+    queue = VariantQueue("v", lambda size: 10.0 * size, 8, 100)
+    queue.observe_finishes([50.0] * 19)
+    assert queue.admission_error_ms == 0.0  # too few to trust
+    errors = np.random.default_rng(5).normal(2.0, 6.0, 600)
+    for start in range(19, 600, 7):
+        queue.observe_finishes(list(errors[start : start + 7]))
+        seen = np.concatenate([[50.0] * 19, errors[19 : start + 7]])[-VariantQueue.FINISH_ERROR_WINDOW :]
+        expected = float(np.percentile(seen, VariantQueue.FINISH_ERROR_PERCENTILE))
+        assert queue.admission_error_ms == pytest.approx(max(0.0, expected), rel=1e-9)
+    queue.observe_finishes([-5.0] * VariantQueue.FINISH_ERROR_WINDOW)  # finishing early never loosens admission
+    assert queue.admission_error_ms == 0.0
+
+
+def test_late_finishes_make_admission_stricter_except_for_a_request_that_runs_at_once():
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=10.0, max_batch=1)
+        queue = scheduler.queues["v"]
+        now = monotonic_ms()
+        # an idle worker and an empty queue: admitted whatever the learnt error
+        queue.admission_error_ms = 100.0
+        first = scheduler.submit("v", np.zeros(1, np.float32), now + 40)
+        await asyncio.sleep(0.002)
+        assert worker.batches == [1]
+        # now the worker is busy: predicted finish ~20 ms fits 40 ms, but not with the error on top
+        with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
+            scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 40)
+        queue.admission_error_ms = 0.0
+        second = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 40)
+        await asyncio.gather(first, second)
+        await scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_admission_learns_how_late_queued_requests_finish():
+    async def scenario():
+        # profiled at 2 ms, really 15 ms a batch: queued requests finish far later than predicted
+        scheduler = Scheduler(ServingMetrics())
+        scheduler.add_queue(VariantQueue("v", lambda size: 2.0, 1, 100))
+        scheduler.attach_worker(FakeWorker("w", 15.0))
+        queue = scheduler.queues["v"]
+        now = monotonic_ms()
+        futures = [scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(25)]
+        await asyncio.gather(*futures)
+        await scheduler.close()
+        return queue
+
+    queue = asyncio.run(scenario())
+    # the last of 25 one-item batches was predicted at ~50 ms and finished after ~375 ms
+    assert queue.admission_error_ms > 100.0

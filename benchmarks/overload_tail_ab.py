@@ -1,0 +1,96 @@
+"""Latency of answered requests at a fixed overload, as the client sees it, for servers started
+from different source trees (interleaved ABBA so machine noise hits both alike).
+
+The client's time from the actual send is split into shoal's own time (`shoal_server_ms`) and
+the rest (sockets, the frontend's read queue before its clock starts, the answer's way back):
+that rest is what the server cannot see on its clock.
+
+    git worktree add /tmp/old <commit>
+    .venv/bin/python benchmarks/overload_tail_ab.py --trees old=/tmp/old/src,new=src --rate-rps 1240 \\
+        --rounds 4 --out benchmarks/results/serve-overload-tail/heavy-1240rps.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frontend_cpu_ab import cpu_s, serve  # noqa: E402
+
+from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise  # noqa: E402
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float | None]:
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {"p50": None, "p99": None, "max": None}
+    return {"p50": round(float(np.percentile(values, 50)), 2), "p99": round(float(np.percentile(values, 99)), 2), "max": round(float(values.max()), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trees", required=True, help="name=src_dir[+--option+value...][@ENV=VALUE...],name=...")
+    parser.add_argument("--rate-rps", type=float, required=True)
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--repo", type=Path, default=Path(os.environ.get("SHOAL_REPO", Path.home() / ".cache/shoal/repo")))
+    parser.add_argument("--model", default="demo.xlarge-128")
+    parser.add_argument("--size-px", type=int, default=128)
+    parser.add_argument("--layout", default="1x2", help="WORKERSxTHREADS")
+    parser.add_argument("--slo-ms", type=float, default=50.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    trees = dict(item.split("=", 1) for item in args.trees.split(","))
+    workers, threads = map(int, args.layout.split("x"))
+    log = Path(tempfile.gettempdir()) / "overload_tail_ab.log"
+    rows = []
+    with LoadGenerator(priority_boost=True) as generator:  # as `shoal bench serve` runs it
+        for round_index in range(args.rounds):
+            for name in list(trees) if round_index % 2 == 0 else list(reversed(trees)):
+                # name=src[+--server-option+value...][@KEY=VALUE...]: options and environment of that server
+                source_and_args, *assignments = trees[name].split("@")
+                source, *extra_args = source_and_args.split("+")
+                saved = dict(os.environ)
+                os.environ.update(dict(assignment.split("=", 1) for assignment in assignments))
+                try:
+                    server = serve(source, args.repo, args.model, workers, threads, log, tuple(extra_args))
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+                try:
+                    spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
+                                    slo_ms=args.slo_ms, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps, seed=round_index)  # fmt: skip
+                    generator.run(dataclasses.replace(spec, duration_s=2.0, rate_rps=args.rate_rps / 4))  # warm-up below capacity
+                    before = cpu_s(server.process.pid)
+                    run = generator.run(spec)
+                    frontend_s = cpu_s(server.process.pid) - before
+                finally:
+                    server.stop()
+                stats = summarise(run)
+                ok = run.status == 200
+                from_send = run.latency_ms[ok] - run.start_lag_ms[ok]
+                outside = from_send - run.server_ms[ok]
+                rows.append({
+                    "tree": name, "round": round_index, "offered_rps": stats.offered_rps,
+                    "goodput_rps": round(stats.goodput_rps, 1), "p99_ms": stats.p99_ms, "p99_from_send_ms": stats.p99_from_send_ms,
+                    "server_p99_ms": stats.server_p99_ms, "late_fraction": stats.late_fraction, "shed_fraction": stats.shed_fraction,
+                    "drop_fraction": stats.drop_fraction, "error_fraction": stats.error_fraction, "mean_batch": stats.mean_batch_size,
+                    "outside_server_ms": _quantiles(outside), "frontend_cpu_fraction": round(frontend_s / run.wall_s, 3),
+                    "generator_cpu_fraction": stats.generator_cpu_fraction,
+                })  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
