@@ -8,6 +8,7 @@ import pytest
 from shoal.core.models import Profile
 from shoal.profiler.measure import summarise_latencies
 from shoal.runtime.errors import DeadlineExceededError
+from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import InferenceService
 from shoal.runtime.worker_manager import ServeConfig
 
@@ -41,6 +42,35 @@ def test_an_answer_finished_after_its_deadline_is_dropped_not_sent(fixture_repos
         text = service.metrics.render().decode()
         assert f'shoal_requests_total{{model="{key}",outcome="dropped",variant="{key}"}} 1.0' in text
         assert f'shoal_requests_total{{model="{key}",outcome="success",variant="{key}"}} 1.0' in text
+        await service.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_family_request_avoids_a_variant_whose_learnt_admission_error_would_refuse_it(fixture_repository_path):
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, preload=()))
+
+        async def no_processes() -> None:
+            return None
+
+        service.manager.start = no_processes  # the batches run on fake workers below
+        await service.start()
+        for key in ("fixture.rf-16", "fixture.rf-64"):
+            served = service.variants[key]
+            served.latency = Profile(family="fixture", variant=served.variant.name, device="cpu", load_time_ms=1.0,
+                                     batches={size: summarise_latencies(size, [0.5] * 5) for size in (1, 2, 4)})
+            service.scheduler.attach_worker(FakeWorker(f"w-{key}", 1.0, variants=(key,)))
+        accurate = max(("fixture.rf-16", "fixture.rf-64"), key=lambda key: service.variants[key].variant.accuracy or 0.0)
+        image = {"images": np.zeros((1, 3, 64, 64), np.float32)}
+        chosen = await service.infer("fixture", image, {"slo_ms": 60}, [])
+        assert chosen.parameters["shoal_variant"] == accurate
+        # The accurate variant's requests lately finished 100 ms later than predicted and its worker
+        # is busy: admission would refuse it, so the policy must not pick it.
+        service.scheduler.queues[accurate].admission_error_ms = 100.0
+        next(worker for worker in service.scheduler.workers if accurate in worker.loaded_variants).busy_until_ms = monotonic_ms() + 1.0
+        chosen = await service.infer("fixture", image, {"slo_ms": 60}, [])
+        assert chosen.parameters["shoal_variant"] != accurate
         await service.stop()
 
     asyncio.run(scenario())

@@ -168,6 +168,16 @@ class Scheduler:
         busy_ms = min(max(0.0, worker.busy_until_ms - now_ms) for worker in workers)
         return admission_finish_ms(len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, len(workers))
 
+    def admission_margin_ms(self, key: str) -> float:
+        """What admission adds to the predicted finish of a request for `key` queued now: the
+        learnt error (`VariantQueue.admission_error_ms`), except for a request that runs at once.
+
+        The error was learnt from queued requests: one that runs at once on an idle worker has
+        no queue to mispredict, and admitting it keeps fresh errors coming when the tail is stale."""
+        queue = self.queues[key]
+        runs_at_once = not queue.items and any(worker.busy_until_ms == 0.0 for worker in self.workers_for(key))
+        return 0.0 if runs_at_once else queue.admission_error_ms
+
     def submit(self, key: str, tensor: np.ndarray, deadline_ms: float, priority: int = 0, admit_by_ms: float | None = None) -> asyncio.Future:
         """Queue one item; raises OverloadedError when it cannot be admitted.
 
@@ -182,11 +192,7 @@ class Scheduler:
             raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
         # A saturated event loop delays the answer too (socket, parsing, encoding), by about its lag.
         predicted_finish_ms = now + self.loop_lag_ms + self.predicted_finish_ms(key, now)
-        # The error was learnt from queued requests: one that runs at once on an idle worker has no
-        # queue to mispredict, and admitting it keeps fresh errors coming when the tail is stale.
-        runs_at_once = not queue.items and any(worker.busy_until_ms == 0.0 for worker in self.workers_for(key))
-        margin_ms = 0.0 if runs_at_once else queue.admission_error_ms
-        if predicted_finish_ms + margin_ms > (deadline_ms if admit_by_ms is None else admit_by_ms):
+        if predicted_finish_ms + self.admission_margin_ms(key) > (deadline_ms if admit_by_ms is None else admit_by_ms):
             raise OverloadedError(
                 f"{key!r} cannot answer within the deadline at the current load", retry_after_s=self._retry_after_s(queue)
             )
