@@ -12,59 +12,27 @@ measured window only, and the generator's own CPU per request is reported beside
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_servers import ab_parser, cpu_s, parse_trees, serve_tree  # noqa: E402
 
-from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise
-from shoal.experiments.server_process import ServerProcess, start_server_process
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def serve(source: str, repository: Path, model: str, workers: int, threads: int, log: Path, extra_args: tuple[str, ...] = ()) -> ServerProcess:
-    server = start_server_process(
-        repository, "--workers", str(workers), "--threads", str(threads), "--max-batch-size", "32", "--preload", model, *extra_args,
-        log_path=log, env=dict(os.environ, PYTHONPATH=str(Path(source).resolve())),
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server.process.poll() is None:  # ready is not loaded: wait for the model
-        if httpx.get(f"{server.url}/v2/models/{model}/ready", timeout=1.0).status_code == 200:
-            return server
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"{model} was not loaded within 60 s by the server from {source} (log: {log})")
+from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trees", required=True, help="name=src_dir,name=src_dir")
-    parser.add_argument("--rate-rps", type=float, required=True)
-    parser.add_argument("--duration-s", type=float, default=15.0)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--repo", type=Path, default=Path(os.environ.get("SHOAL_REPO", Path.home() / ".cache/shoal/repo")))
-    parser.add_argument("--model", default="demo.xlarge-128")
-    parser.add_argument("--size-px", type=int, default=128)
-    parser.add_argument("--layout", default="1x2", help="WORKERSxTHREADS")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    trees = dict(item.split("=", 1) for item in args.trees.split(","))
-    workers, threads = map(int, args.layout.split("x"))
+    args = ab_parser(__doc__.splitlines()[0], duration_s=15.0).parse_args()
+    trees = parse_trees(args.trees)
     log = Path(tempfile.gettempdir()) / "frontend_cpu_ab.log"
     rows = []
     with LoadGenerator() as generator:
         for round_index in range(args.rounds):
             for name in list(trees) if round_index % 2 == 0 else list(reversed(trees)):
-                server = serve(trees[name], args.repo, args.model, workers, threads, log)
+                server = serve_tree(trees[name], args, log)
                 try:
                     spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
                                     slo_ms=50.0, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps)  # fmt: skip

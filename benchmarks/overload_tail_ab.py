@@ -12,10 +12,8 @@ that rest is what the server cannot see on its clock.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from frontend_cpu_ab import cpu_s, serve  # noqa: E402
+from ab_servers import ab_parser, cpu_s, parse_trees, serve_tree  # noqa: E402
 
 from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise  # noqa: E402
 
@@ -36,35 +34,16 @@ def _quantiles(values: np.ndarray) -> dict[str, float | None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trees", required=True, help="name=src_dir[+--option+value...][@ENV=VALUE...],name=...")
-    parser.add_argument("--rate-rps", type=float, required=True)
-    parser.add_argument("--duration-s", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--repo", type=Path, default=Path(os.environ.get("SHOAL_REPO", Path.home() / ".cache/shoal/repo")))
-    parser.add_argument("--model", default="demo.xlarge-128")
-    parser.add_argument("--size-px", type=int, default=128)
-    parser.add_argument("--layout", default="1x2", help="WORKERSxTHREADS")
+    parser = ab_parser(__doc__.splitlines()[0], duration_s=10.0)
     parser.add_argument("--slo-ms", type=float, default=50.0)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    trees = dict(item.split("=", 1) for item in args.trees.split(","))
-    workers, threads = map(int, args.layout.split("x"))
+    trees = parse_trees(args.trees)
     log = Path(tempfile.gettempdir()) / "overload_tail_ab.log"
     rows = []
     with LoadGenerator(priority_boost=True) as generator:  # as `shoal bench serve` runs it
         for round_index in range(args.rounds):
             for name in list(trees) if round_index % 2 == 0 else list(reversed(trees)):
-                # name=src[+--server-option+value...][@KEY=VALUE...]: options and environment of that server
-                source_and_args, *assignments = trees[name].split("@")
-                source, *extra_args = source_and_args.split("+")
-                saved = dict(os.environ)
-                os.environ.update(dict(assignment.split("=", 1) for assignment in assignments))
-                try:
-                    server = serve(source, args.repo, args.model, workers, threads, log, tuple(extra_args))
-                finally:
-                    os.environ.clear()
-                    os.environ.update(saved)
+                server = serve_tree(trees[name], args, log)
                 try:
                     spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
                                     slo_ms=args.slo_ms, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps, seed=round_index)  # fmt: skip

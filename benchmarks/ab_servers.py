@@ -1,0 +1,70 @@
+"""Plumbing shared by the A/B benchmarks that start `shoal serve` from different source trees
+(`frontend_cpu_ab.py`, `overload_tail_ab.py`): the common options, a server per tree, and the
+CPU a process has used.
+
+A tree is `name=src_dir[+--option+value...][@ENV=VALUE...]`: the source directory put on
+PYTHONPATH, extra `shoal serve` options and environment variables for that server only, e.g.
+`old=/tmp/old/src,tight=src+--admission-headroom+0.6`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+from shoal.experiments.server_process import ServerProcess, start_server_process
+
+__all__ = ["ab_parser", "cpu_s", "parse_trees", "serve", "serve_tree"]
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ab_parser(description: str, *, duration_s: float) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--trees", required=True, help="name=src_dir[+--option+value...][@ENV=VALUE...],name=...")
+    parser.add_argument("--rate-rps", type=float, required=True)
+    parser.add_argument("--duration-s", type=float, default=duration_s)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--repo", type=Path, default=Path(os.environ.get("SHOAL_REPO", Path.home() / ".cache/shoal/repo")))
+    parser.add_argument("--model", default="demo.xlarge-128")
+    parser.add_argument("--size-px", type=int, default=128)
+    parser.add_argument("--layout", default="1x2", help="WORKERSxTHREADS")
+    parser.add_argument("--out", type=Path)
+    return parser
+
+
+def parse_trees(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(","))
+
+
+def serve(source: str, repository: Path, model: str, workers: int, threads: int, log: Path,
+          extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> ServerProcess:  # fmt: skip
+    """`shoal serve` from the tree at `source`, returned once `model` is loaded."""
+    server = start_server_process(
+        repository, "--workers", str(workers), "--threads", str(threads), "--max-batch-size", "32", "--preload", model, *extra_args,
+        log_path=log, env=dict(os.environ, **(extra_env or {}), PYTHONPATH=str(Path(source).resolve())),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.process.poll() is None:  # ready is not loaded: wait for the model
+        if httpx.get(f"{server.url}/v2/models/{model}/ready", timeout=1.0).status_code == 200:
+            return server
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"{model} was not loaded within 60 s by the server from {source} (log: {log})")
+
+
+def serve_tree(tree: str, args: argparse.Namespace, log: Path) -> ServerProcess:
+    """`serve` for one tree spec (see the module docstring) with the options of `ab_parser`."""
+    source_and_args, *assignments = tree.split("@")
+    source, *extra_args = source_and_args.split("+")
+    workers, threads = map(int, args.layout.split("x"))
+    environment = dict(assignment.split("=", 1) for assignment in assignments)
+    return serve(source, args.repo, args.model, workers, threads, log, tuple(extra_args), environment)
