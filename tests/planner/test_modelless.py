@@ -13,6 +13,7 @@ from shoal.planner.modelless import (
     capacity_at_slo_rps,
     classify_state,
     cost_per_1000_usd,
+    predicted_latency_ms,
     select_variant,
 )
 
@@ -57,6 +58,18 @@ def test_shoal_serves_the_cheapest_active_variant_predicted_in_time():
     busy = [LiveVariant(cheap_slow, replicas=1, queue_lengths=(20,), busy_ms=(5.0,)), LiveVariant(dear_fast, replicas=1)]
     assert select_variant(requirements, busy).variant == "dear"
     assert select_variant(requirements, busy, policy="infaas").variant == "cheap"
+
+
+def test_a_variant_whose_admission_margin_would_refuse_the_query_is_passed_over():
+    cheap_slow = variant("cheap", 0.9, 10.0, price=1.0)
+    dear_fast = variant("dear", 0.9, 2.0, price=10.0)
+    requirements = Requirements(slo_ms=30.0, min_accuracy=0.8)
+    assert predicted_latency_ms(LiveVariant(cheap_slow, replicas=1, admission_margin_ms=15.0), 30.0) == pytest.approx(
+        predicted_latency_ms(LiveVariant(cheap_slow, replicas=1), 30.0) + 15.0
+    )
+    # idle, the cheap variant answers in 10 ms; but its server now adds a 25 ms learnt error
+    live = [LiveVariant(cheap_slow, replicas=1, admission_margin_ms=25.0), LiveVariant(dear_fast, replicas=1)]
+    assert select_variant(requirements, live).variant == "dear"
 
 
 def test_requirements_are_never_silently_downgraded():

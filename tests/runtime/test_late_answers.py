@@ -67,7 +67,7 @@ def test_a_family_request_avoids_a_variant_whose_learnt_admission_error_would_re
         assert chosen.parameters["shoal_variant"] == accurate
         # The accurate variant's requests lately finished 100 ms later than predicted and its worker
         # is busy: admission would refuse it, so the policy must not pick it.
-        service.scheduler.queues[accurate].admission_error_ms = 100.0
+        service.scheduler.queues[accurate].observe_finishes([100.0] * 40, monotonic_ms())
         next(worker for worker in service.scheduler.workers if accurate in worker.loaded_variants).busy_until_ms = monotonic_ms() + 1.0
         chosen = await service.infer("fixture", image, {"slo_ms": 60}, [])
         assert chosen.parameters["shoal_variant"] != accurate

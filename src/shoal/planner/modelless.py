@@ -130,6 +130,10 @@ class LiveVariant:
     arrival_rps: float = 0.0
     measured_latency_ms: float | None = None
     """Recent batch-1-equivalent latency (measured / profiled for the same batch sizes x profile)."""
+    admission_margin_ms: float = 0.0
+    """What the server's admission adds to a prediction for this variant now (the error it has
+    learnt, see `shoal.runtime.scheduler.VariantQueue.observe_finishes`): a variant is only worth
+    choosing if admission will then take the query. 0 in the simulator, whose latencies are exact."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ def predicted_latency_ms(live: LiveVariant, slo_ms: float) -> float:
         slowdown = max(1.0, live.measured_latency_ms / live.variant.batch_latency_ms(1))
     queues = live.queue_lengths or (0,) * live.replicas
     busy = live.busy_ms or (0.0,) * live.replicas
-    return min(replica_finish_ms(live.variant, waiting, busy_ms, slo_ms, slowdown) for waiting, busy_ms in zip(queues, busy))
+    return live.admission_margin_ms + min(replica_finish_ms(live.variant, waiting, busy_ms, slo_ms, slowdown) for waiting, busy_ms in zip(queues, busy))
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ def _live(service: "InferenceService", variant: ModellessVariant, now_ms: float)
         busy_ms=tuple(max(0.0, worker.busy_until_ms - now_ms) for worker in workers),
         arrival_rps=service.arrival_rps_by_variant.get(variant.name, 0.0),
         measured_latency_ms=measured,
+        admission_margin_ms=service.scheduler.admission_margin_ms(variant.name, now_ms) if replicas else 0.0,
     )
 
 

@@ -13,6 +13,7 @@ import bisect
 import collections
 import itertools
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -67,9 +68,13 @@ class VariantQueue:
     FINISH_ERROR_WINDOW = 256
     """Recent requests whose finish, against admission's prediction, calibrates admission."""
     FINISH_ERROR_PERCENTILE = 98
-    """Of those errors, the one admission adds. 99 met the overload tail in every run but shed
-    enough near the peak to cost ~7% of peak goodput; 95 left the tail where it was; 98 kept the
-    peak (benchmarks/results/serve-admission-error/)."""
+    """Of those errors, the one admission adds. Chosen on the heavy demo variant at 2x overload
+    (benchmarks/results/serve-admission-error/): the 99th held the client's p99 within the SLO in
+    four of five quick sweeps but cost ~7% of peak goodput; the 95th kept the peak and left the
+    p99 over the SLO in three of four sweeps."""
+    FINISH_ERROR_STALE_MS = 2000.0
+    """Errors older than this no longer count: a variant that admission refuses runs no batches
+    and learns nothing new, and must not stay refused on what it learnt during a burst."""
 
     def __init__(self, key: str, profile_latency_ms: Callable[[int], float], max_batch_size: int, capacity: int):
         self.key = key
@@ -80,8 +85,9 @@ class VariantQueue:
         self.slowdown = 1.0
         self.tail_slowdown = 1.0
         self._recent_ratios: collections.deque[float] = collections.deque(maxlen=self.TAIL_WINDOW)
-        self.admission_error_ms = 0.0
+        self._admission_error_ms = 0.0
         self._finish_errors: collections.deque[float] = collections.deque(maxlen=self.FINISH_ERROR_WINDOW)
+        self._errors_observed_ms = -math.inf
 
     def __len__(self) -> int:
         return len(self.items)
@@ -109,20 +115,34 @@ class VariantQueue:
             else:
                 self.tail_slowdown = statistics.quantiles(self._recent_ratios, n=10, method="inclusive")[self.TAIL_DECILE - 1]
 
-    def observe_finishes(self, errors_ms: list[float]) -> None:
-        """Fold how much later than predicted the requests of one batch finished into
-        `admission_error_ms`: the FINISH_ERROR_PERCENTILE of recent errors, never below 0.
+    def observe_finishes(self, errors_ms: list[float], now_ms: float) -> None:
+        """Fold how much later than admission predicted some requests finished (or, for
+        requests dropped at dequeue, at least how much later) into the margin admission adds:
+        the FINISH_ERROR_PERCENTILE of the last FINISH_ERROR_WINDOW errors, never below 0.
 
         Why: the queue-drain prediction is a mean over batches that, on a shared machine, vary
         by 2x, and under overload nearly every admitted request is admitted at the edge of its
-        budget, so the prediction's error tail becomes the answers' latency tail (p99 49 ms at
-        SLO 50 by shoal's clock and 52-53 ms at the client on the heavy demo variant at 2x).
-        Adding the error's tail at admission sheds those requests instead; at low load the
-        error, and so the correction, is near zero."""
+        budget, so the prediction's error tail becomes the answers' latency tail (by shoal's
+        clock 48.6-49.2 ms at SLO 50 on the heavy demo variant at 2x, 51.5-70.8 ms at the
+        client). Adding the error's tail at admission sheds those requests instead. Requests
+        overtaken by later ones of higher priority or earlier deadline count as errors too, so
+        a queue that mixes such classes learns a wider margin than any one class needs."""
+        if not errors_ms:
+            return
         self._finish_errors.extend(errors_ms)
+        self._errors_observed_ms = now_ms
         if len(self._finish_errors) >= 20:
-            tail_ms = statistics.quantiles(self._finish_errors, n=100, method="inclusive")[self.FINISH_ERROR_PERCENTILE - 1]
-            self.admission_error_ms = max(0.0, tail_ms)
+            ordered = sorted(self._finish_errors)
+            # linear interpolation between closest ranks, as numpy's default percentile
+            position = (len(ordered) - 1) * self.FINISH_ERROR_PERCENTILE / 100.0
+            below = int(position)
+            above = min(below + 1, len(ordered) - 1)
+            tail_ms = ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+            self._admission_error_ms = max(0.0, tail_ms)
+
+    def admission_error_ms(self, now_ms: float) -> float:
+        """The learnt margin, or 0 when nothing was learnt for FINISH_ERROR_STALE_MS."""
+        return self._admission_error_ms if now_ms - self._errors_observed_ms <= self.FINISH_ERROR_STALE_MS else 0.0
 
     def push(self, item: QueuedItem) -> None:
         bisect.insort(self.items, item)
@@ -168,15 +188,23 @@ class Scheduler:
         busy_ms = min(max(0.0, worker.busy_until_ms - now_ms) for worker in workers)
         return admission_finish_ms(len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, len(workers))
 
-    def admission_margin_ms(self, key: str) -> float:
+    def admission_margin_ms(self, key: str, now_ms: float) -> float:
         """What admission adds to the predicted finish of a request for `key` queued now: the
         learnt error (`VariantQueue.admission_error_ms`), except for a request that runs at once.
 
-        The error was learnt from queued requests: one that runs at once on an idle worker has
-        no queue to mispredict, and admitting it keeps fresh errors coming when the tail is stale."""
+        Nearly all of the error is time spent waiting behind other requests, which a request
+        taken at once by an idle worker does not do; admitting it also keeps fresh errors coming
+        after a slow spell."""
         queue = self.queues[key]
-        runs_at_once = not queue.items and any(worker.busy_until_ms == 0.0 for worker in self.workers_for(key))
-        return 0.0 if runs_at_once else queue.admission_error_ms
+        return 0.0 if not queue.items and self._idle_worker_for(key) else queue.admission_error_ms(now_ms)
+
+    def _idle_worker_for(self, key: str) -> bool:
+        """A worker for `key` runs no batch and has nothing queued for any variant it holds (so
+        it would not serve another variant first)."""
+        for worker in self.workers_for(key):
+            if worker.busy_until_ms == 0.0 and not any(self.queues[other].items for other in worker.loaded_variants if other in self.queues):
+                return True
+        return False
 
     def submit(self, key: str, tensor: np.ndarray, deadline_ms: float, priority: int = 0, admit_by_ms: float | None = None) -> asyncio.Future:
         """Queue one item; raises OverloadedError when it cannot be admitted.
@@ -192,7 +220,7 @@ class Scheduler:
             raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
         # A saturated event loop delays the answer too (socket, parsing, encoding), by about its lag.
         predicted_finish_ms = now + self.loop_lag_ms + self.predicted_finish_ms(key, now)
-        if predicted_finish_ms + self.admission_margin_ms(key) > (deadline_ms if admit_by_ms is None else admit_by_ms):
+        if predicted_finish_ms + self.admission_margin_ms(key, now) > (deadline_ms if admit_by_ms is None else admit_by_ms):
             raise OverloadedError(
                 f"{key!r} cannot answer within the deadline at the current load", retry_after_s=self._retry_after_s(queue)
             )
@@ -232,8 +260,11 @@ class Scheduler:
                 [item.deadline_ms for item in window], now + self.loop_lag_ms, queue.tail_batch_latency_ms, queue.max_batch_size,
                 max_queue_delay_ms=self.max_queue_delay_ms, expiry_latency_ms=queue.batch_latency_ms,
             )
-            for item in queue.take(decision.num_expired):
+            expired = queue.take(decision.num_expired)
+            for item in expired:
                 _fail(item.future, DeadlineExceededError(f"dropped: deadline cannot be met ({queue.key} was {now - item.arrival_ms:.1f} ms in queue)"))
+            # The worst mispredictions: had they run alone now, they would have finished this late.
+            queue.observe_finishes([now + self.loop_lag_ms + queue.batch_latency_ms(1) - item.predicted_finish_ms for item in expired], now)
             if decision.batch_size == 0:
                 if decision.wait_ms > 0:
                     wakeup.clear()
@@ -252,11 +283,12 @@ class Scheduler:
             outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch])
             finished_ms = monotonic_ms()
             queue.observe_batch(len(batch), finished_ms - started_ms)
-            queue.observe_finishes([finished_ms - item.predicted_finish_ms for item in batch])
+            # The prediction included the loop's lag for the answer to leave; so does the finish.
+            queue.observe_finishes([finished_ms + self.loop_lag_ms - item.predicted_finish_ms for item in batch], finished_ms)
             self.metrics.child(self.metrics.worker_busy_seconds, worker.worker_id).inc(max(0.0, monotonic_ms() - started_ms) / 1000.0)
             self.metrics.child(self.metrics.slowdown, queue.key).set(queue.slowdown)
             self.metrics.child(self.metrics.tail_slowdown, queue.key).set(queue.tail_slowdown)
-            self.metrics.child(self.metrics.admission_error, queue.key).set(queue.admission_error_ms / 1000.0)
+            self.metrics.child(self.metrics.admission_error, queue.key).set(queue.admission_error_ms(finished_ms) / 1000.0)
         except asyncio.CancelledError:
             for item in batch:
                 _fail(item.future, WorkerFailedError("server stopped while this request was running"))

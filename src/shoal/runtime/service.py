@@ -249,7 +249,7 @@ class InferenceService:
                     loaded=loaded,
                     # As admission sees it: the event loop's lag and the learnt error come on top of the queue.
                     predicted_latency_ms=(
-                        self.scheduler.loop_lag_ms + self.scheduler.predicted_finish_ms(key, now) + self.scheduler.admission_margin_ms(key)
+                        self.scheduler.loop_lag_ms + self.scheduler.predicted_finish_ms(key, now) + self.scheduler.admission_margin_ms(key, now)
                         if loaded else float("inf")
                     ),
                     cost_per_1000_usd=variant_cost_per_1000_usd(self, served),
