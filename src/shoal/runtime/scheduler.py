@@ -73,8 +73,9 @@ class VariantQueue:
     four of five quick sweeps but cost ~7% of peak goodput; the 95th kept the peak and left the
     p99 over the SLO in three of four sweeps."""
     FINISH_ERROR_STALE_MS = 2000.0
-    """Errors older than this no longer count: a variant that admission refuses runs no batches
-    and learns nothing new, and must not stay refused on what it learnt during a burst."""
+    """A margin that no new error refreshed for this long lapses: a variant that admission
+    refuses runs no batches and learns nothing new, and must not stay refused on what it learnt
+    during a burst."""
 
     def __init__(self, key: str, profile_latency_ms: Callable[[int], float], max_batch_size: int, capacity: int):
         self.key = key
