@@ -325,3 +325,28 @@ def test_requests_dropped_at_dequeue_teach_admission_too():
     assert sum(isinstance(outcome, DeadlineExceededError) for outcome in outcomes) == 20
     # one finish and 20 drops were learnt, each at least ~10 ms later than predicted
     assert queue.admission_error_ms(monotonic_ms()) > 10.0
+
+
+def test_requests_overtaken_by_urgent_ones_do_not_make_admission_stricter_for_the_urgent():
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=4.0, max_batch=1)
+        queue = scheduler.queues["v"]
+        now = monotonic_ms()
+        # a backlog of routine requests, then urgent ones that jump ahead of all of it
+        routine = [scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(25)]
+        urgent = [scheduler.submit("v", np.zeros(1, np.float32), now + 10_000, priority=5) for _ in range(25)]
+        await asyncio.gather(*routine, *urgent)
+        later = monotonic_ms()
+        # the routine ones finished ~100 ms later than predicted (overtaken); the urgent ones early
+        assert queue.admission_error_ms(later, priority=0) > 50.0
+        assert queue.admission_error_ms(later, priority=5) == 0.0
+        blocker = scheduler.submit("v", np.zeros(1, np.float32), later + 10_000)  # the worker is busy again
+        await asyncio.sleep(0.002)
+        # 40 ms is ample for the next batch: refused to a routine request, granted to an urgent one
+        with pytest.raises(OverloadedError):
+            scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 40)
+        granted = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 40, priority=5)
+        await asyncio.gather(blocker, granted, return_exceptions=True)
+        await scheduler.close()
+
+    asyncio.run(scenario())

@@ -28,7 +28,8 @@ class ServingMetrics:
             "shoal_batch_slowdown_p90", "90th percentile of measured over profiled batch time, last 64 batches (sizes batches)", ["variant"], registry=self.registry
         )
         self.admission_error = Gauge(
-            "shoal_admission_error_seconds", "How much later than admission predicted recent requests finished (98th percentile, added at admission)", ["variant"], registry=self.registry
+            "shoal_admission_error_seconds", "How much later than admission predicted recent requests finished (98th percentile per priority, added at admission)", ["variant", "priority"],
+            registry=self.registry,
         )
         self.worker_busy_seconds = Counter(
             "shoal_worker_busy_seconds", "Wall time each worker spent running batches (its utilisation over a window)", ["worker"], registry=self.registry

@@ -66,7 +66,7 @@ def variant_cost_per_1000_usd(service: "InferenceService", served: "ServedVarian
     return cost_per_1000_usd(view) if view else 0.0
 
 
-def _live(service: "InferenceService", variant: ModellessVariant, now_ms: float) -> LiveVariant:
+def _live(service: "InferenceService", variant: ModellessVariant, now_ms: float, priority: int = 0) -> LiveVariant:
     workers = service.scheduler.workers_for(variant.name)
     queue = service.scheduler.queues[variant.name]
     replicas = len(workers)
@@ -79,7 +79,7 @@ def _live(service: "InferenceService", variant: ModellessVariant, now_ms: float)
         busy_ms=tuple(max(0.0, worker.busy_until_ms - now_ms) for worker in workers),
         arrival_rps=service.arrival_rps_by_variant.get(variant.name, 0.0),
         measured_latency_ms=measured,
-        admission_margin_ms=service.scheduler.admission_margin_ms(variant.name, now_ms) if replicas else 0.0,
+        admission_margin_ms=service.scheduler.admission_margin_ms(variant.name, now_ms, priority) if replicas else 0.0,
     )
 
 
@@ -109,7 +109,7 @@ async def choose_modelless(service: "InferenceService", model_name: str, family:
         raise OverloadedError(f"{model_name}: the request's SLO was spent before a variant could be chosen", retry_after_s=1.0)
     requirements = Requirements(remaining_slo_ms, stated.min_accuracy, stated.max_cost_per_1000_usd)
     now_ms = monotonic_ms()
-    decision = select_variant(requirements, [_live(service, view, now_ms) for view in variants.values()], policy="shoal")
+    decision = select_variant(requirements, [_live(service, view, now_ms, stated.priority) for view in variants.values()], policy="shoal")
     if decision.action == "reject":
         raise_unmet(model_name, stated, list(variants.values()), decision.reason, remaining_slo_ms)
     served = service.variants[decision.variant]

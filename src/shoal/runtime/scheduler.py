@@ -86,9 +86,11 @@ class VariantQueue:
         self.slowdown = 1.0
         self.tail_slowdown = 1.0
         self._recent_ratios: collections.deque[float] = collections.deque(maxlen=self.TAIL_WINDOW)
-        self._admission_error_ms = 0.0
-        self._finish_errors: collections.deque[float] = collections.deque(maxlen=self.FINISH_ERROR_WINDOW)
-        self._errors_observed_ms = -math.inf
+        # per priority: requests overtaken by more urgent ones finish later than predicted by
+        # design, and that must not make admission stricter for the urgent ones
+        self._admission_error_ms: dict[int, float] = {}
+        self._finish_errors: dict[int, collections.deque[float]] = {}
+        self._errors_observed_ms: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -116,34 +118,46 @@ class VariantQueue:
             else:
                 self.tail_slowdown = statistics.quantiles(self._recent_ratios, n=10, method="inclusive")[self.TAIL_DECILE - 1]
 
-    def observe_finishes(self, errors_ms: list[float], now_ms: float) -> None:
-        """Fold how much later than admission predicted some requests finished (or, for
-        requests dropped at dequeue, at least how much later) into the margin admission adds:
-        the FINISH_ERROR_PERCENTILE of the last FINISH_ERROR_WINDOW errors, never below 0.
+    def observe_finishes(self, errors_ms: list[float], now_ms: float, priority: int = 0) -> None:
+        """Fold how much later than admission predicted some requests of one priority finished
+        (or, for requests dropped at dequeue, at least how much later) into the margin admission
+        adds for that priority: the FINISH_ERROR_PERCENTILE of its last FINISH_ERROR_WINDOW
+        errors, never below 0.
 
         Why: the queue-drain prediction is a mean over batches that, on a shared machine, vary
         by 2x, and under overload nearly every admitted request is admitted at the edge of its
         budget, so the prediction's error tail becomes the answers' latency tail (by shoal's
         clock 48.6-49.2 ms at SLO 50 on the heavy demo variant at 2x, 51.5-70.8 ms at the
         client). Adding the error's tail at admission sheds those requests instead. Requests
-        overtaken by later ones of higher priority or earlier deadline count as errors too, so
-        a queue that mixes such classes learns a wider margin than any one class needs."""
+        overtaken by later ones with earlier deadlines count as errors too, so a priority that
+        mixes very different SLOs learns a wider margin than its shortest ones need."""
         if not errors_ms:
             return
-        self._finish_errors.extend(errors_ms)
-        self._errors_observed_ms = now_ms
-        if len(self._finish_errors) >= 20:
-            ordered = sorted(self._finish_errors)
+        window = self._finish_errors.setdefault(priority, collections.deque(maxlen=self.FINISH_ERROR_WINDOW))
+        window.extend(errors_ms)
+        self._errors_observed_ms[priority] = now_ms
+        if len(window) >= 20:
+            ordered = sorted(window)
             # linear interpolation between closest ranks, as numpy's default percentile
             position = (len(ordered) - 1) * self.FINISH_ERROR_PERCENTILE / 100.0
             below = int(position)
             above = min(below + 1, len(ordered) - 1)
             tail_ms = ordered[below] + (ordered[above] - ordered[below]) * (position - below)
-            self._admission_error_ms = max(0.0, tail_ms)
+            self._admission_error_ms[priority] = max(0.0, tail_ms)
 
-    def admission_error_ms(self, now_ms: float) -> float:
-        """The learnt margin, or 0 when nothing was learnt for FINISH_ERROR_STALE_MS."""
-        return self._admission_error_ms if now_ms - self._errors_observed_ms <= self.FINISH_ERROR_STALE_MS else 0.0
+    def admission_error_ms(self, now_ms: float, priority: int = 0) -> float:
+        """The margin learnt for `priority`, or 0 when nothing was learnt for it in FINISH_ERROR_STALE_MS."""
+        if now_ms - self._errors_observed_ms.get(priority, -math.inf) > self.FINISH_ERROR_STALE_MS:
+            return 0.0
+        return self._admission_error_ms.get(priority, 0.0)
+
+    def observe_finished_items(self, items: list[QueuedItem], finished_ms: float, now_ms: float) -> None:
+        """`observe_finishes` for queued items that finished (or would have) at `finished_ms`."""
+        by_priority: dict[int, list[float]] = {}
+        for item in items:
+            by_priority.setdefault(item.priority, []).append(finished_ms - item.predicted_finish_ms)
+        for priority, errors_ms in by_priority.items():
+            self.observe_finishes(errors_ms, now_ms, priority)
 
     def push(self, item: QueuedItem) -> None:
         bisect.insort(self.items, item)
@@ -189,15 +203,16 @@ class Scheduler:
         busy_ms = min(max(0.0, worker.busy_until_ms - now_ms) for worker in workers)
         return admission_finish_ms(len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, len(workers))
 
-    def admission_margin_ms(self, key: str, now_ms: float) -> float:
+    def admission_margin_ms(self, key: str, now_ms: float, priority: int = 0) -> float:
         """What admission adds to the predicted finish of a request for `key` queued now: the
-        learnt error (`VariantQueue.admission_error_ms`), except for a request that runs at once.
+        error learnt for its priority (`VariantQueue.admission_error_ms`), except for a request
+        that runs at once.
 
         Nearly all of the error is time spent waiting behind other requests, which a request
         taken at once by an idle worker does not do; admitting it also keeps fresh errors coming
         after a slow spell."""
         queue = self.queues[key]
-        return 0.0 if not queue.items and self._idle_worker_for(key) else queue.admission_error_ms(now_ms)
+        return 0.0 if not queue.items and self._idle_worker_for(key) else queue.admission_error_ms(now_ms, priority)
 
     def _idle_worker_for(self, key: str) -> bool:
         """A worker for `key` runs no batch and has nothing queued for any variant it holds (so
@@ -221,7 +236,7 @@ class Scheduler:
             raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
         # A saturated event loop delays the answer too (socket, parsing, encoding), by about its lag.
         predicted_finish_ms = now + self.loop_lag_ms + self.predicted_finish_ms(key, now)
-        if predicted_finish_ms + self.admission_margin_ms(key, now) > (deadline_ms if admit_by_ms is None else admit_by_ms):
+        if predicted_finish_ms + self.admission_margin_ms(key, now, priority) > (deadline_ms if admit_by_ms is None else admit_by_ms):
             raise OverloadedError(
                 f"{key!r} cannot answer within the deadline at the current load", retry_after_s=self._retry_after_s(queue)
             )
@@ -265,7 +280,7 @@ class Scheduler:
             for item in expired:
                 _fail(item.future, DeadlineExceededError(f"dropped: deadline cannot be met ({queue.key} was {now - item.arrival_ms:.1f} ms in queue)"))
             # The worst mispredictions: had they run alone now, they would have finished this late.
-            queue.observe_finishes([now + self.loop_lag_ms + queue.batch_latency_ms(1) - item.predicted_finish_ms for item in expired], now)
+            queue.observe_finished_items(expired, now + self.loop_lag_ms + queue.batch_latency_ms(1), now)
             if decision.batch_size == 0:
                 if decision.wait_ms > 0:
                     wakeup.clear()
@@ -285,11 +300,12 @@ class Scheduler:
             finished_ms = monotonic_ms()
             queue.observe_batch(len(batch), finished_ms - started_ms)
             # The prediction included the loop's lag for the answer to leave; so does the finish.
-            queue.observe_finishes([finished_ms + self.loop_lag_ms - item.predicted_finish_ms for item in batch], finished_ms)
+            queue.observe_finished_items(batch, finished_ms + self.loop_lag_ms, finished_ms)
             self.metrics.child(self.metrics.worker_busy_seconds, worker.worker_id).inc(max(0.0, monotonic_ms() - started_ms) / 1000.0)
             self.metrics.child(self.metrics.slowdown, queue.key).set(queue.slowdown)
             self.metrics.child(self.metrics.tail_slowdown, queue.key).set(queue.tail_slowdown)
-            self.metrics.child(self.metrics.admission_error, queue.key).set(queue.admission_error_ms(finished_ms) / 1000.0)
+            for priority in {item.priority for item in batch}:
+                self.metrics.child(self.metrics.admission_error, queue.key, str(priority)).set(queue.admission_error_ms(finished_ms, priority) / 1000.0)
         except asyncio.CancelledError:
             for item in batch:
                 _fail(item.future, WorkerFailedError("server stopped while this request was running"))

@@ -234,7 +234,7 @@ class InferenceService:
         return {key: len(self.scheduler.workers_for(key)) for key in self.variants}
 
     # -- inference ------------------------------------------------------------------------------
-    def _choose(self, family: Family, query: Query) -> Selection:
+    def _choose(self, family: Family, query: Query, priority: int = 0) -> Selection:
         now = monotonic_ms()
         options = []
         for key, served in self.variants.items():
@@ -249,7 +249,7 @@ class InferenceService:
                     loaded=loaded,
                     # As admission sees it: the event loop's lag and the learnt error come on top of the queue.
                     predicted_latency_ms=(
-                        self.scheduler.loop_lag_ms + self.scheduler.predicted_finish_ms(key, now) + self.scheduler.admission_margin_ms(key, now)
+                        self.scheduler.loop_lag_ms + self.scheduler.predicted_finish_ms(key, now) + self.scheduler.admission_margin_ms(key, now, priority)
                         if loaded else float("inf")
                     ),
                     cost_per_1000_usd=variant_cost_per_1000_usd(self, served),
@@ -282,7 +282,7 @@ class InferenceService:
             else:
                 query = Query(slo_ms=remaining_ms, min_accuracy=stated.min_accuracy, input_size_px=tensor.shape[-1],
                               max_cost_per_1000_usd=stated.max_cost_per_1000_usd)
-                selection = self._choose(family, query)
+                selection = self._choose(family, query, priority)
                 if selection.variant is None:
                     raise_unmet(model_name, stated, list(modelless_variants(self, family, tensor.shape[-1]).values()), selection.reason, remaining_ms)
                 served = self.variants[selection.variant]
