@@ -133,7 +133,8 @@ class LiveVariant:
     admission_margin_ms: float = 0.0
     """What the server's admission adds to a prediction for this variant now (the error it has
     learnt, see `shoal.runtime.scheduler.VariantQueue.observe_finishes`): a variant is only worth
-    choosing if admission will then take the query. 0 in the simulator, whose latencies are exact."""
+    choosing if admission will then take the query. The simulator leaves it at 0: it does not model
+    the margin (its batch times vary only by a small log-normal noise)."""
 
 
 @dataclass(frozen=True)
