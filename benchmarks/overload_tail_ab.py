@@ -7,7 +7,10 @@ that rest is what the server cannot see on its clock.
 
     git worktree add /tmp/old <commit>
     .venv/bin/python benchmarks/overload_tail_ab.py --trees old=/tmp/old/src,new=src --rate-rps 1240 \\
-        --rounds 4 --out benchmarks/results/serve-overload-tail/heavy-1240rps.json
+        --rounds 4 --duration-s 8 --out benchmarks/results/serve-admission-error/final-heavy-1240-rps.json
+
+A tree may also carry `shoal serve` options and environment variables (see ab_servers.py), e.g.
+`--trees default=src,tight=src+--admission-headroom+0.6`.
 """
 
 from __future__ import annotations
