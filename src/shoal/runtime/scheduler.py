@@ -14,9 +14,8 @@ import collections
 import itertools
 import logging
 import math
-import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,8 +62,8 @@ class VariantQueue:
     TAIL_WINDOW = 64
     """Recent batches whose measured-over-profiled ratios give the tail the dispatcher plans for."""
     TAIL_DECILE = 9
-    """The 90th percentile of those ratios. (numpy's quantile cost ~20 us per batch, 4-5% of the
-    frontend's CPU under load; the standard library's takes ~2 us and interpolates the same way.)"""
+    """The 90th percentile of those ratios (`_percentile`: numpy's quantile cost ~20 us per batch,
+    4-5% of the frontend's CPU under load)."""
     FINISH_ERROR_WINDOW = 256
     """Recent requests whose finish, against admission's prediction, calibrates admission."""
     FINISH_ERROR_PERCENTILE = 98
@@ -113,10 +112,7 @@ class VariantQueue:
             ratio = min(20.0, max(0.5, wall_ms / predicted))
             self.slowdown += self.SLOWDOWN_SMOOTHING * (ratio - self.slowdown)
             self._recent_ratios.append(ratio)
-            if len(self._recent_ratios) == 1:
-                self.tail_slowdown = ratio
-            else:
-                self.tail_slowdown = statistics.quantiles(self._recent_ratios, n=10, method="inclusive")[self.TAIL_DECILE - 1]
+            self.tail_slowdown = _percentile(self._recent_ratios, 10 * self.TAIL_DECILE)
 
     def observe_finishes(self, errors_ms: list[float], now_ms: float, priority: int = 0) -> None:
         """Fold how much later than admission predicted some requests of one priority finished
@@ -137,13 +133,7 @@ class VariantQueue:
         window.extend(errors_ms)
         self._errors_observed_ms[priority] = now_ms
         if len(window) >= 20:
-            ordered = sorted(window)
-            # linear interpolation between closest ranks, as numpy's default percentile
-            position = (len(ordered) - 1) * self.FINISH_ERROR_PERCENTILE / 100.0
-            below = int(position)
-            above = min(below + 1, len(ordered) - 1)
-            tail_ms = ordered[below] + (ordered[above] - ordered[below]) * (position - below)
-            self._admission_error_ms[priority] = max(0.0, tail_ms)
+            self._admission_error_ms[priority] = max(0.0, _percentile(window, self.FINISH_ERROR_PERCENTILE))
 
     def admission_error_ms(self, now_ms: float, priority: int = 0) -> float:
         """The margin learnt for `priority`, or 0 when nothing was learnt for it in FINISH_ERROR_STALE_MS."""
@@ -301,7 +291,7 @@ class Scheduler:
             queue.observe_batch(len(batch), finished_ms - started_ms)
             # The prediction included the loop's lag for the answer to leave; so does the finish.
             queue.observe_finished_items(batch, finished_ms + self.loop_lag_ms, finished_ms)
-            self.metrics.child(self.metrics.worker_busy_seconds, worker.worker_id).inc(max(0.0, monotonic_ms() - started_ms) / 1000.0)
+            self.metrics.child(self.metrics.worker_busy_seconds, worker.worker_id).inc(max(0.0, finished_ms - started_ms) / 1000.0)
             self.metrics.child(self.metrics.slowdown, queue.key).set(queue.slowdown)
             self.metrics.child(self.metrics.tail_slowdown, queue.key).set(queue.tail_slowdown)
             for priority in {item.priority for item in batch}:
@@ -352,6 +342,16 @@ class Scheduler:
             for task in still_running:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _percentile(values: Iterable[float], percent: float) -> float:
+    """The `percent` percentile of a non-empty collection, interpolated linearly between the
+    closest ranks as numpy's default does; one sort, for the small windows kept per batch."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * percent / 100.0
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
 def _fail(future: asyncio.Future, error: Exception) -> None:
