@@ -102,7 +102,9 @@ class BenchConfig:
     transport: bool = True
     """Run the shared-memory vs pickle micro-benchmark."""
     max_offered_rps: float = 4000.0
-    """Highest rate offered: about what one aiohttp/uvloop core can send faithfully."""
+    """Top of the ladder, for models whose bare ceiling is far above what an HTTP frontend on one
+    core takes (tens of thousands of images per second for the lightest demo variant); the sweep
+    still goes past it when its 2x-overload point turns out to be the better one."""
     ladder: tuple[float, ...] | None = None
     """Coarse ladder as fractions of the ceiling; None: the default for quick or full mode."""
 

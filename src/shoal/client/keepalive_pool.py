@@ -1,0 +1,227 @@
+"""Keep-alive HTTP/1.1 connections that send one prebuilt request, for the load generator.
+
+Why not aiohttp (which the generator used until 2026-11-30): on this project's 2-core machines
+the generator shares the cores with the server it measures, so every millisecond of its CPU is
+taken from the system under test. aiohttp spends ~0.25 ms of CPU per 196 KB request here (a
+coroutine and a task per request, header dictionaries, a response object, a stream reader). A
+load generator sends the same bytes every time and needs only the status, two headers and the
+body back, so it can do what wrk does: write the prebuilt request with one `transport.write`
+and parse the reply with httptools (the C parser uvicorn uses) in callbacks, with no task per
+request. Connections are opened on demand and reused, most recently used first, so that a
+light load runs on few connections and idle ones are the ones the server may time out.
+
+Each connection carries one request at a time (no pipelining: a pipelined request would wait
+for the one ahead of it in the client, and that wait would be counted against the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = ["KeepAlivePool", "OnError", "OnReply", "build_post_request"]
+
+OnReply = Callable[[int, bytes, "str | None"], None]
+"""(HTTP status, body, value of the Inference-Header-Content-Length header or None)."""
+OnError = Callable[[str], None]
+"""(name of what went wrong, e.g. ConnectionRefusedError or ServerDisconnectedError)."""
+
+_HEADER_LENGTH = b"inference-header-content-length"
+
+
+def build_post_request(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, int, bytes]:
+    """(host, port, bytes of one HTTP/1.1 POST of `body` to `url`, headers included).
+
+    Raises ValueError for anything but a plain http:// URL with a host.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"url must be http://host[:port]/path, got {url!r}")
+    port = parts.port or 80
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() not in ("host", "content-length")]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return parts.hostname, port, head + body
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection: writes the request, parses the reply, hands itself back to the pool."""
+
+    def __init__(self, pool: "KeepAlivePool") -> None:
+        self._pool = pool
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._on_reply: OnReply | None = None
+        self._on_error: OnError | None = None
+        self._chunks: list[bytes] = []
+        self._header_length: str | None = None
+        self.open = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
+        self.open = True
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # small replies must not wait for Nagle's algorithm
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(f"HttpParserError: {error}")
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self._pool._forget(self)
+        if self._on_reply is not None:
+            self._fail(type(exc).__name__ if exc is not None else "ServerDisconnectedError")
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == _HEADER_LENGTH:
+            self._header_length = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        on_reply = self._on_reply
+        status = self._parser.get_status_code()
+        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        header_length = self._header_length
+        self._on_reply = self._on_error = None
+        self._chunks = []
+        self._header_length = None
+        # Back in the pool before the callback runs, so a closed-loop client's next request
+        # can go out on this same connection.
+        if self._parser.should_keep_alive():
+            self._pool._release(self)
+        else:
+            self.close()
+        self._pool._done()
+        if on_reply is not None:
+            on_reply(status, body, header_length)
+
+    # -- used by the pool ------------------------------------------------------------------
+
+    def send(self, request: bytes, on_reply: OnReply, on_error: OnError) -> None:
+        assert self._transport is not None
+        self._on_reply, self._on_error = on_reply, on_error
+        self._transport.write(request)
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        self._on_reply = self._on_error = None  # whoever closes the pool owns what is left
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _fail(self, kind: str) -> None:
+        on_error = self._on_error
+        self._on_reply = self._on_error = None
+        self._chunks = []
+        self._pool._done()
+        if on_error is not None:
+            on_error(kind)
+
+
+class KeepAlivePool:
+    """Up to `max_connections` keep-alive connections to one server, all sending `request`.
+
+    `send` never blocks and never raises: exactly one of its two callbacks runs later, unless
+    the pool is closed first (then neither does, and the caller treats the request as
+    unanswered). `in_flight` counts requests sent or waiting for a connection to open.
+    """
+
+    def __init__(self, host: str, port: int, request: bytes, *, max_connections: int, connect_timeout_s: float) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        self.host, self.port, self.request = host, port, request
+        self.max_connections = max_connections
+        self.connect_timeout_s = connect_timeout_s
+        self.in_flight = 0
+        self._idle: list[_Connection] = []
+        self._connections: set[_Connection] = set()
+        self._opening: set[asyncio.Task[None]] = set()
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+        self._closed = False
+
+    def send(self, on_reply: OnReply, on_error: OnError) -> None:
+        self.in_flight += 1
+        self._all_done.clear()
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.open:
+                connection.send(self.request, on_reply, on_error)
+                return
+        task = asyncio.get_running_loop().create_task(self._open_and_send(on_reply, on_error))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def wait_all_done(self, timeout_s: float) -> bool:
+        """Wait until nothing is in flight; False if `timeout_s` passed first."""
+        try:
+            await asyncio.wait_for(self._all_done.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Drop every connection at once; requests still in flight get no callback."""
+        self._closed = True
+        for task in list(self._opening):
+            task.cancel()
+        await asyncio.gather(*self._opening, return_exceptions=True)
+        for connection in list(self._connections):
+            connection.abort()
+        self._idle.clear()
+        self._connections.clear()
+
+    async def _open_and_send(self, on_reply: OnReply, on_error: OnError) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self), self.host, self.port), self.connect_timeout_s
+            )
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.TimeoutError) as error:
+            self._done()
+            if not self._closed:
+                on_error(type(error).__name__)
+            return
+        if self._closed:
+            connection.abort()
+            return
+        self._connections.add(connection)
+        connection.send(self.request, on_reply, on_error)
+
+    def _release(self, connection: _Connection) -> None:
+        if self._closed or len(self._idle) >= self.max_connections:
+            connection.close()
+        else:
+            self._idle.append(connection)
+
+    def _forget(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    def _done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._all_done.set()
