@@ -5,8 +5,8 @@ hits both alike.
 
     .venv/bin/python benchmarks/serve_worker_layout.py --rounds 3 --out benchmarks/results/serve-worker-layout.json
 
-Each round runs `shoal bench serve --quick --systems shoal` once per layout (the ceiling is
-measured in each run, so ratios compare like with like).
+Each round runs `shoal bench serve --quick --systems shoal [--shoal-workers 2]` once per layout
+(the ceiling is measured in each run, so ratios compare like with like).
 """
 
 from __future__ import annotations
@@ -17,25 +17,14 @@ from pathlib import Path
 
 import shoal.experiments.serve_bench as serve_bench
 
-LAYOUTS = {"1x2": ("1", "2"), "2x1": ("2", "1")}
+LAYOUTS = {"1x2": 1, "2x1": 2}
+"""Layout name -> shoal's worker processes, sharing two ONNX Runtime threads."""
 
 
 def run(layout: str, repository: Path, quick: bool = True) -> dict:
-    workers, threads = LAYOUTS[layout]
-    original = serve_bench._server_argv
-
-    def argv(system, target, config, port, scratch):
-        command = original(system, target, config, port, scratch)
-        if system == "shoal":
-            command[command.index("--workers") + 1] = workers
-            command[command.index("--threads") + 1] = threads
-        return command
-
-    serve_bench._server_argv = argv
-    try:
-        result = serve_bench.run_serve_bench(serve_bench.BenchConfig(repository=repository, quick=quick, systems=("shoal",), transport=False, model="demo.xlarge-128"))
-    finally:
-        serve_bench._server_argv = original
+    config = serve_bench.BenchConfig(repository=repository, quick=quick, systems=("shoal",), transport=False,
+                                     model="demo.xlarge-128", ort_threads=2, shoal_workers=LAYOUTS[layout])  # fmt: skip
+    result = serve_bench.run_serve_bench(config)
     heavy = next(iter(result["variants"].values()))  # the one variant asked for
     shoal = heavy["systems"]["shoal"]
     return {"layout": layout, "goodput_rps": shoal["goodput_rps"], "ceiling_rps": heavy["ceiling"]["goodput_rps"],

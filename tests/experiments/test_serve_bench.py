@@ -29,6 +29,26 @@ def test_an_unknown_family_or_system_is_a_clear_error(fixture_repository_path):
         BenchConfig(repository=fixture_repository_path, systems=("shoal", "triton"))
 
 
+def test_shoal_workers_share_the_thread_budget_of_the_other_systems(fixture_repository_path, tmp_path):
+    from shoal.experiments.serve_bench import _server_argv
+
+    target = select_targets(ModelRepository(fixture_repository_path), "fixture.rf-16", include_light=False)[0]
+    config = BenchConfig(repository=fixture_repository_path, ort_threads=2, shoal_workers=2)
+    argv = _server_argv("shoal", target, config, 8000, tmp_path)
+    assert argv[argv.index("--workers") + 1 :][:3] == ["2", "--threads", "1"]
+    lean = _server_argv("lean_http", target, config, 8001, tmp_path)
+    assert lean[lean.index("--threads") + 1] == "2"
+    with pytest.raises(InvalidInputError, match=r"--shoal-workers must be between 1 and --threads \(2\)"):
+        BenchConfig(repository=fixture_repository_path, ort_threads=2, shoal_workers=3)
+
+
+def test_cli_rejects_more_shoal_workers_than_threads(capsys, fixture_repository_path, tmp_path):
+    code = main(["bench", "serve", "--repo", str(fixture_repository_path), "--model", "fixture.rf-16", "--quick", "--out", str(tmp_path),
+                 "--threads", "1", "--shoal-workers", "2"])  # fmt: skip
+    assert code == 2
+    assert "--shoal-workers must be between 1 and --threads (1)" in capsys.readouterr().err
+
+
 def test_cli_reports_a_missing_family_in_one_line(capsys, fixture_repository_path, tmp_path):
     code = main(["bench", "serve", "--repo", str(fixture_repository_path), "--model", "demo", "--quick", "--out", str(tmp_path)])
     assert code == 2

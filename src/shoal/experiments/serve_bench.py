@@ -93,6 +93,8 @@ class BenchConfig:
     systems: tuple[str, ...] = SYSTEMS
     max_batch_size: int = 32
     ort_threads: int = 2
+    shoal_workers: int = 1
+    """shoal's worker processes; they share the `ort_threads` budget (each gets ort_threads // shoal_workers)."""
     seed: int = 0
     point_duration_s: float | None = None
     """Length of each open-loop point; None: 1.5 s quick, 5 s otherwise."""
@@ -118,10 +120,19 @@ class BenchConfig:
             raise InvalidInputError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
         if self.ort_threads < 1:
             raise InvalidInputError(f"--threads must be >= 1, got {self.ort_threads}")
+        if not 1 <= self.shoal_workers <= self.ort_threads:
+            raise InvalidInputError(
+                f"--shoal-workers must be between 1 and --threads ({self.ort_threads}) so that shoal's workers share the same "
+                f"thread budget as the other systems, got {self.shoal_workers}"
+            )
         if self.ladder is not None and (not self.ladder or any(not 0 < f for f in self.ladder) or list(self.ladder) != sorted(self.ladder)):
             raise InvalidInputError(f"ladder must be ascending positive fractions of the ceiling, got {self.ladder}")
         if self.point_duration_s is not None and not self.point_duration_s > 0:
             raise InvalidInputError(f"point_duration_s must be > 0, got {self.point_duration_s}")
+
+    @property
+    def shoal_threads_per_worker(self) -> int:
+        return self.ort_threads // self.shoal_workers
 
     @property
     def duration_s(self) -> float:
@@ -439,12 +450,12 @@ def _wait_idle(spec: LoadSpec, threshold_ms: float, limit_s: float) -> bool:
 def _server_argv(system: str, target: BenchTarget, config: BenchConfig, port: int, scratch: Path) -> list[str]:
     python = sys.executable
     if system == "shoal":
-        # One worker with all of ORT's threads: the same compute budget as the others, plus
-        # shoal's frontend process (which the lean server and Ray's proxy also have, as threads
-        # or processes of their own).
+        # ORT's threads split over shoal's workers (by default one worker holds them all): the
+        # same compute budget as the others, plus shoal's frontend process (which the lean
+        # server and Ray's proxy also have, as threads or processes of their own).
         return [python, "-m", "shoal", "serve", "--repo", str(config.repository), "--http-port", str(port), "--grpc-port", "0",
-                "--workers", "1", "--threads", str(config.ort_threads), "--max-batch-size", str(config.max_batch_size),
-                "--preload", target.key]  # fmt: skip
+                "--workers", str(config.shoal_workers), "--threads", str(config.shoal_threads_per_worker),
+                "--max-batch-size", str(config.max_batch_size), "--preload", target.key]  # fmt: skip
     if system == "lean_http":
         return [python, "-m", "shoal.experiments.lean_server", "--model", str(target.model_path), "--model-name", target.key,
                 "--port", str(port), "--max-batch-size", str(config.max_batch_size), "--threads", str(config.ort_threads)]  # fmt: skip
@@ -922,7 +933,9 @@ def _run_serve_bench(config: BenchConfig, progress: ProgressCallback | None) -> 
         "max_offered_rps": config.max_offered_rps,
         "drain_timeout_s": config.drain_timeout_s,
         "seed": config.seed,
-        "shoal_command": "shoal serve --workers 1 --threads {t} --max-batch-size {b} --preload <variant>".format(t=config.ort_threads, b=config.max_batch_size),
+        "shoal_workers": config.shoal_workers,
+        "shoal_command": "shoal serve --workers {w} --threads {t} --max-batch-size {b} --preload <variant>".format(
+            w=config.shoal_workers, t=config.shoal_threads_per_worker, b=config.max_batch_size),
     }
     out["machine"] = {**machine_before, "load_average_after": [round(value, 2) for value in os.getloadavg()],
                       "note": "a shared machine: compare ratios from one run, not absolute numbers across runs"}  # fmt: skip
