@@ -21,9 +21,11 @@ class FakeWorker(WorkerHandle):
         self.batches: list[int] = []
         self.loaded_variants = {name: 1.0 for name in variants}
         self.fail_next = False
+        self.bursts: list[bool] = []
 
-    async def run(self, variant_key, items):
+    async def run(self, variant_key, items, burst=False):
         self.batches.append(len(items))
+        self.bursts.append(burst)
         await asyncio.sleep(self.batch_ms / 1000.0)
         if self.fail_next:
             raise WorkerFailedError("worker w exited while holding this request")

@@ -28,7 +28,7 @@ def bench_serve_command(
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=1024, help="Same for every system.")] = 32,
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads, same for every system.")] = 2,
     shoal_workers: Annotated[
-        int, typer.Option("--shoal-workers", min=1, help="shoal's worker processes, sharing the --threads budget (2 with --threads 2: one thread each).")
+        int, typer.Option("--shoal-workers", min=1, help="shoal's worker processes, sharing the --threads budget (2 with --threads 2: one thread each, and both for a batch that runs while the other worker idles).")
     ] = 1,
     point_s: Annotated[float | None, typer.Option("--point-s", min=0.1, help="Seconds per load point (default 1.5 quick, 5 full).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Poisson arrivals and the input tensor.")] = 0,

@@ -32,6 +32,10 @@ def serve(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda:N")] = "cpu",
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Intra-op threads per worker (0: cores / workers).")] = 0,
+    burst_threads: Annotated[
+        int,
+        typer.Option("--burst-threads", min=0, help="CPU workers also hold a session with this many threads, used by a batch that runs while every other worker is idle (0: off; local backend).")
+    ] = 0,
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=1024)] = 32,
     queue_capacity: Annotated[int, typer.Option("--queue-capacity", min=1, help="Pending requests per variant before 429.")] = 1024,
     default_slo_ms: Annotated[float, typer.Option("--default-slo-ms", min=1.0, help="SLO of requests that state none.")] = 1000.0,
@@ -72,6 +76,10 @@ def serve(
         raise InvalidInputError(f"--ray-placement {ray_placement!r}: use one of {', '.join(PLACEMENT_STRATEGIES)}")
     if fault_injection and not (admin_token or os.environ.get("SHOAL_ADMIN_TOKEN")):
         raise InvalidInputError("--fault-injection needs --admin-token: the kill route must not be open to anyone")
+    if burst_threads and (backend != "local" or not device.startswith("cpu")):
+        raise InvalidInputError("--burst-threads applies to CPU workers of the local backend: drop it, or use --backend local --device cpu")
+    if burst_threads and threads and burst_threads <= threads:
+        raise InvalidInputError(f"--burst-threads ({burst_threads}) must exceed --threads ({threads}), or be 0 (off)")
     if backend == "ray":
         try:
             import ray  # noqa: F401
@@ -99,6 +107,7 @@ def serve(
         device=device,
         num_workers=workers,
         intra_op_threads=threads,
+        burst_threads=burst_threads,
         max_batch_size=max_batch_size,
         queue_capacity=queue_capacity,
         default_slo_ms=default_slo_ms,

@@ -94,7 +94,8 @@ class BenchConfig:
     max_batch_size: int = 32
     ort_threads: int = 2
     shoal_workers: int = 1
-    """shoal's worker processes; they share the `ort_threads` budget (each gets ort_threads // shoal_workers)."""
+    """shoal's worker processes; they share the `ort_threads` budget (each gets ort_threads // shoal_workers,
+    and a batch that runs while the others idle gets all of it: `shoal serve --burst-threads`)."""
     seed: int = 0
     point_duration_s: float | None = None
     """Length of each open-loop point; None: 1.5 s quick, 5 s otherwise."""
@@ -455,6 +456,7 @@ def _server_argv(system: str, target: BenchTarget, config: BenchConfig, port: in
         # server and Ray's proxy also have, as threads or processes of their own).
         return [python, "-m", "shoal", "serve", "--repo", str(config.repository), "--http-port", str(port), "--grpc-port", "0",
                 "--workers", str(config.shoal_workers), "--threads", str(config.shoal_threads_per_worker),
+                *(["--burst-threads", str(config.ort_threads)] if config.shoal_workers > 1 else []),
                 "--max-batch-size", str(config.max_batch_size), "--preload", target.key]  # fmt: skip
     if system == "lean_http":
         return [python, "-m", "shoal.experiments.lean_server", "--model", str(target.model_path), "--model-name", target.key,
@@ -934,8 +936,9 @@ def _run_serve_bench(config: BenchConfig, progress: ProgressCallback | None) -> 
         "drain_timeout_s": config.drain_timeout_s,
         "seed": config.seed,
         "shoal_workers": config.shoal_workers,
-        "shoal_command": "shoal serve --workers {w} --threads {t} --max-batch-size {b} --preload <variant>".format(
-            w=config.shoal_workers, t=config.shoal_threads_per_worker, b=config.max_batch_size),
+        "shoal_command": "shoal serve --workers {w} --threads {t}{burst} --max-batch-size {b} --preload <variant>".format(
+            w=config.shoal_workers, t=config.shoal_threads_per_worker, b=config.max_batch_size,
+            burst=f" --burst-threads {config.ort_threads}" if config.shoal_workers > 1 else ""),
     }
     out["machine"] = {**machine_before, "load_average_after": [round(value, 2) for value in os.getloadavg()],
                       "note": "a shared machine: compare ratios from one run, not absolute numbers across runs"}  # fmt: skip

@@ -30,6 +30,9 @@ class WorkerSpec:
     worker_id: str
     device: str = "cpu"
     intra_op_threads: int = 1
+    burst_threads: int = 0
+    """Threads of a second, wider CPU session a batch may use while every other worker is idle
+    (0: none; local workers only)."""
 
 
 class Worker(Protocol):
@@ -50,7 +53,7 @@ class Worker(Protocol):
 
     async def unload(self, variant_key: str) -> None: ...
 
-    async def run(self, variant_key: str, items: Sequence[np.ndarray]) -> tuple[np.ndarray, float]: ...
+    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False) -> tuple[np.ndarray, float]: ...
 
     async def stop(self) -> None: ...
 
@@ -85,7 +88,7 @@ class LocalBackend:
     def new_worker(self, spec: WorkerSpec, *, on_exit: Callable[[Any], None]) -> Worker:
         from shoal.runtime.worker_handle import WorkerHandle
 
-        return WorkerHandle(spec.worker_id, device=spec.device, intra_op_threads=spec.intra_op_threads,
+        return WorkerHandle(spec.worker_id, device=spec.device, intra_op_threads=spec.intra_op_threads, burst_threads=spec.burst_threads,
                             shared_memory_bytes=self.shared_memory_bytes, on_exit=on_exit)
 
     def resources(self) -> dict[str, float]:

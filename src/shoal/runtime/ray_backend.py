@@ -335,7 +335,9 @@ class RayWorkerHandle:
                     raise self._failed(error) from None
         self.loaded_variants.pop(variant_key, None)
 
-    async def run(self, variant_key: str, items: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False) -> tuple[np.ndarray, float]:
+        """`burst` is accepted for the `Worker` protocol and ignored: a Ray actor holds one session
+        per variant (Ray reserved its CPUs; it may not borrow another actor's)."""
         self._check_alive()
         if self.channel is not None:
             return await self.channel.run(variant_key, items)

@@ -286,7 +286,9 @@ class Scheduler:
     async def _run_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], started_ms: float) -> None:
         worker.busy_until_ms = started_ms + queue.batch_latency_ms(len(batch))
         try:
-            outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch])
+            # Alone on the machine's cores, a worker may use the threads the idle others leave.
+            burst = all(other is worker or not other.alive or other.busy_until_ms == 0.0 for other in self.workers)
+            outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst)
             finished_ms = monotonic_ms()
             queue.observe_batch(len(batch), finished_ms - started_ms)
             # The prediction included the loop's lag for the answer to leave; so does the finish.

@@ -11,7 +11,7 @@ Control messages (JSON over a multiprocessing Connection, parent -> worker):
     {"op": "load", "variant", "path", "input_name", "output_name", "input_shape", "warmup",
      "profile_batch_sizes", "profile_repeats"}
     {"op": "unload", "variant"}
-    {"op": "run", "batch_id", "variant", "batch_size"}
+    {"op": "run", "batch_id", "variant", "batch_size", "burst"}
     {"op": "stop"}
 and replies (worker -> parent): {"op": "ready"}, {"op": "loaded", ...}, {"op": "unloaded", ...},
 {"op": "done", "batch_id", "output_shape", "compute_ms"} or {"op": "error", "message", ...}.
@@ -38,6 +38,7 @@ class WorkerConfig:
     intra_op_threads: int
     shared_memory_name: str
     shared_memory_bytes: int
+    burst_threads: int = 0
 
 
 def _send(connection: Connection, message: dict) -> None:
@@ -49,14 +50,22 @@ class ModelHost:
 
     Shared by the local worker process (below) and the Ray actor (shoal.runtime.ray_backend),
     so both backends load, warm up, profile and run variants identically.
+
+    With `burst_threads` above `intra_op_threads` (CPU workers that share a machine's cores),
+    each variant also gets a session with `burst_threads` threads, which a batch runs on when
+    the scheduler says every other worker is idle: one wide worker's latency at low load, the
+    throughput of several narrow ones, which need no thread to wait for another at every
+    operator, under load.
     """
 
-    def __init__(self, device: str, intra_op_threads: int):
+    def __init__(self, device: str, intra_op_threads: int, burst_threads: int = 0):
         from shoal.core.models import Device
 
         self.device = Device.parse(device)
         self.intra_op_threads = intra_op_threads
+        self.burst_threads = burst_threads if burst_threads > intra_op_threads and self.device.kind == "cpu" else 0
         self.sessions: dict[str, tuple[object, str, str, tuple[int, ...]]] = {}
+        self.burst_sessions: dict[str, object] = {}
 
     def load(self, message: dict) -> dict:
         import numpy as np
@@ -81,6 +90,11 @@ class ModelHost:
                 session.run([message["output_name"]], feed)
                 samples.append((time.perf_counter() - begin) * 1000.0)
             latency_ms[str(batch_size)] = samples
+        if self.burst_threads:  # profiled above with the narrow session: what a loaded server sees
+            burst_session = create_session(message["path"], self.device, intra_op_threads=self.burst_threads)
+            for _ in range(int(message.get("warmup", 2))):
+                burst_session.run([message["output_name"]], {message["input_name"]: warmup})
+            self.burst_sessions[message["variant"]] = burst_session
         # Until ready to serve, profile included: what a query that waits for a load waits.
         load_ms = (time.perf_counter() - started) * 1000.0
         self.sessions[message["variant"]] = (session, message["input_name"], message["output_name"], item_shape)
@@ -88,23 +102,26 @@ class ModelHost:
 
     def unload(self, variant: str) -> None:
         self.sessions.pop(variant, None)
+        self.burst_sessions.pop(variant, None)
 
     def item_shape(self, variant: str) -> tuple[int, ...]:
         return self.sessions[variant][3]
 
-    def run(self, variant: str, inputs):
-        """One batch; returns (float32 outputs, compute ms)."""
+    def run(self, variant: str, inputs, burst: bool = False):
+        """One batch (on the burst session when asked and there is one); returns (float32 outputs, compute ms)."""
         import numpy as np
 
         session, input_name, output_name, _ = self.sessions[variant]
+        if burst:
+            session = self.burst_sessions.get(variant, session)
         started = time.perf_counter()
         (outputs,) = session.run([output_name], {input_name: inputs})
         compute_ms = (time.perf_counter() - started) * 1000.0
         return np.ascontiguousarray(outputs, dtype=np.float32), compute_ms
 
-    def run_block(self, block: BatchBlock, variant: str, batch_size: int) -> dict:
+    def run_block(self, block: BatchBlock, variant: str, batch_size: int, burst: bool = False) -> dict:
         """One batch read from and written back to a shared block; returns the reply's numbers."""
-        outputs, compute_ms = self.run(variant, block.inputs(batch_size, self.item_shape(variant)))
+        outputs, compute_ms = self.run(variant, block.inputs(batch_size, self.item_shape(variant)), burst)
         return {"output_shape": block.write_outputs(outputs), "compute_ms": compute_ms}
 
 
@@ -121,7 +138,7 @@ def serve_connection(host: ModelHost, block: BatchBlock, connection: Connection)
         op = message.get("op")
         try:
             if op == "run":
-                reply = host.run_block(block, message["variant"], int(message["batch_size"]))
+                reply = host.run_block(block, message["variant"], int(message["batch_size"]), bool(message.get("burst", False)))
                 _send(connection, {"op": "done", "batch_id": message["batch_id"], **reply})
             elif op == "load":
                 _send(connection, host.load(message))
@@ -140,7 +157,7 @@ def worker_main(config: WorkerConfig, connection: Connection) -> None:
     """Entry point of the worker process (spawned, never forked: ONNX Runtime owns threads)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     block = BatchBlock.attach(config.shared_memory_name, config.shared_memory_bytes)
-    host = ModelHost(config.device, config.intra_op_threads)
+    host = ModelHost(config.device, config.intra_op_threads, config.burst_threads)
     _send(connection, {"op": "ready", "pid": os.getpid()})
     try:
         serve_connection(host, block, connection)

@@ -108,15 +108,16 @@ class WorkerChannel:
     async def unload(self, variant_key: str) -> None:
         await self.request({"op": "unload", "variant": variant_key})
 
-    async def run(self, variant_key: str, items: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
-        """One batch (items of equal shape); returns (outputs copied out of the block, compute ms)."""
+    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False) -> tuple[np.ndarray, float]:
+        """One batch (items of equal shape); returns (outputs copied out of the block, compute ms).
+        `burst`: every other worker is idle, so the worker may run it on its wider session."""
         async with self._run_lock:
             if self.closed:
                 raise WorkerFailedError(f"worker {self.worker_id} is not running")
             try:
                 self.block.write_inputs(items)
                 self._batch_counter += 1
-                reply = await self.request({"op": "run", "batch_id": self._batch_counter, "variant": variant_key, "batch_size": len(items)})
+                reply = await self.request({"op": "run", "batch_id": self._batch_counter, "variant": variant_key, "batch_size": len(items), "burst": burst})
                 # A reply that arrived is good even if the channel closed since (the worker exited
                 # right after answering): `close` left the block to us.
                 return self.block.read_outputs(reply["output_shape"]), reply["compute_ms"]

@@ -32,12 +32,14 @@ class WorkerHandle:
         *,
         device: str = "cpu",
         intra_op_threads: int = 1,
+        burst_threads: int = 0,
         shared_memory_bytes: int = 64 * 1024 * 1024,
         on_exit: Callable[["WorkerHandle"], None] | None = None,
     ):
         self.worker_id = worker_id
         self.device = device
         self.intra_op_threads = intra_op_threads
+        self.burst_threads = burst_threads
         self.shared_memory_bytes = shared_memory_bytes
         self.on_exit = on_exit
         self.process: multiprocessing.process.BaseProcess | None = None
@@ -55,7 +57,7 @@ class WorkerHandle:
         block = BatchBlock.create(self.shared_memory_bytes)
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe(duplex=True)
-        config = WorkerConfig(self.worker_id, self.device, self.intra_op_threads, block.name, self.shared_memory_bytes)
+        config = WorkerConfig(self.worker_id, self.device, self.intra_op_threads, block.name, self.shared_memory_bytes, self.burst_threads)
         self.process = context.Process(target=worker_main, args=(config, child_end), name=f"shoal-worker-{self.worker_id}", daemon=True)
         self.process.start()
         child_end.close()
@@ -112,9 +114,9 @@ class WorkerHandle:
         await self._live_channel().unload(variant_key)
         self.loaded_variants.pop(variant_key, None)
 
-    async def run(self, variant_key: str, items: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False) -> tuple[np.ndarray, float]:
         """Run one batch (items of equal shape); returns (outputs copied out of shared memory, compute ms)."""
-        return await self._live_channel().run(variant_key, items)
+        return await self._live_channel().run(variant_key, items, burst)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping = True

@@ -37,6 +37,7 @@ class ServeConfig:
     device: str = "cpu"
     num_workers: int = 1
     intra_op_threads: int = 0  # 0: the machine's cores divided among the workers
+    burst_threads: int = 0  # > threads per worker: a wider session for batches that run while the other workers idle
     max_batch_size: int = 32
     queue_capacity: int = 1024
     default_slo_ms: float = 1000.0
@@ -90,7 +91,7 @@ class WorkerManager:
         )
 
     def _spec(self, worker_id: str) -> WorkerSpec:
-        return WorkerSpec(worker_id, self.config.device, self.config.threads_per_worker)
+        return WorkerSpec(worker_id, self.config.device, self.config.threads_per_worker, self.config.burst_threads)
 
     def _new_handle(self, worker_id: str) -> Worker:
         return self.backend.new_worker(self._spec(worker_id), on_exit=self._on_worker_exit)
