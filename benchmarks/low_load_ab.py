@@ -5,11 +5,14 @@ or with different `shoal serve` options, interleaved: what the bench's p50 overh
         --trees "1x2=src,2x1=src+--workers+2+--threads+1,2x1-burst=src+--workers+2+--threads+1+--burst-threads+2" \\
         > benchmarks/results/serve-burst-threads/low-load-p50.jsonl
 
-Prints one JSON line per run (`--rate-rps` is required by the shared parser and unused here).
+Prints one JSON line per run; the order of the trees alternates between rounds. (`--rate-rps` is
+required by the shared parser and unused here.) The stored results were taken with the trees in
+the same order every round.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -27,12 +30,12 @@ def main() -> None:
     log = Path(tempfile.gettempdir()) / "low_load_ab.log"
     with LoadGenerator(priority_boost=True) as generator:  # as `shoal bench serve` runs it
         for round_index in range(args.rounds):
-            for name, tree in trees.items():
-                server = serve_tree(tree, args, log)
+            for name in list(trees) if round_index % 2 == 0 else list(reversed(trees)):
+                server = serve_tree(trees[name], args, log)
                 try:
                     spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
                                     slo_ms=50.0, duration_s=args.duration_s, mode="closed", concurrency=1)  # fmt: skip
-                    generator.run(LoadSpec(**{**spec.__dict__, "duration_s": 1.0}))  # warm-up, not counted
+                    generator.run(dataclasses.replace(spec, duration_s=1.0))  # warm-up, not counted
                     stats = summarise(generator.run(spec))
                 finally:
                     server.stop()

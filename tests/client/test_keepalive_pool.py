@@ -184,3 +184,46 @@ def test_closing_the_pool_silences_what_is_still_in_flight():
 
     finished, calls = asyncio.run(_with_server(scenario))
     assert finished is False and calls == []
+
+
+def test_a_callback_that_raises_is_counted_once_and_the_pool_stays_usable():
+    async def scenario(server, port):
+        pool = _pool(port, "/ok")
+        errors: list[str] = []
+
+        def explode(*reply):
+            raise RuntimeError("caller bug")
+
+        pool.send(explode, errors.append)
+        finished = await pool.wait_all_done(2.0)
+        in_flight_after = pool.in_flight
+        again = await _send(pool)
+        await pool.close()
+        return finished, in_flight_after, errors, again, server.connections
+
+    finished, in_flight_after, errors, again, connections = asyncio.run(_with_server(scenario))
+    assert finished and in_flight_after == 0 and errors == []  # not turned into a second outcome
+    assert again[:2] == ("reply", 200) and connections == 1
+
+
+def test_a_reply_nobody_asked_for_closes_the_connection_without_touching_the_count():
+    async def scenario():
+        async def chatty(reader, writer):  # answers twice to one request
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(7)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await asyncio.sleep(0.5)
+            writer.close()
+
+        listener = await asyncio.start_server(chatty, "127.0.0.1", 0)
+        pool = _pool(listener.sockets[0].getsockname()[1], "/ok")
+        reply = await _send(pool)
+        await asyncio.sleep(0.1)
+        in_flight, idle = pool.in_flight, len(pool._idle)
+        await pool.close()
+        listener.close()
+        return reply, in_flight, idle
+
+    reply, in_flight, idle = asyncio.run(scenario())
+    assert reply[:2] == ("reply", 200) and in_flight == 0 and idle == 0

@@ -35,18 +35,21 @@ def test_shoal_workers_share_the_thread_budget_of_the_other_systems(fixture_repo
     target = select_targets(ModelRepository(fixture_repository_path), "fixture.rf-16", include_light=False)[0]
     config = BenchConfig(repository=fixture_repository_path, ort_threads=2, shoal_workers=2)
     argv = _server_argv("shoal", target, config, 8000, tmp_path)
-    assert argv[argv.index("--workers") + 1 :][:3] == ["2", "--threads", "1"]
+    assert argv[argv.index("--workers") + 1 :][:5] == ["2", "--threads", "1", "--burst-threads", "2"]
+    plain = _server_argv("shoal", target, BenchConfig(repository=fixture_repository_path, ort_threads=2, shoal_workers=2, shoal_burst=False), 8000, tmp_path)
+    assert "--burst-threads" not in plain and plain[plain.index("--threads") + 1] == "1"
     lean = _server_argv("lean_http", target, config, 8001, tmp_path)
     assert lean[lean.index("--threads") + 1] == "2"
-    with pytest.raises(InvalidInputError, match=r"--shoal-workers must be between 1 and --threads \(2\)"):
-        BenchConfig(repository=fixture_repository_path, ort_threads=2, shoal_workers=3)
+    for workers in (3, 0):
+        with pytest.raises(InvalidInputError, match=r"--shoal-workers must divide --threads \(4\)"):
+            BenchConfig(repository=fixture_repository_path, ort_threads=4, shoal_workers=workers)
 
 
 def test_cli_rejects_more_shoal_workers_than_threads(capsys, fixture_repository_path, tmp_path):
     code = main(["bench", "serve", "--repo", str(fixture_repository_path), "--model", "fixture.rf-16", "--quick", "--out", str(tmp_path),
                  "--threads", "1", "--shoal-workers", "2"])  # fmt: skip
     assert code == 2
-    assert "--shoal-workers must be between 1 and --threads (1)" in capsys.readouterr().err
+    assert "--shoal-workers must divide --threads (1)" in capsys.readouterr().err
 
 
 def test_cli_reports_a_missing_family_in_one_line(capsys, fixture_repository_path, tmp_path):

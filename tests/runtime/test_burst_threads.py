@@ -34,9 +34,22 @@ def test_a_host_with_burst_threads_runs_a_wider_session_only_when_asked(fixture_
     wide = host.burst_sessions["fixture.rf-16"]
     assert narrow.get_session_options().intra_op_num_threads == 1
     assert wide.get_session_options().intra_op_num_threads == 2
+    calls: list[str] = []
+
+    class Recording:  # which session ran each batch
+        def __init__(self, name, session):
+            self.name, self.session = name, session
+
+        def run(self, *args, **kwargs):
+            calls.append(self.name)
+            return self.session.run(*args, **kwargs)
+
+    host.sessions["fixture.rf-16"] = (Recording("narrow", narrow), *host.sessions["fixture.rf-16"][1:])
+    host.burst_sessions["fixture.rf-16"] = Recording("wide", wide)
     inputs = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
     narrow_outputs, _ = host.run("fixture.rf-16", inputs)
     wide_outputs, _ = host.run("fixture.rf-16", inputs, burst=True)
+    assert calls == ["narrow", "wide"]
     np.testing.assert_allclose(wide_outputs, narrow_outputs, rtol=1e-5, atol=1e-6)
     host.unload("fixture.rf-16")
     assert host.sessions == {} and host.burst_sessions == {}
@@ -55,9 +68,11 @@ def test_a_batch_bursts_only_while_every_other_worker_is_idle():
     async def scenario():
         scheduler = Scheduler(ServingMetrics())
         scheduler.add_queue(VariantQueue("v", lambda size: 30.0, 1, 100))
-        first, second = FakeWorker("a", 30.0), FakeWorker("b", 30.0)
-        scheduler.attach_worker(first)
-        scheduler.attach_worker(second)
+        first, second, dead = FakeWorker("a", 30.0), FakeWorker("b", 30.0), FakeWorker("c", 30.0)
+        dead.alive = False
+        dead.busy_until_ms = monotonic_ms() + 10_000  # a dead worker's stale estimate must not block bursting
+        for worker in (first, second, dead):
+            scheduler.attach_worker(worker)
         deadline = monotonic_ms() + 10_000
         await scheduler.submit("v", np.ones(1, np.float32), deadline)  # alone: bursts
         await asyncio.gather(*(scheduler.submit("v", np.ones(1, np.float32), deadline) for _ in range(2)))  # side by side
@@ -69,9 +84,15 @@ def test_a_batch_bursts_only_while_every_other_worker_is_idle():
 
 
 def test_serve_rejects_burst_threads_where_they_do_not_apply(capsys, fixture_repository_path):
-    code = main(["serve", "--repo", str(fixture_repository_path), "--threads", "2", "--burst-threads", "2"])
+    code = main(["serve", "--repo", str(fixture_repository_path), "--workers", "2", "--threads", "2", "--burst-threads", "2"])
     assert code == 2
-    assert "--burst-threads (2) must exceed --threads (2)" in capsys.readouterr().err
+    assert "--burst-threads (2) must exceed the threads per worker (2)" in capsys.readouterr().err
+    code = main(["serve", "--repo", str(fixture_repository_path), "--threads", "1", "--burst-threads", "2"])
+    assert code == 2
+    assert "--burst-threads needs --workers >= 2" in capsys.readouterr().err
+    code = main(["serve", "--repo", str(fixture_repository_path), "--backend", "ray", "--workers", "2", "--burst-threads", "4"])
+    assert code == 2
+    assert "--burst-threads applies to CPU workers of the local backend" in capsys.readouterr().err
     code = main(["serve", "--repo", str(fixture_repository_path), "--device", "cuda:0", "--burst-threads", "4"])
     assert code == 2
     assert "--burst-threads applies to CPU workers of the local backend" in capsys.readouterr().err

@@ -28,8 +28,11 @@ def bench_serve_command(
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=1024, help="Same for every system.")] = 32,
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads, same for every system.")] = 2,
     shoal_workers: Annotated[
-        int, typer.Option("--shoal-workers", min=1, help="shoal's worker processes, sharing the --threads budget (2 with --threads 2: one thread each, and both for a batch that runs while the other worker idles).")
+        int, typer.Option("--shoal-workers", min=1, help="shoal's worker processes, sharing the --threads budget (2 with --threads 2: one thread each).")
     ] = 1,
+    shoal_burst: Annotated[
+        bool, typer.Option("--shoal-burst/--no-shoal-burst", help="With several shoal workers: a batch that runs while the others idle uses the whole --threads budget.")
+    ] = True,
     point_s: Annotated[float | None, typer.Option("--point-s", min=0.1, help="Seconds per load point (default 1.5 quick, 5 full).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Poisson arrivals and the input tensor.")] = 0,
 ) -> None:
@@ -45,6 +48,7 @@ def bench_serve_command(
         max_batch_size=max_batch_size,
         ort_threads=threads,
         shoal_workers=shoal_workers,
+        shoal_burst=shoal_burst,
         seed=seed,
         point_duration_s=point_s,
     )

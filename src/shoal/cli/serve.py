@@ -78,8 +78,14 @@ def serve(
         raise InvalidInputError("--fault-injection needs --admin-token: the kill route must not be open to anyone")
     if burst_threads and (backend != "local" or not device.startswith("cpu")):
         raise InvalidInputError("--burst-threads applies to CPU workers of the local backend: drop it, or use --backend local --device cpu")
-    if burst_threads and threads and burst_threads <= threads:
-        raise InvalidInputError(f"--burst-threads ({burst_threads}) must exceed --threads ({threads}), or be 0 (off)")
+    if burst_threads:
+        from shoal.profiler.session import default_intra_op_threads
+
+        if workers < 2:
+            raise InvalidInputError("--burst-threads needs --workers >= 2 (a single worker would always burst: give it --threads instead)")
+        threads_per_worker = threads or max(1, default_intra_op_threads() // workers)
+        if burst_threads <= threads_per_worker:
+            raise InvalidInputError(f"--burst-threads ({burst_threads}) must exceed the threads per worker ({threads_per_worker}), or be 0 (off)")
     if backend == "ray":
         try:
             import ray  # noqa: F401

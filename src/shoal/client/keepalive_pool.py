@@ -17,6 +17,7 @@ for the one ahead of it in the client, and that wait would be counted against th
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -31,6 +32,8 @@ OnError = Callable[[str], None]
 """(name of what went wrong, e.g. ConnectionRefusedError or ServerDisconnectedError)."""
 
 _HEADER_LENGTH = b"inference-header-content-length"
+
+logger = logging.getLogger(__name__)
 
 
 def build_post_request(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, int, bytes]:
@@ -62,6 +65,7 @@ class _Connection(asyncio.Protocol):
         self._on_error: OnError | None = None
         self._chunks: list[bytes] = []
         self._header_length: str | None = None
+        self._awaiting = False  # a request was sent on this connection and has no outcome yet
         self.open = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -83,8 +87,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
         self._pool._forget(self)
-        if self._on_reply is not None:
-            self._fail(type(exc).__name__ if exc is not None else "ServerDisconnectedError")
+        self._fail(type(exc).__name__ if exc is not None else "ServerDisconnectedError")
+
+    @property
+    def usable(self) -> bool:
+        """Open and not closing: the server may have sent its FIN before `connection_lost` ran."""
+        return self.open and self._transport is not None and not self._transport.is_closing()
 
     # -- httptools callbacks ---------------------------------------------------------------
 
@@ -96,6 +104,11 @@ class _Connection(asyncio.Protocol):
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if not self._awaiting:  # a reply nobody asked for: the connection cannot be trusted
+            self._chunks = []
+            self.close()
+            return
+        self._awaiting = False
         on_reply = self._on_reply
         status = self._parser.get_status_code()
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
@@ -111,13 +124,14 @@ class _Connection(asyncio.Protocol):
             self.close()
         self._pool._done()
         if on_reply is not None:
-            on_reply(status, body, header_length)
+            _call(on_reply, status, body, header_length)
 
     # -- used by the pool ------------------------------------------------------------------
 
     def send(self, request: bytes, on_reply: OnReply, on_error: OnError) -> None:
         assert self._transport is not None
         self._on_reply, self._on_error = on_reply, on_error
+        self._awaiting = True
         self._transport.write(request)
 
     def close(self) -> None:
@@ -126,20 +140,35 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._on_reply = self._on_error = None  # whoever closes the pool owns what is left
+        self._awaiting = False
         if self._transport is not None:
             self._transport.abort()
 
     def _fail(self, kind: str) -> None:
+        """The request in flight on this connection, if any, ends with error `kind` (once)."""
+        if not self._awaiting:
+            return
+        self._awaiting = False
         on_error = self._on_error
         self._on_reply = self._on_error = None
         self._chunks = []
         self._pool._done()
         if on_error is not None:
-            on_error(kind)
+            _call(on_error, kind)
+
+
+def _call(callback: Callable[..., None], *args: object) -> None:
+    """Run a caller's callback; what it raises is logged, never fed back into the parser (which
+    would count the same request again as a failure)."""
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("a keep-alive pool callback failed")
 
 
 class KeepAlivePool:
-    """Up to `max_connections` keep-alive connections to one server, all sending `request`.
+    """Keep-alive connections to one server, all sending `request`: one per request in flight
+    (the caller caps those), kept open afterwards up to `max_connections` idle ones.
 
     `send` never blocks and never raises: exactly one of its two callbacks runs later, unless
     the pool is closed first (then neither does, and the caller treats the request as
@@ -165,7 +194,7 @@ class KeepAlivePool:
         self._all_done.clear()
         while self._idle:
             connection = self._idle.pop()
-            if connection.open:
+            if connection.usable:
                 connection.send(self.request, on_reply, on_error)
                 return
         task = asyncio.get_running_loop().create_task(self._open_and_send(on_reply, on_error))
@@ -202,7 +231,7 @@ class KeepAlivePool:
         except (OSError, asyncio.TimeoutError) as error:
             self._done()
             if not self._closed:
-                on_error(type(error).__name__)
+                _call(on_error, type(error).__name__)
             return
         if self._closed:
             connection.abort()

@@ -34,8 +34,8 @@ import os
 import resource
 import signal
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -396,6 +396,7 @@ async def generate_load(spec: LoadSpec) -> LoadRun:
 
     start = clock() + 0.005
     end = start + spec.duration_s
+    stopping = False
     try:
         if spec.mode == "open":
             schedule = poisson_schedule(spec.rate_rps, spec.duration_s, spec.seed)
@@ -415,7 +416,9 @@ async def generate_load(spec: LoadSpec) -> LoadRun:
             def next_request() -> None:
                 """A closed-loop client: its next request as soon as the last one is answered."""
                 now = clock()
-                if now < end:
+                # `stopping`, not only the clock: a timer may wake the drain below a little
+                # before `end`, and nothing may be sent once the window is being drained.
+                if now < end and not stopping:
                     send(recorder.add(max(0.0, now - start)), now, lambda: loop.call_soon(next_request))
 
             await asyncio.sleep(max(0.0, start - clock()))
@@ -424,6 +427,7 @@ async def generate_load(spec: LoadSpec) -> LoadRun:
         remaining = end - clock()
         if remaining > 0:
             await asyncio.sleep(remaining)
+        stopping = True
         await pool.wait_all_done(spec.drain_timeout_s)  # what is still unanswered stays STATUS_TIMEOUT
     finally:
         await pool.close()

@@ -94,8 +94,9 @@ class BenchConfig:
     max_batch_size: int = 32
     ort_threads: int = 2
     shoal_workers: int = 1
-    """shoal's worker processes; they share the `ort_threads` budget (each gets ort_threads // shoal_workers,
-    and a batch that runs while the others idle gets all of it: `shoal serve --burst-threads`)."""
+    """shoal's worker processes; they share the `ort_threads` budget (each gets ort_threads // shoal_workers)."""
+    shoal_burst: bool = True
+    """With several workers: a batch that runs while the others idle gets the whole budget (`shoal serve --burst-threads`)."""
     seed: int = 0
     point_duration_s: float | None = None
     """Length of each open-loop point; None: 1.5 s quick, 5 s otherwise."""
@@ -121,9 +122,9 @@ class BenchConfig:
             raise InvalidInputError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
         if self.ort_threads < 1:
             raise InvalidInputError(f"--threads must be >= 1, got {self.ort_threads}")
-        if not 1 <= self.shoal_workers <= self.ort_threads:
+        if not 1 <= self.shoal_workers <= self.ort_threads or self.ort_threads % self.shoal_workers:
             raise InvalidInputError(
-                f"--shoal-workers must be between 1 and --threads ({self.ort_threads}) so that shoal's workers share the same "
+                f"--shoal-workers must divide --threads ({self.ort_threads}) so that shoal's workers share the same "
                 f"thread budget as the other systems, got {self.shoal_workers}"
             )
         if self.ladder is not None and (not self.ladder or any(not 0 < f for f in self.ladder) or list(self.ladder) != sorted(self.ladder)):
@@ -448,6 +449,13 @@ def _wait_idle(spec: LoadSpec, threshold_ms: float, limit_s: float) -> bool:
     return False
 
 
+def _shoal_serve_options(config: BenchConfig) -> list[str]:
+    """The `shoal serve` options that set shoal's share of the compute budget."""
+    burst = ["--burst-threads", str(config.ort_threads)] if config.shoal_workers > 1 and config.shoal_burst else []
+    return ["--workers", str(config.shoal_workers), "--threads", str(config.shoal_threads_per_worker), *burst,
+            "--max-batch-size", str(config.max_batch_size)]  # fmt: skip
+
+
 def _server_argv(system: str, target: BenchTarget, config: BenchConfig, port: int, scratch: Path) -> list[str]:
     python = sys.executable
     if system == "shoal":
@@ -455,9 +463,7 @@ def _server_argv(system: str, target: BenchTarget, config: BenchConfig, port: in
         # same compute budget as the others, plus shoal's frontend process (which the lean
         # server and Ray's proxy also have, as threads or processes of their own).
         return [python, "-m", "shoal", "serve", "--repo", str(config.repository), "--http-port", str(port), "--grpc-port", "0",
-                "--workers", str(config.shoal_workers), "--threads", str(config.shoal_threads_per_worker),
-                *(["--burst-threads", str(config.ort_threads)] if config.shoal_workers > 1 else []),
-                "--max-batch-size", str(config.max_batch_size), "--preload", target.key]  # fmt: skip
+                *_shoal_serve_options(config), "--preload", target.key]  # fmt: skip
     if system == "lean_http":
         return [python, "-m", "shoal.experiments.lean_server", "--model", str(target.model_path), "--model-name", target.key,
                 "--port", str(port), "--max-batch-size", str(config.max_batch_size), "--threads", str(config.ort_threads)]  # fmt: skip
@@ -936,9 +942,7 @@ def _run_serve_bench(config: BenchConfig, progress: ProgressCallback | None) -> 
         "drain_timeout_s": config.drain_timeout_s,
         "seed": config.seed,
         "shoal_workers": config.shoal_workers,
-        "shoal_command": "shoal serve --workers {w} --threads {t}{burst} --max-batch-size {b} --preload <variant>".format(
-            w=config.shoal_workers, t=config.shoal_threads_per_worker, b=config.max_batch_size,
-            burst=f" --burst-threads {config.ort_threads}" if config.shoal_workers > 1 else ""),
+        "shoal_command": " ".join(["shoal serve", *_shoal_serve_options(config), "--preload <variant>"]),
     }
     out["machine"] = {**machine_before, "load_average_after": [round(value, 2) for value in os.getloadavg()],
                       "note": "a shared machine: compare ratios from one run, not absolute numbers across runs"}  # fmt: skip

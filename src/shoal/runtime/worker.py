@@ -54,8 +54,9 @@ class ModelHost:
     With `burst_threads` above `intra_op_threads` (CPU workers that share a machine's cores),
     each variant also gets a session with `burst_threads` threads, which a batch runs on when
     the scheduler says every other worker is idle: one wide worker's latency at low load, the
-    throughput of several narrow ones, which need no thread to wait for another at every
-    operator, under load.
+    throughput of several narrow ones (measured higher than one wide one on a shared 2-core
+    machine; README, "Burst threads") under load. Callers check that it is wider (the CLI);
+    a session no wider than the narrow one is not made.
     """
 
     def __init__(self, device: str, intra_op_threads: int, burst_threads: int = 0):
