@@ -69,6 +69,8 @@ def test_a_batch_bursts_only_while_every_other_worker_is_idle():
         scheduler = Scheduler(ServingMetrics())
         scheduler.add_queue(VariantQueue("v", lambda size: 30.0, 1, 100))
         first, second, dead = FakeWorker("a", 30.0), FakeWorker("b", 30.0), FakeWorker("c", 30.0)
+        for worker in (first, second, dead):
+            worker.burst_threads = 2
         dead.alive = False
         dead.busy_until_ms = monotonic_ms() + 10_000  # a dead worker's stale estimate must not block bursting
         for worker in (first, second, dead):
@@ -96,3 +98,24 @@ def test_serve_rejects_burst_threads_where_they_do_not_apply(capsys, fixture_rep
     code = main(["serve", "--repo", str(fixture_repository_path), "--device", "cuda:0", "--burst-threads", "4"])
     assert code == 2
     assert "--burst-threads applies to CPU workers of the local backend" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("burst_threads", [0, 2])
+def test_only_narrow_batches_teach_the_batch_time_model(burst_threads):
+    async def scenario():
+        # profiled at 40 ms, really 10 ms: a narrow batch teaches the model; a burst batch, whose
+        # speed a loaded server would not see, does not
+        scheduler = Scheduler(ServingMetrics())
+        scheduler.add_queue(VariantQueue("v", lambda size: 40.0, 1, 100))
+        worker = FakeWorker("w", 10.0)
+        worker.burst_threads = burst_threads
+        scheduler.attach_worker(worker)
+        await scheduler.submit("v", np.ones(1, np.float32), monotonic_ms() + 1000)
+        await scheduler.close()
+        return worker.bursts, scheduler.queues["v"].slowdown
+
+    bursts, slowdown = asyncio.run(scenario())
+    if burst_threads:
+        assert bursts == [True] and slowdown == 1.0
+    else:  # a single worker without a burst session never bursts, and keeps learning
+        assert bursts == [False] and slowdown < 1.0

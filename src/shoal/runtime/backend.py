@@ -43,6 +43,8 @@ class Worker(Protocol):
     alive: bool
     loaded_variants: dict[str, float]
     busy_until_ms: float
+    burst_threads: int
+    """> 0: the worker holds a wider session for batches that run while every other worker is idle."""
 
     @property
     def pid(self) -> int | None: ...

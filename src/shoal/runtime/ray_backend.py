@@ -208,6 +208,7 @@ class RayWorkerHandle:
         self.on_exit = on_exit
         self.loaded_variants: dict[str, float] = {}
         self.busy_until_ms = 0.0
+        self.burst_threads = 0  # an actor holds one session per variant (see `run`)
         self.alive = False
         self.pid: int | None = None
         self.channel: WorkerChannel | None = None  # the hot path of an actor on this node

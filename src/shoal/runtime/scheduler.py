@@ -287,10 +287,15 @@ class Scheduler:
         worker.busy_until_ms = started_ms + queue.batch_latency_ms(len(batch))
         try:
             # Alone on the machine's cores, a worker may use the threads the idle others leave.
-            burst = all(other is worker or not other.alive or other.busy_until_ms == 0.0 for other in self.workers)
+            burst = worker.burst_threads > 0 and all(
+                other is worker or not other.alive or other.busy_until_ms == 0.0 for other in self.workers
+            )
             outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst)
             finished_ms = monotonic_ms()
-            queue.observe_batch(len(batch), finished_ms - started_ms)
+            if not burst:
+                # The batch-time model describes narrow batches, the ones that run under load,
+                # where admission needs it; a wide batch's speed would make it optimistic there.
+                queue.observe_batch(len(batch), finished_ms - started_ms)
             # The prediction included the loop's lag for the answer to leave; so does the finish.
             queue.observe_finished_items(batch, finished_ms + self.loop_lag_ms, finished_ms)
             self.metrics.child(self.metrics.worker_busy_seconds, worker.worker_id).inc(max(0.0, finished_ms - started_ms) / 1000.0)
