@@ -40,7 +40,11 @@ def test_shoal_workers_share_the_thread_budget_of_the_other_systems(fixture_repo
     assert "--burst-threads" not in plain and plain[plain.index("--threads") + 1] == "1"
     lean = _server_argv("lean_http", target, config, 8001, tmp_path)
     assert lean[lean.index("--threads") + 1] == "2"
-    for workers in (3, 0):
+    default = _server_argv("shoal", target, BenchConfig(repository=fixture_repository_path, ort_threads=2), 8000, tmp_path)
+    assert default[default.index("--workers") + 1 :][:5] == ["2", "--threads", "1", "--burst-threads", "2"]  # one per thread
+    single = _server_argv("shoal", target, BenchConfig(repository=fixture_repository_path, ort_threads=2, shoal_workers=1), 8000, tmp_path)
+    assert single[single.index("--workers") + 1 :][:3] == ["1", "--threads", "2"] and "--burst-threads" not in single
+    for workers in (3, 5):
         with pytest.raises(InvalidInputError, match=r"--shoal-workers must divide --threads \(4\)"):
             BenchConfig(repository=fixture_repository_path, ort_threads=4, shoal_workers=workers)
 

@@ -28,8 +28,8 @@ def bench_serve_command(
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=1024, help="Same for every system.")] = 32,
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads, same for every system.")] = 2,
     shoal_workers: Annotated[
-        int, typer.Option("--shoal-workers", min=1, help="shoal's worker processes, sharing the --threads budget (2 with --threads 2: one thread each).")
-    ] = 1,
+        int, typer.Option("--shoal-workers", min=0, help="shoal's worker processes, sharing the --threads budget (0: one per thread; 1: one worker with all of them).")
+    ] = 0,
     shoal_burst: Annotated[
         bool, typer.Option("--shoal-burst/--no-shoal-burst", help="With several shoal workers: a batch that runs while the others idle uses the whole --threads budget.")
     ] = True,

@@ -93,8 +93,10 @@ class BenchConfig:
     systems: tuple[str, ...] = SYSTEMS
     max_batch_size: int = 32
     ort_threads: int = 2
-    shoal_workers: int = 1
-    """shoal's worker processes; they share the `ort_threads` budget (each gets ort_threads // shoal_workers)."""
+    shoal_workers: int = 0
+    """shoal's worker processes, sharing the `ort_threads` budget (each gets ort_threads // shoal_workers);
+    0: one per thread, which with `shoal_burst` served most on the 2-core machine at no cost in
+    low-load latency (README, "Burst threads")."""
     shoal_burst: bool = True
     """With several workers: a batch that runs while the others idle gets the whole budget (`shoal serve --burst-threads`)."""
     seed: int = 0
@@ -122,7 +124,7 @@ class BenchConfig:
             raise InvalidInputError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
         if self.ort_threads < 1:
             raise InvalidInputError(f"--threads must be >= 1, got {self.ort_threads}")
-        if not 1 <= self.shoal_workers <= self.ort_threads or self.ort_threads % self.shoal_workers:
+        if not 0 <= self.shoal_workers <= self.ort_threads or self.ort_threads % self.shoal_worker_count:
             raise InvalidInputError(
                 f"--shoal-workers must divide --threads ({self.ort_threads}) so that shoal's workers share the same "
                 f"thread budget as the other systems, got {self.shoal_workers}"
@@ -134,7 +136,11 @@ class BenchConfig:
 
     @property
     def shoal_threads_per_worker(self) -> int:
-        return self.ort_threads // self.shoal_workers
+        return self.ort_threads // self.shoal_worker_count
+
+    @property
+    def shoal_worker_count(self) -> int:
+        return self.shoal_workers or self.ort_threads
 
     @property
     def duration_s(self) -> float:
@@ -451,8 +457,8 @@ def _wait_idle(spec: LoadSpec, threshold_ms: float, limit_s: float) -> bool:
 
 def _shoal_serve_options(config: BenchConfig) -> list[str]:
     """The `shoal serve` options that set shoal's share of the compute budget."""
-    burst = ["--burst-threads", str(config.ort_threads)] if config.shoal_workers > 1 and config.shoal_burst else []
-    return ["--workers", str(config.shoal_workers), "--threads", str(config.shoal_threads_per_worker), *burst,
+    burst = ["--burst-threads", str(config.ort_threads)] if config.shoal_worker_count > 1 and config.shoal_burst else []
+    return ["--workers", str(config.shoal_worker_count), "--threads", str(config.shoal_threads_per_worker), *burst,
             "--max-batch-size", str(config.max_batch_size)]  # fmt: skip
 
 
@@ -941,7 +947,7 @@ def _run_serve_bench(config: BenchConfig, progress: ProgressCallback | None) -> 
         "max_offered_rps": config.max_offered_rps,
         "drain_timeout_s": config.drain_timeout_s,
         "seed": config.seed,
-        "shoal_workers": config.shoal_workers,
+        "shoal_workers": config.shoal_worker_count,
         "shoal_command": " ".join(["shoal serve", *_shoal_serve_options(config), "--preload <variant>"]),
     }
     out["machine"] = {**machine_before, "load_average_after": [round(value, 2) for value in os.getloadavg()],
