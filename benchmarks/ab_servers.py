@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
 
 from shoal.experiments.server_process import ServerProcess, start_server_process
 
-__all__ = ["ab_parser", "cpu_s", "parse_trees", "serve", "serve_tree"]
+__all__ = ["ab_parser", "cpu_s", "interleaved", "parse_trees", "serve", "serve_tree"]
 
 
 def cpu_s(pid: int) -> float:
@@ -43,6 +44,15 @@ def ab_parser(description: str, *, duration_s: float) -> argparse.ArgumentParser
 
 def parse_trees(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(","))
+
+
+def interleaved(names: Iterable[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, name) for every name in every round, the order reversed every other round (ABBA),
+    so that drift in the machine's background load hits every tree alike."""
+    ordered = list(names)
+    for round_index in range(rounds):
+        for name in ordered if round_index % 2 == 0 else ordered[::-1]:
+            yield round_index, name
 
 
 def serve(source: str, repository: Path, model: str, workers: int, threads: int, log: Path,

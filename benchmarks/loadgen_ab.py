@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_servers import ab_parser, cpu_s, parse_trees, serve_tree  # noqa: E402
+from ab_servers import ab_parser, cpu_s, interleaved, parse_trees, serve_tree  # noqa: E402
 
 _CHILD = """
 import asyncio, dataclasses, json, os, sys
@@ -64,31 +64,30 @@ def main() -> None:
     rows = []
     server = serve_tree("src", args, log)
     try:
-        for round_index in range(args.rounds):
-            for name in list(trees) if round_index % 2 == 0 else list(reversed(trees)):
-                spec = {"url": server.url, "model": args.model, "input_name": "images", "input_shape": (1, 3, args.size_px, args.size_px),
-                        "slo_ms": args.slo_ms, "duration_s": args.duration_s, "mode": "open", "rate_rps": args.rate_rps, "seed": round_index}  # fmt: skip
-                child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(spec)], stdout=subprocess.PIPE, text=True,
-                                         env=dict(os.environ, PYTHONPATH=str(Path(trees[name]).resolve())))  # fmt: skip
-                assert child.stdout is not None
-                while child.stdout.readline().strip() != "START":  # the warm-up is over
-                    if child.poll() is not None:
-                        raise RuntimeError(f"the generator from {trees[name]} exited with {child.returncode}")
-                frontend_before, workers_before = cpu_s(server.process.pid), _children_cpu_s(server.process.pid)
-                stats = json.loads(child.stdout.readline())
-                frontend_s = cpu_s(server.process.pid) - frontend_before
-                workers_s = _children_cpu_s(server.process.pid) - workers_before
-                child.wait()
-                wall_s = stats["generator_cpu_s"] / stats["generator_cpu_fraction"] if stats["generator_cpu_fraction"] else args.duration_s
-                rows.append({
-                    "generator": name, "round": round_index, "offered_rps": stats["offered_rps"], "goodput_rps": stats["goodput_rps"],
-                    "p99_ms": stats["p99_ms"], "p99_from_send_ms": stats["p99_from_send_ms"], "server_p99_ms": stats["server_p99_ms"],
-                    "shed_fraction": stats["shed_fraction"], "late_fraction": stats["late_fraction"], "error_fraction": stats["error_fraction"],
-                    "generator_cpu_ms_per_request": round(1000.0 * stats["generator_cpu_s"] / max(1, stats["num_requests"]), 4),
-                    "generator_cpu_fraction": stats["generator_cpu_fraction"], "generator_send_lag_p99_ms": stats["generator_send_lag_p99_ms"],
-                    "frontend_cpu_fraction": round(frontend_s / wall_s, 3), "workers_cpu_fraction": round(workers_s / wall_s, 3),
-                })  # fmt: skip
-                print(json.dumps(rows[-1]), flush=True)
+        for round_index, name in interleaved(trees, args.rounds):
+            spec = {"url": server.url, "model": args.model, "input_name": "images", "input_shape": (1, 3, args.size_px, args.size_px),
+                    "slo_ms": args.slo_ms, "duration_s": args.duration_s, "mode": "open", "rate_rps": args.rate_rps, "seed": round_index}  # fmt: skip
+            child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(spec)], stdout=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, PYTHONPATH=str(Path(trees[name]).resolve())))  # fmt: skip
+            assert child.stdout is not None
+            while child.stdout.readline().strip() != "START":  # the warm-up is over
+                if child.poll() is not None:
+                    raise RuntimeError(f"the generator from {trees[name]} exited with {child.returncode}")
+            frontend_before, workers_before = cpu_s(server.process.pid), _children_cpu_s(server.process.pid)
+            stats = json.loads(child.stdout.readline())
+            frontend_s = cpu_s(server.process.pid) - frontend_before
+            workers_s = _children_cpu_s(server.process.pid) - workers_before
+            child.wait()
+            wall_s = stats["generator_cpu_s"] / stats["generator_cpu_fraction"] if stats["generator_cpu_fraction"] else args.duration_s
+            rows.append({
+                "generator": name, "round": round_index, "offered_rps": stats["offered_rps"], "goodput_rps": stats["goodput_rps"],
+                "p99_ms": stats["p99_ms"], "p99_from_send_ms": stats["p99_from_send_ms"], "server_p99_ms": stats["server_p99_ms"],
+                "shed_fraction": stats["shed_fraction"], "late_fraction": stats["late_fraction"], "error_fraction": stats["error_fraction"],
+                "generator_cpu_ms_per_request": round(1000.0 * stats["generator_cpu_s"] / max(1, stats["num_requests"]), 4),
+                "generator_cpu_fraction": stats["generator_cpu_fraction"], "generator_send_lag_p99_ms": stats["generator_send_lag_p99_ms"],
+                "frontend_cpu_fraction": round(frontend_s / wall_s, 3), "workers_cpu_fraction": round(workers_s / wall_s, 3),
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
     finally:
         server.stop()
     if args.out:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_servers import ab_parser, parse_trees, serve_tree  # noqa: E402
+from ab_servers import ab_parser, interleaved, parse_trees, serve_tree  # noqa: E402
 
 from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise  # noqa: E402
 
@@ -29,18 +29,17 @@ def main() -> None:
     trees = parse_trees(args.trees)
     log = Path(tempfile.gettempdir()) / "low_load_ab.log"
     with LoadGenerator(priority_boost=True) as generator:  # as `shoal bench serve` runs it
-        for round_index in range(args.rounds):
-            for name in list(trees) if round_index % 2 == 0 else list(reversed(trees)):
-                server = serve_tree(trees[name], args, log)
-                try:
-                    spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
-                                    slo_ms=50.0, duration_s=args.duration_s, mode="closed", concurrency=1)  # fmt: skip
-                    generator.run(dataclasses.replace(spec, duration_s=1.0))  # warm-up, not counted
-                    stats = summarise(generator.run(spec))
-                finally:
-                    server.stop()
-                print(json.dumps({"tree": name, "round": round_index, "p50_ms": stats.p50_ms, "server_p50_ms": stats.server_p50_ms,
-                                  "rps": stats.throughput_rps}), flush=True)  # fmt: skip
+        for round_index, name in interleaved(trees, args.rounds):
+            server = serve_tree(trees[name], args, log)
+            try:
+                spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
+                                slo_ms=50.0, duration_s=args.duration_s, mode="closed", concurrency=1)  # fmt: skip
+                generator.run(dataclasses.replace(spec, duration_s=1.0))  # warm-up, not counted
+                stats = summarise(generator.run(spec))
+            finally:
+                server.stop()
+            print(json.dumps({"tree": name, "round": round_index, "p50_ms": stats.p50_ms, "server_p50_ms": stats.server_p50_ms,
+                              "rps": stats.throughput_rps}), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

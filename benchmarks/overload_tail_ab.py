@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_servers import ab_parser, cpu_s, parse_trees, serve_tree  # noqa: E402
+from ab_servers import ab_parser, cpu_s, interleaved, parse_trees, serve_tree  # noqa: E402
 
 from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise  # noqa: E402
 
@@ -44,31 +44,30 @@ def main() -> None:
     log = Path(tempfile.gettempdir()) / "overload_tail_ab.log"
     rows = []
     with LoadGenerator(priority_boost=True) as generator:  # as `shoal bench serve` runs it
-        for round_index in range(args.rounds):
-            for name in list(trees) if round_index % 2 == 0 else list(reversed(trees)):
-                server = serve_tree(trees[name], args, log)
-                try:
-                    spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
-                                    slo_ms=args.slo_ms, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps, seed=round_index)  # fmt: skip
-                    generator.run(dataclasses.replace(spec, duration_s=2.0, rate_rps=args.rate_rps / 4))  # warm-up below capacity
-                    before = cpu_s(server.process.pid)
-                    run = generator.run(spec)
-                    frontend_s = cpu_s(server.process.pid) - before
-                finally:
-                    server.stop()
-                stats = summarise(run)
-                ok = run.status == 200
-                from_send = run.latency_ms[ok] - run.start_lag_ms[ok]
-                outside = from_send - run.server_ms[ok]
-                rows.append({
-                    "tree": name, "round": round_index, "offered_rps": stats.offered_rps,
-                    "goodput_rps": round(stats.goodput_rps, 1), "p99_ms": stats.p99_ms, "p99_from_send_ms": stats.p99_from_send_ms,
-                    "server_p99_ms": stats.server_p99_ms, "late_fraction": stats.late_fraction, "shed_fraction": stats.shed_fraction,
-                    "drop_fraction": stats.drop_fraction, "error_fraction": stats.error_fraction, "mean_batch": stats.mean_batch_size,
-                    "outside_server_ms": _quantiles(outside), "frontend_cpu_fraction": round(frontend_s / run.wall_s, 3),
-                    "generator_cpu_fraction": stats.generator_cpu_fraction,
-                })  # fmt: skip
-                print(json.dumps(rows[-1]), flush=True)
+        for round_index, name in interleaved(trees, args.rounds):
+            server = serve_tree(trees[name], args, log)
+            try:
+                spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
+                                slo_ms=args.slo_ms, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps, seed=round_index)  # fmt: skip
+                generator.run(dataclasses.replace(spec, duration_s=2.0, rate_rps=args.rate_rps / 4))  # warm-up below capacity
+                before = cpu_s(server.process.pid)
+                run = generator.run(spec)
+                frontend_s = cpu_s(server.process.pid) - before
+            finally:
+                server.stop()
+            stats = summarise(run)
+            ok = run.status == 200
+            from_send = run.latency_ms[ok] - run.start_lag_ms[ok]
+            outside = from_send - run.server_ms[ok]
+            rows.append({
+                "tree": name, "round": round_index, "offered_rps": stats.offered_rps,
+                "goodput_rps": round(stats.goodput_rps, 1), "p99_ms": stats.p99_ms, "p99_from_send_ms": stats.p99_from_send_ms,
+                "server_p99_ms": stats.server_p99_ms, "late_fraction": stats.late_fraction, "shed_fraction": stats.shed_fraction,
+                "drop_fraction": stats.drop_fraction, "error_fraction": stats.error_fraction, "mean_batch": stats.mean_batch_size,
+                "outside_server_ms": _quantiles(outside), "frontend_cpu_fraction": round(frontend_s / run.wall_s, 3),
+                "generator_cpu_fraction": stats.generator_cpu_fraction,
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))

@@ -61,7 +61,8 @@ async def _with_server(scenario):
 
 def _pool(port: int, path: str, body: bytes = b"payload", **options) -> KeepAlivePool:
     host, port, request = build_post_request(f"http://127.0.0.1:{port}{path}", body, {"Content-Type": "application/octet-stream"})
-    return KeepAlivePool(host, port, request, max_connections=options.get("max_connections", 8), connect_timeout_s=1.0)
+    return KeepAlivePool(host, port, request, max_connections=options.get("max_connections", 8), connect_timeout_s=1.0,
+                         reply_header="Inference-Header-Content-Length")  # fmt: skip
 
 
 async def _send(pool: KeepAlivePool) -> tuple:

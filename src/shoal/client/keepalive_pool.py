@@ -27,11 +27,10 @@ import httptools
 __all__ = ["KeepAlivePool", "OnError", "OnReply", "build_post_request"]
 
 OnReply = Callable[[int, bytes, "str | None"], None]
-"""(HTTP status, body, value of the Inference-Header-Content-Length header or None)."""
+"""(HTTP status, body, value of the pool's `reply_header` or None)."""
 OnError = Callable[[str], None]
 """(name of what went wrong, e.g. ConnectionRefusedError or ServerDisconnectedError)."""
 
-_HEADER_LENGTH = b"inference-header-content-length"
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == _HEADER_LENGTH:
+        if name.lower() == self._pool.reply_header:
             self._header_length = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
@@ -175,12 +174,15 @@ class KeepAlivePool:
     unanswered). `in_flight` counts requests sent or waiting for a connection to open.
     """
 
-    def __init__(self, host: str, port: int, request: bytes, *, max_connections: int, connect_timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, request: bytes, *, max_connections: int, connect_timeout_s: float, reply_header: str = "") -> None:
+        """`reply_header`: the one reply header whose value the reply callback gets (e.g. KServe's
+        Inference-Header-Content-Length); the others are not kept."""
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.host, self.port, self.request = host, port, request
         self.max_connections = max_connections
         self.connect_timeout_s = connect_timeout_s
+        self.reply_header = reply_header.lower().encode("latin-1")
         self.in_flight = 0
         self._idle: list[_Connection] = []
         self._connections: set[_Connection] = set()

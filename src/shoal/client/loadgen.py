@@ -373,7 +373,8 @@ async def generate_load(spec: LoadSpec) -> LoadRun:
     recorder = _Recorder()
     lags_ms: list[float] = []
     cpu_start, wall_start = time.process_time(), time.perf_counter()
-    pool = KeepAlivePool(host, port, request, max_connections=spec.max_in_flight, connect_timeout_s=max(1.0, spec.drain_timeout_s))
+    pool = KeepAlivePool(host, port, request, max_connections=spec.max_in_flight, connect_timeout_s=max(1.0, spec.drain_timeout_s),
+                         reply_header=HEADER_LENGTH)  # fmt: skip
 
     def send(index: int, intended: float, then: Callable[[], None] | None = None) -> None:
         """Send request `index`; record its answer (and call `then`) when it comes."""

@@ -185,13 +185,16 @@ class Scheduler:
 
     # -- admission ------------------------------------------------------------------------------
     def predicted_finish_ms(self, key: str, now_ms: float) -> float:
-        """Predicted completion delay of a request for `key` admitted now (inf when nothing serves it)."""
+        """Predicted completion delay of a request for `key` admitted now (inf when nothing serves it).
+
+        The queue's drain plus the event loop's lag: a saturated loop delays the answer too
+        (socket, parsing, encoding), by about its lag."""
         queue = self.queues[key]
         workers = self.workers_for(key)
         if not workers:
             return float("inf")
         busy_ms = min(max(0.0, worker.busy_until_ms - now_ms) for worker in workers)
-        return admission_finish_ms(len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, len(workers))
+        return self.loop_lag_ms + admission_finish_ms(len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, len(workers))
 
     def admission_margin_ms(self, key: str, now_ms: float, priority: int = 0) -> float:
         """What admission adds to the predicted finish of a request for `key` queued now: the
@@ -224,8 +227,7 @@ class Scheduler:
         now = monotonic_ms()
         if len(queue) >= queue.capacity:
             raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
-        # A saturated event loop delays the answer too (socket, parsing, encoding), by about its lag.
-        predicted_finish_ms = now + self.loop_lag_ms + self.predicted_finish_ms(key, now)
+        predicted_finish_ms = now + self.predicted_finish_ms(key, now)
         if predicted_finish_ms + self.admission_margin_ms(key, now, priority) > (deadline_ms if admit_by_ms is None else admit_by_ms):
             raise OverloadedError(
                 f"{key!r} cannot answer within the deadline at the current load", retry_after_s=self._retry_after_s(queue)

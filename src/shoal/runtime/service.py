@@ -247,9 +247,9 @@ class InferenceService:
                     accuracy=served.variant.accuracy or 0.0,
                     input_size_px=served.variant.input_size_px,
                     loaded=loaded,
-                    # As admission sees it: the event loop's lag and the learnt error come on top of the queue.
+                    # As admission sees it: the learnt error comes on top of the prediction.
                     predicted_latency_ms=(
-                        self.scheduler.loop_lag_ms + self.scheduler.predicted_finish_ms(key, now) + self.scheduler.admission_margin_ms(key, now, priority)
+                        self.scheduler.predicted_finish_ms(key, now) + self.scheduler.admission_margin_ms(key, now, priority)
                         if loaded else float("inf")
                     ),
                     cost_per_1000_usd=variant_cost_per_1000_usd(self, served),
