@@ -43,6 +43,13 @@ def serve(
     admission_headroom: Annotated[
         float, typer.Option("--admission-headroom", min=0.1, max=1.0, help="Admit a request only if its predicted finish is within this share of its SLO.")
     ] = 0.8,
+    max_loop_lag_share: Annotated[
+        float,
+        typer.Option(
+            "--max-loop-lag-share", min=0.001, max=1.0,
+            help="Event-loop lag, as a share of the model's recent SLO, at which the frontend refuses every inference request on arrival (429, body unread); from a third of it, a rising share.",
+        ),
+    ] = 0.06,
     cache_mb: Annotated[float, typer.Option("--cache-mb", min=0.001, help="Memory budget per worker for loaded variants (estimate: 3x the model file).")] = 2048.0,
     preload: Annotated[list[str] | None, typer.Option("--preload", help="Models to load at start (default: all).")] = None,
     control_interval_s: Annotated[float, typer.Option("--control-interval-s", min=0.05, help="Controller period.")] = 0.5,
@@ -119,6 +126,7 @@ def serve(
         default_slo_ms=default_slo_ms,
         max_queue_delay_ms=max_queue_delay_ms,
         admission_headroom=admission_headroom,
+        max_loop_lag_share=max_loop_lag_share,
         policy=policy,
         preload=tuple(preload) if preload else None,
         cache_bytes_per_worker=int(cache_mb * 1024 * 1024),

@@ -132,6 +132,8 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def call():
             self.service.resolve(request.model_name)
+            if self.service.frontend_saturated(request.model_name):
+                raise OverloadedError("the server's frontend is saturated; retry later")
             inputs = decode_grpc_inputs(request)
             parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
             requested = [output.name for output in request.outputs]

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -78,6 +78,14 @@ def guarded(handler):
 _INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 
 
+_SATURATED_BODY = json.dumps({"error": "the server's frontend is saturated; retry later"}).encode()
+_SATURATED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_SATURATED_BODY)).encode()),
+    (b"retry-after", b"1"),
+]
+
+
 class InferFastPath:
     """ASGI app: inference requests go straight to their endpoint, everything else to Starlette.
 
@@ -87,16 +95,26 @@ class InferFastPath:
     into a response itself), so behaviour does not depend on which way a request came; other
     methods on these paths still reach Starlette (405). The endpoint gets no `app` or `router`
     in its scope (it uses neither); behind a `root_path` the paths carry a prefix, do not match
-    here, and take Starlette's way."""
+    here, and take Starlette's way.
 
-    def __init__(self, infer_endpoint, app: ASGIApp):
+    `refuse(model)` is asked first: when it says so, the request is answered 429 from prebuilt
+    bytes without reading its body (`InferenceService.frontend_saturated`: the cheapest answer
+    the loop can give when it is itself the bottleneck; the HTTP server discards the unread body
+    and keeps the connection)."""
+
+    def __init__(self, infer_endpoint, app: ASGIApp, refuse: Callable[[str], bool] | None = None):
         self.infer_endpoint = infer_endpoint
         self.app = app
+        self.refuse = refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             match = _INFER_PATH.fullmatch(scope["path"])
             if match is not None:
+                if self.refuse is not None and self.refuse(match["model"]):
+                    await send({"type": "http.response.start", "status": 429, "headers": _SATURATED_HEADERS})
+                    await send({"type": "http.response.body", "body": _SATURATED_BODY})
+                    return
                 scope["path_params"] = {key: value for key, value in match.groupdict().items() if value is not None}
                 response = await self.infer_endpoint(Request(scope, receive))
                 await response(scope, receive, send)
@@ -240,4 +258,4 @@ def build_http_app(
         Route("/metrics", guarded(metrics), methods=["GET"]),
         Route("/openapi.json", guarded(openapi), methods=["GET"]),
     ]
-    return InferFastPath(infer_endpoint, Starlette(routes=[*routes, *extra_routes]))
+    return InferFastPath(infer_endpoint, Starlette(routes=[*routes, *extra_routes]), refuse=service.frontend_saturated)
