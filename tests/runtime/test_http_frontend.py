@@ -123,6 +123,10 @@ def test_every_concurrent_request_gets_exactly_one_answer_and_metrics_count_them
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'shoal_requests_total{model="fixture.rf-64",outcome="success",variant="fixture.rf-64"}' in metrics
     assert "shoal_batch_size_bucket" in metrics and "shoal_pending_requests" in metrics
+    # The start-up heap was frozen out of the collector's sight (full collections stay short).
+    frozen = next(line for line in metrics.splitlines() if line.startswith("shoal_gc_frozen_objects "))
+    assert float(frozen.split()[1]) > 10_000
+    assert 'python_gc_collections_total{generation="2"}' in metrics
 
 
 def test_unknown_model_via_tritonclient_raises(server):

@@ -10,33 +10,60 @@ import random
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from starlette.responses import PlainTextResponse
 
-from shoal.planner.batching import loop_gate_refusal_probability
+from shoal.client.loadgen import LoadSpec, generate_load
+from shoal.planner.batching import SATURATED_LOOP_BUSY_SHARE, loop_gate_refusal_probability
 from shoal.runtime.http_frontend import InferFastPath
+from shoal.runtime.metrics import ServingMetrics
+from shoal.runtime.scheduler import Scheduler, monotonic_ms
 from shoal.runtime.service import InferenceService
 from shoal.runtime.worker_manager import ServeConfig
+
 from .conftest import start_server, stop_server  # noqa: TID252
 
 
 def test_refusal_share_is_none_up_to_a_third_then_rises_to_all():
-    assert loop_gate_refusal_probability(0.0, 3.0) == 0.0
-    assert loop_gate_refusal_probability(1.0, 3.0) == 0.0
-    assert loop_gate_refusal_probability(2.0, 3.0) == pytest.approx(0.5)
-    assert loop_gate_refusal_probability(3.0, 3.0) == 1.0
-    assert loop_gate_refusal_probability(50.0, 3.0) == 1.0
-    shares = [loop_gate_refusal_probability(lag / 10, 6.0) for lag in range(80)]
+    assert loop_gate_refusal_probability(0.0, 3.0, 1.0) == 0.0
+    assert loop_gate_refusal_probability(1.0, 3.0, 1.0) == 0.0
+    assert loop_gate_refusal_probability(2.0, 3.0, 1.0) == pytest.approx(0.5)
+    assert loop_gate_refusal_probability(3.0, 3.0, 1.0) == 1.0
+    assert loop_gate_refusal_probability(50.0, 3.0, 1.0) == 1.0
+    shares = [loop_gate_refusal_probability(lag / 10, 6.0, 0.9) for lag in range(80)]
     assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] == 1.0
+
+
+def test_a_loop_late_only_in_bursts_refuses_nothing():
+    assert loop_gate_refusal_probability(50.0, 3.0, SATURATED_LOOP_BUSY_SHARE - 0.01) == 0.0
+    assert loop_gate_refusal_probability(50.0, 3.0, SATURATED_LOOP_BUSY_SHARE) == 1.0
+
+
+def test_loop_load_sees_a_long_pass_while_it_is_under_way():
+    scheduler = Scheduler(ServingMetrics())
+    scheduler.loop_lag_ms, scheduler.loop_busy_share = 0.4, 0.05
+    now_ms = monotonic_ms()
+    scheduler._lag_timer_due_ms = now_ms + 5.0  # the timer is not due yet: the smoothed values
+    assert scheduler.loop_load() == (0.4, 0.05)
+    # Due 20 ms ago, read 30 ms ago, the loop's thread on a CPU for 29 of them: a pass under way.
+    scheduler._lag_timer_due_ms, scheduler._reading_since_ms = now_ms - 20.0, now_ms - 30.0
+    scheduler._reading_cpu_s = time.thread_time() - 0.029
+    lag_ms, busy_share = scheduler.loop_load()
+    assert lag_ms >= 20.0 and busy_share >= 0.9
+    # As late, but the thread ran only 3 of the 30 ms (a burst of large requests): not busy.
+    scheduler._reading_cpu_s = time.thread_time() - 0.003
+    lag_ms, busy_share = scheduler.loop_load()
+    assert lag_ms >= 20.0 and busy_share < 0.2
 
 
 def test_service_refuses_by_the_share_of_the_loop_lag_against_the_model_s_recent_slo(fixture_repository_path):
     service = InferenceService(ServeConfig(repository=fixture_repository_path, default_slo_ms=50.0, max_loop_lag_share=0.06))
     service._gate_random = random.Random(7)
+    service.scheduler.loop_busy_share = 1.0
     service.scheduler.loop_lag_ms = 0.5  # of an SLO of 50 ms, refusals start at 1 ms and are total at 3
     assert not any(service.frontend_saturated("fixture.rf-16") for _ in range(200))
     service.scheduler.loop_lag_ms = 3.5
@@ -47,6 +74,9 @@ def test_service_refuses_by_the_share_of_the_loop_lag_against_the_model_s_recent
     # A model whose clients state 1 s: the same lag is far inside its budget.
     service._remember_slo("fixture.rf-32", 1000.0)
     assert not any(service.frontend_saturated("fixture.rf-32") for _ in range(200))
+    # However late, a loop that is mostly idle is not the bottleneck.
+    service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 10.0, 0.3
+    assert not any(service.frontend_saturated("fixture.rf-16") for _ in range(200))
 
 
 def test_the_remembered_slo_follows_a_shorter_one_at_once_and_a_longer_one_slowly(fixture_repository_path):
@@ -62,28 +92,32 @@ def test_the_remembered_slo_follows_a_shorter_one_at_once_and_a_longer_one_slowl
 
 
 def test_a_saturated_server_refuses_inference_at_the_gate_and_stays_healthy(fixture_repository_path):
-    """A real server whose gate refuses at any lag above 0.1 ms (0.001 of a 100 ms SLO; an idle
-    loop's timers run about that late, a loaded one later): inference is refused by the gate,
-    counted as shed under the repository's own names only, and everything else keeps answering."""
+    """A real server driven by shoal's own load generator (64 requests kept in flight: its loop
+    is busy all the time) with a gate that refuses at any lag above 0.1 ms (0.001 of a 100 ms
+    SLO): inference is refused by the gate, counted as shed under the repository's own names
+    only, every request gets an answer, and everything else keeps answering."""
     server = start_server(fixture_repository_path, "--max-loop-lag-share", "0.001", "--default-slo-ms", "100", "--preload", "fixture.rf-16")
     try:
-        images = [0.0] * (3 * 16 * 16)
-        body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": images}]})
+        spec = LoadSpec(url=server.url, model="fixture.rf-16", input_name="images", input_shape=(1, 3, 16, 16), slo_ms=100.0,
+                        duration_s=2.0, mode="closed", concurrency=64)  # fmt: skip
+        made_up: list[int] = []
 
-        def send(index: int) -> httpx.Response:
-            model = "fixture.rf-16" if index % 4 else f"made-up-{index}"
-            return httpx.post(f"{server.url}/v2/models/{model}/infer", content=body, timeout=10)
+        def send_made_up_names() -> None:
+            with httpx.Client(timeout=10) as client:
+                for index in range(40):
+                    made_up.append(client.post(f"{server.url}/v2/models/made-up-{index}/infer", content=b"{}").status_code)
 
-        with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(send, range(400)))
-        assert {answer.status_code for answer in answers} <= {200, 404, 429}
-        gated = [answer for answer in answers if answer.status_code == 429 and "frontend is saturated" in answer.json()["error"]]
-        assert gated, "the loop never ran 0.1 ms late under 16 concurrent clients"
-        assert all(answer.headers["retry-after"] == "1" for answer in gated)
-        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+        sender = threading.Thread(target=send_made_up_names)
+        sender.start()
+        run = asyncio.run(generate_load(spec))
+        sender.join()
+        assert run.status.size > 0 and set(np.unique(run.status).tolist()) <= {200, 429, 504}
+        assert set(made_up) <= {404, 429}
         metrics = httpx.get(f"{server.url}/metrics").text
-        assert 'outcome="shed",variant=""' in metrics
+        gated = [line for line in metrics.splitlines() if line.startswith('shoal_requests_total{model="fixture.rf-16",outcome="shed",variant=""}')]
+        assert gated and float(gated[0].split()[-1]) > 0, "the gate refused nothing while the loop was saturated"
         assert "made-up" not in metrics  # a client's made-up names never become labels
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     finally:
         stop_server(server)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, generate_latest
 
 __all__ = ["ServingMetrics"]
 
@@ -23,6 +23,7 @@ class ServingMetrics:
         self.pending = Gauge("shoal_pending_requests", "Requests waiting in the queue", ["variant"], registry=self.registry)
         self.loaded = Gauge("shoal_variant_loaded", "1 when the variant is loaded on at least one worker", ["variant"], registry=self.registry)
         self.loop_lag = Gauge("shoal_event_loop_lag_seconds", "Smoothed lateness of the frontend event loop", registry=self.registry)
+        self.loop_busy_share = Gauge("shoal_event_loop_busy_share", "Smoothed share of the time the frontend event loop's thread runs on a CPU", registry=self.registry)
         self.slowdown = Gauge("shoal_batch_slowdown", "Measured batch time over profiled batch time (smoothed)", ["variant"], registry=self.registry)
         self.tail_slowdown = Gauge(
             "shoal_batch_slowdown_p90", "90th percentile of measured over profiled batch time, last 64 batches (sizes batches)", ["variant"], registry=self.registry
@@ -38,6 +39,10 @@ class ServingMetrics:
         self.worker_replacements_failed = Counter(
             "shoal_worker_replacements_failed", "Attempts to start a dead worker's replacement that failed (retried)", registry=self.registry
         )
+        self.gc_frozen_objects = Gauge(
+            "shoal_gc_frozen_objects", "Objects moved out of the garbage collector's sight once the server had started (gc.freeze)", registry=self.registry
+        )
+        GCCollector(registry=self.registry)  # python_gc_*: collections per generation, to see their pauses' cause
         self.policy_decisions = Counter("shoal_policy_decisions", "Variant chosen by the policy for family requests", ["family", "variant", "policy"], registry=self.registry)
         # Children of the per-request metrics by label values: `labels()` takes a lock and builds
         # the key on every call, a few microseconds each, several times per request. The label

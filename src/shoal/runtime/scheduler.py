@@ -161,6 +161,12 @@ class Scheduler:
     def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0):
         self.metrics = metrics
         self.loop_lag_ms = 0.0  # how late the event loop runs its callbacks, kept by a monitor task
+        self.loop_busy_share = 0.0  # share of the time the loop's thread ran on a CPU, kept by the same monitor
+        # The monitor's current reading: when its timer is due, and since when and from what CPU
+        # time of the loop's thread it measures (see loop_load).
+        self._lag_timer_due_ms = float("inf")
+        self._reading_since_ms = 0.0
+        self._reading_cpu_s = 0.0
         self.max_queue_delay_ms = max_queue_delay_ms
         self.queues: dict[str, VariantQueue] = {}
         self.workers: list[WorkerHandle] = []
@@ -326,14 +332,40 @@ class Scheduler:
                 item.future.set_result((outputs[index], started_ms - item.arrival_ms, compute_ms, len(batch)))
 
     async def monitor_loop_lag(self, interval_s: float = 0.01) -> None:
-        """Measure how late a timer fires: the time a new request waits for the loop's attention."""
+        """Measure how late a timer fires (the time a new request waits for the loop's
+        attention) and how much of the time the loop's thread is on a CPU (whether the loop
+        itself is the bottleneck, or only busy in bursts)."""
         loop = asyncio.get_running_loop()
         while not self._closed:
             expected = loop.time() + interval_s
+            self._reading_cpu_s, self._reading_since_ms = time.thread_time(), monotonic_ms()
+            self._lag_timer_due_ms = self._reading_since_ms + interval_s * 1000.0
             await asyncio.sleep(interval_s)
             lag_ms = max(0.0, (loop.time() - expected) * 1000.0)
             self.loop_lag_ms += 0.2 * (lag_ms - self.loop_lag_ms)
+            busy_share = min(1.0, (time.thread_time() - self._reading_cpu_s) * 1000.0 / max(1e-3, monotonic_ms() - self._reading_since_ms))
+            # Faster than the lag's smoothing: the overload gate waits for this to read saturated.
+            self.loop_busy_share += 0.5 * (busy_share - self.loop_busy_share)
             self.metrics.loop_lag.set(self.loop_lag_ms / 1000.0)
+            self.metrics.loop_busy_share.set(self.loop_busy_share)
+
+    def loop_load(self) -> tuple[float, float]:
+        """(lag in ms, busy share) of the event loop as seen right now: the smoothed values, or,
+        while the monitor's timer is overdue, the lag so far and the share of the time since its
+        last reading that the loop's thread ran, when those are more.
+
+        Why not only the smoothed values: a loop in the middle of a long pass over hundreds of
+        ready sockets (the first moments of a flash crowd) has not run the timer yet, so they
+        learn of the pass only after it, and the next pass is longer still; a request handled
+        during the pass can see the timer overdue and the thread busy all along. A burst of a few
+        large requests also makes the timer a few milliseconds late, but with the thread mostly
+        idle before it, so the live busy share stays low."""
+        now_ms = monotonic_ms()
+        overdue_ms = now_ms - self._lag_timer_due_ms
+        if overdue_ms <= 0.0:
+            return self.loop_lag_ms, self.loop_busy_share
+        live_busy_share = min(1.0, (time.thread_time() - self._reading_cpu_s) * 1000.0 / max(1e-3, now_ms - self._reading_since_ms))
+        return max(self.loop_lag_ms, overdue_ms), max(self.loop_busy_share, live_busy_share)
 
     # -- shutdown -------------------------------------------------------------------------------
     async def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -99,6 +100,14 @@ async def serve_forever(
         if http_task.done():
             http_task.result()
             raise SystemExit(f"HTTP frontend failed to start on {host}:{http_port}")
+        # Everything the server holds for good (modules, routes, sessions' metadata, metrics) is
+        # allocated by now: moved out of the collector's sight, it is no longer traversed by every
+        # full collection. Measured at 14,000 req/s of a light model: full collections paused the
+        # event loop for 30-63 ms every ~1.5 s (the overload gate then refused nearly everything
+        # for a quarter of a second each time); frozen, 0.5-5.5 ms.
+        gc.collect()
+        gc.freeze()
+        service.metrics.gc_frozen_objects.set(gc.get_freeze_count())
         grpc_text = f", gRPC on {host}:{grpc_port}" if grpc_server else ""
         workflow_text = "".join(f", workflow {name!r}" for name in workflows)
         print(f"shoal serving {len(service.variants)} variants{workflow_text}: HTTP on http://{host}:{http_port}{grpc_text}", file=sys.stderr, flush=True)

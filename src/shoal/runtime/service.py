@@ -240,8 +240,9 @@ class InferenceService:
     # -- inference ------------------------------------------------------------------------------
     def frontend_saturated(self, model_name: str) -> bool:
         """Whether to refuse a request for `model_name` on arrival, before its body is read
-        (counted as shed when so): `loop_gate_refusal_probability` of the event loop's lag, with
-        all refused at `max_loop_lag_share` of the shortest SLO recently stated for the model.
+        (counted as shed when so): `loop_gate_refusal_probability` of the event loop's lag and
+        busy share, with all refused at `max_loop_lag_share` of the shortest SLO recently stated
+        for the model.
 
         Why a gate of its own: when the event loop itself is the bottleneck (light models at high
         rates), requests wait in the sockets before any clock of the server starts, and every
@@ -253,7 +254,8 @@ class InferenceService:
         that ruins a 50 ms SLO is harmless to a 1 s one (a few closed-loop clients with large
         JSON bodies keep a loop tens of milliseconds late without any request missing)."""
         slo_ms = self._recent_slo_ms.get(model_name, self.config.default_slo_ms)
-        probability = loop_gate_refusal_probability(self.scheduler.loop_lag_ms, self.config.max_loop_lag_share * slo_ms)
+        lag_ms, busy_share = self.scheduler.loop_load()
+        probability = loop_gate_refusal_probability(lag_ms, self.config.max_loop_lag_share * slo_ms, busy_share)
         if probability == 0.0 or (probability < 1.0 and self._gate_random.random() >= probability):
             return False
         # The name is the client's, unchecked: only the repository's own names become labels.
