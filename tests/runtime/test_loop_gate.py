@@ -1,5 +1,5 @@
 """The frontend's own overload gate: requests refused on arrival, unread, while the event loop is
-saturated (`loop_gate_refusal_probability`, `InferenceService.frontend_saturated`,
+saturated (`loop_gate_refusal_probability`, `InferenceService.refuse_at_gate`,
 `InferFastPath`'s prebuilt 429)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uvicorn
 from starlette.responses import PlainTextResponse
 
 from shoal.client.loadgen import LoadSpec, generate_load
-from shoal.planner.batching import SATURATED_LOOP_BUSY_SHARE, loop_gate_refusal_probability
+from shoal.planner.batching import LOOP_GATE_MIN_START_MS, SATURATED_LOOP_BUSY_SHARE, loop_gate_refusal_probability
 from shoal.runtime.http_frontend import InferFastPath
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler, monotonic_ms
@@ -36,6 +36,9 @@ def test_refusal_share_is_none_up_to_a_third_then_rises_to_all():
     assert loop_gate_refusal_probability(50.0, 3.0, 1.0) == 1.0
     shares = [loop_gate_refusal_probability(lag / 10, 6.0, 0.9) for lag in range(80)]
     assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] == 1.0
+    # A tiny SLO does not put the ramp inside an idle loop's own lateness.
+    assert loop_gate_refusal_probability(LOOP_GATE_MIN_START_MS, 0.01, 1.0) == 0.0
+    assert loop_gate_refusal_probability(3 * LOOP_GATE_MIN_START_MS, 0.01, 1.0) == 1.0
 
 
 def test_a_loop_late_only_in_bursts_refuses_nothing():
@@ -53,11 +56,37 @@ def test_loop_load_sees_a_long_pass_while_it_is_under_way():
     scheduler._lag_timer_due_ms, scheduler._reading_since_ms = now_ms - 20.0, now_ms - 30.0
     scheduler._reading_cpu_s = time.thread_time() - 0.029
     lag_ms, busy_share = scheduler.loop_load()
-    assert lag_ms >= 20.0 and busy_share >= 0.9
+    assert lag_ms >= 20.0 and busy_share >= SATURATED_LOOP_BUSY_SHARE
     # As late, but the thread ran only 3 of the 30 ms (a burst of large requests): not busy.
     scheduler._reading_cpu_s = time.thread_time() - 0.003
     lag_ms, busy_share = scheduler.loop_load()
     assert lag_ms >= 20.0 and busy_share < 0.2
+
+
+def test_the_monitor_reads_an_idle_loop_as_idle_and_a_stalled_one_as_saturated_while_it_stalls():
+    """The real monitor on a real loop: idle, the gate's inputs stay low; a callback that keeps
+    the loop 40 ms sees, before it returns, the timer overdue and the thread busy."""
+
+    async def scenario() -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        scheduler = Scheduler(ServingMetrics())
+        monitor = asyncio.create_task(scheduler.monitor_loop_lag())
+        await asyncio.sleep(0.15)
+        idle = (scheduler.loop_lag_ms, scheduler.loop_busy_share)
+        deadline = time.perf_counter() + 0.04
+        while time.perf_counter() < deadline:  # a long pass: the loop runs nothing else meanwhile
+            pass
+        during = scheduler.loop_load()
+        await asyncio.sleep(0.001)
+        monitor.cancel()
+        await asyncio.gather(monitor, return_exceptions=True)
+        time.sleep(0.03)  # a timer left armed would now be overdue by more than an interval
+        after = scheduler.loop_load()
+        return idle, during, after
+
+    (idle_lag_ms, idle_busy), (lag_ms, busy_share), after = asyncio.run(scenario())
+    assert idle_lag_ms < 5.0 and idle_busy < SATURATED_LOOP_BUSY_SHARE
+    assert lag_ms >= 20.0 and busy_share >= SATURATED_LOOP_BUSY_SHARE
+    assert after[0] < 20.0  # a stopped monitor leaves no live reading behind
 
 
 def test_service_refuses_by_the_share_of_the_loop_lag_against_the_model_s_recent_slo(fixture_repository_path):
@@ -65,18 +94,29 @@ def test_service_refuses_by_the_share_of_the_loop_lag_against_the_model_s_recent
     service._gate_random = random.Random(7)
     service.scheduler.loop_busy_share = 1.0
     service.scheduler.loop_lag_ms = 0.5  # of an SLO of 50 ms, refusals start at 1 ms and are total at 3
-    assert not any(service.frontend_saturated("fixture.rf-16") for _ in range(200))
+    assert not any(service.refuse_at_gate("fixture.rf-16") for _ in range(200))
     service.scheduler.loop_lag_ms = 3.5
-    assert all(service.frontend_saturated("fixture.rf-16") for _ in range(200))
+    assert all(service.refuse_at_gate("fixture.rf-16") for _ in range(200))
     service.scheduler.loop_lag_ms = 2.0  # half of the requests
-    refused = sum(service.frontend_saturated("fixture.rf-16") for _ in range(2000))
+    refused = sum(service.refuse_at_gate("fixture.rf-16") for _ in range(2000))
     assert 850 <= refused <= 1150
     # A model whose clients state 1 s: the same lag is far inside its budget.
     service._remember_slo("fixture.rf-32", 1000.0)
-    assert not any(service.frontend_saturated("fixture.rf-32") for _ in range(200))
+    assert not any(service.refuse_at_gate("fixture.rf-32") for _ in range(200))
     # However late, a loop that is mostly idle is not the bottleneck.
     service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 10.0, 0.3
-    assert not any(service.frontend_saturated("fixture.rf-16") for _ in range(200))
+    assert not any(service.refuse_at_gate("fixture.rf-16") for _ in range(200))
+    # A served workflow is judged by its deployment's SLO and counted under its own name.
+    service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 10.0, 1.0
+    assert not service.refuse_at_gate("pipeline", workflow_slo_ms=2000.0)
+    assert service.refuse_at_gate("pipeline", workflow_slo_ms=50.0)
+    assert 'shoal_requests_total{model="pipeline",outcome="shed",variant=""} 1.0' in service.metrics.render().decode()
+
+
+def test_a_share_of_zero_turns_the_gate_off(fixture_repository_path):
+    service = InferenceService(ServeConfig(repository=fixture_repository_path, max_loop_lag_share=0.0))
+    service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 500.0, 1.0
+    assert not any(service.refuse_at_gate("fixture.rf-16") for _ in range(100))
 
 
 def test_the_remembered_slo_follows_a_shorter_one_at_once_and_a_longer_one_slowly(fixture_repository_path):
@@ -158,6 +198,7 @@ def test_a_refused_request_is_answered_429_unread_and_its_connection_serves_the_
         assert server.started
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             refused = client.post("/v2/models/demo/infer", content=b"x" * (1024 * 1024))
+            connection = refused.extensions["network_stream"].get_extra_info("client_addr")
             assert refused.status_code == 429
             assert refused.headers["retry-after"] == "1"
             assert "saturated" in json.loads(refused.content)["error"]
@@ -165,6 +206,8 @@ def test_a_refused_request_is_answered_429_unread_and_its_connection_serves_the_
             refusing.clear()
             served = client.post("/v2/models/demo/infer", content=b"y" * 1000)
             assert served.status_code == 200 and served.text == "read 1000 bytes"
+            # On the same connection: the server kept it open past the body it never read.
+            assert served.extensions["network_stream"].get_extra_info("client_addr") == connection
             assert bodies_read == [1000]
             assert client.get("/v2/health/live").status_code == 404  # other paths never meet the gate
     finally:

@@ -46,8 +46,8 @@ def serve(
     max_loop_lag_share: Annotated[
         float,
         typer.Option(
-            "--max-loop-lag-share", min=0.001, max=1.0,
-            help="Event-loop lag, as a share of the model's recent SLO, at which the frontend refuses every inference request on arrival (429, body unread); from a third of it, a rising share.",
+            "--max-loop-lag-share", min=0.0, max=1.0,
+            help="Event-loop lag, as a share of the model's recent SLO, at which the frontend refuses every inference request on arrival (429, body unread) while the loop is saturated; from a third of it, a rising share (0: never).",
         ),
     ] = 0.06,
     cache_mb: Annotated[float, typer.Option("--cache-mb", min=0.001, help="Memory budget per worker for loaded variants (estimate: 3x the model file).")] = 2048.0,

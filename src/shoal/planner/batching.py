@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["SATURATED_LOOP_BUSY_SHARE", "BatchDecision", "admission_finish_ms", "decide_batch", "loop_gate_refusal_probability"]
+__all__ = ["LOOP_GATE_MIN_START_MS", "SATURATED_LOOP_BUSY_SHARE", "BatchDecision", "admission_finish_ms", "decide_batch", "loop_gate_refusal_probability"]
 
 
 @dataclass(frozen=True)
@@ -92,28 +92,34 @@ def admission_finish_ms(
 
 
 SATURATED_LOOP_BUSY_SHARE = 0.7
-"""Below this share of its time on a CPU the event loop is not the bottleneck, however late it runs."""
+"""Below this share of its time wanting a CPU the event loop is not the bottleneck, however late it runs."""
+
+LOOP_GATE_MIN_START_MS = 0.5
+"""The ramp never starts earlier: an idle loop's timers already run 0.1-0.3 ms late."""
 
 
 def loop_gate_refusal_probability(loop_lag_ms: float, max_loop_lag_ms: float, loop_busy_share: float) -> float:
     """Share of arriving requests to refuse, unread, while the frontend's event loop runs
-    `loop_lag_ms` late and spends `loop_busy_share` of its time on a CPU: none while it is not
+    `loop_lag_ms` late and wants a CPU `loop_busy_share` of the time: none while it is not
     saturated (busy under `SATURATED_LOOP_BUSY_SHARE`) or up to a third of `max_loop_lag_ms`
-    late, then rising linearly to all at `max_loop_lag_ms`.
+    late (`LOOP_GATE_MIN_START_MS` at least), then rising linearly to all at `max_loop_lag_ms`
+    (three times that at least).
 
     A ramp, not a step: with a step the loop swings between refusing everything and taking
     everything in full, and each swing back piles up requests that wait in the sockets (measured
-    at 14,000 req/s of a light model, SLO 50 ms: a step at 5 ms kept 880 req/s of goodput, a ramp
-    from 1 to 3 ms 3,100-4,000, both within the SLO at the client; ramps from 1.5 to 4 and 2 to
-    5 ms about 2,100-2,300). The busy share keeps the gate out of a loop that is late only in
-    bursts: on a heavy model at its peak (a quarter of a core) 196 KB requests arriving together
-    make the loop a few milliseconds late now and then, and the lag alone refused 1.3% of them.
+    at 14,000 req/s of a light model, SLO 50 ms, the gate's first version: a step at 5 ms kept 876
+    req/s of goodput, a ramp from 1 to 3 ms 2,845-3,246, ramps from 1.5 to 4 and 2 to 5 ms
+    2,113-2,336; `benchmarks/results/serve-loop-gate/NOTES.md`). The busy share keeps the gate out
+    of a loop that is late only in bursts: on a heavy model at its peak (a quarter of a core)
+    196 KB requests arriving together make the loop a few milliseconds late now and then, and
+    the lag alone refused 1.0-1.3% of them.
     """
     if loop_busy_share < SATURATED_LOOP_BUSY_SHARE:
         return 0.0
-    start_ms = max_loop_lag_ms / 3.0
+    start_ms = max(LOOP_GATE_MIN_START_MS, max_loop_lag_ms / 3.0)
+    end_ms = 3.0 * start_ms
     if loop_lag_ms <= start_ms:
         return 0.0
-    if loop_lag_ms >= max_loop_lag_ms:
+    if loop_lag_ms >= end_ms:
         return 1.0
-    return (loop_lag_ms - start_ms) / (max_loop_lag_ms - start_ms)
+    return (loop_lag_ms - start_ms) / (end_ms - start_ms)

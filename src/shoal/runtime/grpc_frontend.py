@@ -132,12 +132,12 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def call():
             self.service.resolve(request.model_name)
-            if self.service.frontend_saturated(request.model_name):
+            if self.service.refuse_at_gate(request.model_name):
                 raise OverloadedError("the server's frontend is saturated; retry later")
             inputs = decode_grpc_inputs(request)
             parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
             requested = [output.name for output in request.outputs]
-            result = await self.service.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms)
+            result = await self.service.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms, gated=True)
             outputs = np.ascontiguousarray(result.outputs)
             response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
             response.outputs.add(name=result.output_name, datatype=NUMPY_TO_DATATYPE[outputs.dtype], shape=list(outputs.shape))

@@ -98,7 +98,7 @@ class InferFastPath:
     here, and take Starlette's way.
 
     `refuse(model)` is asked first: when it says so, the request is answered 429 from prebuilt
-    bytes without reading its body (`InferenceService.frontend_saturated`: the cheapest answer
+    bytes without reading its body (`InferenceService.refuse_at_gate`: the cheapest answer
     the loop can give when it is itself the bottleneck; the HTTP server discards the unread body
     and keeps the connection)."""
 
@@ -184,7 +184,7 @@ def build_http_app(
             answer = await workflows[model].infer(decoded.inputs, slo_ms=slo_ms, priority=priority)
             outputs, parameters = answer.outputs, {"shoal_workflow_ms": round(answer.latency_ms, 3)}
         else:
-            result = await service.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms)
+            result = await service.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms, gated=True)
             outputs, parameters = {result.output_name: result.outputs}, result.parameters
         payload, json_length = encode_http_response(
             model,
@@ -258,4 +258,10 @@ def build_http_app(
         Route("/metrics", guarded(metrics), methods=["GET"]),
         Route("/openapi.json", guarded(openapi), methods=["GET"]),
     ]
-    return InferFastPath(infer_endpoint, Starlette(routes=[*routes, *extra_routes]), refuse=service.frontend_saturated)
+    def refuse(model: str) -> bool:
+        workflow = workflows.get(model)
+        if workflow is not None:
+            return service.refuse_at_gate(model, workflow_slo_ms=workflow.deployment.slo_ms)
+        return service.refuse_at_gate(model)
+
+    return InferFastPath(infer_endpoint, Starlette(routes=[*routes, *extra_routes]), refuse=refuse)

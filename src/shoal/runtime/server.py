@@ -114,6 +114,7 @@ async def serve_forever(
         await stop.wait()
         logger.info("shutting down")
     finally:
+        gc.unfreeze()  # for a process that embeds the server and goes on after it
         http_server.should_exit = True
         await supervisor.stop()
         edge.close()

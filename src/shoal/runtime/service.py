@@ -238,35 +238,45 @@ class InferenceService:
         return {key: len(self.scheduler.workers_for(key)) for key in self.variants}
 
     # -- inference ------------------------------------------------------------------------------
-    def frontend_saturated(self, model_name: str) -> bool:
-        """Whether to refuse a request for `model_name` on arrival, before its body is read
-        (counted as shed when so): `loop_gate_refusal_probability` of the event loop's lag and
-        busy share, with all refused at `max_loop_lag_share` of the shortest SLO recently stated
-        for the model.
+    def refuse_at_gate(self, model_name: str, *, workflow_slo_ms: float | None = None) -> bool:
+        """Whether the frontends (HTTP before reading the body, gRPC before decoding the tensor)
+        refuse a request for `model_name` on arrival, counted as shed when so:
+        `loop_gate_refusal_probability` of the event loop's lag and busy share, with all refused
+        at `max_loop_lag_share` (0: never) of the shortest SLO recently admitted for the model
+        (`workflow_slo_ms` for a served workflow, whose name is then `model_name`).
 
         Why a gate of its own: when the event loop itself is the bottleneck (light models at high
         rates), requests wait in the sockets before any clock of the server starts, and every
         request the loop handles in full adds to that wait, refusals included. Measured: a 429
         from admission cost the loop ~86 us of CPU, so at 14,000 req/s it could not even refuse
         fast enough and the client waited seconds; a refusal here, from a prebuilt answer with
-        the body unread, costs about what the HTTP server itself does (~30 us). The SLO comes from
-        earlier requests because this one's is in its unread body; relative to it because a lag
-        that ruins a 50 ms SLO is harmless to a 1 s one (a few closed-loop clients with large
-        JSON bodies keep a loop tens of milliseconds late without any request missing)."""
-        slo_ms = self._recent_slo_ms.get(model_name, self.config.default_slo_ms)
+        the body unread, costs about what uvicorn itself does (20-26 us per request, measured
+        bare). The SLO comes from earlier requests because this one's is in its unread body;
+        relative to it because a lag that ruins a 50 ms SLO is harmless to a 1 s one (a few
+        closed-loop clients with large JSON bodies keep a loop tens of milliseconds late without
+        any request missing). Edge sessions' frames come over their WebSocket, not through here."""
+        share = self.config.max_loop_lag_share
+        if share <= 0.0:
+            return False
+        if workflow_slo_ms is not None:
+            slo_ms = workflow_slo_ms
+        else:
+            slo_ms = self._recent_slo_ms.get(model_name, self.config.default_slo_ms)
         lag_ms, busy_share = self.scheduler.loop_load()
-        probability = loop_gate_refusal_probability(lag_ms, self.config.max_loop_lag_share * slo_ms, busy_share)
+        probability = loop_gate_refusal_probability(lag_ms, share * slo_ms, busy_share)
         if probability == 0.0 or (probability < 1.0 and self._gate_random.random() >= probability):
             return False
-        # The name is the client's, unchecked: only the repository's own names become labels.
-        known = model_name in self.variants or model_name in self.families
+        # The name is the client's, unchecked: only the server's own names become labels.
+        known = workflow_slo_ms is not None or model_name in self.variants or model_name in self.families
         self.metrics.outcome(model_name if known else "", "", "shed")
         return True
 
     def _remember_slo(self, model_name: str, slo_ms: float) -> None:
-        """Keep the shortest SLO recently stated for `model_name` (for `frontend_saturated`):
-        a shorter one takes effect at once, a longer one only gradually, so that clients with a
-        tight SLO are not exposed by others with a loose one on the same model."""
+        """Keep the shortest SLO recently admitted for `model_name` (for `refuse_at_gate`):
+        a shorter one takes effect at once, a longer one only gradually (2% of the way per
+        request), so that clients with a tight SLO are not exposed by others with a loose one on
+        the same model. Only admitted requests that came through the gate count: one refused
+        for an SLO it could never meet, or an edge frame's remaining budget, does not."""
         recent = self._recent_slo_ms.get(model_name)
         self._recent_slo_ms[model_name] = slo_ms if recent is None or slo_ms <= recent else recent + 0.02 * (slo_ms - recent)
 
@@ -295,15 +305,15 @@ class InferenceService:
 
     async def infer(
         self, model_name: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], requested_outputs: list[str],
-        *, received_ms: float | None = None,
+        *, received_ms: float | None = None, gated: bool = False,
     ) -> InferenceResult:
         """`received_ms` (monotonic) is when the frontend got the request: the SLO clock starts
-        there, so reading and decoding the body count against the deadline too."""
+        there, so reading and decoding the body count against the deadline too. `gated`: the
+        request passed `refuse_at_gate`, whose SLO it then informs once admitted."""
         arrival_ms = monotonic_ms() if received_ms is None else received_ms
         family, served = self.resolve(model_name)
         stated = requirements(parameters, self.config.default_slo_ms)
         slo_ms, priority = stated.slo_ms, stated.priority
-        self._remember_slo(model_name, slo_ms)
         tensor = _check_input(family, inputs, self.config.max_request_items)
         for name in requested_outputs:
             if name != family.output_name:
@@ -343,6 +353,8 @@ class InferenceService:
                 future.cancel()
             self.metrics.outcome(model_name, served.key, "shed")
             raise
+        if gated:
+            self._remember_slo(model_name, slo_ms)
         try:
             results = await asyncio.gather(*futures)
         except Exception as error:

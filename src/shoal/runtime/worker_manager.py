@@ -43,7 +43,7 @@ class ServeConfig:
     default_slo_ms: float = 1000.0
     max_queue_delay_ms: float = 0.0
     admission_headroom: float = 0.8  # admit only if the predicted finish is within this share of the SLO
-    max_loop_lag_share: float = 0.06  # event-loop lag, as a share of the model's recent SLO, at which every inference request is refused on arrival (InferenceService.frontend_saturated)
+    max_loop_lag_share: float = 0.06  # event-loop lag, as a share of the model's recent SLO, at which every inference request is refused on arrival (InferenceService.refuse_at_gate; 0: never)
     policy: str = "shoal"
     preload: tuple[str, ...] | None = None  # None: every variant of every family
     max_request_items: int = 256
