@@ -54,11 +54,11 @@ def test_loop_load_sees_a_long_pass_while_it_is_under_way():
     assert scheduler.loop_load() == (0.4, 0.05)
     # Due 20 ms ago, read 30 ms ago, the loop's thread on a CPU for 29 of them: a pass under way.
     scheduler._lag_timer_due_ms, scheduler._reading_since_ms = now_ms - 20.0, now_ms - 30.0
-    scheduler._reading_cpu_s = time.thread_time() - 0.029
+    scheduler._reading_demand_s = time.thread_time() - 0.029
     lag_ms, busy_share = scheduler.loop_load()
     assert lag_ms >= 20.0 and busy_share >= SATURATED_LOOP_BUSY_SHARE
     # As late, but the thread ran only 3 of the 30 ms (a burst of large requests): not busy.
-    scheduler._reading_cpu_s = time.thread_time() - 0.003
+    scheduler._reading_demand_s = time.thread_time() - 0.003
     lag_ms, busy_share = scheduler.loop_load()
     assert lag_ms >= 20.0 and busy_share < 0.2
 

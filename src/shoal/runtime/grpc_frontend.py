@@ -24,7 +24,7 @@ from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsU
 from shoal.runtime.proto import grpc_service_pb2 as pb
 from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from shoal.runtime.scheduler import monotonic_ms
-from shoal.runtime.service import InferenceService
+from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
 
 __all__ = ["start_grpc_server"]
 
@@ -133,7 +133,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         async def call():
             self.service.resolve(request.model_name)
             if self.service.refuse_at_gate(request.model_name):
-                raise OverloadedError("the server's frontend is saturated; retry later")
+                raise OverloadedError(GATE_REFUSAL_MESSAGE)
             inputs = decode_grpc_inputs(request)
             parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
             requested = [output.name for output in request.outputs]

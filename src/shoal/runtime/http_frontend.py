@@ -29,7 +29,7 @@ from shoal.runtime.codec import decode_http_request, encode_http_response
 from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError, UnauthorizedError
 from shoal.runtime.openapi import openapi_document
 from shoal.runtime.scheduler import monotonic_ms
-from shoal.runtime.service import InferenceService, requirements
+from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService, requirements
 
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor
@@ -78,7 +78,7 @@ def guarded(handler):
 _INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 
 
-_SATURATED_BODY = json.dumps({"error": "the server's frontend is saturated; retry later"}).encode()
+_SATURATED_BODY = json.dumps({"error": GATE_REFUSAL_MESSAGE}).encode()
 _SATURATED_HEADERS = [
     (b"content-type", b"application/json"),
     (b"content-length", str(len(_SATURATED_BODY)).encode()),
@@ -258,6 +258,7 @@ def build_http_app(
         Route("/metrics", guarded(metrics), methods=["GET"]),
         Route("/openapi.json", guarded(openapi), methods=["GET"]),
     ]
+
     def refuse(model: str) -> bool:
         workflow = workflows.get(model)
         if workflow is not None:

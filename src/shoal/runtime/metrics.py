@@ -23,7 +23,7 @@ class ServingMetrics:
         self.pending = Gauge("shoal_pending_requests", "Requests waiting in the queue", ["variant"], registry=self.registry)
         self.loaded = Gauge("shoal_variant_loaded", "1 when the variant is loaded on at least one worker", ["variant"], registry=self.registry)
         self.loop_lag = Gauge("shoal_event_loop_lag_seconds", "Smoothed lateness of the frontend event loop", registry=self.registry)
-        self.loop_busy_share = Gauge("shoal_event_loop_busy_share", "Smoothed share of the time the frontend event loop's thread runs on a CPU", registry=self.registry)
+        self.loop_busy_share = Gauge("shoal_event_loop_busy_share", "Smoothed share of the time the frontend event loop's thread wants a CPU (runs on one or waits for one)", registry=self.registry)
         self.slowdown = Gauge("shoal_batch_slowdown", "Measured batch time over profiled batch time (smoothed)", ["variant"], registry=self.registry)
         self.tail_slowdown = Gauge(
             "shoal_batch_slowdown_p90", "90th percentile of measured over profiled batch time, last 64 batches (sizes batches)", ["variant"], registry=self.registry

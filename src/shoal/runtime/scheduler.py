@@ -186,13 +186,13 @@ class Scheduler:
     def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0):
         self.metrics = metrics
         self.loop_lag_ms = 0.0  # how late the event loop runs its callbacks, kept by a monitor task
-        self.loop_busy_share = 0.0  # share of the time the loop's thread ran on a CPU, kept by the same monitor
+        self.loop_busy_share = 0.0  # share of the time the loop's thread wanted a CPU, kept by the same monitor
         # The monitor's current reading: when its timer is due, and since when and from what CPU
-        # time of the loop's thread it measures (see loop_load).
+        # demand of the loop's thread (_thread_demand_s) it measures (see loop_load).
         self._lag_timer_due_ms = float("inf")
         self._lag_interval_ms = 10.0
         self._reading_since_ms = 0.0
-        self._reading_cpu_s = 0.0
+        self._reading_demand_s = 0.0
         self._schedstat_fd: int | None = None
         self.max_queue_delay_ms = max_queue_delay_ms
         self.queues: dict[str, VariantQueue] = {}
@@ -367,12 +367,12 @@ class Scheduler:
         try:
             while not self._closed:
                 # time.monotonic, not loop.time(): uvloop's clock counts whole milliseconds.
-                self._reading_cpu_s, self._reading_since_ms = _thread_demand_s(self._schedstat_fd), monotonic_ms()
+                self._reading_demand_s, self._reading_since_ms = _thread_demand_s(self._schedstat_fd), monotonic_ms()
                 self._lag_timer_due_ms = self._reading_since_ms + self._lag_interval_ms
                 await asyncio.sleep(interval_s)
                 now_ms = monotonic_ms()
                 self.loop_lag_ms += 0.2 * (max(0.0, now_ms - self._lag_timer_due_ms) - self.loop_lag_ms)
-                busy_share = min(1.0, (_thread_demand_s(self._schedstat_fd) - self._reading_cpu_s) * 1000.0 / max(1e-3, now_ms - self._reading_since_ms))
+                busy_share = min(1.0, (_thread_demand_s(self._schedstat_fd) - self._reading_demand_s) * 1000.0 / max(1e-3, now_ms - self._reading_since_ms))
                 # Faster than the lag's smoothing: the overload gate waits for this to read saturated.
                 self.loop_busy_share += 0.5 * (busy_share - self.loop_busy_share)
                 self.metrics.loop_lag.set(self.loop_lag_ms / 1000.0)
@@ -386,7 +386,7 @@ class Scheduler:
     def loop_load(self) -> tuple[float, float]:
         """(lag in ms, busy share) of the event loop as seen right now: the smoothed values, or,
         once the monitor's timer is overdue by a whole interval, the lag so far and the share of
-        the time since its last reading that the loop's thread ran, when those are more.
+        the time since its last reading that the loop's thread wanted a CPU, when those are more.
 
         Why not only the smoothed values: a loop in the middle of a long pass over hundreds of
         ready sockets (the first moments of a flash crowd) has not run the timer yet, so they
@@ -398,7 +398,7 @@ class Scheduler:
         overdue_ms = now_ms - self._lag_timer_due_ms
         if overdue_ms <= self._lag_interval_ms:
             return self.loop_lag_ms, self.loop_busy_share
-        live_busy_share = min(1.0, (_thread_demand_s(self._schedstat_fd) - self._reading_cpu_s) * 1000.0 / max(1e-3, now_ms - self._reading_since_ms))
+        live_busy_share = min(1.0, (_thread_demand_s(self._schedstat_fd) - self._reading_demand_s) * 1000.0 / max(1e-3, now_ms - self._reading_since_ms))
         return max(self.loop_lag_ms, overdue_ms), max(self.loop_busy_share, live_busy_share)
 
     # -- shutdown -------------------------------------------------------------------------------

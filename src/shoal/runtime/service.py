@@ -32,9 +32,12 @@ from shoal.runtime.worker_manager import ServeConfig, WorkerManager
 from shoal.zoo.preprocess import resize_images
 from shoal.zoo.repository import ModelRepository
 
-__all__ = ["InferenceResult", "InferenceService", "ServeConfig", "ServedVariant", "StatedRequirements", "requirements"]
+__all__ = ["GATE_REFUSAL_MESSAGE", "InferenceResult", "InferenceService", "ServeConfig", "ServedVariant", "StatedRequirements", "requirements"]
 
 logger = logging.getLogger(__name__)
+
+GATE_REFUSAL_MESSAGE = "the server's frontend is saturated; retry later"
+"""What a request refused by `InferenceService.refuse_at_gate` is told (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
 
 
 @dataclass
