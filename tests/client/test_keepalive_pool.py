@@ -111,6 +111,21 @@ def test_sequential_requests_reuse_one_connection():
     assert in_flight == 0
 
 
+def test_connections_opened_beforehand_serve_the_first_requests_without_new_connects():
+    async def scenario(server, port):
+        pool = _pool(port, "/ok", max_connections=8)
+        opened = await pool.open_connections(12)  # capped at max_connections
+        replies = await asyncio.gather(*(_send(pool) for _ in range(8)))
+        again = await pool.open_connections(8)  # all open already
+        await pool.close()
+        return opened, server.connections, replies, again
+
+    opened, after, replies, again = asyncio.run(_with_server(scenario))
+    assert opened == 8 and again == 0
+    assert [reply[:2] for reply in replies] == [("reply", 200)] * 8
+    assert after == 8  # no connection beyond those opened first
+
+
 def test_concurrent_requests_open_a_connection_each_and_all_are_answered():
     async def scenario(server, port):
         pool = _pool(port, "/busy")

@@ -395,6 +395,11 @@ async def generate_load(spec: LoadSpec) -> LoadRun:
         recorder.start_lag_ms[index] = max(0.0, clock() - intended) * 1000.0  # up to 0.5 ms early: no sleep that short
         pool.send(on_reply, on_error)
 
+    # The connections the first 20 ms of an open loop need (or one per closed-loop client),
+    # opened before the window: a real client fleet is connected before it sends, and a burst of
+    # connects at the first moments would be measured as the server's latency.
+    wanted = spec.concurrency if spec.mode == "closed" else math.ceil(spec.rate_rps * 0.02)
+    await pool.open_connections(min(spec.max_in_flight, max(1, wanted)))
     start = clock() + 0.005
     end = start + spec.duration_s
     stopping = False
