@@ -399,11 +399,12 @@ async def generate_load(spec: LoadSpec) -> LoadRun:
     # opened before the window: a real client fleet is connected before it sends, and a burst of
     # connects at the first moments would be measured as the server's latency.
     wanted = spec.concurrency if spec.mode == "closed" else math.ceil(spec.rate_rps * 0.02)
-    await pool.open_connections(min(spec.max_in_flight, max(1, wanted)))
-    start = clock() + 0.005
-    end = start + spec.duration_s
+    start = end = 0.0
     stopping = False
     try:
+        await pool.open_connections(min(spec.max_in_flight, max(1, wanted)))
+        start = clock() + 0.005
+        end = start + spec.duration_s
         if spec.mode == "open":
             schedule = poisson_schedule(spec.rate_rps, spec.duration_s, spec.seed)
             for offset in schedule.tolist():
