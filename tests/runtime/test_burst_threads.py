@@ -85,19 +85,19 @@ def test_a_batch_bursts_only_while_every_other_worker_is_idle():
     assert sorted(bursts) == [False, True, True]  # the lone batch, then the first of the pair, not the second
 
 
-def test_serve_rejects_burst_threads_where_they_do_not_apply(capsys, fixture_repository_path):
-    code = main(["serve", "--repo", str(fixture_repository_path), "--workers", "2", "--threads", "2", "--burst-threads", "2"])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--workers", "2", "--threads", "2", "--burst-threads", "2"], "--burst-threads (2) must exceed the threads per worker (2)"),
+        (["--threads", "1", "--burst-threads", "2"], "--burst-threads needs --workers >= 2"),
+        (["--backend", "ray", "--workers", "2", "--burst-threads", "4"], "--burst-threads applies to CPU workers of the local backend"),
+        (["--device", "cuda:0", "--burst-threads", "4"], "--burst-threads applies to CPU workers of the local backend"),
+    ],
+)
+def test_serve_rejects_burst_threads_where_they_do_not_apply(capsys, fixture_repository_path, options, message):
+    code = main(["serve", "--repo", str(fixture_repository_path), *options])
     assert code == 2
-    assert "--burst-threads (2) must exceed the threads per worker (2)" in capsys.readouterr().err
-    code = main(["serve", "--repo", str(fixture_repository_path), "--threads", "1", "--burst-threads", "2"])
-    assert code == 2
-    assert "--burst-threads needs --workers >= 2" in capsys.readouterr().err
-    code = main(["serve", "--repo", str(fixture_repository_path), "--backend", "ray", "--workers", "2", "--burst-threads", "4"])
-    assert code == 2
-    assert "--burst-threads applies to CPU workers of the local backend" in capsys.readouterr().err
-    code = main(["serve", "--repo", str(fixture_repository_path), "--device", "cuda:0", "--burst-threads", "4"])
-    assert code == 2
-    assert "--burst-threads applies to CPU workers of the local backend" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("burst_threads", [0, 2])

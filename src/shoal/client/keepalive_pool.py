@@ -215,13 +215,10 @@ class KeepAlivePool:
         count = min(count, self.max_connections) - len(self._connections)
         if count <= 0:
             return 0
-        loop = asyncio.get_running_loop()
-        attempts = [asyncio.wait_for(loop.create_connection(lambda: _Connection(self), self.host, self.port), self.connect_timeout_s) for _ in range(count)]
         opened = 0
-        for outcome in await asyncio.gather(*attempts, return_exceptions=True):
-            if isinstance(outcome, BaseException):
+        for connection in await asyncio.gather(*(self._connect() for _ in range(count)), return_exceptions=True):
+            if isinstance(connection, BaseException):
                 continue
-            connection = outcome[1]
             self._connections.add(connection)
             self._idle.append(connection)
             opened += 1
@@ -246,12 +243,15 @@ class KeepAlivePool:
         self._idle.clear()
         self._connections.clear()
 
+    async def _connect(self) -> "_Connection":
+        _, connection = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(lambda: _Connection(self), self.host, self.port), self.connect_timeout_s
+        )
+        return connection
+
     async def _open_and_send(self, on_reply: OnReply, on_error: OnError) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self), self.host, self.port), self.connect_timeout_s
-            )
+            connection = await self._connect()
         except asyncio.CancelledError:
             raise
         except (OSError, asyncio.TimeoutError) as error:

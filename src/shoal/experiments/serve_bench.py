@@ -465,7 +465,7 @@ def _shoal_serve_options(config: BenchConfig) -> list[str]:
 def _server_argv(system: str, target: BenchTarget, config: BenchConfig, port: int, scratch: Path) -> list[str]:
     python = sys.executable
     if system == "shoal":
-        # ORT's threads split over shoal's workers (by default one worker holds them all): the
+        # ORT's threads split over shoal's workers (by default one per thread, bursting): the
         # same compute budget as the others, plus shoal's frontend process (which the lean
         # server and Ray's proxy also have, as threads or processes of their own).
         return [python, "-m", "shoal", "serve", "--repo", str(config.repository), "--http-port", str(port), "--grpc-port", "0",

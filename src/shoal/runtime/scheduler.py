@@ -372,7 +372,7 @@ class Scheduler:
                 await asyncio.sleep(interval_s)
                 now_ms = monotonic_ms()
                 self.loop_lag_ms += 0.2 * (max(0.0, now_ms - self._lag_timer_due_ms) - self.loop_lag_ms)
-                busy_share = min(1.0, (_thread_demand_s(self._schedstat_fd) - self._reading_demand_s) * 1000.0 / max(1e-3, now_ms - self._reading_since_ms))
+                busy_share = self._busy_share_since_reading(now_ms)
                 # Faster than the lag's smoothing: the overload gate waits for this to read saturated.
                 self.loop_busy_share += 0.5 * (busy_share - self.loop_busy_share)
                 self.metrics.loop_lag.set(self.loop_lag_ms / 1000.0)
@@ -398,8 +398,12 @@ class Scheduler:
         overdue_ms = now_ms - self._lag_timer_due_ms
         if overdue_ms <= self._lag_interval_ms:
             return self.loop_lag_ms, self.loop_busy_share
-        live_busy_share = min(1.0, (_thread_demand_s(self._schedstat_fd) - self._reading_demand_s) * 1000.0 / max(1e-3, now_ms - self._reading_since_ms))
-        return max(self.loop_lag_ms, overdue_ms), max(self.loop_busy_share, live_busy_share)
+        return max(self.loop_lag_ms, overdue_ms), max(self.loop_busy_share, self._busy_share_since_reading(now_ms))
+
+    def _busy_share_since_reading(self, now_ms: float) -> float:
+        """Share of the time since the monitor's last reading that the loop's thread wanted a CPU."""
+        demand_ms = (_thread_demand_s(self._schedstat_fd) - self._reading_demand_s) * 1000.0
+        return min(1.0, demand_ms / max(1e-3, now_ms - self._reading_since_ms))
 
     # -- shutdown -------------------------------------------------------------------------------
     async def close(self) -> None:

@@ -76,9 +76,13 @@ class ModelHost:
         started = time.perf_counter()
         session = create_session(message["path"], self.device, intra_op_threads=self.intra_op_threads)
         item_shape = tuple(message["input_shape"])
-        warmup = np.zeros((1, *item_shape), dtype=np.float32)
-        for _ in range(int(message.get("warmup", 2))):
-            session.run([message["output_name"]], {message["input_name"]: warmup})
+        warmup_feed = {message["input_name"]: np.zeros((1, *item_shape), dtype=np.float32)}
+
+        def warm_up(new_session) -> None:
+            for _ in range(int(message.get("warmup", 2))):
+                new_session.run([message["output_name"]], warmup_feed)
+
+        warm_up(session)
         # Warm-up doubles as a small profile taken under the worker's own thread count, which
         # is what the batcher's latency model must describe.
         latency_ms: dict[str, list[float]] = {}
@@ -93,8 +97,7 @@ class ModelHost:
             latency_ms[str(batch_size)] = samples
         if self.burst_threads:  # profiled above with the narrow session: what a loaded server sees
             burst_session = create_session(message["path"], self.device, intra_op_threads=self.burst_threads)
-            for _ in range(int(message.get("warmup", 2))):
-                burst_session.run([message["output_name"]], {message["input_name"]: warmup})
+            warm_up(burst_session)
             self.burst_sessions[message["variant"]] = burst_session
         # Until ready to serve, profile included: what a query that waits for a load waits.
         load_ms = (time.perf_counter() - started) * 1000.0
