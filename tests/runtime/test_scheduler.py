@@ -22,14 +22,19 @@ class FakeWorker(WorkerHandle):
         self.loaded_variants = {name: 1.0 for name in variants}
         self.fail_next = False
         self.bursts: list[bool] = []
+        self.answers_early_ms: float | None = None  # hand the outputs on, then return this much later
 
-    async def run(self, variant_key, items, burst=False):
+    async def run(self, variant_key, items, burst=False, on_outputs=None):
         self.batches.append(len(items))
         self.bursts.append(burst)
         await asyncio.sleep(self.batch_ms / 1000.0)
         if self.fail_next:
             raise WorkerFailedError("worker w exited while holding this request")
-        return np.stack([np.array([item.sum()], np.float32) for item in items]), self.batch_ms
+        outputs = np.stack([np.array([item.sum()], np.float32) for item in items])
+        if self.answers_early_ms is not None and on_outputs is not None:
+            on_outputs(outputs, self.batch_ms)
+            await asyncio.sleep(self.answers_early_ms / 1000.0)
+        return outputs, self.batch_ms
 
 
 def make_scheduler(batch_ms=20.0, capacity=100, max_batch=8):
@@ -352,3 +357,21 @@ def test_requests_overtaken_by_urgent_ones_do_not_make_admission_stricter_for_th
         await scheduler.close()
 
     asyncio.run(scenario())
+
+
+def test_a_worker_that_hands_its_outputs_on_early_answers_the_requests_before_its_batch_returns():
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=5.0)
+        worker.answers_early_ms = 200.0
+        now = monotonic_ms()
+        futures = [scheduler.submit("v", np.full((2,), float(i), np.float32), now + 1000) for i in range(3)]
+        started = monotonic_ms()
+        results = await asyncio.gather(*futures)
+        waited_ms = monotonic_ms() - started
+        await scheduler.close()
+        return results, waited_ms
+
+    results, waited_ms = asyncio.run(scenario())
+    assert [float(result[0][0]) for result in results] == [0.0, 2.0, 4.0]
+    assert all(result[2] == 5.0 and result[3] == 3 for result in results)  # compute ms and batch size
+    assert waited_ms < 150.0  # not the 200 ms until the worker's coroutine returned

@@ -51,6 +51,45 @@ def test_a_reply_that_arrived_survives_the_channel_closing_before_the_batch_resu
     assert block._memory is None  # released once the batch was done with it
 
 
+def _run_against_doubling_worker(on_outputs):
+    """One batch through a channel whose worker thread doubles it; returns what happened, in order."""
+    events = []
+
+    async def scenario():
+        parent, child = Pipe()
+        block = BatchBlock.create(1 << 16)
+        channel = WorkerChannel("w0", parent, block, on_closed=lambda: None)
+        thread = threading.Thread(target=_doubling_worker, args=(child, block.name, 1 << 16))
+        thread.start()
+        try:
+            outputs, _ = await channel.run("v", [np.array([1.0, 2.0, 3.0], dtype=np.float32)], on_outputs=on_outputs(events))
+            events.append(("returned", outputs.tolist()))
+        except ZeroDivisionError as error:
+            events.append(("raised", str(error)))
+        finally:
+            thread.join()
+            channel.close("test over")
+
+    asyncio.run(scenario())
+    return events
+
+
+def test_outputs_are_handed_on_from_the_reply_callback_before_the_batch_returns():
+    def record(events):
+        # No current task: called by the loop's read callback, not by the batch's coroutine.
+        return lambda outputs, compute_ms: events.append(("handed on", outputs.tolist(), compute_ms, asyncio.current_task() is None))
+
+    events = _run_against_doubling_worker(record)
+    assert events == [("handed on", [[2.0, 4.0, 6.0]], 1.0, True), ("returned", [[2.0, 4.0, 6.0]])]
+
+
+def test_a_failure_while_handing_outputs_on_fails_the_batch():
+    def fail(events):
+        return lambda outputs, compute_ms: 1 / 0
+
+    assert _run_against_doubling_worker(fail) == [("raised", "division by zero")]
+
+
 def test_a_request_to_a_worker_that_is_gone_names_its_exit():
     async def scenario():
         parent, child = Pipe()

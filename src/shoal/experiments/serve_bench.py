@@ -559,8 +559,12 @@ def _sweep_plan(system: str, url: str, target: BenchTarget, config: BenchConfig,
 
     def measure(rate_rps: float, kind: str = "sweep") -> Generator[_Request, Any, dict[str, Any]]:
         point = yield ("point", opened(rate_rps), kind)
+        # After every point, the overload check included: the runner interleaves two servers,
+        # and a server still working off the backlog of its last point takes the other one's
+        # CPU (the lean server, after its 2x point, answered client-abandoned requests for ~2 s
+        # of shoal's 2x point on the light variant).
+        point["idle_after"] = yield ("idle", opened(1.0), (idle_ms, idle_limit_s))
         if kind == "sweep":
-            point["idle_after"] = yield ("idle", opened(1.0), (idle_ms, idle_limit_s))
             points.append(point)
         steps.advance(f"{label} {rate_rps:.0f} req/s")
         return point
@@ -608,7 +612,6 @@ def _sweep_plan(system: str, url: str, target: BenchTarget, config: BenchConfig,
         if attempt == 2 or overload["goodput_rps"] <= 1.05 * peak["goodput_rps"]:
             break
         overload["kind"] = "sweep"
-        overload["idle_after"] = yield ("idle", opened(1.0), (idle_ms, idle_limit_s))
         points.append(overload)
         peak, overload = overload, None
     if overload is not None and overload["goodput_rps"] > peak["goodput_rps"]:

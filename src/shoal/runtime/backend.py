@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from shoal.runtime.worker_channel import OutputsCallback
+
 __all__ = ["BACKENDS", "Backend", "LocalBackend", "Worker", "WorkerSpec", "make_backend", "start_replacement"]
 
 BACKENDS = ("local", "ray")
@@ -55,7 +57,10 @@ class Worker(Protocol):
 
     async def unload(self, variant_key: str) -> None: ...
 
-    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False) -> tuple[np.ndarray, float]: ...
+    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False,
+                  on_outputs: OutputsCallback | None = None) -> tuple[np.ndarray, float]: ...  # fmt: skip
+    """One batch: (outputs, compute ms). `on_outputs`, when the worker can, gets them as soon as
+    they arrive, before this coroutine resumes (one event-loop pass earlier)."""
 
     async def stop(self) -> None: ...
 

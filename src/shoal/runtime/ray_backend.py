@@ -42,7 +42,7 @@ import numpy as np
 from shoal.runtime.backend import WorkerSpec
 from shoal.runtime.batch_block import BatchBlock
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
-from shoal.runtime.worker_channel import WorkerChannel, load_message
+from shoal.runtime.worker_channel import OutputsCallback, WorkerChannel, load_message
 
 __all__ = [
     "PLACEMENT_STRATEGIES", "Placement", "RayBackend", "RayWorkerHandle", "check_placement_strategy", "ensure_ray", "placements",
@@ -336,12 +336,15 @@ class RayWorkerHandle:
                     raise self._failed(error) from None
         self.loaded_variants.pop(variant_key, None)
 
-    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False) -> tuple[np.ndarray, float]:
+    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False,
+                  on_outputs: OutputsCallback | None = None) -> tuple[np.ndarray, float]:  # fmt: skip
         """`burst` is accepted for the `Worker` protocol and ignored: a Ray actor holds one session
-        per variant (Ray reserved its CPUs; it may not borrow another actor's)."""
+        per variant (Ray reserved its CPUs; it may not borrow another actor's). `on_outputs` is
+        called early only on the node's own channel; over Ray's object store the caller gets
+        the outputs when this returns."""
         self._check_alive()
         if self.channel is not None:
-            return await self.channel.run(variant_key, items)
+            return await self.channel.run(variant_key, items, on_outputs=on_outputs)
         async with self._run_lock:
             self._check_alive()
             try:

@@ -325,7 +325,8 @@ class Scheduler:
             burst = worker.burst_threads > 0 and all(
                 other is worker or not other.alive or other.busy_until_ms == 0.0 for other in self.workers
             )
-            outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst)
+            outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst,
+                                                   lambda outputs, compute_ms: _answer(batch, outputs, compute_ms, started_ms))  # fmt: skip
             finished_ms = monotonic_ms()
             if not burst:
                 # The batch-time model describes narrow batches, the ones that run under load,
@@ -354,9 +355,7 @@ class Scheduler:
         finally:
             worker.busy_until_ms = 0.0
         self.metrics.batch(queue.key, len(batch), compute_ms)
-        for index, item in enumerate(batch):
-            if not item.future.done():
-                item.future.set_result((outputs[index], started_ms - item.arrival_ms, compute_ms, len(batch)))
+        _answer(batch, outputs, compute_ms, started_ms)  # a worker that could not answer early
 
     async def monitor_loop_lag(self, interval_s: float = 0.01) -> None:
         """Measure how late a timer fires (the time a new request waits for the loop's
@@ -436,3 +435,13 @@ def _percentile(values: Iterable[float], percent: float) -> float:
 def _fail(future: asyncio.Future, error: Exception) -> None:
     if not future.done():
         future.set_exception(error)
+
+
+def _answer(batch: list[QueuedItem], outputs: np.ndarray, compute_ms: float, started_ms: float) -> None:
+    """Each request of a batch gets its output row, its queue time, the batch's compute time and
+    size. Called from the worker's reply callback where it can (the requests then resume one
+    event-loop pass sooner), else once the batch's coroutine resumes; an answered or cancelled
+    request is left alone."""
+    for index, item in enumerate(batch):
+        if not item.future.done():
+            item.future.set_result((outputs[index], started_ms - item.arrival_ms, compute_ms, len(batch)))

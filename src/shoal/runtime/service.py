@@ -359,7 +359,9 @@ class InferenceService:
         if gated:
             self._remember_slo(model_name, slo_ms)
         try:
-            results = await asyncio.gather(*futures)
+            # One item (nearly every request): awaited directly, since gather would add a
+            # callback's turn through the event loop before this coroutine resumes.
+            results = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         except Exception as error:
             for future in futures:
                 future.cancel()

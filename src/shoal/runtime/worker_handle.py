@@ -18,7 +18,7 @@ import numpy as np
 from shoal.runtime.batch_block import BatchBlock
 from shoal.runtime.errors import WorkerFailedError
 from shoal.runtime.worker import WorkerConfig, worker_main
-from shoal.runtime.worker_channel import WorkerChannel, load_message
+from shoal.runtime.worker_channel import OutputsCallback, WorkerChannel, load_message
 
 __all__ = ["WorkerHandle"]
 
@@ -114,9 +114,10 @@ class WorkerHandle:
         await self._live_channel().unload(variant_key)
         self.loaded_variants.pop(variant_key, None)
 
-    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False) -> tuple[np.ndarray, float]:
+    async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False,
+                  on_outputs: OutputsCallback | None = None) -> tuple[np.ndarray, float]:  # fmt: skip
         """Run one batch (items of equal shape); returns (outputs copied out of shared memory, compute ms)."""
-        return await self._live_channel().run(variant_key, items, burst)
+        return await self._live_channel().run(variant_key, items, burst, on_outputs)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping = True
