@@ -161,9 +161,18 @@ def test_infer_body_is_a_v2_binary_request_with_the_slo():
 
 def test_every_request_to_a_closed_port_is_recorded_as_a_client_error():
     import asyncio
+    import gc
 
     spec = _spec(url=f"http://127.0.0.1:{_free_port()}", rate_rps=100.0, duration_s=0.3, drain_timeout_s=1.0)
-    run = asyncio.run(generate_load(spec))
+    collector_during_run = []
+
+    async def run_and_look():
+        asyncio.get_running_loop().call_later(0.1, lambda: collector_during_run.append(gc.isenabled()))
+        return await generate_load(spec)
+
+    run = asyncio.run(run_and_look())
+    # A full collection mid-run would stall the schedule: off during the run, back on after it.
+    assert collector_during_run == [False] and gc.isenabled()
     stats = summarise(run)
     assert stats.num_requests == len(poisson_schedule(100.0, 0.3, seed=0))
     assert stats.num_client_errors == stats.num_requests
