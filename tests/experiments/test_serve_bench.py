@@ -9,7 +9,9 @@ import pytest
 
 from shoal.cli import main
 from shoal.core.errors import InvalidInputError
-from shoal.experiments.serve_bench import BenchConfig, measure_tensor_transport, run_serve_bench, select_targets, summary_text, write_results
+from shoal.experiments.bare_onnxruntime import measure_tensor_transport
+from shoal.experiments.serve_bench import BenchConfig, run_serve_bench, select_targets
+from shoal.experiments.serve_bench_report import summary_text, write_results
 from shoal.zoo.repository import ModelRepository
 
 

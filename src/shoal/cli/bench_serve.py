@@ -37,7 +37,8 @@ def bench_serve_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the Poisson arrivals and the input tensor.")] = 0,
 ) -> None:
     """Goodput, shed/drop rates and latency of four systems at one SLO, load swept past saturation."""
-    from shoal.experiments.serve_bench import BenchConfig, run_serve_bench, summary_text, write_results
+    from shoal.experiments.serve_bench import BenchConfig, run_serve_bench
+    from shoal.experiments.serve_bench_report import summary_text, write_results
 
     config = BenchConfig(
         repository=open_repository(repo).root,

@@ -33,17 +33,11 @@ array over a multiprocessing Pipe, round trip per batch.
 from __future__ import annotations
 
 import contextlib
-import csv
-import http.client
 import importlib.util
-import json
 import math
-import multiprocessing
 import os
 import platform
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,10 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from shoal.client.loadgen import LoadGenerator, LoadSpec, build_infer_body, summarise
+from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise
 from shoal.core.errors import InvalidInputError
+from shoal.experiments.bare_onnxruntime import Batch1Reference, measure_ceiling, measure_tensor_transport
+from shoal.experiments.bench_servers import ServerUnderTest, wait_idle, wait_ready
 from shoal.experiments.server_process import free_port
 from shoal.zoo.repository import ModelRepository
 
@@ -64,12 +58,8 @@ __all__ = [
     "SYSTEMS",
     "BenchConfig",
     "BenchTarget",
-    "measure_ceiling",
-    "measure_tensor_transport",
     "run_serve_bench",
     "select_targets",
-    "summary_text",
-    "write_results",
 ]
 
 SYSTEMS = ("shoal", "lean_http", "ray_serve", "onnxruntime")
@@ -227,234 +217,6 @@ def select_targets(repository: ModelRepository, model: str, *, include_light: bo
     return targets
 
 
-# -- bare ONNX Runtime ------------------------------------------------------------------------
-
-
-def measure_ceiling(target: BenchTarget, *, max_batch_size: int, threads: int, duration_s: float, seed: int = 0) -> dict[str, Any]:
-    """Bare ORT in this process on tensors from memory: the best img/s (batch 1 or max), p50 at batch 1."""
-    from shoal.core.models import Device
-    from shoal.profiler.session import create_session
-
-    session = create_session(target.model_path, Device.parse("cpu"), intra_op_threads=threads)
-    rng = np.random.default_rng(seed)
-    single = rng.random(target.input_shape, dtype=np.float32)
-    full = rng.random((max_batch_size, *target.input_shape[1:]), dtype=np.float32)
-    outputs = [target.output_name]
-    for _ in range(5):
-        session.run(outputs, {target.input_name: single})
-        session.run(outputs, {target.input_name: full})
-    samples_ms: list[float] = []
-    begin = time.perf_counter()
-    while time.perf_counter() - begin < duration_s / 2 or len(samples_ms) < 20:
-        start = time.perf_counter()
-        session.run(outputs, {target.input_name: single})
-        samples_ms.append((time.perf_counter() - start) * 1000.0)
-    single_per_s = len(samples_ms) / (time.perf_counter() - begin)
-    batches, begin = 0, time.perf_counter()
-    while time.perf_counter() - begin < duration_s / 2 or batches < 3:
-        session.run(outputs, {target.input_name: full})
-        batches += 1
-    elapsed_s = time.perf_counter() - begin
-    batched_per_s = batches * max_batch_size / elapsed_s
-    # The ceiling is the better of batch 1 and the max batch: for some models ORT is faster per
-    # image unbatched (cache effects), and a ceiling must not be one a server can beat.
-    images_per_s = max(batched_per_s, single_per_s)
-    return {
-        "goodput_rps": round(images_per_s, 1),
-        "images_per_s": round(images_per_s, 1),
-        "images_per_s_at_max_batch": round(batched_per_s, 1),
-        "images_per_s_at_batch_1": round(single_per_s, 1),
-        "batch_size": max_batch_size,
-        "batch_ms": round(elapsed_s / batches * 1000.0, 4),
-        "ms_per_image": round(1000.0 / images_per_s, 4),
-        "batch1_p50_ms": round(statistics.median(samples_ms), 4),
-        "batch1_samples": len(samples_ms),
-        "threads": threads,
-    }
-
-
-class Batch1Reference:
-    """Bare ORT batch-1 latency, re-measured right before each server's low-load point.
-
-    Overhead is a difference of two small numbers taken on a shared machine; measuring the
-    reference next to the measurement it is subtracted from keeps background drift out of it.
-    """
-
-    def __init__(self, target: BenchTarget, threads: int, seed: int = 0):
-        from shoal.core.models import Device
-        from shoal.profiler.session import create_session
-
-        self.session = create_session(target.model_path, Device.parse("cpu"), intra_op_threads=threads)
-        self.feed = {target.input_name: np.random.default_rng(seed).random(target.input_shape, dtype=np.float32)}
-        self.outputs = [target.output_name]
-
-    def p50_ms(self, duration_s: float) -> float:
-        for _ in range(3):
-            self.session.run(self.outputs, self.feed)
-        samples_ms: list[float] = []
-        begin = time.perf_counter()
-        while time.perf_counter() - begin < duration_s or len(samples_ms) < 20:
-            start = time.perf_counter()
-            self.session.run(self.outputs, self.feed)
-            samples_ms.append((time.perf_counter() - start) * 1000.0)
-        return round(statistics.median(samples_ms), 4)
-
-
-# -- servers in their own process groups ------------------------------------------------------
-
-
-def _process_table() -> dict[int, tuple[int, int, int]]:
-    """pid -> (parent pid, session id, CPU ticks user + system) of every live process, from /proc."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        # Fields after "(comm)": state ppid pgrp session ... utime(11) stime(12).
-        table[int(entry.name)] = (int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]))
-    return table
-
-
-def _family_pids(root_pid: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
-    """The root's session plus all its descendants: Ray starts some workers in sessions of their
-    own, and a process whose parent died leaves the tree but stays in the session."""
-    family = {pid for pid, (_, session, _) in table.items() if session == root_pid}
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    stack = [root_pid]
-    while stack:
-        pid = stack.pop()
-        if pid in table:
-            family.add(pid)
-        stack.extend(child for child in children.get(pid, []) if child not in family)
-    family.discard(os.getpid())
-    return family
-
-
-class ServerProcess:
-    """A server under test, started in a session of its own so everything it spawns can be
-    measured (CPU) and stopped: SIGTERM to the server, then SIGKILL, by pid, to whatever of its
-    session and process tree is still alive a few seconds after."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, url: str):
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.url = url
-        self.process: subprocess.Popen | None = None
-        self._log: Any = None
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def cpu_s(self) -> float:
-        """CPU seconds used so far by the server and everything it started that is still alive."""
-        if self.process is None:
-            return 0.0
-        table = _process_table()
-        return sum(table[pid][2] for pid in _family_pids(self.process.pid, table)) / os.sysconf("SC_CLK_TCK")
-
-    def log_tail(self, num_chars: int = 1500) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-num_chars:]
-        except OSError:
-            return ""
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None:
-            return
-        root = self.process.pid
-        table = _process_table()
-        # Taken before the root exits and orphans them; with sessions, so a reused pid is spared.
-        family = {pid: table[pid][1] for pid in _family_pids(root, table)}
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        deadline = time.monotonic() + 5.0
-        while True:
-            table = _process_table()
-            still = {pid for pid, session in family.items() if pid in table and table[pid][1] == session}
-            left = sorted(still | _family_pids(root, table))
-            if not left or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        for pid in left:  # whatever ignored SIGTERM, or was orphaned by its parent's exit
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-        if self._log:
-            self._log.close()
-
-
-def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, connection: http.client.HTTPConnection | None = None) -> tuple[int, float]:
-    """One blocking request; (status or 0 on failure, seconds)."""
-    parsed = url.split("://", 1)[1]
-    hostport, _, path = parsed.partition("/")
-    conn = connection or http.client.HTTPConnection(hostport, timeout=timeout_s)
-    begin = time.perf_counter()
-    try:
-        conn.request("POST", "/" + path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read()
-        return response.status, time.perf_counter() - begin
-    except (OSError, http.client.HTTPException):
-        conn.close()
-        return 0, time.perf_counter() - begin
-    finally:
-        if connection is None:
-            conn.close()
-
-
-def _wait_ready(server: ServerProcess, spec: LoadSpec, timeout_s: float) -> None:
-    """Until a real inference request is answered 200 (the server, its model and its route)."""
-    body, headers = build_infer_body(spec)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not server.alive:
-            raise RuntimeError(f"{server.name} exited during start-up (code {server.process.returncode}):\n{server.log_tail()}")
-        status, _ = _post(spec.infer_url, body, headers, timeout_s=10.0)
-        if status == 200:
-            return
-        time.sleep(0.3)
-    raise RuntimeError(f"{server.name} was not answering within {timeout_s:.0f} s:\n{server.log_tail()}")
-
-
-def _wait_idle(spec: LoadSpec, threshold_ms: float, limit_s: float) -> bool:
-    """After an overloaded point: until a lone request is fast again (queues drained)."""
-    body, headers = build_infer_body(spec)
-    hostport = spec.url.split("://", 1)[1].split("/", 1)[0]
-    connection = http.client.HTTPConnection(hostport, timeout=max(1.0, limit_s))
-    deadline = time.monotonic() + limit_s
-    fast = 0
-    try:
-        while time.monotonic() < deadline:
-            status, elapsed_s = _post(spec.infer_url, body, headers, timeout_s=limit_s, connection=connection)
-            fast = fast + 1 if status == 200 and elapsed_s * 1000.0 <= threshold_ms else 0
-            if fast >= 3:
-                return True
-            if status != 200:
-                time.sleep(0.05)
-    finally:
-        connection.close()
-    return False
-
-
 def _shoal_serve_options(config: BenchConfig) -> list[str]:
     """The `shoal serve` options that set shoal's share of the compute budget."""
     burst = ["--burst-threads", str(config.ort_threads)] if config.shoal_worker_count > 1 and config.shoal_burst else []
@@ -502,7 +264,7 @@ class _Steps:
         self.advance(description, max(0.0, self.total - self.done))
 
 
-def _point(generator: LoadGenerator, server: ServerProcess, spec: LoadSpec, kind: str) -> dict[str, Any]:
+def _point(generator: LoadGenerator, server: ServerUnderTest, spec: LoadSpec, kind: str) -> dict[str, Any]:
     cpu_before = server.cpu_s()
     run = generator.run(spec)
     stats = summarise(run).to_dict()
@@ -560,9 +322,8 @@ def _sweep_plan(system: str, url: str, target: BenchTarget, config: BenchConfig,
     def measure(rate_rps: float, kind: str = "sweep") -> Generator[_Request, Any, dict[str, Any]]:
         point = yield ("point", opened(rate_rps), kind)
         # After every point, the overload check included: the runner interleaves two servers,
-        # and a server still working off the backlog of its last point takes the other one's
-        # CPU (the lean server, after its 2x point, answered client-abandoned requests for ~2 s
-        # of shoal's 2x point on the light variant).
+        # and one still working off the backlog of its last point would take the other's CPU
+        # (a precaution: on the light variant, shoal's 2x point read the same with it and without).
         point["idle_after"] = yield ("idle", opened(1.0), (idle_ms, idle_limit_s))
         if kind == "sweep":
             points.append(point)
@@ -638,7 +399,7 @@ def _sweep_plan(system: str, url: str, target: BenchTarget, config: BenchConfig,
     }
 
 
-def _execute(request: _Request, server: ServerProcess, generator: LoadGenerator, reference: Batch1Reference | None) -> Any:
+def _execute(request: _Request, server: ServerUnderTest, generator: LoadGenerator, reference: Batch1Reference | None) -> Any:
     action, spec, extra = request
     if action == "reference":
         return reference.p50_ms(extra) if reference is not None else None
@@ -648,7 +409,7 @@ def _execute(request: _Request, server: ServerProcess, generator: LoadGenerator,
     if action == "point":
         return _point(generator, server, spec, extra)
     if action == "idle":
-        return _wait_idle(spec, *extra)
+        return wait_idle(spec, *extra)
     raise ValueError(f"unknown sweep request {action!r}")
 
 
@@ -658,14 +419,14 @@ def _run_server_group(systems: list[str], target: BenchTarget, config: BenchConf
     """Start the servers of a group together, interleave their sweeps request by request, stop
     them all (also on errors and Ctrl-C). A failing system becomes {"goodput_rps": None, "error"}."""
     results: dict[str, dict[str, Any]] = {}
-    servers: dict[str, ServerProcess] = {}
+    servers: dict[str, ServerUnderTest] = {}
     try:
         for system in systems:
             if system == "ray_serve" and importlib.util.find_spec("ray") is None:
                 results[system] = {"goodput_rps": None, "error": "ray is not installed here: pip install 'ray[serve]' (the `bench` extra)"}
                 continue
             port = free_port()
-            server = ServerProcess(system, _server_argv(system, target, config, port, scratch), scratch / f"{target.role}-{system}.log", f"http://127.0.0.1:{port}")
+            server = ServerUnderTest(system, _server_argv(system, target, config, port, scratch), scratch / f"{target.role}-{system}.log", f"http://127.0.0.1:{port}")
             servers[system] = server
             server.start()
         started = time.monotonic()
@@ -675,7 +436,7 @@ def _run_server_group(systems: list[str], target: BenchTarget, config: BenchConf
             ready_spec = LoadSpec(url=server.url, model=target.key, input_name=target.input_name, input_shape=target.input_shape,
                                   slo_ms=max(config.slo_ms, 10_000.0), duration_s=1.0, mode="closed", concurrency=1)  # fmt: skip
             try:
-                _wait_ready(server, ready_spec, max(1.0, config.startup_timeout_s - (time.monotonic() - started)))
+                wait_ready(server, ready_spec, max(1.0, config.startup_timeout_s - (time.monotonic() - started)))
             except RuntimeError as error:
                 results[system] = {"goodput_rps": None, "error": str(error).strip()[:3000]}
                 server.stop()
@@ -766,107 +527,6 @@ def _ratios(systems: dict[str, Any], ceiling: dict[str, Any], slo_ms: float) -> 
         "p99 at 2x overload <= SLO": check(overload_p99, lambda v: v <= slo_ms),
     }
     return ratios
-
-
-# -- shared memory vs pickle ------------------------------------------------------------------
-
-
-def _transport_echo_main(connection: Any, memory_name: str, size_bytes: int, num_classes: int) -> None:
-    """Child: answer each batch the way a worker would, through the worker's shared block or a pickle."""
-    import pickle
-
-    from shoal.runtime.batch_block import BatchBlock
-
-    block = BatchBlock.attach(memory_name, size_bytes)
-    try:
-        while True:
-            try:
-                payload = connection.recv_bytes()
-            except EOFError:
-                return
-            if payload.startswith(b"{"):
-                message = json.loads(payload)
-                if message.get("op") == "stop":
-                    return
-                shape = tuple(message["shape"])
-                inputs = block.inputs(shape[0], shape[1:])
-                outputs = np.zeros((shape[0], num_classes), dtype=np.float32)
-                if shape[-1] >= num_classes:
-                    outputs[...] = inputs[:, 0, 0, :num_classes]
-                del inputs
-                connection.send_bytes(json.dumps({"op": "done", "output_shape": block.write_outputs(outputs)}).encode())
-            else:
-                inputs = pickle.loads(payload)
-                outputs = np.zeros((inputs.shape[0], num_classes), dtype=np.float32)
-                if inputs.shape[-1] >= num_classes:
-                    outputs[...] = inputs[:, 0, 0, :num_classes]
-                connection.send(outputs)
-    finally:
-        block.release()
-
-
-def measure_tensor_transport(item_shapes: dict[str, tuple[int, ...]], *, batch_sizes: tuple[int, ...] = (1, 32),
-                             num_classes: int = 10, repeats: int = 60) -> list[dict[str, Any]]:  # fmt: skip
-    """Round trip per batch to a spawned process: shared memory + JSON control vs pickle over a Pipe.
-
-    Both start from a list of per-request arrays (what the batcher holds) and end with the
-    outputs in the parent; shared memory copies items into the block and outputs out of it,
-    pickle stacks the items and serialises them (copying the bytes through the pipe).
-    """
-    from shoal.runtime.batch_block import BatchBlock
-
-    largest = max(int(np.prod(shape)) for shape in item_shapes.values()) * max(batch_sizes) * 4
-    block = BatchBlock.create(2 * largest + 4096)
-    context = multiprocessing.get_context("spawn")
-    parent_end, child_end = context.Pipe(duplex=True)
-    process = context.Process(target=_transport_echo_main, args=(child_end, block.name, block.size_bytes, num_classes), daemon=True)
-    process.start()
-    child_end.close()
-    rows = []
-    try:
-        rng = np.random.default_rng(0)
-        for name, item_shape in item_shapes.items():
-            for batch_size in batch_sizes:
-                items = [rng.random(item_shape, dtype=np.float32) for _ in range(batch_size)]
-
-                def via_shared_memory() -> np.ndarray:
-                    block.write_inputs(items)
-                    parent_end.send_bytes(json.dumps({"op": "run", "shape": [batch_size, *item_shape]}).encode())
-                    return block.read_outputs(json.loads(parent_end.recv_bytes())["output_shape"])
-
-                def via_pickle() -> np.ndarray:
-                    parent_end.send(np.stack(items))
-                    return parent_end.recv()
-
-                timings: dict[str, list[float]] = {"shared_memory": [], "pickle": []}
-                for _ in range(3):  # warm both paths (page faults, buffers)
-                    via_shared_memory()
-                    via_pickle()
-                for _ in range(repeats):  # interleaved, so noise from other jobs hits both alike
-                    for method, action in (("shared_memory", via_shared_memory), ("pickle", via_pickle)):
-                        begin = time.perf_counter()
-                        action()
-                        timings[method].append((time.perf_counter() - begin) * 1e6)
-                shm_us, pickle_us = statistics.median(timings["shared_memory"]), statistics.median(timings["pickle"])
-                rows.append({
-                    "variant": name,
-                    "item_shape": list(item_shape),
-                    "batch_size": batch_size,
-                    "batch_bytes": batch_size * int(np.prod(item_shape)) * 4,
-                    "shared_memory_us_p50": round(shm_us, 1),
-                    "pickle_us_p50": round(pickle_us, 1),
-                    "pickle_over_shared_memory": round(pickle_us / shm_us, 3) if shm_us else None,
-                    "repeats": repeats,
-                })  # fmt: skip
-    finally:
-        with contextlib.suppress(OSError):
-            parent_end.send_bytes(b'{"op": "stop"}')
-        process.join(timeout=5)
-        if process.is_alive():
-            process.kill()
-        parent_end.close()
-        block.release()
-    return rows
 
 
 # -- the whole benchmark ----------------------------------------------------------------------
@@ -965,126 +625,3 @@ def _run_serve_bench(config: BenchConfig, progress: ProgressCallback | None) -> 
     out["transport"] = transport
     out["elapsed_s"] = round(time.monotonic() - started, 1)
     return out
-
-
-# -- files ------------------------------------------------------------------------------------
-
-CSV_COLUMNS = (
-    "variant_role", "model", "system", "kind", "mode", "rate_rps", "concurrency", "offered_rps", "num_requests",
-    "throughput_rps", "goodput_rps", "shed_fraction", "drop_fraction", "error_fraction", "late_fraction",
-    "p50_ms", "p95_ms", "p99_ms", "p99_from_send_ms", "server_p50_ms", "server_p99_ms", "mean_batch_size", "generator_cpu_fraction",
-    "server_cpu_fraction", "generator_send_lag_p99_ms",
-)  # fmt: skip
-
-
-def _csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for role, variant in results["variants"].items():
-        for system, outcome in variant["systems"].items():
-            if system == "onnxruntime":
-                rows.append({"variant_role": role, "model": variant["model"], "system": system, "kind": "ceiling",
-                             "throughput_rps": outcome["images_per_s"], "goodput_rps": outcome["images_per_s"],
-                             "p50_ms": outcome["batch1_p50_ms"]})  # fmt: skip
-                continue
-            for point in outcome.get("points", []):
-                rows.append({"variant_role": role, "model": variant["model"], "system": system,
-                             **{column: point.get(column) for column in CSV_COLUMNS[3:]}})  # fmt: skip
-    return rows
-
-
-def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    roles = list(results["variants"])
-    figure, axes = plt.subplots(2, len(roles), figsize=(6.5 * len(roles), 8), squeeze=False)
-    colours = {"shoal": "tab:blue", "lean_http": "tab:orange", "ray_serve": "tab:green", "onnxruntime": "black"}
-    for column, role in enumerate(roles):
-        variant = results["variants"][role]
-        goodput_axis, p99_axis = axes[0][column], axes[1][column]
-        best_goodput_rps = max((p["goodput_rps"] for name, o in variant["systems"].items() if name != "onnxruntime" for p in o.get("points", [])), default=0.0)
-        for system, outcome in variant["systems"].items():
-            if system == "onnxruntime":
-                label = f"bare ORT ceiling ({outcome['images_per_s']:.0f} img/s)"
-                if outcome["images_per_s"] <= 4 * best_goodput_rps or best_goodput_rps <= 0:
-                    goodput_axis.axhline(outcome["images_per_s"], color="black", linestyle="--", label=label)
-                else:  # a light model's ceiling is far above any server: drawn, it flattens every curve
-                    goodput_axis.plot([], [], " ", label=f"{label}, off the scale")
-                continue
-            points = sorted((p for p in outcome.get("points", []) if p["mode"] == "open"), key=lambda p: p["offered_rps"])
-            if not points:
-                continue
-            offered = [p["offered_rps"] for p in points]
-            goodput_axis.plot(offered, [p["goodput_rps"] for p in points], marker="o", color=colours[system], label=system)
-            p99 = [p["p99_ms"] if p["p99_ms"] is not None else math.nan for p in points]
-            p99_axis.plot(offered, p99, marker="o", color=colours[system], label=system)
-        goodput_axis.set_title(f"{variant['model']} ({role}): goodput at SLO {results['slo_ms']:.0f} ms")
-        goodput_axis.set_xlabel("offered load (req/s)")
-        goodput_axis.set_ylabel("goodput (answers within SLO per s)")
-        goodput_axis.set_xscale("log")
-        goodput_axis.legend(fontsize=8)
-        p99_axis.axhline(results["slo_ms"], color="red", linestyle=":", label="SLO")
-        p99_axis.set_title("p99 latency of answered requests")
-        p99_axis.set_xlabel("offered load (req/s)")
-        p99_axis.set_ylabel("p99 (ms)")
-        p99_axis.set_xscale("log")
-        p99_axis.set_yscale("log")
-        p99_axis.legend(fontsize=8)
-        for axis in (goodput_axis, p99_axis):
-            axis.xaxis.set_major_formatter(ScalarFormatter())
-            axis.xaxis.set_minor_formatter(NullFormatter())
-        p99_axis.yaxis.set_major_formatter(ScalarFormatter())
-        p99_axis.yaxis.set_minor_formatter(NullFormatter())
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def write_results(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
-    """serve.json, serve.csv and serve.png in out_dir; returns their paths (also set as results["files"])."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "serve.json", "csv": out_dir / "serve.csv", "png": out_dir / "serve.png"}
-    results["files"] = {kind: str(path) for kind, path in paths.items()}
-    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(_csv_rows(results))
-    _plot(results, paths["png"])
-    return {kind: str(path) for kind, path in paths.items()}
-
-
-def summary_text(results: dict[str, Any]) -> str:
-    """One screen: per variant and system, peak goodput, overhead and the overload check."""
-    lines = [f"shoal bench serve: SLO {results['slo_ms']:.0f} ms, {results['elapsed_s']} s, load average {results['machine']['load_average']}"]
-    for role, variant in results["variants"].items():
-        ceiling = variant["ceiling"]
-        lines.append(f"\n{variant['model']} ({role}): bare ORT {ceiling['images_per_s_at_max_batch']:.0f} img/s at batch {ceiling['batch_size']}, "
-                     f"{ceiling['images_per_s_at_batch_1']:.0f} img/s and p50 {ceiling['batch1_p50_ms']:.3f} ms at batch 1")  # fmt: skip
-        lines.append(f"  {'system':<12}{'goodput/s':>11}{'at req/s':>10}{'p50 low':>9}{'overhead':>10}{'2x p99':>9}{'shed':>7}{'drop':>7}{'gen cpu':>9}")
-        for system, outcome in variant["systems"].items():
-            if system == "onnxruntime":
-                continue
-            if outcome.get("goodput_rps") is None:
-                lines.append(f"  {system:<12}  not measured: {outcome.get('error', '').splitlines()[0] if outcome.get('error') else 'no answers'}")
-                continue
-            fmt = lambda value, spec: format("-", ">" + spec.lstrip(">").split(".")[0]) if value is None else format(value, spec)  # noqa: E731
-            lines.append(
-                f"  {system:<12}{outcome['goodput_rps']:>11.0f}{outcome['peak_offered_rps']:>10.0f}{fmt(outcome['p50_low_load_ms'], '>9.2f')}"
-                f"{fmt(outcome['overhead_p50_ms'], '>10.2f')}{fmt(outcome['overload_p99_ms'], '>9.1f')}"
-                f"{fmt(outcome['overload_shed_fraction'], '>7.0%')}{fmt(outcome['overload_drop_fraction'], '>7.0%')}"
-                f"{fmt(outcome['generator_cpu_fraction_max'], '>9.0%')}"
-            )
-        ratios = {k: variant[k] for k in ("ratio_vs_ray_serve", "ratio_vs_lean", "ratio_vs_ceiling", "overhead_p50_ms")}
-        lines.append("  " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
-        for name, met in variant["targets"].items():
-            lines.append(f"  target {name}: {'n/a' if met is None else ('met' if met else 'MISSED')}")
-    if results.get("transport"):
-        lines.append("\nbatch to worker, round trip (µs p50): shared memory vs pickle")
-        for row in results["transport"]:
-            lines.append(f"  {row['variant']:<20} batch {row['batch_size']:>3}: {row['shared_memory_us_p50']:>8.0f} vs {row['pickle_us_p50']:>8.0f}"
-                         f"  (pickle {row['pickle_over_shared_memory']}x)")  # fmt: skip
-    return "\n".join(lines)

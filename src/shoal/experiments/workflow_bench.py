@@ -265,7 +265,7 @@ def summary_text(results: dict[str, Any]) -> str:
         f"  jellybean failed: {len(sweep['jellybean_failed'])} cells, of which shoal plans "
         f"{sweep['jellybean_failed_where_shoal_plans'] or 'none'}",
         f"  shoal proves infeasible: {len(sweep['shoal_infeasible'])} cells",
-        f"  beam-search candidates below target (latent defect): "
+        "  beam-search candidates below target (latent defect): "
         + (", ".join(f"{d['threshold']}: {d['accuracy']}" for d in sweep["beam_candidates_below_target"]) or "none"),
     ]
     return "\n".join(lines)

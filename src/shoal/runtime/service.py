@@ -13,7 +13,6 @@ import asyncio
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
