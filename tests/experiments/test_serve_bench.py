@@ -101,6 +101,9 @@ def test_bench_serve_end_to_end_on_the_fixture_family(fixture_repository_path, t
     for system in ("shoal", "lean_http"):
         points = systems[system]["points"]
         assert {p["kind"] for p in points} >= {"low_load", "sweep", "overload"}
+        # Every open-loop point, the overload check included, was followed by the idle wait,
+        # so the interleaved other server never started its next point beside a backlog.
+        assert all(isinstance(p.get("idle_after"), bool) for p in points if p["kind"] != "low_load")
         for point in points:
             assert point["num_ok"] > 0, (system, point)
             assert point["num_requests"] == point["num_ok"] + point["num_shed"] + point["num_dropped"] + point["num_http_errors"] + point["num_client_errors"]

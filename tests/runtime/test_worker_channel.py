@@ -62,7 +62,8 @@ def _run_against_doubling_worker(on_outputs):
         thread = threading.Thread(target=_doubling_worker, args=(child, block.name, 1 << 16))
         thread.start()
         try:
-            outputs, _ = await channel.run("v", [np.array([1.0, 2.0, 3.0], dtype=np.float32)], on_outputs=on_outputs(events))
+            batch = channel.run("v", [np.array([1.0, 2.0, 3.0], dtype=np.float32)], on_outputs=on_outputs(events))
+            outputs, _ = await asyncio.wait_for(batch, 5.0)
             events.append(("returned", outputs.tolist()))
         except ZeroDivisionError as error:
             events.append(("raised", str(error)))

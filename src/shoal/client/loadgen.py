@@ -369,11 +369,14 @@ class _Recorder:
 def _garbage_collector_paused() -> Iterator[None]:
     """No cyclic garbage collection during a measurement, and none left over from earlier ones.
 
-    Why: a full collection stops the generator, and every request due meanwhile is sent late and
-    counted late (latency runs from the intended send). Measured at 15,000 req/s: one or two
-    full collections per 5 s run, 11-16 ms each; a stall of 15 ms there is ~225 requests, enough
-    to set the p99 of the ~7,000 answered of them in a second. With collection off, such a run
-    left 2,000-5,000 objects in reference cycles (reference counting frees the rest)."""
+    Why: a full collection stops the generator, and every request due meanwhile is sent late,
+    counted late (latency runs from the intended send) and sent in a burst that slows the server
+    for the requests after it. Measured at 15,000 req/s: a full collection of 16 ms in one of
+    three 5 s runs (~240 requests due meanwhile), 11-14 ms for the one after each run with the
+    collector off; in light-variant benches the client's p99 at 2x read 56.4 ms from the intended
+    send against 38.0 ms from the actual one before this, 28.6 against 28.0 ms after it. With
+    collection off, such a run left 2,000-5,000 objects in reference cycles (reference counting
+    frees the rest)."""
     enabled = gc.isenabled()
     gc.collect()
     gc.disable()

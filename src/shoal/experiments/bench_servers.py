@@ -1,8 +1,11 @@
 """The servers `shoal bench serve` measures, each in a session of its own, and the blocking
-probes its sweep uses between points (ready to answer; idle again after an overload).
+probes its sweep uses between points (ready to answer; idle again after a point).
 
 A session per server, because Ray starts processes that leave the server's process tree: the
-session still holds them, so their CPU is counted and they are stopped with the rest.
+session still holds them, so their CPU is counted and they are stopped with the rest. (Not
+`server_process.ServerProcess`, which starts `shoal serve` itself for the demo and experiments
+and waits for its readiness endpoint: these are any of three systems, reached only by inference
+requests, with their whole session's CPU measured.)
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from shoal.client.loadgen import LoadSpec, build_infer_body
 
-__all__ = ["ServerUnderTest", "post", "wait_idle", "wait_ready"]
+__all__ = ["ServerUnderTest", "wait_idle", "wait_ready"]
 
 
 def _process_table() -> dict[int, tuple[int, int, int]]:
@@ -120,7 +123,7 @@ class ServerUnderTest:
             self._log.close()
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, connection: http.client.HTTPConnection | None = None) -> tuple[int, float]:
+def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, connection: http.client.HTTPConnection | None = None) -> tuple[int, float]:
     """One blocking request; (status or 0 on failure, seconds)."""
     parsed = url.split("://", 1)[1]
     hostport, _, path = parsed.partition("/")
@@ -146,7 +149,7 @@ def wait_ready(server: ServerUnderTest, spec: LoadSpec, timeout_s: float) -> Non
     while time.monotonic() < deadline:
         if not server.alive:
             raise RuntimeError(f"{server.name} exited during start-up (code {server.process.returncode}):\n{server.log_tail()}")
-        status, _ = post(spec.infer_url, body, headers, timeout_s=10.0)
+        status, _ = _post(spec.infer_url, body, headers, timeout_s=10.0)
         if status == 200:
             return
         time.sleep(0.3)
@@ -154,7 +157,8 @@ def wait_ready(server: ServerUnderTest, spec: LoadSpec, timeout_s: float) -> Non
 
 
 def wait_idle(spec: LoadSpec, threshold_ms: float, limit_s: float) -> bool:
-    """After an overloaded point: until a lone request is fast again (queues drained)."""
+    """After a point: until a lone request is fast again (queues drained), for at most
+    `limit_s`; whether it got there."""
     body, headers = build_infer_body(spec)
     hostport = spec.url.split("://", 1)[1].split("/", 1)[0]
     connection = http.client.HTTPConnection(hostport, timeout=max(1.0, limit_s))
@@ -162,7 +166,7 @@ def wait_idle(spec: LoadSpec, threshold_ms: float, limit_s: float) -> bool:
     fast = 0
     try:
         while time.monotonic() < deadline:
-            status, elapsed_s = post(spec.infer_url, body, headers, timeout_s=limit_s, connection=connection)
+            status, elapsed_s = _post(spec.infer_url, body, headers, timeout_s=limit_s, connection=connection)
             fast = fast + 1 if status == 200 and elapsed_s * 1000.0 <= threshold_ms else 0
             if fast >= 3:
                 return True

@@ -5,8 +5,10 @@ Four systems serve the same ONNX variant under the same SLO, each in its own pro
 max batch `max_batch_size`), and one load generator (`shoal.client.loadgen`, its own process)
 drives them with byte-identical requests:
 
-* shoal: `python -m shoal serve --workers 1 --threads T --max-batch-size B` (frontend process
-  plus one worker process; the variant addressed by name, so the policy does not matter);
+* shoal: `python -m shoal serve --workers 2 --threads 1 --burst-threads 2 --max-batch-size B`
+  by default (frontend process plus one single-threaded worker per ONNX Runtime thread, bursting
+  to all of them while the others are idle; `--shoal-workers` changes it; the variant addressed
+  by name, so the policy does not matter);
 * lean_http: `shoal.experiments.lean_server` (uvicorn + asyncio batcher, one process);
 * ray_serve: `shoal.experiments.ray_serve_app` (`@serve.batch`, raised max_ongoing_requests);
 * onnxruntime: batches from memory in this process, no server at all: the ceiling in img/s,
@@ -25,9 +27,11 @@ load hits both alike; Ray Serve runs on its own (its daemons use CPU even when i
 The machine is small and shared, so ratios come from one run, measured side by side, and
 every point records the generator's and the server's CPU use next to its numbers.
 
-Also measured (`measure_tensor_transport`): moving a batch to a worker process through shared
-memory plus a small JSON control message (what shoal's worker does) against pickling the
-array over a multiprocessing Pipe, round trip per batch.
+Also measured (`bare_onnxruntime.measure_tensor_transport`): moving a batch to a worker process
+through shared memory plus a small JSON control message (what shoal's worker does) against
+pickling the array over a multiprocessing Pipe, round trip per batch. The servers under test and
+the probes between points are in `bench_servers`, the files and the summary in
+`serve_bench_report`.
 """
 
 from __future__ import annotations

@@ -58,9 +58,12 @@ class Worker(Protocol):
     async def unload(self, variant_key: str) -> None: ...
 
     async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False,
-                  on_outputs: OutputsCallback | None = None) -> tuple[np.ndarray, float]: ...  # fmt: skip
-    """One batch: (outputs, compute ms). `on_outputs`, when the worker can, gets them as soon as
-    they arrive, before this coroutine resumes (one event-loop pass earlier)."""
+                  on_outputs: OutputsCallback | None = None) -> tuple[np.ndarray, float]:  # fmt: skip
+        """One batch: (outputs, compute ms). `on_outputs`, where the worker can, gets the same
+        as soon as they arrive, one event-loop pass before this returns; a worker may never call
+        it (a Ray actor reached through the object store), so callers still answer from the
+        returned value."""
+        ...
 
     async def stop(self) -> None: ...
 

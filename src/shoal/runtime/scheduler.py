@@ -325,9 +325,17 @@ class Scheduler:
             burst = worker.burst_threads > 0 and all(
                 other is worker or not other.alive or other.busy_until_ms == 0.0 for other in self.workers
             )
-            outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst,
-                                                   lambda outputs, compute_ms: _answer(batch, outputs, compute_ms, started_ms))  # fmt: skip
-            finished_ms = monotonic_ms()
+            arrived_ms: list[float] = []
+
+            def answer_on_arrival(outputs: np.ndarray, compute_ms: float) -> None:
+                arrived_ms.append(monotonic_ms())
+                _answer(batch, outputs, compute_ms, started_ms)
+
+            outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst, answer_on_arrival)
+            # When the outputs arrived, not when this coroutine resumed: the requests answered on
+            # arrival have done their own response work in between, which is not the batch's time.
+            finished_ms = arrived_ms[0] if arrived_ms else monotonic_ms()
+            _answer(batch, outputs, compute_ms, started_ms)  # a worker that could not answer on arrival
             if not burst:
                 # The batch-time model describes narrow batches, the ones that run under load,
                 # where admission needs it; a wide batch's speed would make it optimistic there.
@@ -355,7 +363,6 @@ class Scheduler:
         finally:
             worker.busy_until_ms = 0.0
         self.metrics.batch(queue.key, len(batch), compute_ms)
-        _answer(batch, outputs, compute_ms, started_ms)  # a worker that could not answer early
 
     async def monitor_loop_lag(self, interval_s: float = 0.01) -> None:
         """Measure how late a timer fires (the time a new request waits for the loop's
@@ -441,7 +448,7 @@ def _answer(batch: list[QueuedItem], outputs: np.ndarray, compute_ms: float, sta
     """Each request of a batch gets its output row, its queue time, the batch's compute time and
     size. Called from the worker's reply callback where it can (the requests then resume one
     event-loop pass sooner), else once the batch's coroutine resumes; an answered or cancelled
-    request is left alone."""
+    request is left alone. Outputs with a row too few raise (IndexError): the batch fails."""
     for index, item in enumerate(batch):
         if not item.future.done():
             item.future.set_result((outputs[index], started_ms - item.arrival_ms, compute_ms, len(batch)))

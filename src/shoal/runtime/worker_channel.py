@@ -7,7 +7,7 @@ through the `BatchBlock`. Replies come back in request order, so pending request
 
 A batch's outputs are handed on (`run`'s `on_outputs`) from the reply's own read callback, not
 after the awaiting coroutine resumes: on a saturated event loop every hand-off through the
-ready queue costs a whole loop pass (measured at 2x overload on a light model: ~3 ms each).
+ready queue costs a whole loop pass (measured at 2x overload on a light model: ~1.5-3 ms each).
 """
 
 from __future__ import annotations
@@ -96,9 +96,10 @@ class WorkerChannel:
     def request(self, message: dict, on_reply: Callable[[dict], None] | None = None) -> asyncio.Future:
         if self.closed:
             raise WorkerFailedError(f"worker {self.worker_id} is not running")
+        payload = json.dumps(message).encode()  # before the reply is expected: it may raise
         future = self.expect_reply(on_reply)
         try:
-            self._connection.send_bytes(json.dumps(message).encode())
+            self._connection.send_bytes(payload)
         except (BrokenPipeError, ConnectionResetError) as error:  # it died; its exit is not noticed yet
             self._pending.pop()
             raise WorkerFailedError(f"worker {self.worker_id} exited before this request reached it ({error})") from None
