@@ -51,8 +51,9 @@ def test_a_reply_that_arrived_survives_the_channel_closing_before_the_batch_resu
     assert block._memory is None  # released once the batch was done with it
 
 
-def _run_against_doubling_worker(on_outputs):
-    """One batch through a channel whose worker thread doubles it; returns what happened, in order."""
+def _run_against_doubling_worker(on_outputs=None, on_reply=None):
+    """One batch through a channel whose worker thread doubles it (through `run`, or a bare
+    `request` with `on_reply`); returns what happened, in order."""
     events = []
 
     async def scenario():
@@ -61,34 +62,60 @@ def _run_against_doubling_worker(on_outputs):
         channel = WorkerChannel("w0", parent, block, on_closed=lambda: None)
         thread = threading.Thread(target=_doubling_worker, args=(child, block.name, 1 << 16))
         thread.start()
-        try:
-            batch = channel.run("v", [np.array([1.0, 2.0, 3.0], dtype=np.float32)], on_outputs=on_outputs(events))
-            outputs, _ = await asyncio.wait_for(batch, 5.0)
+
+        async def batch():  # the task that awaits the batch records its own return
+            if on_reply is not None:
+                block.write_inputs([np.array([1.0, 2.0, 3.0], dtype=np.float32)])
+                await channel.request({"op": "run", "batch_id": 1, "batch_size": 1}, on_reply)
+                return
+            outputs, _ = await channel.run("v", [np.array([1.0, 2.0, 3.0], dtype=np.float32)], on_outputs=on_outputs(events))
             events.append(("returned", outputs.tolist()))
+
+        try:
+            await asyncio.wait_for(batch(), 5.0)
         except ZeroDivisionError as error:
             events.append(("raised", str(error)))
         finally:
             thread.join()
             channel.close("test over")
+        await asyncio.sleep(0.01)  # whatever the hand-on woke has run
 
     asyncio.run(scenario())
     return events
 
 
-def test_outputs_are_handed_on_from_the_reply_callback_before_the_batch_returns():
+def test_outputs_are_handed_on_from_the_reply_callback_after_the_batch_is_due_to_resume():
     def record(events):
-        # No current task: called by the loop's read callback, not by the batch's coroutine.
-        return lambda outputs, compute_ms: events.append(("handed on", outputs.tolist(), compute_ms, asyncio.current_task() is None))
+        answered = asyncio.get_running_loop().create_future()
 
-    events = _run_against_doubling_worker(record)
-    assert events == [("handed on", [[2.0, 4.0, 6.0]], 1.0, True), ("returned", [[2.0, 4.0, 6.0]])]
+        async def handler():  # a request waiting for its row, as the scheduler's are
+            await answered
+            events.append("handler resumed")
+
+        events.append(asyncio.get_running_loop().create_task(handler()))
+
+        def hand_on(outputs, compute_ms):
+            # No current task: called by the loop's read callback, not by the batch's coroutine.
+            events.append(("handed on", outputs.tolist(), compute_ms, asyncio.current_task() is None))
+            answered.set_result(None)
+
+        return hand_on
+
+    _, *events = _run_against_doubling_worker(record)
+    # The batch's coroutine resumes first (its worker dispatches the next batch), the handler after.
+    assert events == [("handed on", [[2.0, 4.0, 6.0]], 1.0, True), ("returned", [[2.0, 4.0, 6.0]]), "handler resumed"]
 
 
-def test_a_failure_while_handing_outputs_on_fails_the_batch():
+def test_a_failure_while_handing_outputs_on_is_logged_and_the_batch_still_returns(caplog):
     def fail(events):
         return lambda outputs, compute_ms: 1 / 0
 
-    assert _run_against_doubling_worker(fail) == [("raised", "division by zero")]
+    assert _run_against_doubling_worker(fail) == [("returned", [[2.0, 4.0, 6.0]])]
+    assert "w0: handing a reply on failed" in caplog.text
+
+
+def test_a_reply_hook_that_raises_fails_the_request():
+    assert _run_against_doubling_worker(on_reply=lambda reply: 1 / 0) == [("raised", "division by zero")]
 
 
 def test_a_request_to_a_worker_that_is_gone_names_its_exit():

@@ -325,16 +325,11 @@ class Scheduler:
             burst = worker.burst_threads > 0 and all(
                 other is worker or not other.alive or other.busy_until_ms == 0.0 for other in self.workers
             )
-            arrived_ms: list[float] = []
-
-            def answer_on_arrival(outputs: np.ndarray, compute_ms: float) -> None:
-                arrived_ms.append(monotonic_ms())
-                _answer(batch, outputs, compute_ms, started_ms)
-
-            outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst, answer_on_arrival)
-            # When the outputs arrived, not when this coroutine resumed: the requests answered on
-            # arrival have done their own response work in between, which is not the batch's time.
-            finished_ms = arrived_ms[0] if arrived_ms else monotonic_ms()
+            # The requests are answered as the outputs arrive; this coroutine still resumes before
+            # their handlers run (WorkerChannel), so the times below hold no response work.
+            outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst,
+                                                   lambda outputs, compute_ms: _answer(batch, outputs, compute_ms, started_ms))  # fmt: skip
+            finished_ms = monotonic_ms()
             _answer(batch, outputs, compute_ms, started_ms)  # a worker that could not answer on arrival
             if not burst:
                 # The batch-time model describes narrow batches, the ones that run under load,
