@@ -60,9 +60,9 @@ class Worker(Protocol):
     async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False,
                   on_outputs: OutputsCallback | None = None) -> tuple[np.ndarray, float]:  # fmt: skip
         """One batch: (outputs, compute ms). `on_outputs`, where the worker can, gets the same
-        as soon as they arrive, one event-loop pass before this returns; a worker may never call
-        it (a Ray actor reached through the object store), so callers still answer from the
-        returned value."""
+        as soon as they arrive (from the reply's read callback, so what it wakes resumes in the
+        same loop pass as the caller); a worker may never call it (a Ray actor reached through
+        the object store), so callers still answer from the returned value."""
         ...
 
     async def stop(self) -> None: ...
