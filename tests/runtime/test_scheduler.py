@@ -376,4 +376,3 @@ def test_a_worker_that_hands_its_outputs_on_early_answers_the_requests_before_it
     assert [float(result[0][0]) for result in results] == [0.0, 2.0, 4.0]
     assert all(result[2] == 5.0 and result[3] == 3 for result in results)  # compute ms and batch size
     assert waited_ms < 150.0  # not the 200 ms until the worker's coroutine returned
-
