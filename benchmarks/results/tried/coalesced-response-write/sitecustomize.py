@@ -19,26 +19,25 @@ class _Buffer:
 _heads = {}
 
 
+async def _written(self, message):
+    """What uvicorn would write for `message`, captured instead of sent."""
+    real = self.transport
+    self.transport = _Buffer(real)
+    try:
+        await _orig(self, message)
+    finally:
+        buffer, self.transport = self.transport, real
+    return b"".join(buffer.parts)
+
+
 async def send(self, message):
     kind = message["type"]
     if kind == "http.response.start":
-        real = self.transport
-        self.transport = _Buffer(real)
-        try:
-            await _orig(self, message)
-        finally:
-            buffer, self.transport = self.transport, real
-        _heads[id(self)] = b"".join(buffer.parts)
+        _heads[id(self)] = await _written(self, message)
         return
     head = _heads.pop(id(self), None)
     if head is not None and kind == "http.response.body":
-        real = self.transport
-        self.transport = _Buffer(real)
-        try:
-            await _orig(self, message)
-        finally:
-            buffer, self.transport = self.transport, real
-        real.write(head + b"".join(buffer.parts))
+        self.transport.write(head + await _written(self, message))
         return
     if head is not None:
         self.transport.write(head)
