@@ -1,6 +1,6 @@
 import pytest
 
-from shoal.planner.batching import admission_finish_ms, decide_batch
+from shoal.planner.batching import admission_finish_ms, admitted_per_ms, decide_batch
 
 
 def linear(fixed_ms, per_item_ms):
@@ -45,14 +45,51 @@ def test_bad_max_batch_size():
         decide_batch([1.0], 0.0, linear(1, 1), 0)
 
 
-def test_admission_counts_rounds_of_full_batches_across_workers():
+def test_admission_dispatches_as_the_workers_do_each_busy_one_taking_a_full_batch_as_it_frees():
+    latency = linear(2, 1)  # 2 ms + 1 ms per item
+    assert admission_finish_ms(0, [0.0], latency, 8) == pytest.approx(3.0)
+    assert admission_finish_ms(0, [4.0], latency, 8) == pytest.approx(7.0)
+    assert admission_finish_ms(0, [6.0, 4.0], latency, 8) == pytest.approx(7.0)  # the first to free takes it
+    # 20 queued, 8 per batch, 2 idle workers: each takes 8 now; the first to free again (10 ms)
+    # takes the remaining 4 and this request: a batch of 5
+    assert admission_finish_ms(20, [0.0, 0.0], latency, 8) == pytest.approx(10.0 + 7.0)
+    # idle workers share out what is queued: 200 on 64 idle workers are batches of ceil(201 / 64)
+    assert admission_finish_ms(200, [0.0] * 64, latency, 32) == pytest.approx(latency(4))
+    assert admission_finish_ms(10, [0.0, 0.0, 5.0], latency, 8) == pytest.approx(latency(6))
+    # more than the idle ones can take at once: the rest waits for turns (two full batches now,
+    # then the first to free, the busy one at 5 ms, takes the remaining 2 and this request)
+    assert admission_finish_ms(18, [0.0, 0.0, 5.0], latency, 8) == pytest.approx(5.0 + latency(3))
+    # one worker: the whole remainder is its batch
+    assert admission_finish_ms(5, [0.0], latency, 8) == pytest.approx(8.0)
+    assert admission_finish_ms(0, [], latency, 8) == float("inf")
+
+
+def test_admission_takes_turns_one_by_one_when_a_worker_is_far_behind():
+    latency = linear(2, 1)  # a full batch of 8: 10 ms
+    # the second worker frees only at 30 ms: the first runs both full batches ahead (0-10,
+    # 10-20) and then this request's batch of 5 at 20 ms; rounds in turn would have said 10 ms
+    assert admission_finish_ms(20, [0.0, 30.0], latency, 8) == pytest.approx(20.0 + 7.0)
+    # and it agrees with the rounds where they apply
+    for busy in ([0.0, 3.0], [1.0, 9.0, 5.0]):
+        for queued in range(0, 60):
+            by_rounds = admission_finish_ms(queued, busy, latency, 8)
+            free = sorted(busy)
+            for _ in range(queued // 8):
+                free = sorted(free[1:] + [free[0] + 10.0])
+            assert by_rounds == pytest.approx(free[0] + latency(queued % 8 + 1)), (busy, queued)
+
+
+def test_admission_counts_the_requests_that_join_the_batch_while_it_waits():
     latency = linear(2, 1)
-    assert admission_finish_ms(0, 0.0, latency, 8, 1) == pytest.approx(3.0)
-    assert admission_finish_ms(0, 4.0, latency, 8, 1) == pytest.approx(7.0)
-    # 20 queued, 8 per batch, 2 workers: one full round (16) ahead, then the remaining 4 and
-    # this request shared by the two workers: its own batch holds 3.
-    assert admission_finish_ms(20, 0.0, latency, 8, 2) == pytest.approx(10.0 + 5.0)
-    # 200 queued on 64 workers never fill a round: batches of ceil(201 / 64) = 4.
-    assert admission_finish_ms(200, 0.0, latency, 32, 64) == pytest.approx(6.0)
-    # One worker: the whole remainder is its batch, as before.
-    assert admission_finish_ms(5, 0.0, latency, 8, 1) == pytest.approx(8.0)
+    # admitted at 0.5 per ms, the worker frees in 4 ms: 2 more join this request's batch
+    assert admission_finish_ms(0, [4.0], latency, 8, arrivals_per_ms=0.5) == pytest.approx(4.0 + latency(3))
+    # never beyond a full batch, and nothing joins a batch that starts now
+    assert admission_finish_ms(6, [4.0], latency, 8, arrivals_per_ms=5.0) == pytest.approx(4.0 + latency(8))
+    assert admission_finish_ms(3, [0.0, 4.0], latency, 8, arrivals_per_ms=5.0) == pytest.approx(latency(4))
+
+
+def test_admitted_rate_is_recent_admissions_over_the_time_since_the_first_of_them():
+    assert admitted_per_ms([], 100.0) == 0.0
+    assert admitted_per_ms([0.0, 1.0, 2.0, 3.0], 4.0) == pytest.approx(1.0)
+    assert admitted_per_ms([0.0, 1.0, 2.0, 3.0], 40.0) == pytest.approx(0.1)  # a pause lowers it at once
+    assert admitted_per_ms([10.0, 10.0], 10.0) == pytest.approx(2.0)  # never over less than 1 ms

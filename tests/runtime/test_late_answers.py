@@ -66,11 +66,14 @@ def test_a_family_request_avoids_a_variant_whose_learnt_admission_error_would_re
         chosen = await service.infer("fixture", image, {"slo_ms": 60}, [])
         assert chosen.parameters["shoal_variant"] == accurate
         # The accurate variant's requests lately finished 100 ms later than predicted and its worker
-        # is busy: admission would refuse it, so the policy must not pick it.
+        # is busy with a request queued: a new one would wait behind it, admission would refuse it
+        # (the learnt error on top), so the policy must not pick it.
         service.scheduler.queues[accurate].observe_finishes([100.0] * 40, monotonic_ms())
         next(worker for worker in service.scheduler.workers if accurate in worker.loaded_variants).busy_until_ms = monotonic_ms() + 1.0
+        queued = service.scheduler.submit(accurate, np.zeros((3, 64, 64), np.float32), monotonic_ms() + 10_000)
         chosen = await service.infer("fixture", image, {"slo_ms": 60}, [])
         assert chosen.parameters["shoal_variant"] != accurate
+        await asyncio.gather(queued, return_exceptions=True)
         await service.stop()
 
     asyncio.run(scenario())

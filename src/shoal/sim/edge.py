@@ -22,6 +22,7 @@ after the batch; acknowledgements and results cross the downlink in `propagation
 from __future__ import annotations
 
 import bisect
+import collections
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +32,7 @@ from shoal.client.bandwidth import BandwidthEstimator
 from shoal.client.edge import FrameRecord
 from shoal.client.network import EmulatedLink
 from shoal.experiments.edge_serving import EdgeRun, EdgeScenario
-from shoal.planner.batching import admission_finish_ms, decide_batch
+from shoal.planner.batching import ADMITTED_WINDOW, admission_finish_ms, admitted_per_ms, decide_batch
 from shoal.planner.edge import EdgeClient, EdgeWorker, plan_edge
 from shoal.planner.edge.backoff import choose_input_size
 from shoal.planner.edge.live import (
@@ -119,6 +120,8 @@ class _Server:
         self.policy = policy
         self.rng = rng
         self.queues: dict[str, list[_Item]] = {key: [] for key in self.variants}
+        # per variant, when its last few frames were admitted (ms): how fast a waiting batch grows
+        self.admitted_ms: dict[str, collections.deque[float]] = {key: collections.deque(maxlen=ADMITTED_WINDOW) for key in self.variants}
         self.worker_busy_until = [0.0] * settings.workers
         self.worker_busy_s = [0.0] * settings.workers
         self.worker_variants: dict[str, str | None] = {}
@@ -186,14 +189,15 @@ class _Server:
         self._sequence += 1
         item = _Item(deadline, self._sequence, client, record, variant, now, reply)
         latency = self.variants[variant].live.latency_ms
-        busy_ms = max(0.0, min(self.worker_busy_until) - now) * 1000.0
         finish_ms = self.settings.server_overhead_ms + admission_finish_ms(
-            len(self.queues[variant]), busy_ms, lambda b: _table_ms(latency, b), self.settings.max_batch_size, self.settings.workers
+            len(self.queues[variant]), self._busy_ms(now), lambda b: _table_ms(latency, b), self.settings.max_batch_size,
+            arrivals_per_ms=admitted_per_ms(self.admitted_ms[variant], now * 1000.0),
         )
         if finish_ms > budget_ms * self.settings.admission_headroom:
             reply(record, "dropped", None, 0.0, None)
             return
         bisect.insort(self.queues[variant], item)
+        self.admitted_ms[variant].append(now * 1000.0)
         self.engine.after(self.settings.server_overhead_ms / 2000.0, self._dispatch)
 
     def _variant_for(self, client: _Client, size: int, budget_ms: float) -> str | None:
@@ -204,17 +208,21 @@ class _Server:
         # The family policy: the most accurate variant that takes this size and is predicted to
         # answer within the budget (queue ahead included).
         now = self.engine.now
-        busy_ms = max(0.0, min(self.worker_busy_until) - now) * 1000.0
+        busy_ms = self._busy_ms(now)
         best = None
         for key, variant in self.variants.items():
             if variant.live.input_size_px > size:
                 continue
             finish = self.settings.server_overhead_ms + admission_finish_ms(
-                len(self.queues[key]), busy_ms, lambda b, t=variant.live.latency_ms: _table_ms(t, b), self.settings.max_batch_size, self.settings.workers
+                len(self.queues[key]), busy_ms, lambda b, t=variant.live.latency_ms: _table_ms(t, b), self.settings.max_batch_size,
+                arrivals_per_ms=admitted_per_ms(self.admitted_ms[key], now * 1000.0),
             )
             if finish <= budget_ms and (best is None or variant.live.accuracy > self.variants[best].live.accuracy):
                 best = key
         return best
+
+    def _busy_ms(self, now_s: float) -> list[float]:
+        return [max(0.0, busy_until - now_s) * 1000.0 for busy_until in self.worker_busy_until]
 
     def _dispatch(self) -> None:
         now = self.engine.now
