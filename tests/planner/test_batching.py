@@ -67,16 +67,26 @@ def test_admission_dispatches_as_the_workers_do_each_busy_one_taking_a_full_batc
 def test_admission_takes_turns_one_by_one_when_a_worker_is_far_behind():
     latency = linear(2, 1)  # a full batch of 8: 10 ms
     # the second worker frees only at 30 ms: the first runs both full batches ahead (0-10,
-    # 10-20) and then this request's batch of 5 at 20 ms; rounds in turn would have said 10 ms
+    # 10-20) and then this request's batch of 5 at 20 ms; rounds in turn would have said 30 ms
     assert admission_finish_ms(20, [0.0, 30.0], latency, 8) == pytest.approx(20.0 + 7.0)
-    # and it agrees with the rounds where they apply
-    for busy in ([0.0, 3.0], [1.0, 9.0, 5.0]):
-        for queued in range(0, 60):
-            by_rounds = admission_finish_ms(queued, busy, latency, 8)
+    # a lead between one and two full batches: the first worker takes two turns (1-11, 11-21)
+    # before the second takes its first (13), which then takes this request
+    assert admission_finish_ms(16, [1.0, 13.0], latency, 8) == pytest.approx(13.0 + latency(1))
+    # against taking the turns one by one, where rounds apply and where they do not
+    for busy in ([0.5, 3.0], [1.0, 9.0, 5.0], [1.0, 13.0], [2.0, 25.0, 4.0], [1.0, 1000.0]):
+        for queued in range(0, 80):
+            predicted = admission_finish_ms(queued, busy, latency, 8)
             free = sorted(busy)
             for _ in range(queued // 8):
                 free = sorted(free[1:] + [free[0] + 10.0])
-            assert by_rounds == pytest.approx(free[0] + latency(queued % 8 + 1)), (busy, queued)
+            assert predicted == pytest.approx(free[0] + latency(queued % 8 + 1)), (busy, queued)
+
+
+def test_admission_without_a_latency_model_or_a_worker_that_frees_predicts_never():
+    assert admission_finish_ms(8, [5.0, 10.0], lambda size: float("inf"), 8, arrivals_per_ms=1.0) == float("inf")
+    assert admission_finish_ms(0, [float("inf")], linear(2, 1), 8, arrivals_per_ms=1.0) == float("inf")
+    # one worker that never frees does not stop the others
+    assert admission_finish_ms(0, [float("inf"), 4.0], linear(2, 1), 8) == pytest.approx(7.0)
 
 
 def test_admission_counts_the_requests_that_join_the_batch_while_it_waits():
@@ -88,8 +98,9 @@ def test_admission_counts_the_requests_that_join_the_batch_while_it_waits():
     assert admission_finish_ms(3, [0.0, 4.0], latency, 8, arrivals_per_ms=5.0) == pytest.approx(latency(4))
 
 
-def test_admitted_rate_is_recent_admissions_over_the_time_since_the_first_of_them():
+def test_admitted_rate_is_the_recent_intervals_over_the_time_since_the_first_of_them():
     assert admitted_per_ms([], 100.0) == 0.0
-    assert admitted_per_ms([0.0, 1.0, 2.0, 3.0], 4.0) == pytest.approx(1.0)
-    assert admitted_per_ms([0.0, 1.0, 2.0, 3.0], 40.0) == pytest.approx(0.1)  # a pause lowers it at once
-    assert admitted_per_ms([10.0, 10.0], 10.0) == pytest.approx(2.0)  # never over less than 1 ms
+    assert admitted_per_ms([5.0], 5.5) == 0.0  # one admission is no rate yet
+    assert admitted_per_ms([0.0, 1.0, 2.0, 3.0], 3.0) == pytest.approx(1.0)
+    assert admitted_per_ms([0.0, 1.0, 2.0, 3.0], 30.0) == pytest.approx(0.1)  # a pause lowers it at once
+    assert admitted_per_ms([10.0, 10.0, 10.0], 10.0) == pytest.approx(2.0)  # never over less than 1 ms

@@ -7,7 +7,7 @@ import pytest
 
 from shoal.runtime.errors import DeadlineExceededError, OverloadedError, WorkerFailedError
 from shoal.runtime.metrics import ServingMetrics
-from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.scheduler import QueuedItem, Scheduler, VariantQueue, monotonic_ms
 from shoal.runtime.worker_handle import WorkerHandle
 
 
@@ -276,6 +276,39 @@ def test_late_finishes_make_admission_stricter_except_for_a_request_that_heads_t
         queue.observe_finishes([0.0] * VariantQueue.FINISH_ERROR_WINDOW, monotonic_ms())
         third = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 40)
         await asyncio.gather(first, second, third, return_exceptions=True)  # only admission is under test
+        await scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_admission_predicts_with_every_workers_busy_time_and_the_recent_admissions():
+    async def scenario():
+        scheduler = Scheduler(ServingMetrics())
+        scheduler.add_queue(VariantQueue("v", lambda size: 2.0 + size, 4, 100))  # a full batch: 6 ms
+        early, late = FakeWorker("early", 1.0), FakeWorker("late", 1.0)
+        scheduler.attach_worker(early)
+        scheduler.attach_worker(late)
+        queue = scheduler.queues["v"]
+        now = monotonic_ms()
+        early.busy_until_ms, late.busy_until_ms = now + 3.0, now + 7.0
+        # nothing queued or admitted: the earlier worker takes it alone at 3 ms
+        assert scheduler.predicted_finish_ms("v", now) == pytest.approx(3.0 + 3.0)
+        # a full batch ahead: the earlier worker takes that one (3-9 ms), so the later one, free
+        # at 7 ms, takes this request (only the earliest busy time would have said 3 ms)
+        for _ in range(4):
+            queue.push(QueuedItem(priority=0, deadline_ms=now + 1000, arrival_ms=now - 500.0, predicted_finish_ms=now,
+                                  tensor=np.zeros(1, np.float32), future=asyncio.get_running_loop().create_future()))
+        assert scheduler.predicted_finish_ms("v", now) == pytest.approx(7.0 + 3.0)
+        # admitted lately at 3 per ms (a window of them, the last just now) and nothing queued:
+        # 9 join before the earlier worker frees at 3 ms, so its batch is a full one
+        queue.take(4)
+        window = 32
+        for index in range(window):
+            queue.push(QueuedItem(priority=0, deadline_ms=now + 1000, arrival_ms=now - (window - 1 - index) / 3.0, predicted_finish_ms=now,
+                                  tensor=np.zeros(1, np.float32), future=asyncio.get_running_loop().create_future()))
+        queue.take(window)
+        assert queue.admission_rate_per_ms(now) == pytest.approx(3.0)
+        assert scheduler.predicted_finish_ms("v", now) == pytest.approx(3.0 + 6.0)
         await scheduler.close()
 
     asyncio.run(scenario())

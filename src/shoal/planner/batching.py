@@ -8,7 +8,8 @@ for more. The runtime's worker loop and the simulator call the same function.
 
 from __future__ import annotations
 
-import heapq
+import bisect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -90,17 +91,17 @@ def admission_finish_ms(
     Why turns and the batch's growth: under load a request that heads the queue rarely runs
     alone, since the worker it waits for also takes the requests that came after it. Measured
     on the heavy demo variant at 2x overload (2 workers, `benchmarks/results/serve-admission-greedy/`):
-    requests predicted to run alone (the queue shared out over the busy workers, as before) ran
-    in batches of 4 (median), so the prediction's error tail (98th percentile 27 ms at SLO 50)
-    became the margin admission added to every request. Why idle workers share: a batcher sizes
+    requests that the old prediction (the queue shared out over all the workers) had run alone
+    ran in batches of 4 (median), so its error tail (98th percentile 27 ms at SLO 50) became the
+    margin admission added to every request. Why idle workers share: a batcher sizes
     its batch to the earliest deadline in it (`decide_batch`) and the next idle worker takes the
     rest at once, so when deadlines are tight the queue spreads over the idle workers (and when
     they are loose the request makes its deadline either way); charging it the whole queue as
-    one batch raised the misses from 1.0% to 3.7% of the frames in the 64-worker edge
+    one batch raised the misses from 1.05% to 3.70% of the frames in the 64-worker edge
     simulation (docs/experiments.md). `inf` with no workers.
     """
     if not busy_remaining_ms:
-        return float("inf")
+        return math.inf
     batch = max(1, max_batch_size)
     free_in_ms = sorted(max(0.0, busy) for busy in busy_remaining_ms)
     ahead = max(0, num_queued)
@@ -111,19 +112,18 @@ def admission_finish_ms(
             return batch_latency_ms(min(batch, -(-(ahead + 1) // idle)))
         ahead -= idle * batch
         free_in_ms = sorted(free_in_ms[idle:] + [full_batch_ms] * idle)
+    if math.isinf(free_in_ms[0]) or math.isinf(full_batch_ms):
+        return math.inf  # a worker or a batch that never ends (no latency model)
     full_batches_ahead, ahead_in_own_batch = divmod(ahead, batch)
-    if full_batches_ahead == 0:
-        start_ms = free_in_ms[0]
-    elif free_in_ms[-1] - free_in_ms[0] <= full_batch_ms:
-        # Every worker frees again before the last one's first turn: the turns go round in the
-        # same order, so the k-th full batch ahead is a whole number of rounds after its worker.
-        rounds, worker = divmod(full_batches_ahead, len(free_in_ms))
-        start_ms = free_in_ms[worker] + rounds * full_batch_ms
-    else:  # a worker far behind the others (a long batch of another variant): turn by turn
-        heapq.heapify(free_in_ms)
-        for _ in range(full_batches_ahead):
-            heapq.heapreplace(free_in_ms, free_in_ms[0] + full_batch_ms)
-        start_ms = free_in_ms[0]
+    # A worker far behind the others (a long batch of another variant) misses turns: step turn
+    # by turn while the spread exceeds a full batch (as long as its lead lasts, not the queue)...
+    while full_batches_ahead and free_in_ms[-1] - free_in_ms[0] > full_batch_ms:
+        bisect.insort(free_in_ms, free_in_ms.pop(0) + full_batch_ms)
+        full_batches_ahead -= 1
+    # ...then every worker frees again before the last one's first turn, so the turns go round
+    # in the same order: the k-th full batch ahead is a whole number of rounds after its worker.
+    rounds, worker = divmod(full_batches_ahead, len(free_in_ms))
+    start_ms = free_in_ms[worker] + rounds * full_batch_ms
     own_batch = min(batch, ahead_in_own_batch + 1 + int(max(0.0, arrivals_per_ms) * start_ms))
     return start_ms + batch_latency_ms(own_batch)
 
@@ -135,11 +135,11 @@ arrivals, few enough to follow a change of load within a few batches."""
 
 def admitted_per_ms(recent_admissions_ms: Sequence[float], now_ms: float) -> float:
     """The rate requests have been admitted lately (per ms), from the times of the last few
-    admissions (oldest first): their number over the time from the first of them to now, so
-    that a pause lowers it at once. 0 with none."""
-    if not recent_admissions_ms:
+    admissions (oldest first): the intervals they span over the time from the first of them to
+    now, so that a pause lowers it at once (and a lone admission says nothing yet: 0)."""
+    if len(recent_admissions_ms) < 2:
         return 0.0
-    return len(recent_admissions_ms) / max(1.0, now_ms - recent_admissions_ms[0])
+    return (len(recent_admissions_ms) - 1) / max(1.0, now_ms - recent_admissions_ms[0])
 
 
 SATURATED_LOOP_BUSY_SHARE = 0.7

@@ -179,7 +179,7 @@ class VariantQueue:
         bisect.insort(self.items, item)
         self._admitted_ms.append(item.arrival_ms)
 
-    def admitted_per_ms(self, now_ms: float) -> float:
+    def admission_rate_per_ms(self, now_ms: float) -> float:
         """How fast requests have been admitted lately (per ms): how fast a waiting batch grows."""
         return admitted_per_ms(self._admitted_ms, now_ms)
 
@@ -234,7 +234,7 @@ class Scheduler:
             return float("inf")
         busy_ms = [max(0.0, worker.busy_until_ms - now_ms) for worker in workers]
         return self.loop_lag_ms + admission_finish_ms(
-            len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, arrivals_per_ms=queue.admitted_per_ms(now_ms)
+            len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, arrivals_per_ms=queue.admission_rate_per_ms(now_ms)
         )
 
     def admission_margin_ms(self, key: str, now_ms: float, priority: int = 0) -> float:

@@ -191,7 +191,7 @@ class _Server:
         latency = self.variants[variant].live.latency_ms
         finish_ms = self.settings.server_overhead_ms + admission_finish_ms(
             len(self.queues[variant]), self._busy_ms(now), lambda b: _table_ms(latency, b), self.settings.max_batch_size,
-            arrivals_per_ms=admitted_per_ms(self.admitted_ms[variant], now * 1000.0),
+            arrivals_per_ms=self._admission_rate_per_ms(variant, now),
         )
         if finish_ms > budget_ms * self.settings.admission_headroom:
             reply(record, "dropped", None, 0.0, None)
@@ -215,7 +215,7 @@ class _Server:
                 continue
             finish = self.settings.server_overhead_ms + admission_finish_ms(
                 len(self.queues[key]), busy_ms, lambda b, t=variant.live.latency_ms: _table_ms(t, b), self.settings.max_batch_size,
-                arrivals_per_ms=admitted_per_ms(self.admitted_ms[key], now * 1000.0),
+                arrivals_per_ms=self._admission_rate_per_ms(key, now),
             )
             if finish <= budget_ms and (best is None or variant.live.accuracy > self.variants[best].live.accuracy):
                 best = key
@@ -223,6 +223,9 @@ class _Server:
 
     def _busy_ms(self, now_s: float) -> list[float]:
         return [max(0.0, busy_until - now_s) * 1000.0 for busy_until in self.worker_busy_until]
+
+    def _admission_rate_per_ms(self, variant: str, now_s: float) -> float:
+        return admitted_per_ms(self.admitted_ms[variant], now_s * 1000.0)
 
     def _dispatch(self) -> None:
         now = self.engine.now
