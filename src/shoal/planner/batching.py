@@ -93,12 +93,12 @@ def admission_finish_ms(
     on the heavy demo variant at 2x overload (2 workers, `benchmarks/results/serve-admission-greedy/`):
     requests that the old prediction (the queue shared out over all the workers) had run alone
     ran in batches of 4 (median), so its error tail (98th percentile 27 ms at SLO 50) became the
-    margin admission added to every request. Why idle workers share: a batcher sizes
-    its batch to the earliest deadline in it (`decide_batch`) and the next idle worker takes the
-    rest at once, so when deadlines are tight the queue spreads over the idle workers (and when
-    they are loose the request makes its deadline either way); charging it the whole queue as
-    one batch raised the misses from 1.05% to 3.70% of the frames in the 64-worker edge
-    simulation (docs/experiments.md). `inf` with no workers.
+    margin admission added to every request. Why idle workers share: a batcher sizes its batch
+    to the earliest deadline in it (`decide_batch`) and the next idle worker takes the rest at
+    once, so when deadlines are tight the queue spreads over the idle workers (and when they are
+    loose the request makes its deadline either way); charging it the whole queue as one batch
+    raised the misses from 1.05% to 3.70% of the frames in the 64-worker edge simulation
+    (docs/experiments.md). `inf` with no workers, or when none ever frees.
     """
     if not busy_remaining_ms:
         return math.inf
