@@ -1,6 +1,6 @@
 """Plumbing shared by the A/B benchmarks that start `shoal serve` from different source trees
-(`frontend_cpu_ab.py`, `overload_tail_ab.py`): the common options, a server per tree, and the
-CPU a process has used.
+(`frontend_cpu_ab.py`, `overload_tail_ab.py`, `serve_cpu_breakdown.py`): the common options, a
+server per tree, the fixed-rate load they offer it, and the CPU a process has used.
 
 A tree is `name=src_dir[+--option+value...][@ENV=VALUE...]`: the source directory put on
 PYTHONPATH, extra `shoal serve` options and environment variables for that server only, e.g.
@@ -10,6 +10,7 @@ PYTHONPATH, extra `shoal serve` options and environment variables for that serve
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import httpx
 
+from shoal.client.loadgen import LoadGenerator, LoadSpec
 from shoal.experiments.server_process import ServerProcess, start_server_process
 
-__all__ = ["ab_parser", "cpu_s", "interleaved", "parse_trees", "serve", "serve_tree"]
+__all__ = ["ab_parser", "cpu_s", "interleaved", "open_loop_spec", "parse_trees", "serve", "serve_tree", "warm_up", "warmed_up_servers"]
 
 
 def cpu_s(pid: int) -> float:
@@ -78,3 +80,31 @@ def serve_tree(tree: str, args: argparse.Namespace, log: Path) -> ServerProcess:
     workers, threads = map(int, args.layout.split("x"))
     environment = dict(assignment.split("=", 1) for assignment in assignments)
     return serve(source, args.repo, args.model, workers, threads, log, tuple(extra_args), environment)
+
+
+def open_loop_spec(url: str, args: argparse.Namespace, seed: int) -> LoadSpec:
+    """The open-loop load at `--rate-rps` for `--duration-s` (`ab_parser`'s options and the
+    script's `--slo-ms`) on the model's `images` input."""
+    return LoadSpec(url=url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
+                    slo_ms=args.slo_ms, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps, seed=seed)  # fmt: skip
+
+
+def warm_up(generator: LoadGenerator, spec: LoadSpec) -> None:
+    """2 s at a quarter of the rate, below capacity: the server's models and its learnt batch
+    times settle before the measured run."""
+    generator.run(dataclasses.replace(spec, duration_s=2.0, rate_rps=spec.rate_rps / 4))
+
+
+def warmed_up_servers(
+    trees: dict[str, str], args: argparse.Namespace, log: Path, generator: LoadGenerator
+) -> Iterator[tuple[int, str, ServerProcess, LoadSpec]]:
+    """For every round and tree, interleaved: a fresh server from that tree, warmed up, with the
+    load to measure it with; each server stops when the loop moves on (or leaves)."""
+    for round_index, name in interleaved(trees, args.rounds):
+        server = serve_tree(trees[name], args, log)
+        try:
+            spec = open_loop_spec(server.url, args, round_index)
+            warm_up(generator, spec)
+            yield round_index, name, server, spec
+        finally:
+            server.stop()

@@ -15,7 +15,6 @@ A tree may also carry `shoal serve` options and environment variables (see ab_se
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import tempfile
@@ -24,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_servers import ab_parser, cpu_s, interleaved, parse_trees, serve_tree  # noqa: E402
+from ab_servers import ab_parser, cpu_s, parse_trees, warmed_up_servers  # noqa: E402
 
-from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise  # noqa: E402
+from shoal.client.loadgen import LoadGenerator, summarise  # noqa: E402
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float | None]:
@@ -44,17 +43,10 @@ def main() -> None:
     log = Path(tempfile.gettempdir()) / "overload_tail_ab.log"
     rows = []
     with LoadGenerator(priority_boost=True) as generator:  # as `shoal bench serve` runs it
-        for round_index, name in interleaved(trees, args.rounds):
-            server = serve_tree(trees[name], args, log)
-            try:
-                spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
-                                slo_ms=args.slo_ms, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps, seed=round_index)  # fmt: skip
-                generator.run(dataclasses.replace(spec, duration_s=2.0, rate_rps=args.rate_rps / 4))  # warm-up below capacity
-                before = cpu_s(server.process.pid)
-                run = generator.run(spec)
-                frontend_s = cpu_s(server.process.pid) - before
-            finally:
-                server.stop()
+        for round_index, name, server, spec in warmed_up_servers(trees, args, log, generator):
+            before = cpu_s(server.process.pid)
+            run = generator.run(spec)
+            frontend_s = cpu_s(server.process.pid) - before
             stats = summarise(run)
             ok = run.status == 200
             from_send = run.latency_ms[ok] - run.start_lag_ms[ok]

@@ -10,7 +10,6 @@ as the other A/B scripts (see ab_servers.py for tree specs).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -22,9 +21,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_servers import ab_parser, cpu_s, interleaved, parse_trees, serve_tree  # noqa: E402
+from ab_servers import ab_parser, cpu_s, parse_trees, warmed_up_servers  # noqa: E402
 
-from shoal.client.loadgen import LoadGenerator, LoadSpec, summarise  # noqa: E402
+from shoal.client.loadgen import LoadGenerator, summarise  # noqa: E402
 
 
 def _children(parent_pid: int) -> list[int]:
@@ -58,40 +57,31 @@ def main() -> None:
     cores = os.cpu_count() or 1
     rows = []
     with LoadGenerator(priority_boost=True) as generator:  # as `shoal bench serve` runs it
-        for round_index, name in interleaved(trees, args.rounds):
-            server = serve_tree(trees[name], args, log)
-            try:
-                spec = LoadSpec(url=server.url, model=args.model, input_name="images", input_shape=(1, 3, args.size_px, args.size_px),
-                                slo_ms=args.slo_ms, duration_s=args.duration_s, mode="open", rate_rps=args.rate_rps, seed=round_index)  # fmt: skip
-                generator.run(dataclasses.replace(spec, duration_s=2.0, rate_rps=args.rate_rps / 4))  # warm-up below capacity
-                frontend, workers = server.process.pid, _children(server.process.pid)
-                processes = [frontend, *workers, generator.pid]
-                before = {pid: cpu_s(pid) for pid in processes}
-                idle_before, total_before = _idle_and_total_ticks()
-                metrics_before = httpx.get(f"{server.url}/metrics").text
-                started = time.monotonic()
-                run = generator.run(spec)
-                wall_s = time.monotonic() - started
-                after = {pid: cpu_s(pid) for pid in processes}
-                idle_after, total_after = _idle_and_total_ticks()
-                metrics_after = httpx.get(f"{server.url}/metrics").text
-            finally:
-                server.stop()
+        for round_index, name, server, spec in warmed_up_servers(trees, args, log, generator):
+            frontend, workers = server.process.pid, _children(server.process.pid)
+            processes = [frontend, *workers, generator.pid]
+            before = {pid: cpu_s(pid) for pid in processes}
+            idle_before, total_before = _idle_and_total_ticks()
+            metrics_before = httpx.get(f"{server.url}/metrics").text
+            started = time.monotonic()
+            run = generator.run(spec)
+            wall_s = time.monotonic() - started
+            after = {pid: cpu_s(pid) for pid in processes}
+            idle_after, total_after = _idle_and_total_ticks()
+            metrics_after = httpx.get(f"{server.url}/metrics").text
             used = {pid: round((after[pid] - before[pid]) / wall_s, 3) for pid in processes}
             margin = re.search(r'^shoal_admission_error_seconds\{priority="0",[^}]*\} (\S+)$', metrics_after, re.M)
-            stats = summarise(run)
+            computing_s = _metric_sum(metrics_after, "shoal_compute_seconds_sum") - _metric_sum(metrics_before, "shoal_compute_seconds_sum")
             row = {
                 "tree": name,
                 "round": round_index,
-                "goodput_rps": round(stats.goodput_rps, 1),
+                "goodput_rps": round(summarise(run).goodput_rps, 1),
                 "frontend_cores": used[frontend],
                 # the resource tracker is a child too: only processes that did work are workers
                 "worker_cores": [used[pid] for pid in workers if used[pid] > 0.01],
                 "generator_cores": used[generator.pid],
                 "idle_cores": round(cores * (idle_after - idle_before) / max(1, total_after - total_before), 3),
-                "worker_compute_wall_cores": round(
-                    (_metric_sum(metrics_after, "shoal_compute_seconds_sum") - _metric_sum(metrics_before, "shoal_compute_seconds_sum")) / wall_s, 3
-                ),
+                "worker_compute_wall_cores": round(computing_s / wall_s, 3),
                 "admission_margin_ms_at_end": round(float(margin.group(1)) * 1000.0, 1) if margin else None,
             }
             rows.append(row)

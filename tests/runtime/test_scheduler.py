@@ -314,6 +314,39 @@ def test_admission_predicts_with_every_workers_busy_time_and_the_recent_admissio
     asyncio.run(scenario())
 
 
+def test_a_worker_that_is_loading_a_variant_leaves_the_queue_to_the_others():
+    async def scenario():
+        scheduler = Scheduler(ServingMetrics())
+        scheduler.add_queue(VariantQueue("v", lambda size: 2.0, 4, 100))
+        loading, free = FakeWorker("loading", 2.0), FakeWorker("free", 2.0)
+        scheduler.attach_worker(loading)
+        scheduler.attach_worker(free)
+        loading.loading = 1  # as WorkerHandle.load sets it while the load is in flight
+        free.burst_threads = 2
+        now = monotonic_ms()
+        # its estimate says idle, but it would run nothing until the load is done: not counted
+        free.busy_until_ms = now + 30.0
+        assert scheduler.predicted_finish_ms("v", now) == pytest.approx(30.0 + 2.0)
+        assert scheduler.admission_margin_ms("v", now) == 0.0  # the free one takes it next
+        futures = []
+        for _ in range(3):
+            futures.append(scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*futures)
+        assert loading.batches == [] and sum(free.batches) == 3
+        assert not any(free.bursts)  # nor is a loading worker idle enough to burst beside
+        loading.loading = 0
+        free.batch_ms = 50.0
+        busy = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        await asyncio.sleep(0.01)
+        taken = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        await asyncio.gather(busy, taken)
+        assert loading.batches == [1]  # done loading: it takes its share again
+        await scheduler.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_worker_with_other_work_queued_does_not_count_for_the_exemption():
     async def scenario():
         scheduler = Scheduler(ServingMetrics())

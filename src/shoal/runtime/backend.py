@@ -45,6 +45,9 @@ class Worker(Protocol):
     alive: bool
     loaded_variants: dict[str, float]
     busy_until_ms: float
+    loading: int
+    """Loads in flight: a batch sent now would wait behind them (a load's warm-up profile takes
+    up to seconds), so the batcher leaves the queue to the other workers meanwhile."""
     burst_threads: int
     """> 0: the worker holds a wider session for batches that run while every other worker is idle."""
 

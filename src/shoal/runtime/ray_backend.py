@@ -208,6 +208,7 @@ class RayWorkerHandle:
         self.on_exit = on_exit
         self.loaded_variants: dict[str, float] = {}
         self.busy_until_ms = 0.0
+        self.loading = 0  # loads in flight: a batch sent now would wait behind them
         self.burst_threads = 0  # an actor holds one session per variant (see `run`)
         self.alive = False
         self.pid: int | None = None
@@ -313,15 +314,19 @@ class RayWorkerHandle:
         self._check_alive()
         message = load_message(variant_key, path, input_name, output_name, input_shape, warmup=warmup,
                                profile_batch_sizes=profile_batch_sizes, profile_repeats=profile_repeats)
-        if self.channel is not None:
-            reply = await self.channel.load(message)
-        else:
-            try:
-                reply = await self._actor.load.remote(message)
-            except self._ray.exceptions.RayActorError as error:
-                raise self._failed(error) from None
-            except self._ray.exceptions.RayTaskError as error:
-                raise ModelLoadError(f"variant {variant_key!r} could not be loaded on worker {self.worker_id}: {error.cause}") from None
+        self.loading += 1
+        try:
+            if self.channel is not None:
+                reply = await self.channel.load(message)
+            else:
+                try:
+                    reply = await self._actor.load.remote(message)
+                except self._ray.exceptions.RayActorError as error:
+                    raise self._failed(error) from None
+                except self._ray.exceptions.RayTaskError as error:
+                    raise ModelLoadError(f"variant {variant_key!r} could not be loaded on worker {self.worker_id}: {error.cause}") from None
+        finally:
+            self.loading -= 1
         self.loaded_variants[variant_key] = reply["load_ms"]
         return reply
 

@@ -189,6 +189,9 @@ class VariantQueue:
 
 
 class Scheduler:
+    LOADING_POLL_S = 0.005
+    """How often a worker's batcher looks again while its worker is loading a variant."""
+
     def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0):
         self.metrics = metrics
         self.loop_lag_ms = 0.0  # how late the event loop runs its callbacks, kept by a monitor task
@@ -232,7 +235,10 @@ class Scheduler:
         workers = self.workers_for(key)
         if not workers:
             return float("inf")
-        busy_ms = [max(0.0, worker.busy_until_ms - now_ms) for worker in workers]
+        # A worker that is loading another variant takes no batch until it is done (how long is
+        # not known): the others serve the queue meanwhile, if there are any.
+        serving = [worker for worker in workers if not worker.loading] or workers
+        busy_ms = [max(0.0, worker.busy_until_ms - now_ms) for worker in serving]
         return self.loop_lag_ms + admission_finish_ms(
             len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, arrivals_per_ms=queue.admission_rate_per_ms(now_ms)
         )
@@ -252,10 +258,11 @@ class Scheduler:
         return 0.0 if not queue.items and self._next_free_worker_takes(key) else queue.admission_error_ms(now_ms, priority)
 
     def _next_free_worker_takes(self, key: str) -> bool:
-        """A worker for `key` has nothing queued for any other variant it holds, so it takes
-        `key`'s queue as soon as it is free (rather than serving another variant first)."""
+        """A worker for `key` is not loading and has nothing queued for any other variant it holds,
+        so it takes `key`'s queue as soon as it is free (rather than serving another variant or
+        finishing a load first)."""
         for worker in self.workers_for(key):
-            if not any(self.queues[other].items for other in worker.loaded_variants if other != key and other in self.queues):
+            if not worker.loading and not any(self.queues[other].items for other in worker.loaded_variants if other != key and other in self.queues):
                 return True
         return False
 
@@ -300,6 +307,13 @@ class Scheduler:
     async def _worker_loop(self, worker: WorkerHandle) -> None:
         wakeup = self._wakeups[worker.worker_id]
         while worker.alive and not self._closed:
+            if worker.loading:
+                # A batch sent now would wait in the worker behind the load (its warm-up profile
+                # takes up to seconds; measured right after start, when the controller loads the
+                # family's next variant: one request in eight answered ~270 ms late). The others
+                # serve the queue meanwhile.
+                await asyncio.sleep(self.LOADING_POLL_S)
+                continue
             queue = self._most_urgent_queue(worker)
             if queue is None:
                 wakeup.clear()
@@ -334,7 +348,7 @@ class Scheduler:
         try:
             # Alone on the machine's cores, a worker may use the threads the idle others leave.
             burst = worker.burst_threads > 0 and all(
-                other is worker or not other.alive or other.busy_until_ms == 0.0 for other in self.workers
+                other is worker or not other.alive or (other.busy_until_ms == 0.0 and not other.loading) for other in self.workers
             )
             # The requests are answered as the outputs arrive; this coroutine still resumes before
             # their handlers run (WorkerChannel), so the times below hold no response work.

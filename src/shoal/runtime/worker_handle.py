@@ -45,6 +45,7 @@ class WorkerHandle:
         self.process: multiprocessing.process.BaseProcess | None = None
         self.loaded_variants: dict[str, float] = {}  # variant key -> load time in ms
         self.busy_until_ms = 0.0  # predicted end of the running batch, for admission estimates
+        self.loading = 0  # loads in flight: a batch sent now would wait behind them
         self._channel: WorkerChannel | None = None
         self._stopping = False
         self.alive = False
@@ -106,7 +107,11 @@ class WorkerHandle:
         A model the worker cannot open raises ModelLoadError naming the variant and the reason."""
         message = load_message(variant_key, path, input_name, output_name, input_shape, warmup=warmup,
                                profile_batch_sizes=profile_batch_sizes, profile_repeats=profile_repeats)
-        reply = await self._live_channel().load(message)
+        self.loading += 1
+        try:
+            reply = await self._live_channel().load(message)
+        finally:
+            self.loading -= 1
         self.loaded_variants[variant_key] = reply["load_ms"]
         return reply
 

@@ -124,9 +124,23 @@ class WorkerManager:
 
     # -- loading --------------------------------------------------------------------------------
     async def ensure_loaded(self, served: "ServedVariant") -> None:
-        """Load (and warm) a variant on every worker that does not hold it yet."""
+        """Load (and warm) a variant on every worker that does not hold it yet (`_load_rolling`)."""
         self._variants[served.key] = served
-        await asyncio.gather(*(self._load_on(worker, served) for worker in list(self.workers.values()) if worker.alive))
+        await self._load_rolling([worker for worker in self.workers.values() if worker.alive], served)
+
+    async def _load_rolling(self, workers: list[Worker], served: "ServedVariant") -> None:
+        """`_load_on` each of `workers`: all at once while no worker serves anything yet (start-up),
+        else one worker at a time, so that the others keep serving.
+
+        Why: a worker runs no batch while it loads (its warm-up profile takes up to seconds), and
+        the controller loads a family's next variant while requests arrive. Loaded on both
+        workers at once (the demo family right after start), no request was served for ~300 ms."""
+        if not any(worker.loaded_variants for worker in self.workers.values() if worker.alive):
+            await asyncio.gather(*(self._load_on(worker, served) for worker in workers))
+            return
+        for worker in sorted(workers, key=lambda worker: served.key not in worker.loaded_variants):
+            if worker.alive:
+                await self._load_on(worker, served)
 
     async def _load_on(self, worker: Worker, served: "ServedVariant") -> None:
         cache = self._cache[worker.worker_id]
@@ -160,7 +174,7 @@ class WorkerManager:
         alive = [worker for worker in self.workers.values() if worker.alive]
         holders = sorted(alive, key=lambda worker: served.key not in worker.loaded_variants)
         target = max(0, min(replicas, len(alive)))
-        await asyncio.gather(*(self._load_on(worker, served) for worker in holders[:target]))
+        await self._load_rolling(holders[:target], served)
         for worker in holders[target:]:
             if served.key in worker.loaded_variants:
                 await worker.unload(served.key)
