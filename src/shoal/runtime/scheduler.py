@@ -309,9 +309,8 @@ class Scheduler:
         while worker.alive and not self._closed:
             if worker.loading:
                 # A batch sent now would wait in the worker behind the load (its warm-up profile
-                # takes up to seconds; measured right after start, when the controller loads the
-                # family's next variant: one request in eight answered ~270 ms late). The others
-                # serve the queue meanwhile.
+                # takes up to seconds, ~300 ms for a demo variant); the others serve the queue
+                # meanwhile (WorkerManager loads on one worker at a time once serving).
                 await asyncio.sleep(self.LOADING_POLL_S)
                 continue
             queue = self._most_urgent_queue(worker)
