@@ -3,7 +3,7 @@ from the first moment (no warm-up), answers counted by status per half second, f
 started from different source trees (interleaved; tree specs as in ab_servers.py).
 
     .venv/bin/python benchmarks/cold_start_ab.py --trees old=/tmp/old/src+--burst-threads+2,new=src+--burst-threads+2 \\
-        --layout 2x1 --rate-rps 300 --rounds 2 --duration-s 3 --out benchmarks/results/serve-cold-start/heavy-300-rps.json
+        --layout 2x1 --rate-rps 300 --rounds 3 --duration-s 3 --out benchmarks/results/serve-cold-start/heavy-300-rps.json
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ A tree may also carry `shoal serve` options and environment variables (see ab_se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -42,8 +43,8 @@ def main() -> None:
     trees = parse_trees(args.trees)
     log = Path(tempfile.gettempdir()) / "overload_tail_ab.log"
     rows = []
-    with LoadGenerator(priority_boost=True) as generator:  # as `shoal bench serve` runs it
-        for round_index, name, server, spec in warmed_up_servers(trees, args, log, generator):
+    with LoadGenerator(priority_boost=True) as generator, contextlib.closing(warmed_up_servers(trees, args, log, generator)) as rounds:
+        for round_index, name, server, spec in rounds:  # closing: a failure stops the server at once
             before = cpu_s(server.process.pid)
             run = generator.run(spec)
             frontend_s = cpu_s(server.process.pid) - before

@@ -10,6 +10,7 @@ as the other A/B scripts (see ab_servers.py for tree specs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -56,8 +57,8 @@ def main() -> None:
     log = Path(tempfile.gettempdir()) / "serve_cpu_breakdown.log"
     cores = os.cpu_count() or 1
     rows = []
-    with LoadGenerator(priority_boost=True) as generator:  # as `shoal bench serve` runs it
-        for round_index, name, server, spec in warmed_up_servers(trees, args, log, generator):
+    with LoadGenerator(priority_boost=True) as generator, contextlib.closing(warmed_up_servers(trees, args, log, generator)) as rounds:
+        for round_index, name, server, spec in rounds:  # closing: a failure stops the server at once
             frontend, workers = server.process.pid, _children(server.process.pid)
             processes = [frontend, *workers, generator.pid]
             before = {pid: cpu_s(pid) for pid in processes}

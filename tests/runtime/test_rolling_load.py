@@ -1,5 +1,6 @@
-"""Loading a variant while the server serves: one worker at a time, so that the others keep
-serving (WorkerManager._load_rolling); at start-up, with nothing to serve yet, all at once."""
+"""Loading a variant while the server serves: one worker at a time across all callers, so that
+the others keep serving (WorkerManager._load_rolling); before it serves (its start-up
+preloads), on all workers at once."""
 
 import asyncio
 
@@ -7,33 +8,86 @@ from shoal.runtime.service import InferenceService
 from shoal.runtime.worker_manager import ServeConfig
 
 
-def test_a_variant_loads_on_all_workers_at_once_at_start_up_and_one_at_a_time_once_serving(fixture_repository_path):
+def test_loads_go_to_all_workers_at_once_at_start_up_and_one_at_a_time_once_serving(fixture_repository_path):
     async def scenario():
         service = InferenceService(ServeConfig(repository=fixture_repository_path, preload=(), num_workers=2, intra_op_threads=1))
         await service.start()
-        in_flight, peaks = [0], []
+        manager = service.manager
+        in_flight, peaks = [0], {}
         try:
-            for worker in service.manager.workers.values():
+            assert manager.serving  # set by start(), once its preloads are done
+            for worker in manager.workers.values():
                 original = worker.load
 
                 async def counted(*args, original=original, **kwargs):
                     in_flight[0] += 1
-                    peaks[-1] = max(peaks[-1], in_flight[0])
+                    peaks[phase[0]] = max(peaks.get(phase[0], 0), in_flight[0])
                     try:
                         return await original(*args, **kwargs)
                     finally:
                         in_flight[0] -= 1
 
                 worker.load = counted
+            phase = ["start-up, first"]
+            manager.serving = False  # as during start()'s preloads
+            await manager.ensure_loaded(service.variants["fixture.rf-64"])
+            phase = ["start-up, second"]  # a variant is loaded already, but nothing is served yet
+            await manager.ensure_loaded(service.variants["fixture.rf-16"])
             for key in ("fixture.rf-64", "fixture.rf-16"):
-                peaks.append(0)
-                await service.manager.ensure_loaded(service.variants[key])
-            holders = {key: sorted(worker.worker_id for worker in service.manager.workers.values() if key in worker.loaded_variants)
+                await manager.unload(key)
+            manager.serving = True
+            phase = ["serving, one caller"]
+            await manager.ensure_loaded(service.variants["fixture.rf-64"])
+            await manager.unload("fixture.rf-64")
+            phase = ["serving, two callers"]
+            await asyncio.gather(manager.ensure_loaded(service.variants["fixture.rf-64"]),
+                                 manager.ensure_loaded(service.variants["fixture.rf-16"]))  # fmt: skip
+            holders = {key: sorted(worker.worker_id for worker in manager.workers.values() if key in worker.loaded_variants)
                        for key in ("fixture.rf-64", "fixture.rf-16")}  # fmt: skip
         finally:
             await service.stop()
         return peaks, holders
 
     peaks, holders = asyncio.run(scenario())
-    assert peaks == [2, 1]  # nothing served yet: both at once; then one at a time
+    assert peaks == {"start-up, first": 2, "start-up, second": 2, "serving, one caller": 1, "serving, two callers": 1}
     assert holders == {"fixture.rf-64": ["w0", "w1"], "fixture.rf-16": ["w0", "w1"]}
+
+
+def test_a_worker_that_fails_its_load_does_not_keep_the_variant_from_the_others(fixture_repository_path):
+    from shoal.runtime.errors import WorkerFailedError
+
+    class FakeWorker:
+        def __init__(self, worker_id, fails):
+            self.worker_id, self.fails, self.alive, self.loaded_variants, self.loading = worker_id, fails, True, {}, 0
+
+        async def load(self, key, *args, **kwargs):
+            await asyncio.sleep(0.01)
+            if self.fails:
+                raise WorkerFailedError(f"worker {self.worker_id} exited (code -9) while holding this request")
+            self.loaded_variants[key] = 1.0
+            return {"load_ms": 1.0}
+
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, preload=(), num_workers=1, intra_op_threads=1))
+        await service.start()
+        manager = service.manager
+        real = dict(manager.workers)
+        try:
+            fakes = [FakeWorker("f0", fails=True), FakeWorker("f1", fails=False)]
+            manager.workers = {fake.worker_id: fake for fake in fakes}
+            for fake in fakes:
+                manager._cache[fake.worker_id] = type(next(iter(manager._cache.values())))()
+            try:
+                await manager.ensure_loaded(service.variants["fixture.rf-64"])
+            except WorkerFailedError as error:
+                raised = str(error)
+            else:
+                raised = None
+            return raised, [sorted(fake.loaded_variants) for fake in fakes]
+        finally:
+            manager.workers = real
+            await service.stop()
+
+    raised, loaded = asyncio.run(scenario())
+    assert raised is not None and "f0" in raised  # the failure is still reported
+    assert loaded == [[], ["fixture.rf-64"]]  # but the other worker got the variant

@@ -328,6 +328,11 @@ def test_a_worker_that_is_loading_a_variant_leaves_the_queue_to_the_others():
         free.busy_until_ms = now + 30.0
         assert scheduler.predicted_finish_ms("v", now) == pytest.approx(30.0 + 2.0)
         assert scheduler.admission_margin_ms("v", now) == 0.0  # the free one takes it next
+        # a variant only the loading worker holds: a request for it waits for the load, so it pays
+        scheduler.add_queue(VariantQueue("u", lambda size: 2.0, 4, 100))
+        loading.loaded_variants["u"] = 1.0
+        scheduler.queues["u"].observe_finishes([25.0] * 40, now)
+        assert scheduler.admission_margin_ms("u", now) == pytest.approx(25.0)
         futures = []
         for _ in range(3):
             futures.append(scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000))

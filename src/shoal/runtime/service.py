@@ -117,6 +117,7 @@ class InferenceService:
         preload = self.config.preload if self.config.preload is not None else tuple(self.variants)
         for name in preload:
             await self.load_model(name)
+        self.manager.serving = True  # later loads leave the other workers serving
         self.started = True
 
     async def stop(self) -> None:

@@ -20,6 +20,7 @@ from shoal.profiler.session import default_intra_op_threads
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler
 from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
+from shoal.runtime.errors import WorkerFailedError
 
 if TYPE_CHECKING:
     from shoal.runtime.service import ServedVariant
@@ -85,6 +86,9 @@ class WorkerManager:
         self._variants: dict[str, "ServedVariant"] = {}
         self._restarts: set[asyncio.Task] = set()
         self._stopping = False
+        self.serving = False
+        """Set once the server takes requests: from then on loads roll (`_load_rolling`)."""
+        self._rolling_load = asyncio.Lock()  # one worker loading at a time, across callers
         self._worker_ids = [f"w{index}" for index in range(config.num_workers)]
         self.backend = make_backend(
             config.backend, shared_memory_bytes=config.shared_memory_bytes, ray_address=config.ray_address,
@@ -129,18 +133,32 @@ class WorkerManager:
         await self._load_rolling([worker for worker in self.workers.values() if worker.alive], served)
 
     async def _load_rolling(self, workers: list[Worker], served: "ServedVariant") -> None:
-        """`_load_on` each of `workers`: all at once while no worker serves anything yet (start-up),
-        else one worker at a time, so that the others keep serving.
+        """`_load_on` each of `workers`: all at once before the server takes requests (its
+        start-up preloads), else one worker at a time across all callers, so that the others
+        keep serving. A worker that fails meanwhile does not keep the variant from the others;
+        its error is raised once they are done (as `gather` did).
 
         Why: a worker runs no batch while it loads (its warm-up profile takes up to seconds), and
         the controller loads a family's next variant while requests arrive. Loaded on both
         workers at once (the demo family right after start), no request was served for ~300 ms."""
-        if not any(worker.loaded_variants for worker in self.workers.values() if worker.alive):
+        if not self.serving:
             await asyncio.gather(*(self._load_on(worker, served) for worker in workers))
             return
+        failed: WorkerFailedError | None = None
         for worker in sorted(workers, key=lambda worker: served.key not in worker.loaded_variants):
-            if worker.alive:
-                await self._load_on(worker, served)
+            if not worker.alive:
+                continue
+            if served.key in worker.loaded_variants:
+                await self._load_on(worker, served)  # held already: only its place in the cache moves
+                continue
+            try:
+                async with self._rolling_load:
+                    await self._load_on(worker, served)
+            except WorkerFailedError as error:
+                logger.warning("loading %s on worker %s failed: %s", served.key, worker.worker_id, error)
+                failed = failed or error
+        if failed is not None:
+            raise failed
 
     async def _load_on(self, worker: Worker, served: "ServedVariant") -> None:
         cache = self._cache[worker.worker_id]
