@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -21,13 +22,32 @@ import httpx
 from shoal.client.loadgen import LoadGenerator, LoadSpec
 from shoal.experiments.server_process import ServerProcess, start_server_process
 
-__all__ = ["ab_parser", "cpu_s", "interleaved", "open_loop_spec", "parse_trees", "serve", "serve_tree", "warm_up", "warmed_up_servers"]
+__all__ = ["ab_parser", "child_pids", "cpu_s", "interleaved", "open_loop_spec", "parse_trees", "serve", "serve_tree", "warm_up", "warmed_up_servers", "write_rows"]
 
 
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) process `pid` has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of process `pid` (a server's worker processes), from /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.extend(int(child) for child in (task / "children").read_text().split())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return sorted(found)
+
+
+def write_rows(out: Path | None, args: argparse.Namespace, rows: list[dict], **extra) -> None:
+    """The results file of an A/B script: its options, anything in `extra`, and its rows."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": {key: str(value) for key, value in vars(args).items()}, **extra, "rows": rows}, indent=1))
 
 
 def ab_parser(description: str, *, duration_s: float) -> argparse.ArgumentParser:

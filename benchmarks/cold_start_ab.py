@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_servers import ab_parser, interleaved, open_loop_spec, parse_trees, serve_tree  # noqa: E402
+from ab_servers import ab_parser, interleaved, open_loop_spec, parse_trees, serve_tree, write_rows  # noqa: E402
 
 from shoal.client.loadgen import LoadGenerator  # noqa: E402
 
@@ -43,9 +43,7 @@ def main() -> None:
             total = {str(status): count for status, count in sorted(collections.Counter(run.status.tolist()).items())}
             rows.append({"tree": name, "round": round_index, "requests": int(run.status.size), "by_status": total, "by_half_second": bins})
             print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {key: str(value) for key, value in vars(args).items()}, "rows": rows}, indent=1))
+    write_rows(args.out, args, rows)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_servers import ab_parser, cpu_s, interleaved, parse_trees, serve_tree  # noqa: E402
+from ab_servers import ab_parser, child_pids, cpu_s, interleaved, parse_trees, serve_tree, write_rows  # noqa: E402
 
 _CHILD = """
 import asyncio, dataclasses, json, os, sys
@@ -46,12 +46,11 @@ print(json.dumps(summarise(run).to_dict()), flush=True)
 def _children_cpu_s(pid: int) -> float:
     """CPU of `pid`'s direct children (the worker processes), from /proc."""
     total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                total += cpu_s(int(child))
-            except FileNotFoundError:
-                pass
+    for child in child_pids(pid):
+        try:
+            total += cpu_s(child)
+        except FileNotFoundError:
+            pass
     return total
 
 
@@ -90,9 +89,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     finally:
         server.stop()
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    write_rows(args.out, args, rows)
 
 
 if __name__ == "__main__":

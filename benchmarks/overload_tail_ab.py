@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_servers import ab_parser, cpu_s, parse_trees, warmed_up_servers  # noqa: E402
+from ab_servers import ab_parser, cpu_s, parse_trees, warmed_up_servers, write_rows  # noqa: E402
 
 from shoal.client.loadgen import LoadGenerator, summarise  # noqa: E402
 
@@ -61,9 +61,7 @@ def main() -> None:
                 "generator_cpu_fraction": stats.generator_cpu_fraction,
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    write_rows(args.out, args, rows)
 
 
 if __name__ == "__main__":

@@ -22,22 +22,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_servers import ab_parser, cpu_s, parse_trees, warmed_up_servers  # noqa: E402
+from ab_servers import ab_parser, child_pids, cpu_s, parse_trees, warmed_up_servers, write_rows  # noqa: E402
 
 from shoal.client.loadgen import LoadGenerator, summarise  # noqa: E402
-
-
-def _children(parent_pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent_pid:
-                found.append(int(entry))
-    return sorted(found)
 
 
 def _idle_and_total_ticks() -> tuple[int, int]:
@@ -59,7 +46,7 @@ def main() -> None:
     rows = []
     with LoadGenerator(priority_boost=True) as generator, contextlib.closing(warmed_up_servers(trees, args, log, generator)) as rounds:
         for round_index, name, server, spec in rounds:  # closing: a failure stops the server at once
-            frontend, workers = server.process.pid, _children(server.process.pid)
+            frontend, workers = server.process.pid, child_pids(server.process.pid)
             processes = [frontend, *workers, generator.pid]
             before = {pid: cpu_s(pid) for pid in processes}
             idle_before, total_before = _idle_and_total_ticks()
@@ -87,9 +74,7 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {key: str(value) for key, value in vars(args).items()}, "cores": cores, "rows": rows}, indent=1))
+    write_rows(args.out, args, rows, cores=cores)
 
 
 if __name__ == "__main__":
