@@ -352,6 +352,33 @@ def test_a_worker_that_is_loading_a_variant_leaves_the_queue_to_the_others():
     asyncio.run(scenario())
 
 
+def test_a_loading_worker_still_serves_what_no_idle_worker_holds():
+    """A worker loads on a thread beside its batches: with one worker (the default), or for a
+    variant only it holds, it keeps serving; it leaves to another worker only what that one holds."""
+
+    async def scenario():
+        scheduler = Scheduler(ServingMetrics())
+        scheduler.add_queue(VariantQueue("v", lambda size: 2.0, 4, 100))
+        scheduler.add_queue(VariantQueue("u", lambda size: 2.0, 4, 100))
+        loading, free = FakeWorker("loading", 2.0, variants=("v", "u")), FakeWorker("free", 2.0, variants=("v",))
+        loading.burst_threads = 2
+        scheduler.attach_worker(loading)
+        loading.loading = 1
+        alone = [scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000) for _ in range(2)]
+        await asyncio.wait_for(asyncio.gather(*alone), 1.0)
+        assert sum(loading.batches) == 2 and not any(loading.bursts)  # served, and narrow: the load needs a core
+        scheduler.attach_worker(free)
+        loading.batches.clear()
+        for _ in range(3):
+            only_it_holds = scheduler.submit("u", np.zeros(1, np.float32), monotonic_ms() + 1000)
+            both_hold = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+            await asyncio.wait_for(asyncio.gather(only_it_holds, both_hold), 1.0)
+        assert sum(loading.batches) == 3 and sum(free.batches) == 3  # "u" on the loading one, "v" on the free one
+        await scheduler.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_worker_with_other_work_queued_does_not_count_for_the_exemption():
     async def scenario():
         scheduler = Scheduler(ServingMetrics())

@@ -20,7 +20,8 @@ def _doubling_worker(connection, block_name: str, size_bytes: int) -> None:
     block = BatchBlock.attach(block_name, size_bytes)
     message = json.loads(connection.recv_bytes())
     shape = block.write_outputs(2 * block.inputs(message["batch_size"], (3,)))
-    connection.send_bytes(json.dumps({"op": "done", "batch_id": message["batch_id"], "output_shape": shape, "compute_ms": 1.0}).encode())
+    reply = {"op": "done", "batch_id": message["batch_id"], "output_shape": shape, "compute_ms": 1.0, "request_id": message["request_id"]}
+    connection.send_bytes(json.dumps(reply).encode())
     block.release()
 
 

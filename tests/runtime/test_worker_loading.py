@@ -1,8 +1,9 @@
-"""A worker process counts the loads it has in flight, so that the batcher does not send it a
-batch that would wait behind one (see Scheduler._worker_loop)."""
+"""A worker process counts the loads it has in flight (see Scheduler._left_to_others) and runs
+batches while it loads."""
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from shoal.zoo.repository import ModelRepository
@@ -33,3 +34,41 @@ def test_a_worker_counts_its_load_while_it_is_in_flight_and_after_a_failed_one(f
     during, after, after_failure, loaded = asyncio.run(scenario())
     assert (during, after, after_failure) == (1, 0, 0)
     assert loaded == ["fixture.rf-64"]
+
+
+def test_a_worker_runs_batches_of_a_variant_it_holds_while_it_loads_another(fixture_repository_path):
+    """Loads run on a thread beside the batches; their replies and the batches' are matched by
+    number, whichever comes first, and a batch's outputs are the model's."""
+    import onnxruntime
+
+    repository = ModelRepository(fixture_repository_path)
+    small, large = repository.model_path("fixture", "rf-16"), repository.model_path("fixture", "rf-64")
+    item = np.random.default_rng(0).standard_normal((3, 16, 16)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(small), providers=["CPUExecutionProvider"])
+    expected = session.run(["logits"], {"images": item[None]})[0]
+
+    async def scenario():
+        handle = WorkerHandle("w-beside")
+        await handle.start()
+        try:
+            await handle.load("fixture.rf-16", str(small), "images", "logits", (3, 16, 16), warmup=1)
+            # A long profile keeps the load in flight for a while (~1 s here).
+            load = asyncio.create_task(handle.load("fixture.rf-64", str(large), "images", "logits", (3, 64, 64),
+                                                   profile_batch_sizes=[1, 8, 16], profile_repeats=40))  # fmt: skip
+            await asyncio.sleep(0)
+            outputs_during_load = []
+            while not load.done():
+                outputs, _ = await handle.run("fixture.rf-16", [item])
+                if not load.done():
+                    outputs_during_load.append(outputs)
+            reply = await load
+            return outputs_during_load, reply, sorted(handle.loaded_variants)
+        finally:
+            await handle.stop()
+
+    outputs_during_load, reply, loaded = asyncio.run(scenario())
+    assert len(outputs_during_load) >= 3  # before: none, the batch waited in the pipe behind the load
+    for outputs in outputs_during_load:
+        np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
+    assert reply["variant"] == "fixture.rf-64" and set(reply["latency_ms"]) == {"1", "8", "16"}
+    assert loaded == ["fixture.rf-16", "fixture.rf-64"]

@@ -46,8 +46,9 @@ class Worker(Protocol):
     loaded_variants: dict[str, float]
     busy_until_ms: float
     loading: int
-    """Loads in flight: a batch sent now would wait behind them (a load's warm-up profile takes
-    up to seconds), so the batcher leaves the queue to the other workers meanwhile."""
+    """Loads in flight. A worker runs batches while it loads (the load is on a thread of its own),
+    but slower, and its batches would disturb the load's warm-up profile, so the batcher leaves
+    a queue to the workers that are not loading, where there are any."""
     burst_threads: int
     """> 0: the worker holds a wider session for batches that run while every other worker is idle."""
 

@@ -133,12 +133,17 @@ def placements(group: Any, count: int) -> list[Placement]:
 def _actor_class():
     import ray
 
-    @ray.remote(max_restarts=0)
+    # Two threads: a batch runs while a variant loads, as in a local worker (shoal.runtime.worker);
+    # the handle sends one batch at a time and the loads go one at a time through the lock.
+    @ray.remote(max_restarts=0, max_concurrency=2)
     class RayWorker:
         def __init__(self, device: str, intra_op_threads: int):
+            import threading
+
             from shoal.runtime.worker import ModelHost
 
             self.host = ModelHost(device, intra_op_threads)
+            self.loading = threading.Lock()
 
         def ready(self) -> dict:
             import os
@@ -174,10 +179,12 @@ def _actor_class():
             return listener.address
 
         def load(self, message: dict) -> dict:
-            return self.host.load(message)
+            with self.loading:
+                return self.host.load(message)
 
         def unload(self, variant: str) -> None:
-            self.host.unload(variant)
+            with self.loading:
+                self.host.unload(variant)
 
         def run(self, variant: str, inputs: np.ndarray):
             return self.host.run(variant, inputs)

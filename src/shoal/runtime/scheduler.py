@@ -190,7 +190,7 @@ class VariantQueue:
 
 class Scheduler:
     LOADING_POLL_S = 0.005
-    """How often a worker's batcher looks again while its worker is loading a variant."""
+    """How often the batcher of a loading worker, with nothing it may take, looks again."""
 
     def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0):
         self.metrics = metrics
@@ -235,8 +235,8 @@ class Scheduler:
         workers = self.workers_for(key)
         if not workers:
             return float("inf")
-        # A worker that is loading another variant takes no batch until it is done (how long is
-        # not known): the others serve the queue meanwhile, if there are any.
+        # A worker that is loading another variant leaves the queue to the others while it
+        # loads (how long is not known), if there are any (`_most_urgent_queue`).
         serving = [worker for worker in workers if not worker.loading] or workers
         busy_ms = [max(0.0, worker.busy_until_ms - now_ms) for worker in serving]
         return self.loop_lag_ms + admission_finish_ms(
@@ -300,20 +300,26 @@ class Scheduler:
         best = None
         for key in worker.loaded_variants:
             queue = self.queues.get(key)
-            if queue and queue.items and (best is None or queue.items[0] < best.items[0]):
+            if queue and queue.items and (best is None or queue.items[0] < best.items[0]) and not self._left_to_others(worker, key):
                 best = queue
         return best
+
+    def _left_to_others(self, worker: WorkerHandle, key: str) -> bool:
+        """While `worker` loads a variant, it leaves `key` to another worker that holds it and is
+        not loading: the load (on a thread beside the worker's batches, seconds for a large
+        model) slows its batches and the batches disturb the load's warm-up profile. A variant
+        only loading workers hold is still served (with one worker, the default, it is all)."""
+        return bool(worker.loading) and any(other is not worker and not other.loading for other in self.workers_for(key))
 
     async def _worker_loop(self, worker: WorkerHandle) -> None:
         wakeup = self._wakeups[worker.worker_id]
         while worker.alive and not self._closed:
-            if worker.loading:
-                # A batch sent now would wait in the worker behind the load (its warm-up profile
-                # takes up to seconds, ~300 ms for a demo variant); the others serve the queue
-                # meanwhile (WorkerManager loads on one worker at a time once serving).
+            queue = self._most_urgent_queue(worker)
+            if queue is None and worker.loading:
+                # What it left to the others may be its own again when the load is done, which
+                # nothing signals (WorkerManager loads on one worker at a time once serving).
                 await asyncio.sleep(self.LOADING_POLL_S)
                 continue
-            queue = self._most_urgent_queue(worker)
             if queue is None:
                 wakeup.clear()
                 await wakeup.wait()
@@ -345,8 +351,9 @@ class Scheduler:
     async def _run_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], started_ms: float) -> None:
         worker.busy_until_ms = started_ms + queue.batch_latency_ms(len(batch))
         try:
-            # Alone on the machine's cores, a worker may use the threads the idle others leave.
-            burst = worker.burst_threads > 0 and all(
+            # Alone on the machine's cores, a worker may use the threads the idle others leave
+            # (not while its own load needs one).
+            burst = worker.burst_threads > 0 and not worker.loading and all(
                 other is worker or not other.alive or (other.busy_until_ms == 0.0 and not other.loading) for other in self.workers
             )
             # The requests are answered as the outputs arrive; this coroutine still resumes before

@@ -7,21 +7,31 @@ half, outputs in the second); the connection (a pipe, or a Unix socket to a Ray 
 server's node, which serves the same loop) carries only small JSON control messages, so nothing
 is pickled and the bytes of a batch are copied once on each side.
 
-Control messages (JSON over a multiprocessing Connection, parent -> worker):
+Control messages (JSON over a multiprocessing Connection, parent -> worker), each with a
+"request_id" that its reply repeats:
     {"op": "load", "variant", "path", "input_name", "output_name", "input_shape", "warmup",
      "profile_batch_sizes", "profile_repeats"}
     {"op": "unload", "variant"}
     {"op": "run", "batch_id", "variant", "batch_size", "burst"}
     {"op": "stop"}
-and replies (worker -> parent): {"op": "ready"}, {"op": "loaded", ...}, {"op": "unloaded", ...},
-{"op": "done", "batch_id", "output_shape", "compute_ms"} or {"op": "error", "message", ...}.
+and replies (worker -> parent): {"op": "ready", "request_id": 0} (unasked, once),
+{"op": "loaded", ...}, {"op": "unloaded", ...}, {"op": "done", "batch_id", "output_shape",
+"compute_ms"} or {"op": "error", "message", ...}.
+
+Loads and unloads run in order on a thread of their own, so a worker keeps running batches of
+the variants it holds while it loads another (opening, warming up and profiling a variant takes
+~300 ms for a demo variant, seconds for a large one; with one worker, the default, nothing was
+served meanwhile). Their replies can therefore overtake a batch's: the parent matches replies
+by "request_id", not by order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -43,6 +53,23 @@ class WorkerConfig:
 
 def _send(connection: Connection, message: dict) -> None:
     connection.send_bytes(json.dumps(message).encode())
+
+
+class _Replies:
+    """The worker's end of the connection, shared by the batch loop and the loading thread: one
+    whole message at a time (a Connection's send is not safe from two threads at once)."""
+
+    def __init__(self, connection: Connection):
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def send(self, request: dict, reply: dict) -> None:
+        with self._lock:
+            _send(self._connection, {**reply, "request_id": request.get("request_id")})
+
+    def error(self, request: dict, error: Exception) -> None:
+        op = request.get("op")
+        self.send(request, {"op": "error", "request_op": op, "batch_id": request.get("batch_id"), "variant": request.get("variant"), "message": str(error)[:500]})
 
 
 class ModelHost:
@@ -129,32 +156,50 @@ class ModelHost:
         return {"output_shape": block.write_outputs(outputs), "compute_ms": compute_ms}
 
 
+def _load_in_order(host: ModelHost, replies: _Replies, requests: queue.Queue) -> None:
+    """The loading thread: loads and unloads, in the order they came, until None."""
+    while (request := requests.get()) is not None:
+        try:
+            if request["op"] == "load":
+                replies.send(request, host.load(request))
+            else:
+                host.unload(request["variant"])
+                replies.send(request, {"op": "unloaded", "variant": request["variant"]})
+        except Exception as error:  # report and keep loading: one bad model must not kill the worker
+            replies.error(request, error)
+
+
 def serve_connection(host: ModelHost, block: BatchBlock, connection: Connection) -> None:
     """Answer control messages until "stop" or the parent's end closes.
 
     The loop of a local worker process, and of a Ray actor on the server's own node (run on a
-    thread there), so both speak exactly the protocol in this module's docstring."""
-    while True:
-        try:
-            message = json.loads(connection.recv_bytes())
-        except (EOFError, OSError):
-            return
-        op = message.get("op")
-        try:
-            if op == "run":
-                reply = host.run_block(block, message["variant"], int(message["batch_size"]), bool(message.get("burst", False)))
-                _send(connection, {"op": "done", "batch_id": message["batch_id"], **reply})
-            elif op == "load":
-                _send(connection, host.load(message))
-            elif op == "unload":
-                host.unload(message["variant"])
-                _send(connection, {"op": "unloaded", "variant": message["variant"]})
-            elif op == "stop":
+    thread there), so both speak exactly the protocol in this module's docstring. Batches run
+    on this thread; loads and unloads on a daemon thread beside it (an unfinished load must
+    not keep a stopping worker alive)."""
+    replies = _Replies(connection)
+    loads: queue.Queue = queue.Queue()
+    threading.Thread(target=_load_in_order, args=(host, replies, loads), name="shoal-loader", daemon=True).start()
+    try:
+        while True:
+            try:
+                message = json.loads(connection.recv_bytes())
+            except (EOFError, OSError):
                 return
-            else:
-                _send(connection, {"op": "error", "message": f"unknown op {op!r}"})
-        except Exception as error:  # report and keep serving: one bad batch must not kill the worker
-            _send(connection, {"op": "error", "request_op": op, "batch_id": message.get("batch_id"), "variant": message.get("variant"), "message": str(error)[:500]})
+            op = message.get("op")
+            try:
+                if op == "run":
+                    reply = host.run_block(block, message["variant"], int(message["batch_size"]), bool(message.get("burst", False)))
+                    replies.send(message, {"op": "done", "batch_id": message["batch_id"], **reply})
+                elif op in ("load", "unload"):
+                    loads.put(message)
+                elif op == "stop":
+                    return
+                else:
+                    replies.send(message, {"op": "error", "message": f"unknown op {op!r}"})
+            except Exception as error:  # report and keep serving: one bad batch must not kill the worker
+                replies.error(message, error)
+    finally:
+        loads.put(None)
 
 
 def worker_main(config: WorkerConfig, connection: Connection) -> None:
@@ -162,7 +207,7 @@ def worker_main(config: WorkerConfig, connection: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     block = BatchBlock.attach(config.shared_memory_name, config.shared_memory_bytes)
     host = ModelHost(config.device, config.intra_op_threads, config.burst_threads)
-    _send(connection, {"op": "ready", "pid": os.getpid()})
+    _send(connection, {"op": "ready", "pid": os.getpid(), "request_id": 0})
     try:
         serve_connection(host, block, connection)
     finally:

@@ -3,7 +3,8 @@
 One `WorkerChannel` per worker process on this machine: a local worker (a pipe) or a Ray actor
 on the server's own node (a Unix socket). Replies are read with `add_reader`, so waiting for a
 batch costs no thread. Messages are the small JSON ones of `shoal.runtime.worker`; tensors go
-through the `BatchBlock`. Replies come back in request order, so pending requests are a queue.
+through the `BatchBlock`. Each request carries a number that its reply repeats: a worker loads
+on a thread beside its batches, so a load's reply may come before or after a batch's.
 
 A batch's outputs are handed on (`run`'s `on_outputs`) from the reply's own read callback, not
 after the awaiting coroutine resumes: on a saturated event loop every hand-off through the
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 
@@ -60,18 +61,20 @@ class WorkerChannel:
         self.block = block
         self._connection = connection
         self._on_closed = on_closed
-        # Each pending request: its future, and what to do with the reply before resolving it.
-        self._pending: deque[tuple[asyncio.Future, ReplyHook | None]] = deque()
+        # Each pending request by its number: its future, and what to do with the reply before
+        # resolving it. Number 0 is the worker's unasked "ready".
+        self._pending: dict[int, tuple[asyncio.Future, ReplyHook | None]] = {}
+        self._request_ids = itertools.count(1)
         self._run_lock = asyncio.Lock()
         self._batch_counter = 0
         self.closed = False
         asyncio.get_running_loop().add_reader(connection.fileno(), self._on_readable)
 
-    def expect_reply(self, on_reply: ReplyHook | None = None) -> asyncio.Future:
-        """A future for the next message (a reply, or one the worker sends unasked: its "ready"),
-        with `on_reply` (see `ReplyHook`) run on it from the read callback."""
+    def expect_reply(self, request_id: int = 0, on_reply: ReplyHook | None = None) -> asyncio.Future:
+        """A future for the reply numbered `request_id` (0: the worker's unasked "ready"), with
+        `on_reply` (see `ReplyHook`) run on it from the read callback."""
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((future, on_reply))
+        self._pending[request_id] = (future, on_reply)
         return future
 
     def _on_readable(self) -> None:
@@ -83,10 +86,11 @@ class WorkerChannel:
             self._on_closed()
             return
         message = json.loads(payload)
-        if not self._pending:
+        pending = self._pending.pop(message.get("request_id"), None)
+        if pending is None:
             logger.warning("worker %s sent an unexpected message %s", self.worker_id, message.get("op"))
             return
-        future, on_reply = self._pending.popleft()
+        future, on_reply = pending
         if future.done():
             return
         if message.get("op") == "error":
@@ -111,15 +115,16 @@ class WorkerChannel:
     def request(self, message: dict, on_reply: ReplyHook | None = None) -> asyncio.Future:
         if self.closed:
             raise WorkerFailedError(f"worker {self.worker_id} is not running")
-        payload = json.dumps(message).encode()  # before the reply is expected: it may raise
-        future = self.expect_reply(on_reply)
+        request_id = next(self._request_ids)
+        payload = json.dumps({**message, "request_id": request_id}).encode()  # before the reply is expected: it may raise
+        future = self.expect_reply(request_id, on_reply)
         try:
             self._connection.send_bytes(payload)
         except (BrokenPipeError, ConnectionResetError) as error:  # it died; its exit is not noticed yet
-            self._pending.pop()
+            del self._pending[request_id]
             raise WorkerFailedError(f"worker {self.worker_id} exited before this request reached it ({error})") from None
         except OSError as error:
-            self._pending.pop()
+            del self._pending[request_id]
             raise WorkerFailedError(f"worker {self.worker_id} cannot be reached: {error}") from None
         return future
 
@@ -177,8 +182,8 @@ class WorkerChannel:
             asyncio.get_running_loop().remove_reader(self._connection.fileno())
         except (ValueError, OSError):
             pass
-        while self._pending:
-            future, _ = self._pending.popleft()
+        pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
             if not future.done():
                 future.set_exception(WorkerFailedError(reason))
         self._connection.close()

@@ -138,9 +138,10 @@ class WorkerManager:
         keep serving. A worker that fails meanwhile does not keep the variant from the others;
         its error is raised once they are done (as `gather` did).
 
-        Why: a worker runs no batch while it loads (its warm-up profile takes up to seconds), and
-        the controller loads a family's next variant while requests arrive. Loaded on both
-        workers at once (the demo family right after start), no request was served for ~300 ms."""
+        Why: the controller loads a family's next variant while requests arrive, and a loading
+        worker leaves its queues to the others (`Scheduler._left_to_others`). Loaded on both
+        workers at once (the demo family right after start, when a worker still ran no batch
+        while it loaded), no request was served for ~300 ms."""
         if not self.serving:
             await asyncio.gather(*(self._load_on(worker, served) for worker in workers))
             return
