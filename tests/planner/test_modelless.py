@@ -117,3 +117,19 @@ def test_bad_requirements_are_refused_with_the_field_named():
         Requirements(slo_ms=10, max_cost_per_1000_usd=0)
     with pytest.raises(ValueError, match="unknown model-less policy"):
         select_variant(Requirements(slo_ms=10), [], policy="random")
+
+
+def test_the_servers_own_prediction_replaces_the_per_replica_estimate():
+    cheap_slow = variant("cheap", 0.9, 10.0, price=1.0)
+    dear_fast = variant("dear", 0.9, 2.0, price=10.0)
+    requirements = Requirements(slo_ms=30.0, min_accuracy=0.8)
+    # Idle by the per-replica estimate (10 ms), but the server predicts 28 ms (its event loop lags,
+    # say) and adds a 5 ms margin: admission would refuse the cheap variant, so it is passed over.
+    late = LiveVariant(cheap_slow, replicas=1, admission_margin_ms=5.0, predicted_finish_ms=28.0)
+    assert predicted_latency_ms(late, 30.0) == pytest.approx(33.0)
+    assert select_variant(requirements, [late, LiveVariant(dear_fast, replicas=1)]).variant == "dear"
+    # Twenty queued by the per-replica estimate, but the server's prediction says in time.
+    queued = LiveVariant(cheap_slow, replicas=1, queue_lengths=(20,), busy_ms=(5.0,), predicted_finish_ms=20.0)
+    assert select_variant(requirements, [queued, LiveVariant(dear_fast, replicas=1)]).variant == "cheap"
+    # No replica: nothing predicts it in time, whatever was passed.
+    assert predicted_latency_ms(LiveVariant(cheap_slow, predicted_finish_ms=1.0), 30.0) == float("inf")

@@ -135,6 +135,12 @@ class LiveVariant:
     learnt, see `shoal.runtime.scheduler.VariantQueue.observe_finishes`): a variant is only worth
     choosing if admission will then take the query. The simulator leaves it at 0: it does not model
     the margin (its batch times vary only by a small log-normal noise)."""
+    predicted_finish_ms: float | None = None
+    """The server's own prediction of when a query admitted now would be answered (what its
+    admission checks, before the margin), which replaces the per-replica estimate from
+    `queue_lengths` and `busy_ms`: a variant chosen on a different estimate than admission's is
+    refused by admission (when this one is lower) or passed over needlessly (when higher). The
+    simulator leaves it None: its servers are the per-replica model."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,8 @@ def predicted_latency_ms(live: LiveVariant, slo_ms: float) -> float:
     """Time until a query admitted now is answered, on the replica that answers it soonest."""
     if live.replicas == 0:
         return math.inf
+    if live.predicted_finish_ms is not None:
+        return live.admission_margin_ms + live.predicted_finish_ms
     slowdown = 1.0
     if live.measured_latency_ms is not None:
         slowdown = max(1.0, live.measured_latency_ms / live.variant.batch_latency_ms(1))

@@ -67,19 +67,19 @@ def variant_cost_per_1000_usd(service: "InferenceService", served: "ServedVarian
 
 
 def _live(service: "InferenceService", variant: ModellessVariant, now_ms: float, priority: int = 0) -> LiveVariant:
-    workers = service.scheduler.workers_for(variant.name)
+    """The variant's live state, its latency predicted exactly as admission will predict it
+    (`Scheduler.predicted_finish_ms` and `admission_margin_ms`), as the other policies' options
+    are (`InferenceService._choose`)."""
     queue = service.scheduler.queues[variant.name]
-    replicas = len(workers)
-    per_replica = math.ceil(len(queue) / replicas) if replicas else 0
+    replicas = len(service.scheduler.workers_for(variant.name))
     measured = variant.batch_latency_ms(1) * queue.slowdown if queue.slowdown > 1.0 else None
     return LiveVariant(
         variant,
         replicas=replicas,
-        queue_lengths=(per_replica,) * replicas,
-        busy_ms=tuple(max(0.0, worker.busy_until_ms - now_ms) for worker in workers),
         arrival_rps=service.arrival_rps_by_variant.get(variant.name, 0.0),
         measured_latency_ms=measured,
         admission_margin_ms=service.scheduler.admission_margin_ms(variant.name, now_ms, priority) if replicas else 0.0,
+        predicted_finish_ms=service.scheduler.predicted_finish_ms(variant.name, now_ms) if replicas else None,
     )
 
 
