@@ -66,3 +66,36 @@ def test_unmeetable_requirements_are_failed_precondition_with_alternatives(serve
     trailers = dict(refused.value.trailing_metadata())
     alternatives = json.loads(trailers["shoal-alternatives"])
     assert alternatives[0]["relax"] == "min_accuracy" and alternatives[0]["value"] < 1.0
+
+
+def test_a_stream_answers_every_request_by_its_id_and_a_bad_one_does_not_end_it(client, server):
+    """Triton's ModelStreamInfer, as tritonclient.grpc's start_stream / async_stream_infer use it."""
+    import queue
+
+    answers: queue.Queue = queue.Queue()
+    sent = {}
+    rng = np.random.default_rng(4)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for index in range(8):
+            images = rng.random((1, 3, 16, 16), dtype=np.float32)
+            tensor = triton_grpc.InferInput("images", list(images.shape), "FP32")
+            tensor.set_data_from_numpy(images)
+            sent[f"r{index}"] = images
+            client.async_stream_infer("fixture.rf-16", [tensor], request_id=f"r{index}", parameters={"slo_ms": 1000})
+            if index == 3:
+                wrong = triton_grpc.InferInput("images", [1, 3, 16, 8], "FP32")
+                wrong.set_data_from_numpy(np.zeros((1, 3, 16, 8), np.float32))
+                client.async_stream_infer("fixture.rf-16", [wrong], request_id="wrong")
+    finally:
+        client.stop_stream()  # closes our side and waits for every answer
+    received = [answers.get_nowait() for _ in range(answers.qsize())]
+    errors = [error for result, error in received if error is not None]
+    results = {result.get_response().id: result for result, error in received if error is None}
+    assert len(received) == 9  # one answer per request, no more
+    assert len(errors) == 1 and "[batch, 3, S, S]" in errors[0].message()
+    assert sorted(results) == sorted(sent)
+    session = onnxruntime.InferenceSession(str(server.repository / "fixture" / "rf-16" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for request_id, images in sent.items():
+        np.testing.assert_allclose(results[request_id].as_numpy("logits"), session.run(None, {"images": images})[0], rtol=1e-5, atol=1e-5)
+    assert client.is_server_ready()

@@ -5,6 +5,11 @@ Tensors arrive either in `raw_input_contents` (what tritonclient sends) or in ty
 `raw_output_contents`. ServingErrors map to their gRPC status codes, with `retry-after` in the
 trailing metadata for RESOURCE_EXHAUSTED.
 
+`ModelStreamInfer` (Triton's bidirectional stream, `tritonclient.grpc`'s `start_stream` and
+`async_stream_infer`) serves the requests of a stream concurrently, as they arrive, and answers
+each in the order they finish (the client matches them by `id`); a request that fails is
+answered with its `error_message`, and the stream goes on.
+
 The generated messages live in the default protobuf pool under the protocol's own names
 (`inference.*`), as every KServe server's do; a process that also imports another copy of
 those messages (tritonclient.grpc) cannot import this module. The server runs in its own
@@ -13,8 +18,10 @@ process, so this only matters to code that embeds the server next to such a clie
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -127,26 +134,79 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._guard(context, call)
 
+    async def _infer(self, request: pb.ModelInferRequest, received_ms: float) -> pb.ModelInferResponse:
+        """One inference, for ModelInfer and each request of a stream; raises ServingError."""
+        self.service.resolve(request.model_name)
+        if self.service.refuse_at_gate(request.model_name):
+            raise OverloadedError(GATE_REFUSAL_MESSAGE)
+        inputs = decode_grpc_inputs(request)
+        parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
+        requested = [output.name for output in request.outputs]
+        result = await self.service.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms, gated=True)
+        outputs = np.ascontiguousarray(result.outputs)
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
+        response.outputs.add(name=result.output_name, datatype=NUMPY_TO_DATATYPE[outputs.dtype], shape=list(outputs.shape))
+        response.raw_output_contents.append(outputs.tobytes())
+        for key, value in result.parameters.items():
+            _set_parameter(response.parameters[key], value)
+        return response
+
     async def ModelInfer(self, request, context):
         received_ms = monotonic_ms()
+        return await self._guard(context, lambda: self._infer(request, received_ms))
 
-        async def call():
-            self.service.resolve(request.model_name)
-            if self.service.refuse_at_gate(request.model_name):
-                raise OverloadedError(GATE_REFUSAL_MESSAGE)
-            inputs = decode_grpc_inputs(request)
-            parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
-            requested = [output.name for output in request.outputs]
-            result = await self.service.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms, gated=True)
-            outputs = np.ascontiguousarray(result.outputs)
-            response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
-            response.outputs.add(name=result.output_name, datatype=NUMPY_TO_DATATYPE[outputs.dtype], shape=list(outputs.shape))
-            response.raw_output_contents.append(outputs.tobytes())
-            for key, value in result.parameters.items():
-                _set_parameter(response.parameters[key], value)
-            return response
+    async def _stream_answer(self, request: pb.ModelInferRequest, received_ms: float) -> pb.ModelStreamInferResponse:
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, received_ms))
+        except ServingError as error:
+            message = error.message
+            if isinstance(error, OverloadedError):
+                message += f" (retry after {max(1, round(error.retry_after_s))} s)"
+            if isinstance(error, RequirementsUnmetError):
+                message += f"; alternatives: {json.dumps(error.alternatives)}"
+        except Exception:
+            logger.exception("unexpected error in a gRPC stream request")
+            message = "internal server error"
+        # The request's id and model travel with the error, so that the client can tell which failed.
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id))
 
-        return await self._guard(context, call)
+    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
+        in_flight: set[asyncio.Task] = set()
+
+        def answer(task: asyncio.Task) -> None:
+            in_flight.discard(task)
+            if not task.cancelled():
+                answers.put_nowait(task.result())
+
+        async def read_requests() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(self._stream_answer(request, monotonic_ms()))
+                in_flight.add(task)
+                task.add_done_callback(answer)
+
+        reader = asyncio.create_task(read_requests())
+        next_answer: asyncio.Future | None = None
+        try:
+            # Until the client has closed its side and every request it sent is answered.
+            while True:
+                while not answers.empty():
+                    yield answers.get_nowait()
+                if reader.done() and not in_flight:
+                    break
+                next_answer = asyncio.ensure_future(answers.get())
+                await asyncio.wait({next_answer} if reader.done() else {next_answer, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if next_answer.done():
+                    yield next_answer.result()
+                else:  # the reader ended: look again whether anything is still in flight
+                    next_answer.cancel()
+            reader.result()  # a broken request stream ends the call with its error
+        finally:  # the client went away (or the server stops): nothing is left running for it
+            reader.cancel()
+            if next_answer is not None:
+                next_answer.cancel()
+            for task in list(in_flight):
+                task.cancel()
 
     async def RepositoryIndex(self, request, context):
         models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in self.service.repository_index()]
