@@ -99,3 +99,23 @@ def test_a_stream_answers_every_request_by_its_id_and_a_bad_one_does_not_end_it(
     for request_id, images in sent.items():
         np.testing.assert_allclose(results[request_id].as_numpy("logits"), session.run(None, {"images": images})[0], rtol=1e-5, atol=1e-5)
     assert client.is_server_ready()
+
+
+def test_a_stream_the_client_cancels_leaves_the_server_serving(client, server):
+    answers = []
+    client.start_stream(callback=lambda result, error: answers.append((result, error)))
+    images = np.zeros((1, 3, 16, 16), np.float32)
+    tensor = triton_grpc.InferInput("images", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    for index in range(4):
+        client.async_stream_infer("fixture.rf-16", [tensor], request_id=f"c{index}", parameters={"slo_ms": 1000})
+    client.stop_stream(cancel_requests=True)
+    assert len(answers) <= 4  # never more than one answer per request, even when cancelled
+    result = client.infer("fixture.rf-16", [tensor], parameters={"slo_ms": 1000})  # the server goes on
+    assert result.as_numpy("logits").shape[0] == 1
+    # And a new stream on the same client works.
+    again = []
+    client.start_stream(callback=lambda result, error: again.append((result, error)))
+    client.async_stream_infer("fixture.rf-16", [tensor], request_id="after")
+    client.stop_stream()
+    assert len(again) == 1 and again[0][1] is None and again[0][0].get_response().id == "after"
