@@ -93,7 +93,7 @@ def test_a_stream_answers_every_request_by_its_id_and_a_bad_one_does_not_end_it(
     errors = [error for result, error in received if error is not None]
     results = {result.get_response().id: result for result, error in received if error is None}
     assert len(received) == 9  # one answer per request, no more
-    assert len(errors) == 1 and "[batch, 3, S, S]" in errors[0].message()
+    assert len(errors) == 1 and "[batch, 3, S, S]" in errors[0].message() and "request 'wrong'" in errors[0].message()
     assert sorted(results) == sorted(sent)
     session = onnxruntime.InferenceSession(str(server.repository / "fixture" / "rf-16" / "model.onnx"), providers=["CPUExecutionProvider"])
     for request_id, images in sent.items():
@@ -111,6 +111,7 @@ def test_a_stream_the_client_cancels_leaves_the_server_serving(client, server):
         client.async_stream_infer("fixture.rf-16", [tensor], request_id=f"c{index}", parameters={"slo_ms": 1000})
     client.stop_stream(cancel_requests=True)
     assert len(answers) <= 4  # never more than one answer per request, even when cancelled
+    assert all(error is None or "cancel" in error.message().lower() for _, error in answers)
     result = client.infer("fixture.rf-16", [tensor], parameters={"slo_ms": 1000})  # the server goes on
     assert result.as_numpy("logits").shape[0] == 1
     # And a new stream on the same client works.

@@ -26,14 +26,13 @@ def test_the_live_view_predicts_with_the_schedulers_own_prediction_and_margin():
         for name, batch1_ms in (("cheap", 10.0), ("dear", 2.0)):
             scheduler.add_queue(VariantQueue(name, lambda size, ms=batch1_ms: ms * size, 8, 100))
         worker = FakeWorker("w", 10.0, variants=("cheap", "dear"))
-        worker.loading = 1  # keeps its batcher from taking the queued requests below
         scheduler.attach_worker(worker)
         service = SimpleNamespace(scheduler=scheduler, arrival_rps_by_variant={})
         cheap, dear = _variant("cheap", 10.0, 1.0), _variant("dear", 2.0, 10.0)
         now = monotonic_ms()
         idle = [_live(service, view, now) for view in (cheap, dear)]
         scheduler.loop_lag_ms = 25.0  # a saturated event loop: admission counts it, the profile does not
-        for _ in range(3):
+        for _ in range(3):  # nothing awaits before the views below: the batcher has not taken them yet
             scheduler.submit("cheap", np.zeros(1, np.float32), monotonic_ms() + 1000)
         lagging = [_live(service, view, now) for view in (cheap, dear)]
         await scheduler.close()

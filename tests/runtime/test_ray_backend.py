@@ -271,3 +271,49 @@ def test_an_actor_on_this_node_takes_batches_through_its_channel(fixture_reposit
         np.testing.assert_allclose(by_actor_call, expected, rtol=1e-5, atol=1e-5)  # ... with the same answers
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("through", ["channel", "actor calls"])
+def test_an_actor_runs_batches_while_it_loads_another_variant(fixture_repository_path, through):
+    import asyncio
+    import multiprocessing.connection
+
+    import ray
+
+    from shoal.runtime.ray_backend import RayWorkerHandle, ensure_ray
+
+    repository = ModelRepository(fixture_repository_path)
+    small, large = repository.model_path("fixture", "rf-16"), repository.model_path("fixture", "rf-64")
+    item = np.ones((3, 16, 16), np.float32)
+
+    async def scenario():
+        handle = RayWorkerHandle("w-beside", shared_memory_bytes=1 << 20)
+        await handle.start()
+        try:
+            assert (handle.channel is not None) == (through == "channel")
+            await handle.load("rf-16", str(small), "images", "logits", (3, 16, 16), warmup=1)
+            load = asyncio.create_task(handle.load("rf-64", str(large), "images", "logits", (3, 64, 64),
+                                                   profile_batch_sizes=[1, 8, 16], profile_repeats=40))  # fmt: skip
+            await asyncio.sleep(0)
+            during_load = 0
+            while not load.done():
+                await handle.run("rf-16", [item])
+                during_load += not load.done()
+            await load
+            return during_load, sorted(handle.loaded_variants)
+        finally:
+            await handle.stop()
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionRefusedError("a container with its own /tmp")
+
+    real_client = multiprocessing.connection.Client
+    if through == "actor calls":
+        multiprocessing.connection.Client = unreachable
+    ensure_ray(None, local_cpus=2)
+    try:
+        during_load, loaded = asyncio.run(scenario())
+    finally:
+        multiprocessing.connection.Client = real_client
+        ray.shutdown()
+    assert during_load >= 3 and loaded == ["rf-16", "rf-64"]

@@ -324,11 +324,11 @@ def test_a_worker_that_is_loading_a_variant_leaves_the_queue_to_the_others():
         loading.loading = 1  # as WorkerHandle.load sets it while the load is in flight
         free.burst_threads = 2
         now = monotonic_ms()
-        # its estimate says idle, but it would run nothing until the load is done: not counted
+        # its estimate says idle, but it leaves the queue to the free one while it loads: not counted
         free.busy_until_ms = now + 30.0
         assert scheduler.predicted_finish_ms("v", now) == pytest.approx(30.0 + 2.0)
         assert scheduler.admission_margin_ms("v", now) == 0.0  # the free one takes it next
-        # a variant only the loading worker holds: a request for it waits for the load, so it pays
+        # a variant only the loading worker holds: it serves it, but slower beside the load, so it pays
         scheduler.add_queue(VariantQueue("u", lambda size: 2.0, 4, 100))
         loading.loaded_variants["u"] = 1.0
         scheduler.queues["u"].observe_finishes([25.0] * 40, now)
@@ -369,9 +369,9 @@ def test_a_loading_worker_still_serves_what_no_idle_worker_holds():
         assert sum(loading.batches) == 2 and not any(loading.bursts)  # served, and narrow: the load needs a core
         scheduler.attach_worker(free)
         loading.batches.clear()
-        for _ in range(3):
-            only_it_holds = scheduler.submit("u", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        for _ in range(3):  # "v" first: without the rule the loading worker, woken first, would take it
             both_hold = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+            only_it_holds = scheduler.submit("u", np.zeros(1, np.float32), monotonic_ms() + 1000)
             await asyncio.wait_for(asyncio.gather(only_it_holds, both_hold), 1.0)
         assert sum(loading.batches) == 3 and sum(free.batches) == 3  # "u" on the loading one, "v" on the free one
         await scheduler.close()

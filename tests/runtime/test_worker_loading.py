@@ -72,3 +72,30 @@ def test_a_worker_runs_batches_of_a_variant_it_holds_while_it_loads_another(fixt
         np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
     assert reply["variant"] == "fixture.rf-64" and set(reply["latency_ms"]) == {"1", "8", "16"}
     assert loaded == ["fixture.rf-16", "fixture.rf-64"]
+
+
+def test_an_unload_keeps_its_order_with_the_batches(fixture_repository_path):
+    """A batch sent before an unload still finds its variant, and none is sent after it: the
+    variant is forgotten before the unload's message goes (the scheduler dispatches only to
+    workers whose loaded_variants hold it)."""
+    path = ModelRepository(fixture_repository_path).model_path("fixture", "rf-16")
+    item = np.ones((3, 16, 16), np.float32)
+
+    async def scenario():
+        handle = WorkerHandle("w-unload")
+        await handle.start()
+        try:
+            await handle.load("fixture.rf-16", str(path), "images", "logits", (3, 16, 16), warmup=1)
+            batch = asyncio.create_task(handle.run("fixture.rf-16", [item]))
+            await asyncio.sleep(0)  # its message is in the pipe, ahead of the unload's
+            unload = asyncio.create_task(handle.unload("fixture.rf-16"))
+            await asyncio.sleep(0)  # the unload's message is sent; its reply is not in yet
+            held_while_unloading = "fixture.rf-16" in handle.loaded_variants
+            outputs, _ = await batch
+            await unload
+            return outputs.shape, held_while_unloading, sorted(handle.loaded_variants)
+        finally:
+            await handle.stop()
+
+    shape, held_while_unloading, loaded = asyncio.run(scenario())
+    assert shape[0] == 1 and not held_while_unloading and loaded == []

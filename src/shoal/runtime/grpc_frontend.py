@@ -8,7 +8,7 @@ trailing metadata for RESOURCE_EXHAUSTED.
 `ModelStreamInfer` (Triton's bidirectional stream, `tritonclient.grpc`'s `start_stream` and
 `async_stream_infer`) serves the requests of a stream concurrently, as they arrive, and answers
 each in the order they finish (the client matches them by `id`); a request that fails is
-answered with its `error_message`, and the stream goes on.
+answered with its `error_message` (which names the request's id), and the stream goes on.
 
 The generated messages live in the default protobuf pool under the protocol's own names
 (`inference.*`), as every KServe server's do; a process that also imports another copy of
@@ -167,7 +167,10 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception:
             logger.exception("unexpected error in a gRPC stream request")
             message = "internal server error"
-        # The request's id and model travel with the error, so that the client can tell which failed.
+        # tritonclient hands its callback only the message of a failed answer: the id goes in it
+        # too, so that the client can tell which request failed (and in the response, for others).
+        if request.id:
+            message = f"request {request.id!r}: {message}"
         return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id))
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:

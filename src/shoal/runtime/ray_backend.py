@@ -133,17 +133,14 @@ def placements(group: Any, count: int) -> list[Placement]:
 def _actor_class():
     import ray
 
-    # Two threads: a batch runs while a variant loads, as in a local worker (shoal.runtime.worker);
-    # the handle sends one batch at a time and the loads go one at a time through the lock.
-    @ray.remote(max_restarts=0, max_concurrency=2)
+    # Loads run in order on a thread of their own ("loading"), beside the default group's one
+    # thread that runs the batches and unloads in order, as in a local worker (shoal.runtime.worker).
+    @ray.remote(max_restarts=0, concurrency_groups={"loading": 1})
     class RayWorker:
         def __init__(self, device: str, intra_op_threads: int):
-            import threading
-
             from shoal.runtime.worker import ModelHost
 
             self.host = ModelHost(device, intra_op_threads)
-            self.loading = threading.Lock()
 
         def ready(self) -> dict:
             import os
@@ -178,13 +175,12 @@ def _actor_class():
             threading.Thread(target=serve, name="shoal-channel", daemon=True).start()
             return listener.address
 
+        @ray.method(concurrency_group="loading")
         def load(self, message: dict) -> dict:
-            with self.loading:
-                return self.host.load(message)
+            return self.host.load(message)
 
         def unload(self, variant: str) -> None:
-            with self.loading:
-                self.host.unload(variant)
+            self.host.unload(variant)
 
         def run(self, variant: str, inputs: np.ndarray):
             return self.host.run(variant, inputs)
@@ -215,7 +211,7 @@ class RayWorkerHandle:
         self.on_exit = on_exit
         self.loaded_variants: dict[str, float] = {}
         self.busy_until_ms = 0.0
-        self.loading = 0  # loads in flight: a batch sent now would wait behind them
+        self.loading = 0  # loads in flight (batches run beside them, slower: Scheduler._left_to_others)
         self.burst_threads = 0  # an actor holds one session per variant (see `run`)
         self.alive = False
         self.pid: int | None = None
@@ -338,6 +334,7 @@ class RayWorkerHandle:
         return reply
 
     async def unload(self, variant_key: str) -> None:
+        self.loaded_variants.pop(variant_key, None)  # no batch of it is sent after the unload
         if self.alive:
             if self.channel is not None:
                 await self.channel.unload(variant_key)
@@ -346,7 +343,6 @@ class RayWorkerHandle:
                     await self._actor.unload.remote(variant_key)
                 except self._ray.exceptions.RayActorError as error:
                     raise self._failed(error) from None
-        self.loaded_variants.pop(variant_key, None)
 
     async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False,
                   on_outputs: OutputsCallback | None = None) -> tuple[np.ndarray, float]:  # fmt: skip

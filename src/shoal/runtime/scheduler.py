@@ -259,8 +259,10 @@ class Scheduler:
 
     def _next_free_worker_takes(self, key: str) -> bool:
         """A worker for `key` is not loading and has nothing queued for any other variant it holds,
-        so it takes `key`'s queue as soon as it is free (rather than serving another variant or
-        finishing a load first)."""
+        so it takes `key`'s queue as soon as it is free (rather than serving another variant).
+
+        A loading worker does not count even where it serves `key` (`_left_to_others`): its
+        batches run slower beside the load, an error the margin is there to cover."""
         for worker in self.workers_for(key):
             if not worker.loading and not any(self.queues[other].items for other in worker.loaded_variants if other != key and other in self.queues):
                 return True

@@ -18,11 +18,12 @@ and replies (worker -> parent): {"op": "ready", "request_id": 0} (unasked, once)
 {"op": "loaded", ...}, {"op": "unloaded", ...}, {"op": "done", "batch_id", "output_shape",
 "compute_ms"} or {"op": "error", "message", ...}.
 
-Loads and unloads run in order on a thread of their own, so a worker keeps running batches of
-the variants it holds while it loads another (opening, warming up and profiling a variant takes
-~300 ms for a demo variant, seconds for a large one; with one worker, the default, nothing was
-served meanwhile). Their replies can therefore overtake a batch's: the parent matches replies
-by "request_id", not by order.
+Loads run in order on a thread of their own, so a worker keeps running batches of the variants
+it holds while it loads another (opening, warming up and profiling a variant takes ~300 ms for
+a demo variant, seconds for a large one; with one worker, the default, nothing was served
+meanwhile). Their replies can therefore overtake a batch's: the parent matches replies by
+"request_id", not by order. Unloads stay in order with the batches (a batch sent before an
+unload still finds its variant).
 """
 
 from __future__ import annotations
@@ -157,24 +158,25 @@ class ModelHost:
 
 
 def _load_in_order(host: ModelHost, replies: _Replies, requests: queue.Queue) -> None:
-    """The loading thread: loads and unloads, in the order they came, until None."""
+    """The loading thread: loads, in the order they came, until None or the connection closes."""
     while (request := requests.get()) is not None:
         try:
-            if request["op"] == "load":
-                replies.send(request, host.load(request))
+            try:
+                reply = host.load(request)
+            except Exception as error:  # report and keep loading: one bad model must not kill the worker
+                replies.error(request, error)
             else:
-                host.unload(request["variant"])
-                replies.send(request, {"op": "unloaded", "variant": request["variant"]})
-        except Exception as error:  # report and keep loading: one bad model must not kill the worker
-            replies.error(request, error)
+                replies.send(request, reply)
+        except OSError:  # the parent is gone: nobody is waiting for the rest
+            return
 
 
 def serve_connection(host: ModelHost, block: BatchBlock, connection: Connection) -> None:
     """Answer control messages until "stop" or the parent's end closes.
 
     The loop of a local worker process, and of a Ray actor on the server's own node (run on a
-    thread there), so both speak exactly the protocol in this module's docstring. Batches run
-    on this thread; loads and unloads on a daemon thread beside it (an unfinished load must
+    thread there), so both speak exactly the protocol in this module's docstring. Batches and
+    unloads run on this thread; loads on a daemon thread beside it (an unfinished load must
     not keep a stopping worker alive)."""
     replies = _Replies(connection)
     loads: queue.Queue = queue.Queue()
@@ -190,15 +192,23 @@ def serve_connection(host: ModelHost, block: BatchBlock, connection: Connection)
                 if op == "run":
                     reply = host.run_block(block, message["variant"], int(message["batch_size"]), bool(message.get("burst", False)))
                     replies.send(message, {"op": "done", "batch_id": message["batch_id"], **reply})
-                elif op in ("load", "unload"):
+                elif op == "load":
                     loads.put(message)
+                elif op == "unload":
+                    host.unload(message["variant"])
+                    replies.send(message, {"op": "unloaded", "variant": message["variant"]})
                 elif op == "stop":
                     return
                 else:
                     replies.send(message, {"op": "error", "message": f"unknown op {op!r}"})
             except Exception as error:  # report and keep serving: one bad batch must not kill the worker
                 replies.error(message, error)
-    finally:
+    finally:  # loads not begun are dropped: the parent stopped or went away
+        try:
+            while True:
+                loads.get_nowait()
+        except queue.Empty:
+            pass
         loads.put(None)
 
 

@@ -45,7 +45,7 @@ class WorkerHandle:
         self.process: multiprocessing.process.BaseProcess | None = None
         self.loaded_variants: dict[str, float] = {}  # variant key -> load time in ms
         self.busy_until_ms = 0.0  # predicted end of the running batch, for admission estimates
-        self.loading = 0  # loads in flight: a batch sent now would wait behind them
+        self.loading = 0  # loads in flight (batches run beside them, slower: Scheduler._left_to_others)
         self._channel: WorkerChannel | None = None
         self._stopping = False
         self.alive = False
@@ -116,8 +116,8 @@ class WorkerHandle:
         return reply
 
     async def unload(self, variant_key: str) -> None:
+        self.loaded_variants.pop(variant_key, None)  # no batch of it is sent after the unload
         await self._live_channel().unload(variant_key)
-        self.loaded_variants.pop(variant_key, None)
 
     async def run(self, variant_key: str, items: Sequence[np.ndarray], burst: bool = False,
                   on_outputs: OutputsCallback | None = None) -> tuple[np.ndarray, float]:  # fmt: skip
