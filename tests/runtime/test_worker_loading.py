@@ -6,9 +6,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from shoal.zoo.repository import ModelRepository
 from shoal.runtime.errors import ModelLoadError
+from shoal.runtime.worker import ModelHost
 from shoal.runtime.worker_handle import WorkerHandle
+from shoal.zoo.repository import ModelRepository
 
 
 def test_a_worker_counts_its_load_while_it_is_in_flight_and_after_a_failed_one(fixture_repository_path, tmp_path):
@@ -68,6 +69,7 @@ def test_a_worker_runs_batches_of_a_variant_it_holds_while_it_loads_another(fixt
 
     outputs_during_load, reply, loaded = asyncio.run(scenario())
     assert len(outputs_during_load) >= 3  # before: none, the batch waited in the pipe behind the load
+    assert reply["disturbed_samples"] > 0  # and the profile knows it ran beside them
     for outputs in outputs_during_load:
         np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
     assert reply["variant"] == "fixture.rf-64" and set(reply["latency_ms"]) == {"1", "8", "16"}
@@ -99,3 +101,43 @@ def test_an_unload_keeps_its_order_with_the_batches(fixture_repository_path):
 
     shape, held_while_unloading, loaded = asyncio.run(scenario())
     assert shape[0] == 1 and not held_while_unloading and loaded == []
+
+
+def test_a_profile_sample_knows_whether_a_batch_ran_beside_it():
+    host = ModelHost("cpu", 1)
+
+    def quiet():
+        pass
+
+    def batch_begins_and_ends():
+        host._batches_begun += 1
+        host._batches_done += 1
+
+    def batch_still_running():
+        host._batches_begun += 1
+
+    assert host._profile_sample_ms(quiet)[1] is False
+    assert host._profile_sample_ms(batch_begins_and_ends)[1] is True
+    assert host._profile_sample_ms(batch_still_running)[1] is True
+    assert host._profile_sample_ms(quiet)[1] is True  # that batch still runs when the next sample starts
+    host._batches_done += 1
+    assert host._profile_sample_ms(quiet)[1] is False
+
+
+def test_a_profile_taken_mostly_beside_batches_does_not_replace_a_quieter_one():
+    from types import SimpleNamespace
+
+    from shoal.core.models import Family, Variant
+    from shoal.runtime.metrics import ServingMetrics
+    from shoal.runtime.service import InferenceService, ServedVariant
+
+    served = ServedVariant(Family(name="f", num_classes=3, source_image_px=16), Variant(name="v", family="f", input_size_px=16), "unused.onnx")
+    service = SimpleNamespace(variants={"f.v": served}, metrics=ServingMetrics(), config=SimpleNamespace(device="cpu"))
+
+    def loaded(batch1_ms: float, disturbed: int) -> float:
+        InferenceService._on_variant_loaded(service, "f.v", {"load_ms": 5.0, "latency_ms": {"1": [batch1_ms] * 4}, "disturbed_samples": disturbed})
+        return served.batch_latency_ms(1)
+
+    assert loaded(4.0, disturbed=4) == pytest.approx(4.0)  # nothing better known: taken
+    assert loaded(2.0, disturbed=1) == pytest.approx(2.0)  # mostly quiet: replaces it
+    assert loaded(9.0, disturbed=3) == pytest.approx(2.0)  # mostly beside batches: the quiet one stays

@@ -130,7 +130,12 @@ class InferenceService:
     def _on_variant_loaded(self, key: str, reply: dict) -> None:
         served = self.variants[key]
         batches = {int(size): summarise_latencies(int(size), samples) for size, samples in reply.get("latency_ms", {}).items()}
-        if batches:
+        samples = sum(len(values) for values in reply.get("latency_ms", {}).values())
+        if batches and served.latency is not None and 2 * reply.get("disturbed_samples", 0) > samples:
+            # Most samples ran beside the worker's own batches (the load is on a thread beside
+            # them): slower than the batcher will see. A profile from a quieter load is kept.
+            logger.info("%s: kept its earlier profile; %d of %d new samples ran beside batches", key, reply["disturbed_samples"], samples)
+        elif batches:
             served.latency = Profile(
                 family=served.family.name, variant=served.variant.name, device=self.config.device, batches=batches, load_time_ms=reply.get("load_ms", 0.0)
             )

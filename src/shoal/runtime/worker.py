@@ -95,6 +95,22 @@ class ModelHost:
         self.burst_threads = burst_threads if burst_threads > intra_op_threads and self.device.kind == "cpu" else 0
         self.sessions: dict[str, tuple[object, str, str, tuple[int, ...]]] = {}
         self.burst_sessions: dict[str, object] = {}
+        # Batches begun and done, so that a load's profile (on the loading thread) can tell
+        # whether a batch ran beside a sample (see `_profile_sample_ms`).
+        self._batches_begun = 0
+        self._batches_done = 0
+
+    def _profile_sample_ms(self, run) -> tuple[float, bool]:
+        """Time `run()`; returns (ms, whether a batch of this worker ran beside it). Loads run
+        beside batches, and a profile taken beside them describes a busier worker than the
+        batcher will use it for. (Taking such a sample again until a quiet moment was tried:
+        under load the longer load refused more requests than the better profile saved.)"""
+        begun = self._batches_begun
+        quiet = begun == self._batches_done
+        started = time.perf_counter()
+        run()
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        return elapsed_ms, not (quiet and self._batches_begun == begun)
 
     def load(self, message: dict) -> dict:
         import numpy as np
@@ -114,14 +130,15 @@ class ModelHost:
         # Warm-up doubles as a small profile taken under the worker's own thread count, which
         # is what the batcher's latency model must describe.
         latency_ms: dict[str, list[float]] = {}
+        disturbed_samples = 0
         for batch_size in message.get("profile_batch_sizes", []):
             feed = {message["input_name"]: np.zeros((batch_size, *item_shape), dtype=np.float32)}
             session.run([message["output_name"]], feed)
             samples = []
             for _ in range(int(message.get("profile_repeats", 5))):
-                begin = time.perf_counter()
-                session.run([message["output_name"]], feed)
-                samples.append((time.perf_counter() - begin) * 1000.0)
+                sample_ms, disturbed = self._profile_sample_ms(lambda: session.run([message["output_name"]], feed))
+                samples.append(sample_ms)
+                disturbed_samples += disturbed
             latency_ms[str(batch_size)] = samples
         if self.burst_threads:  # profiled above with the narrow session: what a loaded server sees
             burst_session = create_session(message["path"], self.device, intra_op_threads=self.burst_threads)
@@ -130,7 +147,8 @@ class ModelHost:
         # Until ready to serve, profile included: what a query that waits for a load waits.
         load_ms = (time.perf_counter() - started) * 1000.0
         self.sessions[message["variant"]] = (session, message["input_name"], message["output_name"], item_shape)
-        return {"op": "loaded", "variant": message["variant"], "load_ms": load_ms, "latency_ms": latency_ms}
+        return {"op": "loaded", "variant": message["variant"], "load_ms": load_ms, "latency_ms": latency_ms,
+                "disturbed_samples": disturbed_samples}
 
     def unload(self, variant: str) -> None:
         self.sessions.pop(variant, None)
@@ -146,8 +164,12 @@ class ModelHost:
         session, input_name, output_name, _ = self.sessions[variant]
         if burst:
             session = self.burst_sessions.get(variant, session)
+        self._batches_begun += 1
         started = time.perf_counter()
-        (outputs,) = session.run([output_name], {input_name: inputs})
+        try:
+            (outputs,) = session.run([output_name], {input_name: inputs})
+        finally:
+            self._batches_done += 1
         compute_ms = (time.perf_counter() - started) * 1000.0
         return np.ascontiguousarray(outputs, dtype=np.float32), compute_ms
 
