@@ -211,6 +211,22 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             for task in list(in_flight):
                 task.cancel()
 
+    async def ModelStatistics(self, request, context):
+        async def call():
+            response = pb.ModelStatisticsResponse()
+            for entry in self.service.model_statistics(request.name):
+                stats = response.model_stats.add(
+                    name=entry["name"], version=entry["version"], last_inference=entry["last_inference"],
+                    inference_count=entry["inference_count"], execution_count=entry["execution_count"],
+                )
+                for kind, duration in entry["inference_stats"].items():
+                    getattr(stats.inference_stats, kind).MergeFrom(pb.StatisticDuration(**duration))
+                for batch in entry["batch_stats"]:
+                    stats.batch_stats.add(batch_size=batch["batch_size"], compute_infer=pb.StatisticDuration(**batch["compute_infer"]))
+            return response
+
+        return await self._guard(context, call)
+
     async def RepositoryIndex(self, request, context):
         models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in self.service.repository_index()]
         return pb.RepositoryIndexResponse(models=models)

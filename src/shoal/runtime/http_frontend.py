@@ -163,6 +163,9 @@ def build_http_app(
             return JSONResponse(workflows[model].metadata())
         return JSONResponse(service.model_metadata(model))
 
+    async def model_statistics(request: Request) -> Response:
+        return JSONResponse({"model_stats": service.model_statistics(request.path_params.get("model", ""))})
+
     async def model_ready(request: Request) -> Response:
         model = request.path_params["model"]
         is_ready = workflows[model].started if model in workflows else service.is_ready(model)
@@ -243,7 +246,10 @@ def build_http_app(
         Route("/v2", guarded(server_metadata), methods=["GET"]),
         Route("/v2/health/live", guarded(live), methods=["GET"]),
         Route("/v2/health/ready", guarded(ready), methods=["GET"]),
+        Route("/v2/models/stats", guarded(model_statistics), methods=["GET"]),
         Route("/v2/models/{model}", guarded(model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/stats", guarded(model_statistics), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/stats", guarded(model_statistics), methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}", guarded(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/ready", guarded(model_ready), methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", guarded(model_ready), methods=["GET"]),

@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, generate_latest
 
+from shoal.runtime.statistics import VariantStatistics
+
 __all__ = ["ServingMetrics"]
 
 _LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
@@ -48,6 +50,8 @@ class ServingMetrics:
         # the key on every call, a few microseconds each, several times per request. The label
         # values are served model and variant names, so this stays as small as the repository.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Triton's statistics extension, per variant (shoal.runtime.statistics).
+        self.statistics: dict[str, VariantStatistics] = {}
 
     def child(self, metric: Any, *values: str) -> Any:
         """`metric.labels(*values)`, looked up once (the metrics live as long as this object)."""
@@ -57,8 +61,18 @@ class ServingMetrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def outcome(self, model: str, variant: str, outcome: str) -> None:
+    def variant_statistics(self, variant: str) -> VariantStatistics:
+        found = self.statistics.get(variant)
+        if found is None:
+            found = self.statistics[variant] = VariantStatistics()
+        return found
+
+    def outcome(self, model: str, variant: str, outcome: str, elapsed_ms: float | None = None) -> None:
+        """A request that was not answered (shed, dropped, failed); with `elapsed_ms` and a
+        variant it also counts as a failure in the variant's statistics."""
         self.child(self.requests, model, variant, outcome).inc()
+        if variant and elapsed_ms is not None:
+            self.variant_statistics(variant).failed(elapsed_ms)
 
     def set_pending(self, variant: str, count: int) -> None:
         self.child(self.pending, variant).set(count)
@@ -66,8 +80,10 @@ class ServingMetrics:
     def batch(self, variant: str, size: int, compute_ms: float) -> None:
         self.child(self.batch_size, variant).observe(size)
         self.child(self.compute_seconds, variant).observe(compute_ms / 1000.0)
+        self.variant_statistics(variant).batch_ran(size, compute_ms)
 
-    def answered(self, model: str, variant: str, queue_ms: float, total_ms: float) -> None:
+    def answered(self, model: str, variant: str, queue_ms: float, total_ms: float, items: int = 1) -> None:
+        self.variant_statistics(variant).answered(items, queue_ms, total_ms)
         self.child(self.requests, model, variant, "success").inc()
         self.child(self.queue_seconds, variant).observe(queue_ms / 1000.0)
         self.child(self.end_to_end_seconds, variant).observe(total_ms / 1000.0)

@@ -178,7 +178,17 @@ class InferenceService:
         }
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "shoal", "version": __version__, "extensions": ["binary_tensor_data", "model_repository", "parameters"]}
+        return {"name": "shoal", "version": __version__, "extensions": ["binary_tensor_data", "model_repository", "parameters", "statistics"]}
+
+    def model_statistics(self, model_name: str = "") -> list[dict[str, Any]]:
+        """Triton's `model_stats` for a variant, for each variant of a family, or ("") for every
+        variant served; a family's requests count under the variant that answered them."""
+        if model_name:
+            family, served = self.resolve(model_name)
+            keys = [served.key] if served else [key for key, variant in self.variants.items() if variant.family.name == family.name]
+        else:
+            keys = list(self.variants)
+        return [self.metrics.variant_statistics(key).as_json(key) for key in keys]
 
     def repository_index(self) -> list[dict[str, str]]:
         index = []
@@ -359,7 +369,7 @@ class InferenceService:
         except OverloadedError:
             for future in futures:
                 future.cancel()
-            self.metrics.outcome(model_name, served.key, "shed")
+            self.metrics.outcome(model_name, served.key, "shed", monotonic_ms() - arrival_ms)
             raise
         if gated:
             self._remember_slo(model_name, slo_ms)
@@ -371,21 +381,21 @@ class InferenceService:
             for future in futures:
                 future.cancel()
             outcome = "dropped" if isinstance(error, DeadlineExceededError) else "failure"
-            self.metrics.outcome(model_name, served.key, outcome)
+            self.metrics.outcome(model_name, served.key, outcome, monotonic_ms() - arrival_ms)
             raise
         finished_ms = monotonic_ms()
         # An answer after the deadline is worth no more than the deadline error the client planned
         # for, and sending it would hide the miss: it is dropped like one (the event loop's lag is
         # the time the answer still needs to leave).
         if finished_ms + self.scheduler.loop_lag_ms > deadline_ms:
-            self.metrics.outcome(model_name, served.key, "dropped")
+            self.metrics.outcome(model_name, served.key, "dropped", finished_ms - arrival_ms)
             raise DeadlineExceededError(
                 f"dropped: {served.key} finished {finished_ms - arrival_ms:.1f} ms after arrival, past the {slo_ms:g} ms SLO"
             )
         outputs = np.stack([result[0] for result in results])
         total_ms = finished_ms - arrival_ms
         queue_ms = max(result[1] for result in results)
-        self.metrics.answered(model_name, served.key, queue_ms, total_ms)
+        self.metrics.answered(model_name, served.key, queue_ms, total_ms, len(results))
         return InferenceResult(
             model_name=model_name,
             output_name=family.output_name,
