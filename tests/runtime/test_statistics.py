@@ -1,4 +1,4 @@
-"""Triton's statistics extension: the counts, over HTTP and gRPC, read with tritonclient."""
+"""Triton's statistics extension and model configuration, over HTTP and gRPC, read with tritonclient."""
 
 from __future__ import annotations
 
@@ -64,3 +64,20 @@ def test_http_and_grpc_statistics_count_what_was_served(server):
     missing = httpx.get(f"{server.url}/v2/models/missing/stats")
     assert missing.status_code == 404 and "missing" in missing.json()["error"]
     assert "statistics" in http.get_server_metadata()["extensions"]
+
+
+def test_tritonclient_reads_the_model_config_over_http_and_grpc(server):
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    config = http.get_model_config("fixture.rf-16")
+    assert (config["name"], config["platform"], config["backend"]) == ("fixture.rf-16", "onnxruntime_onnx", "onnxruntime")
+    assert config["max_batch_size"] >= 1
+    assert config["input"] == [{"name": "images", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, 16, 16]}]
+    assert config["output"][0]["name"] == "logits" and len(config["output"][0]["dims"]) == 1
+    over_grpc = grpc.get_model_config("fixture.rf-16", as_json=True)["config"]
+    assert over_grpc["max_batch_size"] == config["max_batch_size"]
+    assert [int(dim) for dim in over_grpc["input"][0]["dims"]] == [3, 16, 16] and over_grpc["input"][0]["data_type"] == "TYPE_FP32"
+    assert [int(dim) for dim in over_grpc["output"][0]["dims"]] == config["output"][0]["dims"]
+    assert http.get_model_config("fixture")["platform"] == "shoal_family"
+    missing = httpx.get(f"{server.url}/v2/models/missing/config")
+    assert missing.status_code == 404

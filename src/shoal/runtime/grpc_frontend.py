@@ -211,6 +211,17 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             for task in list(in_flight):
                 task.cancel()
 
+    async def ModelConfig(self, request, context):
+        async def call():
+            config = self.service.model_config(request.name)
+            return pb.ModelConfigResponse(config=pb.ModelConfig(
+                name=config["name"], platform=config["platform"], backend=config["backend"], max_batch_size=config["max_batch_size"],
+                input=[pb.ModelInput(**tensor) for tensor in config["input"]], output=[pb.ModelOutput(**tensor) for tensor in config["output"]],
+                dynamic_batching=pb.ModelDynamicBatching(**config["dynamic_batching"]),
+            ))  # fmt: skip
+
+        return await self._guard(context, call)
+
     async def ModelStatistics(self, request, context):
         async def call():
             response = pb.ModelStatisticsResponse()

@@ -163,6 +163,9 @@ def build_http_app(
             return JSONResponse(workflows[model].metadata())
         return JSONResponse(service.model_metadata(model))
 
+    async def model_config(request: Request) -> Response:
+        return JSONResponse(service.model_config(request.path_params["model"]))
+
     async def model_statistics(request: Request) -> Response:
         return JSONResponse({"model_stats": service.model_statistics(request.path_params.get("model", ""))})
 
@@ -249,6 +252,8 @@ def build_http_app(
         Route("/v2/models/stats", guarded(model_statistics), methods=["GET"]),
         Route("/v2/models/{model}", guarded(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/stats", guarded(model_statistics), methods=["GET"]),
+        Route("/v2/models/{model}/config", guarded(model_config), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/config", guarded(model_config), methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/stats", guarded(model_statistics), methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}", guarded(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/ready", guarded(model_ready), methods=["GET"]),

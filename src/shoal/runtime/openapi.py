@@ -87,6 +87,8 @@ def openapi_document(server_url: str, model_names: list[str] | None = None) -> d
             "/v2/models/{model}/versions/{version}": {"get": {"summary": "Model metadata", "parameters": versioned, "responses": _responses(404)}},
             "/v2/models/{model}/ready": {"get": {"summary": "Model readiness", "parameters": model, "responses": _responses(404, 503)}},
             "/v2/models/{model}/versions/{version}/ready": {"get": {"summary": "Model readiness", "parameters": versioned, "responses": _responses(404, 503)}},
+            "/v2/models/{model}/config": {"get": {"summary": "Model configuration, as Triton reports it", "parameters": model, "responses": _responses(404)}},
+            "/v2/models/{model}/versions/{version}/config": {"get": {"summary": "Model configuration", "parameters": versioned, "responses": _responses(404)}},
             "/v2/models/stats": {"get": {"summary": "Inference statistics of every variant (Triton's statistics extension)", "responses": _responses()}},
             "/v2/models/{model}/stats": {"get": {"summary": "Inference statistics (a family: of each variant)", "parameters": model, "responses": _responses(404)}},
             "/v2/models/{model}/versions/{version}/stats": {"get": {"summary": "Inference statistics", "parameters": versioned, "responses": _responses(404)}},

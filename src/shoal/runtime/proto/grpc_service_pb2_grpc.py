@@ -74,6 +74,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
                 response_deserializer=shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
                 request_serializer=shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
@@ -142,6 +147,12 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RepositoryIndex(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -202,6 +213,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStatistics,
                     request_deserializer=shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
                     response_serializer=shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
@@ -435,6 +451,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelStatistics',
             shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
             shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            shoal_dot_runtime_dot_proto_dot_grpc__service__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
