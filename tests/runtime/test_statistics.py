@@ -13,20 +13,23 @@ from shoal.runtime.statistics import VariantStatistics
 
 def test_the_counts_follow_tritons_definitions():
     stats = VariantStatistics()
+    assert stats.as_json("f.v")["last_inference"] == 0
     stats.batch_ran(3, 2.0)
     stats.batch_ran(1, 1.5)
-    stats.answered(items=2, queue_ms=0.5, total_ms=4.0)
-    stats.answered(items=2, queue_ms=1.0, total_ms=5.0)
-    stats.failed(50.25)
+    stats.answered(items=2, queue_ms=0.5, compute_ms=2.0, total_ms=4.0)
+    stats.answered(items=1, queue_ms=1.0, compute_ms=1.5, total_ms=5.0)
+    stats.failed(50.25)  # e.g. the third item of the first batch, dropped after it ran
     entry = stats.as_json("f.v")
-    assert (entry["inference_count"], entry["execution_count"]) == (4, 2)
+    assert (entry["inference_count"], entry["execution_count"]) == (3, 2)  # items answered, batches run
     assert entry["inference_stats"]["success"] == {"count": 2, "ns": 9_000_000}
     assert entry["inference_stats"]["queue"] == {"count": 2, "ns": 1_500_000}
     assert entry["inference_stats"]["fail"] == {"count": 1, "ns": 50_250_000}
-    # every item is charged its whole batch's compute time; per batch size, batches are counted
-    assert entry["inference_stats"]["compute_infer"] == {"count": 4, "ns": 3 * 2_000_000 + 1_500_000}
-    assert entry["batch_stats"] == [{"batch_size": 1, "compute_infer": {"count": 1, "ns": 1_500_000}},
-                                    {"batch_size": 3, "compute_infer": {"count": 1, "ns": 2_000_000}}]  # fmt: skip
+    # an answered request is charged its batch's compute time once; per batch size, batches count
+    assert entry["inference_stats"]["compute_infer"] == {"count": 2, "ns": 3_500_000}
+    assert entry["inference_stats"]["compute_input"] == {"count": 2, "ns": 0}  # not timed apart
+    assert entry["inference_stats"]["cache_hit"] == {"count": 0, "ns": 0}
+    assert [(batch["batch_size"], batch["compute_infer"]) for batch in entry["batch_stats"]] == [
+        (1, {"count": 1, "ns": 1_500_000}), (3, {"count": 1, "ns": 2_000_000})]
     assert entry["last_inference"] > 0 and entry["version"] == "1"
 
 
@@ -50,8 +53,20 @@ def test_http_and_grpc_statistics_count_what_was_served(server):
     for kind, requests in (("success", 2), ("queue", 2), ("fail", 1)):
         assert after["inference_stats"][kind]["count"] - before["inference_stats"][kind]["count"] == requests
         assert int(after["inference_stats"][kind]["ns"]) > int(before["inference_stats"][kind]["ns"])
-    assert after["inference_stats"]["compute_infer"]["count"] - before["inference_stats"]["compute_infer"]["count"] == 3
-    assert sum(batch["compute_infer"]["count"] for batch in after["batch_stats"]) == after["execution_count"]
+    assert after["inference_stats"]["compute_infer"]["count"] - before["inference_stats"]["compute_infer"]["count"] == 2
+    assert after["execution_count"] > before["execution_count"] and after["last_inference"] >= before["last_inference"]
+    # A family's request counts under the variant that answered it.
+    def successes() -> dict[str, int]:
+        return {entry["name"]: entry["inference_stats"]["success"]["count"] for entry in http.get_inference_statistics("fixture")["model_stats"]}
+
+    family_before = successes()
+    frame = np.zeros((1, 3, 128, 128), np.float32)
+    tensor = triton_http.InferInput("images", list(frame.shape), "FP32")
+    tensor.set_data_from_numpy(frame)
+    served_by = http.infer("fixture", [tensor], parameters={"slo_ms": 500}).get_response()["parameters"]["shoal_variant"]
+    family_after = successes()
+    assert family_after[served_by] == family_before[served_by] + 1
+    assert all(family_after[name] == count for name, count in family_before.items() if name != served_by)
     # gRPC answers from the same numbers (tritonclient's JSON of the proto: uint64 as strings)
     (over_grpc,) = grpc.get_inference_statistics("fixture.rf-16", as_json=True)["model_stats"]
     assert int(over_grpc["inference_count"]) == after["inference_count"]
@@ -81,3 +96,42 @@ def test_tritonclient_reads_the_model_config_over_http_and_grpc(server):
     assert http.get_model_config("fixture")["platform"] == "shoal_family"
     missing = httpx.get(f"{server.url}/v2/models/missing/config")
     assert missing.status_code == 404
+
+
+def test_a_cancelled_request_and_a_gate_refusal_count_as_failures(fixture_repository_path):
+    import asyncio
+
+    from shoal.core.models import Profile
+    from shoal.profiler.measure import summarise_latencies
+    from shoal.runtime.service import InferenceService
+    from shoal.runtime.worker_manager import ServeConfig
+
+    from .test_scheduler import FakeWorker
+
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, preload=()))
+
+        async def no_processes() -> None:
+            return None
+
+        service.manager.start = no_processes  # the batch runs on a slow fake worker below
+        await service.start()
+        key = "fixture.rf-16"
+        service.variants[key].latency = Profile(family="fixture", variant="rf-16", device="cpu", load_time_ms=1.0,
+                                                batches={size: summarise_latencies(size, [0.5] * 5) for size in (1, 2)})  # fmt: skip
+        service.scheduler.attach_worker(FakeWorker("slow", 200.0, variants=(key,)))
+        request = asyncio.create_task(service.infer(key, {"images": np.zeros((1, 3, 16, 16), np.float32)}, {"slo_ms": 1000}, []))
+        await asyncio.sleep(0.02)  # queued and running on the worker
+        request.cancel()  # what a gRPC cancel or a closed stream does to its handler
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 1000.0, 1.0  # a saturated loop
+        assert service.refuse_at_gate(key)
+        (entry,) = service.model_statistics(key)
+        text = service.metrics.render().decode()
+        await service.stop()
+        return entry, text
+
+    entry, text = asyncio.run(scenario())
+    assert entry["inference_stats"]["fail"]["count"] == 2 and entry["inference_stats"]["success"]["count"] == 0
+    assert 'outcome="cancelled",variant="fixture.rf-16"} 1.0' in text

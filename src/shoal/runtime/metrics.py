@@ -82,8 +82,8 @@ class ServingMetrics:
         self.child(self.compute_seconds, variant).observe(compute_ms / 1000.0)
         self.variant_statistics(variant).batch_ran(size, compute_ms)
 
-    def answered(self, model: str, variant: str, queue_ms: float, total_ms: float, items: int = 1) -> None:
-        self.variant_statistics(variant).answered(items, queue_ms, total_ms)
+    def answered(self, model: str, variant: str, queue_ms: float, total_ms: float, items: int = 1, compute_ms: float = 0.0) -> None:
+        self.variant_statistics(variant).answered(items, queue_ms, compute_ms, total_ms)
         self.child(self.requests, model, variant, "success").inc()
         self.child(self.queue_seconds, variant).observe(queue_ms / 1000.0)
         self.child(self.end_to_end_seconds, variant).observe(total_ms / 1000.0)

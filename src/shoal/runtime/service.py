@@ -27,6 +27,7 @@ from shoal.runtime.errors import BadRequestError, DeadlineExceededError, ModelNo
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.modelless import choose_modelless, modelless_variants, raise_unmet, variant_cost_per_1000_usd
 from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.statistics import VariantStatistics
 from shoal.runtime.worker_manager import ServeConfig, WorkerManager
 from shoal.zoo.preprocess import resize_images
 from shoal.zoo.repository import ModelRepository
@@ -205,7 +206,7 @@ class InferenceService:
             keys = [served.key] if served else [key for key, variant in self.variants.items() if variant.family.name == family.name]
         else:
             keys = list(self.variants)
-        return [self.metrics.variant_statistics(key).as_json(key) for key in keys]
+        return [self.metrics.statistics.get(key, VariantStatistics()).as_json(key) for key in keys]
 
     def repository_index(self) -> list[dict[str, str]]:
         index = []
@@ -304,6 +305,8 @@ class InferenceService:
         # The name is the client's, unchecked: only the server's own names become labels.
         known = workflow_slo_ms is not None or model_name in self.variants or model_name in self.families
         self.metrics.outcome(model_name if known else "", "", "shed")
+        if model_name in self.variants:  # a failure in the variant's statistics (a family's is not chosen yet)
+            self.metrics.variant_statistics(model_name).failed(0.0)
         return True
 
     def _remember_slo(self, model_name: str, slo_ms: float) -> None:
@@ -394,6 +397,11 @@ class InferenceService:
             # One item (nearly every request): awaited directly, since gather would add a
             # callback's turn through the event loop before this coroutine resumes.
             results = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+        except asyncio.CancelledError:  # the client went away (a gRPC cancel or deadline, a stream closed)
+            for future in futures:
+                future.cancel()
+            self.metrics.outcome(model_name, served.key, "cancelled", monotonic_ms() - arrival_ms)
+            raise
         except Exception as error:
             for future in futures:
                 future.cancel()
@@ -412,7 +420,8 @@ class InferenceService:
         outputs = np.stack([result[0] for result in results])
         total_ms = finished_ms - arrival_ms
         queue_ms = max(result[1] for result in results)
-        self.metrics.answered(model_name, served.key, queue_ms, total_ms, len(results))
+        compute_ms = max(result[2] for result in results)
+        self.metrics.answered(model_name, served.key, queue_ms, total_ms, len(results), compute_ms)
         return InferenceResult(
             model_name=model_name,
             output_name=family.output_name,
@@ -420,7 +429,7 @@ class InferenceService:
             parameters={
                 "shoal_variant": served.key,
                 "shoal_queue_ms": round(queue_ms, 3),
-                "shoal_compute_ms": round(max(result[2] for result in results), 3),
+                "shoal_compute_ms": round(compute_ms, 3),
                 "shoal_batch_size": max(result[3] for result in results),
                 "shoal_server_ms": round(total_ms, 3),
             },

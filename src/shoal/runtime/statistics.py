@@ -7,9 +7,10 @@ exact cumulative counts and durations the extension reports, and per batch size,
 histograms' buckets do not. Plain integers updated on the event loop: a few of them per
 request, cheaper than one more Prometheus call.
 
-What shoal does not measure separately is left out rather than reported as zero time:
-`compute_input` and `compute_output` (the copies through shared memory are not timed apart
-from the batch) and the response cache (shoal has none).
+Every field Triton sends is sent, so that code reading any of them works over HTTP as over
+gRPC; two carry no time: `compute_input` and `compute_output` (shoal does not time the copies
+through shared memory apart from the batch; counted like Triton's, with 0 ns), and the response
+cache's (shoal has none: zero).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class Duration:
 class VariantStatistics:
     """One served variant's counts since the server started.
 
-    As in Triton: `inference_count` counts items (a request of 4 images is 4), `execution_count`
-    batches run; `success`, `fail` and `queue` count requests, `compute_infer` counts items and
-    charges each the whole batch's compute time, and `batches[size]` counts batches of that size
-    with their compute time."""
+    As in Triton: `inference_count` counts the items of answered requests (a request of 4 images
+    is 4), `execution_count` batches run; `success`, `fail`, `queue` and `compute_infer` count
+    requests (`compute_infer` charges an answered request its batch's compute time), and
+    `batches[size]` counts batches of that size with their compute time. `last_inference` is
+    when a batch last ran (Unix ms)."""
 
     last_inference_ms: int = 0
     inference_count: int = 0
@@ -54,15 +56,18 @@ class VariantStatistics:
     batches: dict[int, Duration] = field(default_factory=dict)
 
     def batch_ran(self, size: int, compute_ms: float) -> None:
-        self.execution_count += 1
-        self.compute_infer.add(compute_ms * size, size)
-        self.batches.setdefault(size, Duration()).add(compute_ms)
-
-    def answered(self, items: int, queue_ms: float, total_ms: float) -> None:
         self.last_inference_ms = int(time.time() * 1000)
+        self.execution_count += 1
+        by_size = self.batches.get(size)
+        if by_size is None:
+            by_size = self.batches[size] = Duration()
+        by_size.add(compute_ms)
+
+    def answered(self, items: int, queue_ms: float, compute_ms: float, total_ms: float) -> None:
         self.inference_count += items
         self.success.add(total_ms)
         self.queue.add(queue_ms)
+        self.compute_infer.add(compute_ms)
 
     def failed(self, elapsed_ms: float) -> None:
         self.fail.add(elapsed_ms)
@@ -79,7 +84,15 @@ class VariantStatistics:
                 "success": self.success.as_json(),
                 "fail": self.fail.as_json(),
                 "queue": self.queue.as_json(),
+                "compute_input": {"count": self.compute_infer.count, "ns": 0},
                 "compute_infer": self.compute_infer.as_json(),
+                "compute_output": {"count": self.compute_infer.count, "ns": 0},
+                "cache_hit": {"count": 0, "ns": 0},
+                "cache_miss": {"count": 0, "ns": 0},
             },
-            "batch_stats": [{"batch_size": size, "compute_infer": self.batches[size].as_json()} for size in sorted(self.batches)],
-        }
+            "batch_stats": [
+                {"batch_size": size, "compute_input": {"count": self.batches[size].count, "ns": 0},
+                 "compute_infer": self.batches[size].as_json(), "compute_output": {"count": self.batches[size].count, "ns": 0}}
+                for size in sorted(self.batches)
+            ],
+        }  # fmt: skip
