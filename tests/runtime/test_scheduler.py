@@ -369,11 +369,15 @@ def test_a_loading_worker_still_serves_what_no_idle_worker_holds():
         assert sum(loading.batches) == 2 and not any(loading.bursts)  # served, and narrow: the load needs a core
         scheduler.attach_worker(free)
         loading.batches.clear()
-        for _ in range(3):  # "v" first: without the rule the loading worker, woken first, would take it
-            both_hold = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
-            only_it_holds = scheduler.submit("u", np.zeros(1, np.float32), monotonic_ms() + 1000)
-            await asyncio.wait_for(asyncio.gather(only_it_holds, both_hold), 1.0)
-        assert sum(loading.batches) == 3 and sum(free.batches) == 3  # "u" on the loading one, "v" on the free one
+        free.batch_ms = 50.0
+        first = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        await asyncio.sleep(0.01)  # the free worker is busy with it
+        # The loading worker could take the second "v" at once, but leaves it to the free one;
+        # "u" only it holds, so it serves that.
+        both_hold = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        only_it_holds = scheduler.submit("u", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        await asyncio.wait_for(asyncio.gather(first, both_hold, only_it_holds), 1.0)
+        assert loading.batches == [1] and free.batches == [1, 1]
         await scheduler.close()
 
     asyncio.run(scenario())
