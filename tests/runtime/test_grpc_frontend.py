@@ -120,3 +120,15 @@ def test_a_stream_the_client_cancels_leaves_the_server_serving(client, server):
     client.async_stream_infer("fixture.rf-16", [tensor], request_id="after")
     client.stop_stream()
     assert len(again) == 1 and again[0][1] is None and again[0][0].get_response().id == "after"
+
+
+def test_a_version_other_than_1_is_not_found(client):
+    tensor = triton_grpc.InferInput("images", [1, 3, 16, 16], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
+    assert client.infer("fixture.rf-16", [tensor], model_version="1").as_numpy("logits").shape[0] == 1
+    for call in (lambda: client.infer("fixture.rf-16", [tensor], model_version="2"),
+                 lambda: client.get_model_metadata("fixture.rf-16", model_version="2"),
+                 lambda: client.get_model_config("fixture.rf-16", model_version="2")):  # fmt: skip
+        with pytest.raises(InferenceServerException) as missing:
+            call()
+        assert missing.value.status() == "StatusCode.NOT_FOUND" and "no version '2'" in missing.value.message()

@@ -233,3 +233,16 @@ def test_the_fast_path_takes_exactly_the_inference_posts():
         seen.clear()
         asyncio.run(call(method, path))
         assert seen == [expected], (method, path)
+
+
+def test_a_version_other_than_1_is_a_404_on_every_model_route(server):
+    base = f"{server.url}/v2/models/fixture.rf-16"
+    for path in ("/versions/1", "/versions/1/ready", "/versions/1/config", "/versions/1/stats"):
+        assert httpx.get(base + path).status_code == 200, path
+    for path in ("/versions/2", "/versions/2/ready", "/versions/2/config", "/versions/2/stats"):
+        answer = httpx.get(base + path)
+        assert answer.status_code == 404 and "no version '2'" in answer.json()["error"], path
+    body = {"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}
+    assert httpx.post(base + "/versions/1/infer", json=body).status_code == 200
+    wrong = httpx.post(base + "/versions/7/infer", json=body)
+    assert wrong.status_code == 404 and "no version '7'" in wrong.json()["error"]

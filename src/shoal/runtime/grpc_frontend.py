@@ -116,6 +116,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         async def call():
+            self.service.check_version(request.name, request.version)
             return pb.ModelReadyResponse(ready=self.service.is_ready(request.name))
 
         return await self._guard(context, call)
@@ -126,6 +127,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         async def call():
+            self.service.check_version(request.name, request.version)
             metadata = self.service.model_metadata(request.name)
             tensors = lambda items: [pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in items]  # noqa: E731
             return pb.ModelMetadataResponse(
@@ -137,6 +139,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, received_ms: float) -> pb.ModelInferResponse:
         """One inference, for ModelInfer and each request of a stream; raises ServingError."""
         self.service.resolve(request.model_name)
+        self.service.check_version(request.model_name, request.model_version)
         if self.service.refuse_at_gate(request.model_name):
             raise OverloadedError(GATE_REFUSAL_MESSAGE)
         inputs = decode_grpc_inputs(request)
@@ -213,6 +216,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request, context):
         async def call():
+            self.service.check_version(request.name, request.version)
             config = self.service.model_config(request.name)
             return pb.ModelConfigResponse(config=pb.ModelConfig(
                 name=config["name"], platform=config["platform"], backend=config["backend"], max_batch_size=config["max_batch_size"],
@@ -225,6 +229,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request, context):
         async def call():
             response = pb.ModelStatisticsResponse()
+            self.service.check_version(request.name, request.version)
             for entry in self.service.model_statistics(request.name):
                 stats = response.model_stats.add(
                     name=entry["name"], version=entry["version"], last_inference=entry["last_inference"],

@@ -157,26 +157,32 @@ def build_http_app(
         is_ready = service.is_ready()
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
+    def versioned_model(request: Request) -> str:
+        """The path's model, after checking the version it names, if any."""
+        model = request.path_params.get("model", "")
+        service.check_version(model, request.path_params.get("version"))
+        return model
+
     async def model_metadata(request: Request) -> Response:
-        model = request.path_params["model"]
+        model = versioned_model(request)
         if model in workflows:
             return JSONResponse(workflows[model].metadata())
         return JSONResponse(service.model_metadata(model))
 
     async def model_config(request: Request) -> Response:
-        return JSONResponse(service.model_config(request.path_params["model"]))
+        return JSONResponse(service.model_config(versioned_model(request)))
 
     async def model_statistics(request: Request) -> Response:
-        return JSONResponse({"model_stats": service.model_statistics(request.path_params.get("model", ""))})
+        return JSONResponse({"model_stats": service.model_statistics(versioned_model(request))})
 
     async def model_ready(request: Request) -> Response:
-        model = request.path_params["model"]
+        model = versioned_model(request)
         is_ready = workflows[model].started if model in workflows else service.is_ready(model)
         return JSONResponse({"name": request.path_params["model"], "ready": is_ready}, status_code=200 if is_ready else 503)
 
     async def infer(request: Request) -> Response:
         received_ms = monotonic_ms()
-        model = request.path_params["model"]
+        model = versioned_model(request)
         if model not in workflows:
             service.resolve(model)  # 404 before reading a large body
         body = await read_body(request)

@@ -178,6 +178,13 @@ class InferenceService:
             "outputs": [{"name": family.output_name, "datatype": "FP32", "shape": [-1, family.num_classes]}],
         }
 
+    @staticmethod
+    def check_version(model_name: str, version: str | None) -> None:
+        """Every model has one version, "1" (what metadata lists); a path or request naming
+        another is a 404 rather than an answer from version 1 under another number."""
+        if version not in (None, "", "1"):
+            raise ModelNotFoundError(f"model {model_name!r} has no version {version!r}: shoal serves version \"1\" of each model (or name none)")
+
     def model_config(self, model_name: str) -> dict[str, Any]:
         """The model's configuration as Triton reports it (`GET /v2/models/{m}/config`, gRPC
         ModelConfig): what `tritonclient`'s `get_model_config` users read the batch limit and
