@@ -91,29 +91,3 @@ def test_a_worker_that_fails_its_load_does_not_keep_the_variant_from_the_others(
     raised, loaded = asyncio.run(scenario())
     assert raised is not None and "f0" in raised  # the failure is still reported
     assert loaded == [[], ["fixture.rf-64"]]  # but the other worker got the variant
-
-
-def test_ensure_serving_returns_once_one_worker_holds_the_variant_and_the_rest_follow(fixture_repository_path):
-    """What the edge planner waits for before its instructions go out: one load, not one per worker."""
-
-    async def scenario():
-        service = InferenceService(ServeConfig(repository=fixture_repository_path, preload=(), num_workers=2, intra_op_threads=1))
-        await service.start()
-        manager = service.manager
-        key = "fixture.rf-64"
-        try:
-            await manager.ensure_serving(service.variants[key])
-            at_return = sorted(worker.worker_id for worker in manager.workers.values() if key in worker.loaded_variants)
-            background = list(manager._background_loads)
-            await asyncio.gather(*background)
-            after = sorted(worker.worker_id for worker in manager.workers.values() if key in worker.loaded_variants)
-            # A background load still running when the server stops is stopped with it.
-            await manager.ensure_serving(service.variants["fixture.rf-16"])
-            stopping = list(manager._background_loads)
-        finally:
-            await service.stop()
-        return at_return, len(background), after, stopping
-
-    at_return, background, after, stopping = asyncio.run(scenario())
-    assert len(at_return) == 1 and background == 1 and after == ["w0", "w1"]
-    assert len(stopping) == 1 and stopping[0].done()

@@ -85,7 +85,6 @@ class WorkerManager:
         self._cache: dict[str, OrderedDict[str, int]] = {}  # worker -> variant key -> estimated bytes (LRU order)
         self._variants: dict[str, "ServedVariant"] = {}
         self._restarts: set[asyncio.Task] = set()
-        self._background_loads: set[asyncio.Task] = set()  # see ensure_serving
         self._stopping = False
         self.serving = False
         """Set once the server takes requests: from then on loads roll (`_load_rolling`)."""
@@ -120,10 +119,10 @@ class WorkerManager:
 
     async def stop(self) -> None:
         self._stopping = True
-        pending = list(self._restarts) + list(self._background_loads)
-        for task in pending:
+        restarts = list(self._restarts)
+        for task in restarts:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)  # a replacement being started is stopped first
+        await asyncio.gather(*restarts, return_exceptions=True)  # a replacement being started is stopped first
         await asyncio.gather(*(worker.stop() for worker in self.workers.values()), return_exceptions=True)
         self.backend.release()
 
@@ -132,35 +131,6 @@ class WorkerManager:
         """Load (and warm) a variant on every worker that does not hold it yet (`_load_rolling`)."""
         self._variants[served.key] = served
         await self._load_rolling([worker for worker in self.workers.values() if worker.alive], served)
-
-    async def ensure_serving(self, served: "ServedVariant") -> None:
-        """Return as soon as one worker holds `served` (loading it on one if none does); the
-        other workers get it after that in the background, rolling as `ensure_loaded`'s do.
-
-        For a caller that acts once the variant can answer, not once every worker has warmed it
-        up: the edge planner, whose new instructions otherwise waited for a load per worker."""
-        self._variants[served.key] = served
-        workers = sorted((worker for worker in self.workers.values() if worker.alive), key=lambda worker: served.key not in worker.loaded_variants)
-        failed: WorkerFailedError | None = None
-        for index, worker in enumerate(workers):
-            try:
-                await self._load_rolling([worker], served)
-            except WorkerFailedError as error:  # that worker died meanwhile: the next one, then
-                failed = failed or error
-                continue
-            rest = workers[index + 1:]
-            if rest:
-                task = asyncio.create_task(self._load_rolling(rest, served), name=f"load-{served.key}")
-                self._background_loads.add(task)
-                task.add_done_callback(self._background_load_done)
-            return
-        if failed is not None:
-            raise failed
-
-    def _background_load_done(self, task: asyncio.Task) -> None:
-        self._background_loads.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("background load (%s) failed: %s", task.get_name(), task.exception())
 
     async def _load_rolling(self, workers: list[Worker], served: "ServedVariant") -> None:
         """`_load_on` each of `workers`: all at once before the server takes requests (its

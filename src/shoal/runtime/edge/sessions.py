@@ -230,8 +230,7 @@ class EdgeSessionManager:
         state.worker_variants = {name: decision.variant for name, decision in plan.workers.items()}
         for key in {decision.variant for decision in plan.workers.values() if decision.variant}:
             if not self.service.scheduler.workers_for(key):
-                # Instructions go out once one worker can answer; the others load it after.
-                await self.service.manager.ensure_serving(self.service.variants[key])
+                await self.service.manager.ensure_loaded(self.service.variants[key])
         instructions = instructions_from_plan(plan, variants, overhead_ms)
         for session in sessions:
             instruction = instructions.get(session.name)
