@@ -132,3 +132,5 @@ def test_a_version_other_than_1_is_not_found(client):
         with pytest.raises(InferenceServerException) as missing:
             call()
         assert missing.value.status() == "StatusCode.NOT_FOUND" and "no version '2'" in missing.value.message()
+    # As Triton: a version that does not exist is not ready, rather than an error.
+    assert client.is_model_ready("fixture.rf-16", "1") and not client.is_model_ready("fixture.rf-16", "2")

@@ -246,3 +246,5 @@ def test_a_version_other_than_1_is_a_404_on_every_model_route(server):
     assert httpx.post(base + "/versions/1/infer", json=body).status_code == 200
     wrong = httpx.post(base + "/versions/7/infer", json=body)
     assert wrong.status_code == 404 and "no version '7'" in wrong.json()["error"]
+    unknown = httpx.get(f"{server.url}/v2/models/missing/versions/2")
+    assert unknown.status_code == 404 and "missing" in unknown.json()["error"] and "no version" not in unknown.json()["error"]

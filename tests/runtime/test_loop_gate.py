@@ -213,3 +213,34 @@ def test_a_refused_request_is_answered_429_unread_and_its_connection_serves_the_
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_gate_leaves_a_request_for_a_version_that_does_not_exist_to_its_404():
+    from shoal.runtime.http_frontend import InferFastPath
+
+    reached = []
+
+    async def endpoint(request):
+        reached.append(request.path_params)
+        from starlette.responses import Response
+
+        return Response(b"", status_code=404)
+
+    async def fallback(scope, receive, send):
+        raise AssertionError("not the infer path")
+
+    async def call(path: str) -> int:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await InferFastPath(endpoint, fallback, refuse=lambda model: True)({"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}, receive, send)
+        return sent[0]["status"]
+
+    assert asyncio.run(call("/v2/models/m/infer")) == 429 and reached == []  # the saturated gate refuses
+    assert asyncio.run(call("/v2/models/m/versions/1/infer")) == 429 and reached == []
+    assert asyncio.run(call("/v2/models/m/versions/7/infer")) == 404 and reached == [{"model": "m", "version": "7"}]

@@ -81,7 +81,7 @@ class ObservedLoad:
     window_s: float
     arrival_rate_rps: float
     success_rate_rps: float
-    rejected_rate_rps: float  # shed (429), dropped (deadline) and failed requests
+    rejected_rate_rps: float  # shed (429), dropped (deadline), failed and cancelled requests
     mean_batch_size: float | None
     mean_latency_ms: float | None
     pending_requests: float

@@ -116,8 +116,8 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         async def call():
-            self.service.check_version(request.name, request.version)
-            return pb.ModelReadyResponse(ready=self.service.is_ready(request.name))
+            # As Triton: a version that does not exist is not ready (not an error).
+            return pb.ModelReadyResponse(ready=request.version in ("", "1") and self.service.is_ready(request.name))
 
         return await self._guard(context, call)
 

@@ -111,7 +111,8 @@ class InferFastPath:
         if scope["type"] == "http" and scope["method"] == "POST":
             match = _INFER_PATH.fullmatch(scope["path"])
             if match is not None:
-                if self.refuse is not None and self.refuse(match["model"]):
+                # A version that does not exist is a 404 whatever the load (the endpoint says so).
+                if self.refuse is not None and match["version"] in (None, "1") and self.refuse(match["model"]):
                     await send({"type": "http.response.start", "status": 429, "headers": _SATURATED_HEADERS})
                     await send({"type": "http.response.body", "body": _SATURATED_BODY})
                     return
@@ -158,9 +159,13 @@ def build_http_app(
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     def versioned_model(request: Request) -> str:
-        """The path's model, after checking the version it names, if any."""
+        """The path's model, after checking the version it names, if any (an unknown model is
+        named as unknown first)."""
         model = request.path_params.get("model", "")
-        service.check_version(model, request.path_params.get("version"))
+        version = request.path_params.get("version")
+        if version not in (None, "", "1") and model and model not in workflows:
+            service.resolve(model)
+        service.check_version(model, version)
         return model
 
     async def model_metadata(request: Request) -> Response:

@@ -68,7 +68,7 @@ class ServingMetrics:
         return found
 
     def outcome(self, model: str, variant: str, outcome: str, elapsed_ms: float | None = None) -> None:
-        """A request that was not answered (shed, dropped, failed); with `elapsed_ms` and a
+        """A request that was not answered (shed, dropped, failure, cancelled); with `elapsed_ms` and a
         variant it also counts as a failure in the variant's statistics."""
         self.child(self.requests, model, variant, outcome).inc()
         if variant and elapsed_ms is not None:
