@@ -1,7 +1,9 @@
 """KServe v2 / Open Inference Protocol over HTTP (Starlette), with Triton's binary extension.
 
-Routes: /v2, /v2/health/{live,ready}, /v2/models/{m}[/versions/{v}][/ready|/infer],
-where {m} is a family, a `<family>.<variant>` or a served workflow (its deployment's name),
+Routes: /v2, /v2/health/{live,ready}, /v2/models/{m}[/versions/{v}][/ready|/infer|/config|/stats],
+where {m} is a family, a `<family>.<variant>` or a served workflow (its deployment's name) and
+{v}, if given, must be 1 (every model has that one version), /v2/models/stats (every variant's,
+Triton's statistics extension),
 /v2/repository/index, /v2/repository/models/{m}/{load,unload}, shoal's replica extension
 (POST /v2/repository/models/{m}/replicas {"replicas": n}, GET /v2/repository/replicas),
 registration (POST /v2/repository/families/{f}/variants/{v}, the ONNX file as body: accuracy
