@@ -188,12 +188,7 @@ class _Server:
         deadline = now + budget_ms / 1000.0
         self._sequence += 1
         item = _Item(deadline, self._sequence, client, record, variant, now, reply)
-        latency = self.variants[variant].live.latency_ms
-        finish_ms = self.settings.server_overhead_ms + admission_finish_ms(
-            len(self.queues[variant]), self._busy_ms(now), lambda b: _table_ms(latency, b), self.settings.max_batch_size,
-            arrivals_per_ms=self._admission_rate_per_ms(variant, now),
-        )
-        if finish_ms > budget_ms * self.settings.admission_headroom:
+        if self._predicted_finish_ms(variant, now, self._busy_ms(now)) > budget_ms * self.settings.admission_headroom:
             reply(record, "dropped", None, 0.0, None)
             return
         bisect.insort(self.queues[variant], item)
@@ -213,19 +208,21 @@ class _Server:
         for key, variant in self.variants.items():
             if variant.live.input_size_px > size:
                 continue
-            finish = self.settings.server_overhead_ms + admission_finish_ms(
-                len(self.queues[key]), busy_ms, lambda b, t=variant.live.latency_ms: _table_ms(t, b), self.settings.max_batch_size,
-                arrivals_per_ms=self._admission_rate_per_ms(key, now),
-            )
-            if finish <= budget_ms and (best is None or variant.live.accuracy > self.variants[best].live.accuracy):
+            if self._predicted_finish_ms(key, now, busy_ms) <= budget_ms and (best is None or variant.live.accuracy > self.variants[best].live.accuracy):
                 best = key
         return best
 
     def _busy_ms(self, now_s: float) -> list[float]:
         return [max(0.0, busy_until - now_s) * 1000.0 for busy_until in self.worker_busy_until]
 
-    def _admission_rate_per_ms(self, variant: str, now_s: float) -> float:
-        return admitted_per_ms(self.admitted_ms[variant], now_s * 1000.0)
+    def _predicted_finish_ms(self, variant: str, now_s: float, busy_ms: Sequence[float]) -> float:
+        """When a frame for `variant` admitted now would be answered, as the live server's
+        admission predicts it (its overhead, the workers' busy times, the admitted rate)."""
+        latency = self.variants[variant].live.latency_ms
+        return self.settings.server_overhead_ms + admission_finish_ms(
+            len(self.queues[variant]), busy_ms, lambda b: _table_ms(latency, b), self.settings.max_batch_size,
+            arrivals_per_ms=admitted_per_ms(self.admitted_ms[variant], now_s * 1000.0),
+        )
 
     def _dispatch(self) -> None:
         now = self.engine.now
