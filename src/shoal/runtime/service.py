@@ -404,15 +404,14 @@ class InferenceService:
             # One item (nearly every request): awaited directly, since gather would add a
             # callback's turn through the event loop before this coroutine resumes.
             results = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
-        except asyncio.CancelledError:  # the client went away (a gRPC cancel or deadline, a stream closed)
+        # CancelledError: the client went away (a gRPC cancel or deadline, a stream closed).
+        except (asyncio.CancelledError, Exception) as error:
             for future in futures:
                 future.cancel()
-            self.metrics.outcome(model_name, served.key, "cancelled", monotonic_ms() - arrival_ms)
-            raise
-        except Exception as error:
-            for future in futures:
-                future.cancel()
-            outcome = "dropped" if isinstance(error, DeadlineExceededError) else "failure"
+            if isinstance(error, asyncio.CancelledError):
+                outcome = "cancelled"
+            else:
+                outcome = "dropped" if isinstance(error, DeadlineExceededError) else "failure"
             self.metrics.outcome(model_name, served.key, outcome, monotonic_ms() - arrival_ms)
             raise
         finished_ms = monotonic_ms()
