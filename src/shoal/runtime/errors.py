@@ -74,6 +74,12 @@ class OverloadedError(ServingError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
+    @property
+    def retry_after_whole_s(self) -> int:
+        """What a Retry-After header can say (whole seconds), never 0: "retry at once" would
+        bring the load straight back."""
+        return max(1, round(self.retry_after_s))
+
 
 class DeadlineExceededError(ServingError):
     """Dropped: the deadline cannot be met (answered explicitly, never silently)."""

@@ -97,7 +97,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             return await call()
         except ServingError as error:
             if isinstance(error, OverloadedError):
-                context.set_trailing_metadata((("retry-after", str(max(1, round(error.retry_after_s)))),))
+                context.set_trailing_metadata((("retry-after", str(error.retry_after_whole_s)),))
             if isinstance(error, RequirementsUnmetError):
                 # gRPC statuses carry one string: the alternatives travel as JSON in trailing metadata.
                 context.set_trailing_metadata((("shoal-alternatives", json.dumps(error.alternatives)),))
@@ -164,7 +164,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except ServingError as error:
             message = error.message
             if isinstance(error, OverloadedError):
-                message += f" (retry after {max(1, round(error.retry_after_s))} s)"
+                message += f" (retry after {error.retry_after_whole_s} s)"
             if isinstance(error, RequirementsUnmetError):
                 message += f"; alternatives: {json.dumps(error.alternatives)}"
         except Exception:

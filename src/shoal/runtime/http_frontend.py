@@ -54,7 +54,7 @@ def check_admin_token(request: Request, admin_token: str | None) -> None:
 def error_response(error: ServingError) -> JSONResponse:
     headers = {}
     if isinstance(error, OverloadedError):
-        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+        headers["Retry-After"] = str(error.retry_after_whole_s)
     body: dict = {"error": error.message}
     if isinstance(error, RequirementsUnmetError):
         body["alternatives"] = error.alternatives
