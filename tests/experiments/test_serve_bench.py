@@ -120,14 +120,19 @@ def test_bench_serve_end_to_end_on_the_fixture_family(fixture_repository_path, t
     assert "fixture.rf-16 (selected)" in summary_text(results)
 
 
-def test_without_ray_installed_ray_serve_is_null_with_the_reason(fixture_repository_path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("missing_module", ["ray", "fastapi"])
+def test_without_ray_serve_installed_ray_serve_is_null_with_the_reason(fixture_repository_path, tmp_path, monkeypatch, missing_module):
+    """Plain `ray` without Ray Serve's HTTP stack (fastapi) is reported the same way as no ray."""
     import importlib.util
 
     from shoal.experiments import serve_bench
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "ray" else real_find_spec(name, *args))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == missing_module else real_find_spec(name, *args))
     (target,) = select_targets(ModelRepository(fixture_repository_path), "fixture.rf-16", include_light=False)
     config = BenchConfig(repository=fixture_repository_path, model="fixture.rf-16", quick=True)
     results = serve_bench._run_server_group(["ray_serve"], target, config, None, None, None, serve_bench._Steps(None, 1), tmp_path)
-    assert results == {"ray_serve": {"goodput_rps": None, "error": "ray is not installed here: pip install 'ray[serve]' (the `bench` extra)"}}
+    assert results == {"ray_serve": {
+        "goodput_rps": None,
+        "error": f"Ray Serve is not installed here ({missing_module} missing): pip install 'ray[serve]' (the `bench` extra, which `make install` installs)",
+    }}

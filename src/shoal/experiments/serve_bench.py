@@ -68,6 +68,9 @@ __all__ = [
 
 SYSTEMS = ("shoal", "lean_http", "ray_serve", "onnxruntime")
 SERVERS = ("shoal", "lean_http", "ray_serve")
+RAY_SERVE_MODULES = ("ray", "fastapi")
+"""What the Ray Serve baseline imports beyond shoal's own dependencies: plain `ray` (the `ray`
+and `test` extras) lacks Ray Serve's HTTP stack, and `from ray import serve` fails without it."""
 _Request = tuple[str, LoadSpec | None, Any]
 """What a sweep asks the runner for: ("reference", None, seconds) | ("warmup", spec, None) |
 ("point", spec, kind) | ("idle", spec, (threshold ms, limit s))."""
@@ -426,8 +429,9 @@ def _run_server_group(systems: list[str], target: BenchTarget, config: BenchConf
     servers: dict[str, ServerUnderTest] = {}
     try:
         for system in systems:
-            if system == "ray_serve" and importlib.util.find_spec("ray") is None:
-                results[system] = {"goodput_rps": None, "error": "ray is not installed here: pip install 'ray[serve]' (the `bench` extra)"}
+            missing = [module for module in RAY_SERVE_MODULES if importlib.util.find_spec(module) is None] if system == "ray_serve" else []
+            if missing:
+                results[system] = {"goodput_rps": None, "error": f"Ray Serve is not installed here ({', '.join(missing)} missing): pip install 'ray[serve]' (the `bench` extra, which `make install` installs)"}
                 continue
             port = free_port()
             server = ServerUnderTest(system, _server_argv(system, target, config, port, scratch), scratch / f"{target.role}-{system}.log", f"http://127.0.0.1:{port}")
