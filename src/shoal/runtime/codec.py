@@ -7,12 +7,12 @@ Nothing here is ever unpickled.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from shoal.runtime.errors import BadRequestError, PayloadTooLargeError
 
@@ -111,12 +111,16 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
             raise BadRequestError(
                 f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
             )
-        json_part, binary_part = body[:header_length], memoryview(body)[header_length:]
+        json_part, binary_part = memoryview(body)[:header_length], memoryview(body)[header_length:]
     else:
         json_part, binary_part = body, memoryview(b"")
     try:
-        header = json.loads(json_part)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        # orjson: json.loads and json.dumps were ~9% of the frontend's CPU on a light model at its
+        # peak rate (py-spy, demo.tiny-16); orjson is 4-10x faster on these small headers. Unlike
+        # json it refuses NaN/Infinity tokens (not JSON) and reads integers past 64 bits as floats,
+        # which the shape and size checks then refuse as non-integers.
+        header = orjson.loads(json_part)
+    except orjson.JSONDecodeError as error:
         raise BadRequestError(f"request body is not valid JSON: {error}") from None
     if not isinstance(header, dict):
         raise BadRequestError("request body must be a JSON object")
@@ -196,7 +200,7 @@ def encode_http_response(
     header = {"model_name": model_name, "model_version": model_version, "outputs": entries, "parameters": parameters}
     if request_id:
         header["id"] = request_id
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes = orjson.dumps(header)
     if not chunks:
         return header_bytes, None
     return header_bytes + b"".join(chunks), len(header_bytes)

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +24,7 @@ import numpy as np
 from shoal.planner.batching import ADMITTED_WINDOW, admission_finish_ms, admitted_per_ms, decide_batch
 from shoal.runtime.errors import DeadlineExceededError, OverloadedError, ServingError, WorkerFailedError
 from shoal.runtime.metrics import ServingMetrics
+from shoal.runtime.rolling import RollingPercentile
 from shoal.runtime.worker_handle import WorkerHandle
 
 __all__ = ["QueuedItem", "Scheduler", "VariantQueue", "monotonic_ms"]
@@ -87,8 +88,8 @@ class VariantQueue:
     TAIL_WINDOW = 64
     """Recent batches whose measured-over-profiled ratios give the tail the dispatcher plans for."""
     TAIL_DECILE = 9
-    """The 90th percentile of those ratios (`_percentile`: numpy's quantile cost ~20 us per batch,
-    4-5% of the frontend's CPU under load)."""
+    """The 90th percentile of those ratios (`RollingPercentile`: numpy's quantile cost ~20 us per
+    batch, 4-5% of the frontend's CPU under load)."""
     FINISH_ERROR_WINDOW = 256
     """Recent requests whose finish, against admission's prediction, calibrates admission."""
     FINISH_ERROR_PERCENTILE = 98
@@ -109,11 +110,11 @@ class VariantQueue:
         self.items: list[QueuedItem] = []
         self.slowdown = 1.0
         self.tail_slowdown = 1.0
-        self._recent_ratios: collections.deque[float] = collections.deque(maxlen=self.TAIL_WINDOW)
+        self._recent_ratios = RollingPercentile(self.TAIL_WINDOW)
         # per priority: requests overtaken by more urgent ones finish later than predicted by
         # design, and that must not make admission stricter for the urgent ones
         self._admission_error_ms: dict[int, float] = {}
-        self._finish_errors: dict[int, collections.deque[float]] = {}
+        self._finish_errors: dict[int, RollingPercentile] = {}
         self._errors_observed_ms: dict[int, float] = {}
         self._admitted_ms: collections.deque[float] = collections.deque(maxlen=ADMITTED_WINDOW)
 
@@ -137,8 +138,8 @@ class VariantQueue:
         if predicted > 0 and predicted != float("inf"):
             ratio = min(20.0, max(0.5, wall_ms / predicted))
             self.slowdown += self.SLOWDOWN_SMOOTHING * (ratio - self.slowdown)
-            self._recent_ratios.append(ratio)
-            self.tail_slowdown = _percentile(self._recent_ratios, 10 * self.TAIL_DECILE)
+            self._recent_ratios.add(ratio)
+            self.tail_slowdown = self._recent_ratios.percentile(10 * self.TAIL_DECILE)
 
     def observe_finishes(self, errors_ms: list[float], now_ms: float, priority: int = 0) -> None:
         """Fold how much later than admission predicted some requests of one priority finished
@@ -155,11 +156,11 @@ class VariantQueue:
         mixes very different SLOs learns a wider margin than its shortest ones need."""
         if not errors_ms:
             return
-        window = self._finish_errors.setdefault(priority, collections.deque(maxlen=self.FINISH_ERROR_WINDOW))
+        window = self._finish_errors.setdefault(priority, RollingPercentile(self.FINISH_ERROR_WINDOW))
         window.extend(errors_ms)
         self._errors_observed_ms[priority] = now_ms
         if len(window) >= 20:
-            self._admission_error_ms[priority] = max(0.0, _percentile(window, self.FINISH_ERROR_PERCENTILE))
+            self._admission_error_ms[priority] = max(0.0, window.percentile(self.FINISH_ERROR_PERCENTILE))
 
     def admission_error_ms(self, now_ms: float, priority: int = 0) -> float:
         """The margin learnt for `priority`, or 0 when nothing was learnt for it in FINISH_ERROR_STALE_MS."""
@@ -455,16 +456,6 @@ class Scheduler:
             for task in still_running:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _percentile(values: Iterable[float], percent: float) -> float:
-    """The `percent` percentile of a non-empty collection, interpolated linearly between the
-    closest ranks as numpy's default does; one sort, for the small windows kept per batch."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * percent / 100.0
-    below = int(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
 def _fail(future: asyncio.Future, error: Exception) -> None:

@@ -423,7 +423,8 @@ class InferenceService:
             raise DeadlineExceededError(
                 f"dropped: {served.key} finished {finished_ms - arrival_ms:.1f} ms after arrival, past the {slo_ms:g} ms SLO"
             )
-        outputs = np.stack([result[0] for result in results])
+        # One item (nearly every request): its row as a batch of one, without stack's copy.
+        outputs = results[0][0][np.newaxis] if len(results) == 1 else np.stack([result[0] for result in results])
         total_ms = finished_ms - arrival_ms
         queue_ms = max(result[1] for result in results)
         compute_ms = max(result[2] for result in results)
