@@ -189,6 +189,53 @@ def test_served_over_kserve_http_with_bad_input_answered_400(pipeline, fixture_r
         stop_server(server)
 
 
+def test_served_over_kserve_grpc_with_config_and_statistics_on_both_protocols(pipeline, fixture_repository_path):
+    """A Triton client finds a served workflow as it finds a model, over either protocol."""
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    path, _ = pipeline
+    server = start_server(fixture_repository_path, "--workflow", str(path))
+    try:
+        grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        http = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+        assert grpc.is_model_ready("fixture-pipeline")
+        assert grpc.get_model_metadata("fixture-pipeline", as_json=True)["platform"] == "shoal_workflow"
+        num_classes = ModelRepository(fixture_repository_path).load_family("fixture").num_classes
+        images = np.random.default_rng(4).random((3, 3, 128, 128), dtype=np.float32)
+        tensor = triton_grpc.InferInput("camera", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images)
+        answer = grpc.infer("fixture-pipeline", [tensor], parameters={"slo_ms": 60_000})
+        over_grpc = answer.as_numpy("classify")
+        assert over_grpc.shape == (3, num_classes) and float(answer.get_response(as_json=True)["parameters"]["shoal_workflow_ms"]["double_param"]) > 0
+        # the same images over HTTP give the same numbers
+        http_tensor = triton_http.InferInput("camera", list(images.shape), "FP32")
+        http_tensor.set_data_from_numpy(images)
+        np.testing.assert_allclose(http.infer("fixture-pipeline", [http_tensor]).as_numpy("classify"), over_grpc, rtol=1e-5, atol=1e-6)
+        bad = triton_grpc.InferInput("camera", [1, 3, 8, 8], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3, 8, 8), np.float32))
+        with pytest.raises(triton_grpc.InferenceServerException, match=r"must have shape \[batch, 3, 128, 128\]") as refused:
+            grpc.infer("fixture-pipeline", [bad])
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+        wrong_output = triton_grpc.InferRequestedOutput("features")
+        with pytest.raises(triton_grpc.InferenceServerException, match="has outputs"):
+            grpc.infer("fixture-pipeline", [tensor], outputs=[wrong_output])
+        # configuration: the sources and sinks without the batch dimension
+        for config in (http.get_model_config("fixture-pipeline"), grpc.get_model_config("fixture-pipeline", as_json=True)["config"]):
+            assert config["platform"] == "shoal_workflow" and [int(dim) for dim in config["input"][0]["dims"]] == [3, 128, 128]
+            assert config["output"][0]["name"] == "classify"
+        # statistics: two requests answered (6 items); the bad ones are the client's, not failures
+        for entries in (http.get_inference_statistics("fixture-pipeline")["model_stats"],
+                        grpc.get_inference_statistics("fixture-pipeline", as_json=True)["model_stats"]):  # fmt: skip
+            (entry,) = entries
+            assert int(entry["inference_count"]) == 6 and int(entry["inference_stats"]["success"]["count"]) == 2, entry["inference_stats"]
+            assert int(entry["inference_stats"]["compute_infer"]["ns"]) > 0 and int(entry["inference_stats"]["fail"].get("count", 0)) == 0
+        everything = {entry["name"] for entry in http.get_inference_statistics()["model_stats"]}
+        assert "fixture-pipeline" in everything and "fixture.rf-16" in everything
+    finally:
+        stop_server(server)
+
+
 def test_inputs_are_checked_before_anything_runs(pipeline):
     path, _ = pipeline
     deployment, base = load_deployment(path)

@@ -21,17 +21,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
 from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, tensor_from_json
+from shoal.runtime.endpoints import ServedModels
 from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError, ServingError
 from shoal.runtime.proto import grpc_service_pb2 as pb
 from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
+
+if TYPE_CHECKING:
+    from shoal.runtime.workflow import WorkflowExecutor
 
 __all__ = ["start_grpc_server"]
 
@@ -89,8 +94,9 @@ def decode_grpc_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
 
 
 class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService):
+    def __init__(self, service: InferenceService, models: ServedModels):
         self.service = service
+        self.models = models
 
     async def _guard(self, context: grpc.aio.ServicerContext, call):
         try:
@@ -117,7 +123,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request, context):
         async def call():
             # As Triton: a version that does not exist is not ready (not an error).
-            return pb.ModelReadyResponse(ready=request.version in ("", "1") and self.service.is_ready(request.name))
+            return pb.ModelReadyResponse(ready=request.version in ("", "1") and self.models.is_ready(request.name))
 
         return await self._guard(context, call)
 
@@ -127,8 +133,8 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         async def call():
-            self.service.check_version(request.name, request.version)
-            metadata = self.service.model_metadata(request.name)
+            self.models.check(request.name, request.version)
+            metadata = self.models.metadata(request.name)
             tensors = lambda items: [pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in items]  # noqa: E731
             return pb.ModelMetadataResponse(
                 name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"], inputs=tensors(metadata["inputs"]), outputs=tensors(metadata["outputs"])
@@ -138,19 +144,19 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, received_ms: float) -> pb.ModelInferResponse:
         """One inference, for ModelInfer and each request of a stream; raises ServingError."""
-        self.service.resolve(request.model_name)
-        self.service.check_version(request.model_name, request.model_version)
-        if self.service.refuse_at_gate(request.model_name):
+        self.models.check(request.model_name, request.model_version)
+        if self.models.refuse_at_gate(request.model_name):
             raise OverloadedError(GATE_REFUSAL_MESSAGE)
         inputs = decode_grpc_inputs(request)
         parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
         requested = [output.name for output in request.outputs]
-        result = await self.service.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms, gated=True)
-        outputs = np.ascontiguousarray(result.outputs)
+        answer = await self.models.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms)
         response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
-        response.outputs.add(name=result.output_name, datatype=NUMPY_TO_DATATYPE[outputs.dtype], shape=list(outputs.shape))
-        response.raw_output_contents.append(outputs.tobytes())
-        for key, value in result.parameters.items():
+        for name, array in answer.outputs.items():
+            outputs = np.ascontiguousarray(array)
+            response.outputs.add(name=name, datatype=NUMPY_TO_DATATYPE[outputs.dtype], shape=list(outputs.shape))
+            response.raw_output_contents.append(outputs.tobytes())
+        for key, value in answer.parameters.items():
             _set_parameter(response.parameters[key], value)
         return response
 
@@ -216,8 +222,8 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request, context):
         async def call():
-            self.service.check_version(request.name, request.version)
-            config = self.service.model_config(request.name)
+            self.models.check(request.name, request.version)
+            config = self.models.config(request.name)
             return pb.ModelConfigResponse(config=pb.ModelConfig(
                 name=config["name"], platform=config["platform"], backend=config["backend"], max_batch_size=config["max_batch_size"],
                 input=[pb.ModelInput(**tensor) for tensor in config["input"]], output=[pb.ModelOutput(**tensor) for tensor in config["output"]],
@@ -229,8 +235,11 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request, context):
         async def call():
             response = pb.ModelStatisticsResponse()
-            self.service.check_version(request.name, request.version)
-            for entry in self.service.model_statistics(request.name):
+            if request.name:
+                self.models.check(request.name, request.version)
+            else:  # every model's: only "1" exists
+                self.service.check_version("", request.version)
+            for entry in self.models.statistics(request.name):
                 stats = response.model_stats.add(
                     name=entry["name"], version=entry["version"], last_inference=entry["last_inference"],
                     inference_count=entry["inference_count"], execution_count=entry["execution_count"],
@@ -262,11 +271,14 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._guard(context, call)
 
 
-async def start_grpc_server(service: InferenceService, *, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024) -> grpc.aio.Server:
+async def start_grpc_server(
+    service: InferenceService, *, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024, workflows: Mapping[str, WorkflowExecutor] | None = None,
+) -> grpc.aio.Server:
+    """Serve `service`'s models and the served `workflows` (by their deployment names) over gRPC."""
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(service), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(service, ServedModels(service, workflows)), server)
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     await server.start()

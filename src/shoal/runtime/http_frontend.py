@@ -28,10 +28,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shoal.runtime.codec import decode_http_request, encode_http_response
+from shoal.runtime.endpoints import ServedModels
 from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError, UnauthorizedError
 from shoal.runtime.openapi import openapi_document
 from shoal.runtime.scheduler import monotonic_ms
-from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService, requirements
+from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
 
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor
@@ -133,7 +134,7 @@ def build_http_app(
     extra_routes: Sequence[BaseRoute] = (),
     workflows: Mapping[str, "WorkflowExecutor"] | None = None,
 ) -> InferFastPath:
-    workflows = dict(workflows or {})
+    models = ServedModels(service, workflows)
 
     def require_token(request: Request) -> None:
         check_admin_token(request, admin_token)
@@ -161,55 +162,40 @@ def build_http_app(
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     def versioned_model(request: Request) -> str:
-        """The path's model, after checking the version it names, if any (an unknown model is
-        named as unknown first)."""
+        """The path's model (all of them with /v2/models/stats), after checking it and the
+        version it names, if any: both a 404 (before a large body is read)."""
         model = request.path_params.get("model", "")
-        version = request.path_params.get("version")
-        if version not in (None, "", "1") and model and model not in workflows:
-            service.resolve(model)
-        service.check_version(model, version)
+        if model:
+            models.check(model, request.path_params.get("version"))
         return model
 
     async def model_metadata(request: Request) -> Response:
-        model = versioned_model(request)
-        if model in workflows:
-            return JSONResponse(workflows[model].metadata())
-        return JSONResponse(service.model_metadata(model))
+        return JSONResponse(models.metadata(versioned_model(request)))
 
     async def model_config(request: Request) -> Response:
-        return JSONResponse(service.model_config(versioned_model(request)))
+        return JSONResponse(models.config(versioned_model(request)))
 
     async def model_statistics(request: Request) -> Response:
-        return JSONResponse({"model_stats": service.model_statistics(versioned_model(request))})
+        return JSONResponse({"model_stats": models.statistics(versioned_model(request))})
 
     async def model_ready(request: Request) -> Response:
-        model = versioned_model(request)
-        is_ready = workflows[model].started if model in workflows else service.is_ready(model)
+        is_ready = models.is_ready(versioned_model(request))
         return JSONResponse({"name": request.path_params["model"], "ready": is_ready}, status_code=200 if is_ready else 503)
 
     async def infer(request: Request) -> Response:
         received_ms = monotonic_ms()
         model = versioned_model(request)
-        if model not in workflows:
-            service.resolve(model)  # 404 before reading a large body
         body = await read_body(request)
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None and not header_length.isdigit():
             raise BadRequestError("Inference-Header-Content-Length must be a non-negative integer")
         decoded = decode_http_request(body, int(header_length) if header_length is not None else None)
-        if model in workflows:
-            stated = requirements(decoded.parameters, workflows[model].deployment.slo_ms)
-            slo_ms, priority = stated.slo_ms, stated.priority
-            answer = await workflows[model].infer(decoded.inputs, slo_ms=slo_ms, priority=priority)
-            outputs, parameters = answer.outputs, {"shoal_workflow_ms": round(answer.latency_ms, 3)}
-        else:
-            result = await service.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms, gated=True)
-            outputs, parameters = {result.output_name: result.outputs}, result.parameters
+        answer = await models.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms)
         payload, json_length = encode_http_response(
             model,
-            outputs,
+            answer.outputs,
             request_id=decoded.request_id,
-            parameters=parameters,
+            parameters=answer.parameters,
             binary_outputs=decoded.binary_outputs,
             binary_by_default=decoded.binary_by_default,
         )
@@ -252,7 +238,7 @@ def build_http_app(
         return JSONResponse({"model": request.path_params["model"], "replicas": reached})
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document(str(request.base_url).rstrip("/"), service.model_names() + sorted(workflows)))
+        return JSONResponse(openapi_document(str(request.base_url).rstrip("/"), models.names()))
 
     async def metrics(request: Request) -> Response:
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -283,10 +269,4 @@ def build_http_app(
         Route("/openapi.json", guarded(openapi), methods=["GET"]),
     ]
 
-    def refuse(model: str) -> bool:
-        workflow = workflows.get(model)
-        if workflow is not None:
-            return service.refuse_at_gate(model, workflow_slo_ms=workflow.deployment.slo_ms)
-        return service.refuse_at_gate(model)
-
-    return InferFastPath(infer_endpoint, Starlette(routes=[*routes, *extra_routes]), refuse=refuse)
+    return InferFastPath(infer_endpoint, Starlette(routes=[*routes, *extra_routes]), refuse=models.refuse_at_gate)

@@ -88,7 +88,7 @@ async def serve_forever(
             except ImportError:  # the gRPC frontend is optional until its module exists
                 start_grpc_server = None
             if start_grpc_server is not None:
-                grpc_server = await start_grpc_server(service, host=host, port=grpc_port)
+                grpc_server = await start_grpc_server(service, host=host, port=grpc_port, workflows=workflows)
         stop = stop_event or asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

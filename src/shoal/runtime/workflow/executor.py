@@ -31,6 +31,7 @@ from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replac
 from shoal.runtime.errors import BadRequestError, OverloadedError
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.statistics import VariantStatistics
 from shoal.runtime.workflow.deployment import WorkflowDeployment
 from shoal.runtime.workflow.routing import SmoothWeightedRoundRobin
 from shoal.zoo.preprocess import resize_images
@@ -50,6 +51,10 @@ class WorkflowResult:
     outputs: dict[str, np.ndarray]
     workers_by_task: dict[str, list[str]] = field(default_factory=dict)
     latency_ms: float = 0.0
+    queue_ms: float = 0.0
+    """Of the request's slowest item: its stages' queue times summed (as Triton sums an ensemble's)."""
+    compute_ms: float = 0.0
+    """Of the request's slowest item: its stages' batch compute times summed."""
 
 
 class WorkflowExecutor:
@@ -89,6 +94,9 @@ class WorkflowExecutor:
         self._downstream_ms: dict[str, float] = {}
         self._restarts: set[asyncio.Task] = set()
         self.started = False
+        # Triton's statistics of the served workflow, kept by its frontends (shoal.runtime.endpoints)
+        # per request as for a variant: its stages' queue and compute times summed along its path.
+        self.statistics = VariantStatistics()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -219,12 +227,16 @@ class WorkflowExecutor:
             raise
         outputs = {sink: np.stack([answer[0][sink] for answer in answers]) for sink in self.sinks}
         workers_by_task = {task: [answer[1][task] for answer in answers] for task in self.order}
-        return WorkflowResult(outputs, workers_by_task, monotonic_ms() - arrival_ms)
+        queue_ms = max(sum(queue for queue, _ in answer[2].values()) for answer in answers)
+        compute_ms = max(sum(compute for _, compute in answer[2].values()) for answer in answers)
+        return WorkflowResult(outputs, workers_by_task, monotonic_ms() - arrival_ms, queue_ms, compute_ms)
 
     async def _run_item(self, request_id: int, sources: dict[str, np.ndarray], deadline_ms: float, priority: int):
-        """One request id through the DAG: each task starts as soon as all its inputs are in."""
+        """One request id through the DAG: each task starts as soon as all its inputs are in.
+        Returns the sinks' outputs, the worker each task ran on and each task's queue and compute ms."""
         results: dict[str, asyncio.Future] = {}
         placed: dict[str, str] = {}
+        timings: dict[str, tuple[float, float]] = {}  # per task: (queue ms, compute ms)
 
         async def run_task(task_name: str) -> np.ndarray:
             task = self.deployment.tasks[task_name]
@@ -243,7 +255,9 @@ class WorkflowExecutor:
             admit_by_ms = deadline_ms - self._downstream_ms.get(task_name, 0.0)
             future = self.scheduler.submit(queue_key(task_name, worker), np.ascontiguousarray(tensor), deadline_ms, priority, admit_by_ms=admit_by_ms)
             self.items_by_route[task_name][worker] += 1  # counted once admitted
-            return (await future)[0]
+            output, queue_ms, compute_ms, _ = await future
+            timings[task_name] = (queue_ms, compute_ms)
+            return output
 
         for task_name in self.order:
             results[task_name] = asyncio.ensure_future(run_task(task_name))
@@ -253,7 +267,7 @@ class WorkflowExecutor:
             for future in results.values():
                 future.cancel()
             raise
-        return outputs, placed
+        return outputs, placed, timings
 
     # -- reporting ------------------------------------------------------------------------------
     def metadata(self) -> dict:

@@ -1,0 +1,120 @@
+"""The models the frontends serve, by the names clients use: the repository's families and
+variants (`InferenceService`) and the served workflows (`WorkflowExecutor`, named by their
+deployment), behind one set of calls.
+
+Why one place: HTTP and gRPC must answer a name the same way (metadata, readiness,
+configuration, statistics, the overload gate, inference). Workflows used to be served over HTTP
+only, their rules written into the HTTP frontend; a `tritonclient.grpc` user, or a tool reading
+`/config` or `/stats`, found a served workflow unknown.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shoal.runtime.errors import BadRequestError
+from shoal.runtime.scheduler import monotonic_ms
+from shoal.runtime.service import InferenceService, requirements
+
+if TYPE_CHECKING:
+    from shoal.runtime.workflow import WorkflowExecutor
+
+__all__ = ["Answer", "ServedModels"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One inference's outputs by name (batch axis first) and its response `parameters`."""
+
+    outputs: dict[str, np.ndarray]
+    parameters: dict[str, Any]
+
+
+class ServedModels:
+    """What a frontend asks about a model name; every unknown name is a 404 (ModelNotFoundError)."""
+
+    def __init__(self, service: InferenceService, workflows: Mapping[str, WorkflowExecutor] | None = None):
+        self.service = service
+        self.workflows = dict(workflows or {})
+
+    def names(self) -> list[str]:
+        return self.service.model_names() + sorted(self.workflows)
+
+    def check(self, model: str, version: str | None = None) -> None:
+        """A 404 for an unknown model (named as unknown first) or for a version other than 1."""
+        if model not in self.workflows:
+            self.service.resolve(model)
+        self.service.check_version(model, version)
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        if model in self.workflows:
+            return self.workflows[model].metadata()
+        return self.service.model_metadata(model)
+
+    def config(self, model: str) -> dict[str, Any]:
+        """Triton's model configuration (see `InferenceService.model_config`); a workflow's
+        tensors are its sources and sinks, its batch limit that of its stages' batchers."""
+        if model not in self.workflows:
+            return self.service.model_config(model)
+        workflow = self.workflows[model]
+        metadata = workflow.metadata()
+        return {
+            "name": model,
+            "platform": metadata["platform"],
+            "backend": "shoal",
+            "max_batch_size": workflow.max_batch_size,
+            "input": [{"name": tensor["name"], "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": tensor["shape"][1:]} for tensor in metadata["inputs"]],
+            "output": [{"name": tensor["name"], "data_type": "TYPE_FP32", "dims": tensor["shape"][1:]} for tensor in metadata["outputs"]],
+            "dynamic_batching": {"max_queue_delay_microseconds": 0},
+        }  # fmt: skip
+
+    def statistics(self, model: str = "") -> list[dict[str, Any]]:
+        """Triton's `model_stats` for `model`, or ("") for every variant and workflow served."""
+        if not model:
+            return self.service.model_statistics("") + [self.workflows[name].statistics.as_json(name) for name in sorted(self.workflows)]
+        if model in self.workflows:
+            return [self.workflows[model].statistics.as_json(model)]
+        return self.service.model_statistics(model)
+
+    def is_ready(self, model: str) -> bool:
+        if model in self.workflows:
+            return self.workflows[model].started
+        return self.service.is_ready(model)
+
+    def refuse_at_gate(self, model: str) -> bool:
+        """`InferenceService.refuse_at_gate`, with a workflow's own SLO for a workflow."""
+        workflow = self.workflows.get(model)
+        if workflow is not None:
+            return self.service.refuse_at_gate(model, workflow_slo_ms=workflow.deployment.slo_ms)
+        return self.service.refuse_at_gate(model)
+
+    async def infer(
+        self, model: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], requested_outputs: list[str], *, received_ms: float,
+    ) -> Answer:
+        """One request that passed the gate (`refuse_at_gate`); `received_ms` is when the frontend got it."""
+        workflow = self.workflows.get(model)
+        if workflow is None:
+            result = await self.service.infer(model, inputs, parameters, requested_outputs, received_ms=received_ms, gated=True)
+            return Answer({result.output_name: result.outputs}, result.parameters)
+        unknown = [name for name in requested_outputs if name not in workflow.sinks]
+        if unknown:
+            raise BadRequestError(f"output {unknown[0]!r} does not exist; workflow {model!r} has outputs {sorted(workflow.sinks)}")
+        stated = requirements(parameters, workflow.deployment.slo_ms)
+        statistics = workflow.statistics
+        try:
+            result = await workflow.infer(inputs, slo_ms=stated.slo_ms, priority=stated.priority)
+        except BadRequestError:  # the client's mistake, not a failure of the workflow
+            raise
+        except BaseException:  # shed, dropped, a failed stage, or the client went away
+            statistics.failed(monotonic_ms() - received_ms)
+            raise
+        outputs = {name: array for name, array in result.outputs.items() if not requested_outputs or name in requested_outputs}
+        items = next(iter(result.outputs.values())).shape[0]
+        statistics.answered(items, result.queue_ms, result.compute_ms, monotonic_ms() - received_ms)
+        statistics.last_inference_ms = int(time.time() * 1000)
+        return Answer(outputs, {"shoal_workflow_ms": round(result.latency_ms, 3)})
