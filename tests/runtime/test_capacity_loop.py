@@ -318,7 +318,7 @@ def test_runtime_metrics_are_read_per_variant():
     metrics.answered("fixture.rf-32", "fixture.rf-32", 1.0, 6.0)
     metrics.outcome("fixture", "fixture.rf-32", "shed")
     metrics.batch("fixture.rf-32", 2, 3.0)
-    metrics.set_pending("fixture.rf-32", 3)
+    metrics.watch_queue("fixture.rf-32", pending=lambda: 3, slowdown=lambda: 1.0, tail_slowdown=lambda: 1.0)
     sample = parse_metrics(metrics.render().decode(), taken_at_s=7.0)
     counters = sample.variants["fixture.rf-32"]
     assert dict(counters.requests_by_outcome) == {"success": 2.0, "shed": 1.0}

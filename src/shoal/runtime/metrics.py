@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, generate_latest
@@ -74,8 +75,12 @@ class ServingMetrics:
         if variant and elapsed_ms is not None:
             self.variant_statistics(variant).failed(elapsed_ms)
 
-    def set_pending(self, variant: str, count: int) -> None:
-        self.child(self.pending, variant).set(count)
+    def watch_queue(self, variant: str, pending: Callable[[], float], slowdown: Callable[[], float], tail_slowdown: Callable[[], float]) -> None:
+        """The variant's queue gauges, read when scraped: setting them on every request and
+        batch cost ~2% of the frontend's CPU on a light model at its peak rate."""
+        self.child(self.pending, variant).set_function(pending)
+        self.child(self.slowdown, variant).set_function(slowdown)
+        self.child(self.tail_slowdown, variant).set_function(tail_slowdown)
 
     def batch(self, variant: str, size: int, compute_ms: float) -> None:
         self.child(self.batch_size, variant).observe(size)

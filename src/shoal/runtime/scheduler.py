@@ -214,6 +214,7 @@ class Scheduler:
     # -- registration ---------------------------------------------------------------------------
     def add_queue(self, queue: VariantQueue) -> None:
         self.queues[queue.key] = queue
+        self.metrics.watch_queue(queue.key, queue.__len__, lambda: queue.slowdown, lambda: queue.tail_slowdown)
 
     def attach_worker(self, worker: WorkerHandle) -> None:
         self.workers = [w for w in self.workers if w.worker_id != worker.worker_id] + [worker]
@@ -288,7 +289,6 @@ class Scheduler:
             )
         future = asyncio.get_running_loop().create_future()
         queue.push(QueuedItem(priority=priority, deadline_ms=deadline_ms, arrival_ms=now, predicted_finish_ms=predicted_finish_ms, tensor=tensor, future=future))
-        self.metrics.set_pending(key, len(queue))
         for worker in self.workers_for(key):
             self._wakeups[worker.worker_id].set()
         return future
@@ -348,7 +348,6 @@ class Scheduler:
                         pass
                 continue
             batch = queue.take(decision.batch_size)
-            self.metrics.set_pending(queue.key, len(queue))
             await self._run_batch(worker, queue, batch, now)
 
     async def _run_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], started_ms: float) -> None:
@@ -372,8 +371,6 @@ class Scheduler:
             # The prediction included the loop's lag for the answer to leave; so does the finish.
             queue.observe_finished_items(batch, finished_ms + self.loop_lag_ms, finished_ms)
             self.metrics.child(self.metrics.worker_busy_seconds, worker.worker_id).inc(max(0.0, finished_ms - started_ms) / 1000.0)
-            self.metrics.child(self.metrics.slowdown, queue.key).set(queue.slowdown)
-            self.metrics.child(self.metrics.tail_slowdown, queue.key).set(queue.tail_slowdown)
             for priority in {item.priority for item in batch}:
                 self.metrics.child(self.metrics.admission_error, queue.key, str(priority)).set(queue.admission_error_ms(finished_ms, priority) / 1000.0)
         except asyncio.CancelledError:

@@ -28,7 +28,6 @@ unload still finds its variant).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -36,6 +35,8 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+
+import orjson
 
 from shoal.runtime.batch_block import BatchBlock
 
@@ -53,7 +54,7 @@ class WorkerConfig:
 
 
 def _send(connection: Connection, message: dict) -> None:
-    connection.send_bytes(json.dumps(message).encode())
+    connection.send_bytes(orjson.dumps(message))
 
 
 class _Replies:
@@ -206,7 +207,7 @@ def serve_connection(host: ModelHost, block: BatchBlock, connection: Connection)
     try:
         while True:
             try:
-                message = json.loads(connection.recv_bytes())
+                message = orjson.loads(connection.recv_bytes())
             except (EOFError, OSError):
                 return
             op = message.get("op")
