@@ -244,3 +244,20 @@ def test_the_gate_leaves_a_request_for_a_version_that_does_not_exist_to_its_404(
     assert asyncio.run(call("/v2/models/m/infer")) == 429 and reached == []  # the saturated gate refuses
     assert asyncio.run(call("/v2/models/m/versions/1/infer")) == 429 and reached == []
     assert asyncio.run(call("/v2/models/m/versions/7/infer")) == 404 and reached == [{"model": "m", "version": "7"}]
+
+
+def test_a_workflow_refused_at_the_gate_counts_a_failure_in_its_statistics(fixture_repository_path):
+    from types import SimpleNamespace
+
+    from shoal.runtime.endpoints import ServedModels
+    from shoal.runtime.statistics import VariantStatistics
+
+    service = InferenceService(ServeConfig(repository=fixture_repository_path, default_slo_ms=50.0, max_loop_lag_share=0.06))
+    relaxed = SimpleNamespace(deployment=SimpleNamespace(slo_ms=2000.0), statistics=VariantStatistics())
+    tight = SimpleNamespace(deployment=SimpleNamespace(slo_ms=50.0), statistics=VariantStatistics())
+    models = ServedModels(service, {"relaxed": relaxed, "tight": tight})
+    service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 10.0, 1.0
+    assert not models.refuse_at_gate("relaxed") and models.refuse_at_gate("tight")
+    assert relaxed.statistics.fail.count == 0 and tight.statistics.fail.count == 1
+    (entry,) = models.statistics("tight")
+    assert entry["name"] == "tight" and entry["inference_stats"]["fail"]["count"] == 1

@@ -87,11 +87,15 @@ class ServedModels:
         return self.service.is_ready(model)
 
     def refuse_at_gate(self, model: str) -> bool:
-        """`InferenceService.refuse_at_gate`, with a workflow's own SLO for a workflow."""
+        """`InferenceService.refuse_at_gate`, with a workflow's own SLO for a workflow (whose
+        statistics count a refusal as a failure, as a named variant's do)."""
         workflow = self.workflows.get(model)
-        if workflow is not None:
-            return self.service.refuse_at_gate(model, workflow_slo_ms=workflow.deployment.slo_ms)
-        return self.service.refuse_at_gate(model)
+        if workflow is None:
+            return self.service.refuse_at_gate(model)
+        refused = self.service.refuse_at_gate(model, workflow_slo_ms=workflow.deployment.slo_ms)
+        if refused:
+            workflow.statistics.failed(0.0)
+        return refused
 
     async def infer(
         self, model: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], requested_outputs: list[str], *, received_ms: float,
