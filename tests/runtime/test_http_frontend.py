@@ -63,6 +63,10 @@ def infer_raw(server, model, body, headers=None):
     ("model", "body", "headers", "status", "message"),
     [
         ("fixture.rf-16", b"{not json", None, 400, "not valid JSON"),
+        # NaN is no JSON token (Python's json writes it; the decoder refuses it)
+        ("fixture.rf-16", b'{"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [NaN]}]}', None, 400, "not valid JSON"),
+        # an integer past 64 bits reads as a float, which the shape check names
+        ("fixture.rf-16", b'{"inputs": [{"name": "images", "shape": [100000000000000000000000000000, 3], "datatype": "FP32", "data": []}]}', None, 400, "'shape' must be a list of non-negative integers"),
         ("fixture.rf-16", json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16], "datatype": "FP32", "data": [0.0] * 48}]}), None, 400, "must have shape [batch, 3, S, S]"),
         ("fixture.rf-16", json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "INT64", "data": [0] * 768}]}), None, 400, "must be FP32"),
         ("fixture.rf-16", json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 5}]}), None, 400, "has 5 values but shape"),
