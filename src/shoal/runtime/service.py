@@ -50,10 +50,11 @@ class ServedVariant:
     planner_view: tuple | None = field(default=None, repr=False)  # (profile, ModellessVariant), see runtime.modelless
     _latency_cache_for: Profile | None = field(default=None, init=False, repr=False, compare=False)
     _latency_cache_ms: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    key: str = field(init=False, compare=False)
+    """`<family>.<variant>`: formatted once (read several times per request)."""
 
-    @property
-    def key(self) -> str:
-        return f"{self.family.name}.{self.variant.name}"
+    def __post_init__(self) -> None:
+        self.key = f"{self.family.name}.{self.variant.name}"
 
     def batch_latency_ms(self, batch_size: int) -> float:
         if self.latency is None:
