@@ -83,10 +83,19 @@ def test_the_monitor_reads_an_idle_loop_as_idle_and_a_stalled_one_as_saturated_w
         after = scheduler.loop_load()
         return idle, during, after
 
-    (idle_lag_ms, idle_busy), (lag_ms, busy_share), after = asyncio.run(scenario())
-    assert idle_lag_ms < 5.0 and idle_busy < SATURATED_LOOP_BUSY_SHARE
-    assert lag_ms >= 20.0 and busy_share >= SATURATED_LOOP_BUSY_SHARE
-    assert after[0] < 20.0  # a stopped monitor leaves no live reading behind
+    # Up to three tries, each checked in full: on a shared VM the hypervisor can take the CPU in
+    # the middle of the pass, and the kernel leaves stolen time out of the thread's run time
+    # (seen once: a busy share of 0.50 for a 40 ms pass, on a machine with bursts of steal).
+    tries = []
+    for _ in range(3):
+        (idle_lag_ms, idle_busy), (lag_ms, busy_share), after = asyncio.run(scenario())
+        tries.append({"idle": (idle_lag_ms, idle_busy), "during": (lag_ms, busy_share), "after": after})
+        if (idle_lag_ms < 5.0 and idle_busy < SATURATED_LOOP_BUSY_SHARE
+                and lag_ms >= 20.0 and busy_share >= SATURATED_LOOP_BUSY_SHARE
+                and after[0] < 20.0):  # a stopped monitor leaves no live reading behind
+            break
+    else:
+        pytest.fail(f"no try read the idle loop as idle and the stalled one as saturated: {tries}")
 
 
 def test_service_refuses_by_the_share_of_the_loop_lag_against_the_model_s_recent_slo(fixture_repository_path):

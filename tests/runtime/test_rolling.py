@@ -27,3 +27,11 @@ def test_extend_is_add_in_order_and_empty_or_bad_windows_are_refused():
         RollingPercentile(4).percentile(50)
     with pytest.raises(ValueError, match="window must be >= 1"):
         RollingPercentile(0)
+
+
+def test_a_nan_is_ignored_and_evictions_stay_right():
+    rolling = RollingPercentile(3)
+    rolling.extend([2.0, float("nan"), 1.0])  # kept, a NaN would leave the window unsorted
+    assert len(rolling) == 2 and rolling.percentile(0) == 1.0 and rolling.percentile(100) == 2.0
+    rolling.extend([1.0, float("nan"), 2.0, 3.0, 4.0])
+    assert len(rolling) == 3 and rolling.percentile(0) == 2.0 and rolling.percentile(100) == 4.0

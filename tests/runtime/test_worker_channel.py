@@ -145,3 +145,14 @@ def test_a_batch_block_round_trips_a_batch_and_refuses_one_that_does_not_fit():
         np.testing.assert_array_equal(block.read_outputs(shape), np.arange(6, dtype=np.float32).reshape(3, 2))
     finally:
         block.release()
+
+
+def test_control_messages_with_lone_surrogates_still_travel():
+    """A path of undecodable bytes (os.fsdecode's surrogate escapes) or an error quoting one:
+    orjson refuses such text, and a worker that could not send its reply would stop answering."""
+    from shoal.runtime.worker import decode_message, encode_message
+
+    path = "/models/caf\udce9/model.onnx"
+    for message in ({"op": "load", "path": path, "request_id": 3}, {"op": "error", "message": f"cannot open {path}", "request_id": 4}):
+        assert decode_message(encode_message(message)) == message
+    assert decode_message(encode_message({"op": "run", "batch_size": 2})) == {"op": "run", "batch_size": 2}

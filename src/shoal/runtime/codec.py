@@ -200,6 +200,8 @@ def encode_http_response(
     header = {"model_name": model_name, "model_version": model_version, "outputs": entries, "parameters": parameters}
     if request_id:
         header["id"] = request_id
+    # A NaN or infinite output in "data" is written null (JSON has no token for them; json.dumps
+    # wrote bare NaN/Infinity, which strict parsers refuse); binary outputs keep every value.
     header_bytes = orjson.dumps(header)
     if not chunks:
         return header_bytes, None

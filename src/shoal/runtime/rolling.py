@@ -28,6 +28,10 @@ class RollingPercentile:
         return len(self._arrivals)
 
     def add(self, value: float) -> None:
+        """Add `value`, dropping the oldest once the window is full; a NaN is ignored (it sorts
+        nowhere, and the window would evict the wrong value after it)."""
+        if value != value:
+            return
         if len(self._arrivals) == self.window:
             oldest = self._arrivals.popleft()
             del self._sorted[bisect.bisect_left(self._sorted, oldest)]

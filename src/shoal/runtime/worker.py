@@ -28,6 +28,7 @@ unload still finds its variant).
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -53,8 +54,26 @@ class WorkerConfig:
     burst_threads: int = 0
 
 
+def encode_message(message: dict) -> bytes:
+    """A control message as JSON bytes: orjson, fast on the per-batch path, or json for the rare
+    message orjson refuses (text with lone surrogates: a path of undecodable bytes, or an error
+    quoting one), which would otherwise fail the load or kill the worker's loop."""
+    try:
+        return orjson.dumps(message)
+    except TypeError:
+        return json.dumps(message).encode()
+
+
+def decode_message(payload: bytes) -> dict:
+    """The other side of `encode_message` (json's escapes of lone surrogates are refused by orjson)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
+
+
 def _send(connection: Connection, message: dict) -> None:
-    connection.send_bytes(orjson.dumps(message))
+    connection.send_bytes(encode_message(message))
 
 
 class _Replies:
@@ -207,7 +226,7 @@ def serve_connection(host: ModelHost, block: BatchBlock, connection: Connection)
     try:
         while True:
             try:
-                message = orjson.loads(connection.recv_bytes())
+                message = decode_message(connection.recv_bytes())
             except (EOFError, OSError):
                 return
             op = message.get("op")

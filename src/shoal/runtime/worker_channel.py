@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 
 import numpy as np
-import orjson
 
 from shoal.runtime.batch_block import BatchBlock
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
+from shoal.runtime.worker import decode_message, encode_message
 
 __all__ = ["OutputsCallback", "WorkerChannel", "load_message"]
 
@@ -85,7 +85,7 @@ class WorkerChannel:
             asyncio.get_running_loop().remove_reader(self._connection.fileno())
             self._on_closed()
             return
-        message = orjson.loads(payload)
+        message = decode_message(payload)
         pending = self._pending.pop(message.get("request_id"), None)
         if pending is None:
             logger.warning("worker %s sent an unexpected message %s", self.worker_id, message.get("op"))
@@ -116,7 +116,7 @@ class WorkerChannel:
         if self.closed:
             raise WorkerFailedError(f"worker {self.worker_id} is not running")
         request_id = next(self._request_ids)
-        payload = orjson.dumps({**message, "request_id": request_id})  # before the reply is expected: it may raise
+        payload = encode_message({**message, "request_id": request_id})  # before the reply is expected: it may raise
         future = self.expect_reply(request_id, on_reply)
         try:
             self._connection.send_bytes(payload)
@@ -131,7 +131,7 @@ class WorkerChannel:
     def send_stop(self) -> None:
         if not self.closed:
             try:
-                self._connection.send_bytes(orjson.dumps({"op": "stop"}))
+                self._connection.send_bytes(encode_message({"op": "stop"}))
             except OSError:
                 pass
 

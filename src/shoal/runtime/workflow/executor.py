@@ -52,9 +52,10 @@ class WorkflowResult:
     workers_by_task: dict[str, list[str]] = field(default_factory=dict)
     latency_ms: float = 0.0
     queue_ms: float = 0.0
-    """Of the request's slowest item: its stages' queue times summed (as Triton sums an ensemble's)."""
+    """The largest, over the request's items, of an item's stage queue times summed (stages on
+    parallel branches too, as Triton sums an ensemble's composing models)."""
     compute_ms: float = 0.0
-    """Of the request's slowest item: its stages' batch compute times summed."""
+    """The same for the stages' batch compute times (each maximum over items on its own)."""
 
 
 class WorkflowExecutor:
