@@ -24,7 +24,7 @@ from shoal.runtime.service import InferenceService, requirements
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor
 
-__all__ = ["Answer", "ServedModels"]
+__all__ = ["Answer", "ServedModels", "triton_config"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,20 @@ class Answer:
 
     outputs: dict[str, np.ndarray]
     parameters: dict[str, Any]
+
+
+def triton_config(name: str, metadata: dict[str, Any], *, max_batch_size: int, max_queue_delay_ms: float, input_format: str) -> dict[str, Any]:
+    """Triton's model configuration from KServe v2 metadata: dims leave out the batch dimension,
+    as Triton's do when `max_batch_size` > 0."""
+    return {
+        "name": name,
+        "platform": metadata["platform"],
+        "backend": "onnxruntime" if metadata["platform"] == "onnxruntime_onnx" else "shoal",
+        "max_batch_size": max_batch_size,
+        "input": [{"name": tensor["name"], "data_type": "TYPE_FP32", "format": input_format, "dims": tensor["shape"][1:]} for tensor in metadata["inputs"]],
+        "output": [{"name": tensor["name"], "data_type": "TYPE_FP32", "dims": tensor["shape"][1:]} for tensor in metadata["outputs"]],
+        "dynamic_batching": {"max_queue_delay_microseconds": int(max_queue_delay_ms * 1000)},
+    }  # fmt: skip
 
 
 class ServedModels:
@@ -57,21 +71,17 @@ class ServedModels:
         return self.service.model_metadata(model)
 
     def config(self, model: str) -> dict[str, Any]:
-        """Triton's model configuration (see `InferenceService.model_config`); a workflow's
-        tensors are its sources and sinks, its batch limit that of its stages' batchers."""
-        if model not in self.workflows:
-            return self.service.model_config(model)
-        workflow = self.workflows[model]
-        metadata = workflow.metadata()
-        return {
-            "name": model,
-            "platform": metadata["platform"],
-            "backend": "shoal",
-            "max_batch_size": workflow.max_batch_size,
-            "input": [{"name": tensor["name"], "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": tensor["shape"][1:]} for tensor in metadata["inputs"]],
-            "output": [{"name": tensor["name"], "data_type": "TYPE_FP32", "dims": tensor["shape"][1:]} for tensor in metadata["outputs"]],
-            "dynamic_batching": {"max_queue_delay_microseconds": 0},
-        }  # fmt: skip
+        """The model's configuration as Triton reports it (`GET /v2/models/{m}/config`, gRPC
+        ModelConfig): what `tritonclient`'s `get_model_config` users read the batch limit and
+        the tensors from. A variant's or family's batch limit is the server's batchers' (a
+        family, model-less, takes the full-size frames it resizes); a workflow's tensors are
+        its sources and sinks, its batch limit that of its stages' batchers."""
+        workflow = self.workflows.get(model)
+        if workflow is not None:
+            return triton_config(model, workflow.metadata(), max_batch_size=workflow.max_batch_size, max_queue_delay_ms=0.0, input_format="FORMAT_NONE")
+        config = self.service.config
+        return triton_config(model, self.service.model_metadata(model), max_batch_size=config.max_batch_size,
+                             max_queue_delay_ms=config.max_queue_delay_ms, input_format="FORMAT_NCHW")  # fmt: skip
 
     def statistics(self, model: str = "") -> list[dict[str, Any]]:
         """Triton's `model_stats` for `model`, or ("") for every variant and workflow served."""

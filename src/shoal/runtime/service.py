@@ -186,23 +186,6 @@ class InferenceService:
         if version not in (None, "", "1"):
             raise ModelNotFoundError(f"model {model_name!r} has no version {version!r}: shoal serves version \"1\" of each model (or name none)")
 
-    def model_config(self, model_name: str) -> dict[str, Any]:
-        """The model's configuration as Triton reports it (`GET /v2/models/{m}/config`, gRPC
-        ModelConfig): what `tritonclient`'s `get_model_config` users read the batch limit and
-        the tensors from. Dims leave out the batch dimension, as Triton's do when
-        `max_batch_size` > 0; a family (model-less) takes the full-size frames it resizes."""
-        metadata = self.model_metadata(model_name)
-        (tensor_in,), (tensor_out,) = metadata["inputs"], metadata["outputs"]
-        return {
-            "name": model_name,
-            "platform": metadata["platform"],
-            "backend": "onnxruntime" if metadata["platform"] == "onnxruntime_onnx" else "shoal",
-            "max_batch_size": self.config.max_batch_size,
-            "input": [{"name": tensor_in["name"], "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": tensor_in["shape"][1:]}],
-            "output": [{"name": tensor_out["name"], "data_type": "TYPE_FP32", "dims": tensor_out["shape"][1:]}],
-            "dynamic_batching": {"max_queue_delay_microseconds": int(self.config.max_queue_delay_ms * 1000)},
-        }
-
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "shoal", "version": __version__, "extensions": ["binary_tensor_data", "model_repository", "parameters", "statistics"]}
 
