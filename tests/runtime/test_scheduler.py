@@ -12,7 +12,8 @@ from shoal.runtime.worker_handle import WorkerHandle
 
 
 class FakeWorker(WorkerHandle):
-    """A worker that 'computes' by sleeping batch_ms and returns the item sums; no process."""
+    """A worker that 'computes' by sleeping batch_ms and returns the item sums; no process.
+    Like a real worker it runs one batch at a time, in the order they were sent."""
 
     def __init__(self, worker_id, batch_ms, variants=("v",)):
         super().__init__(worker_id)
@@ -23,11 +24,17 @@ class FakeWorker(WorkerHandle):
         self.fail_next = False
         self.bursts: list[bool] = []
         self.answers_early_ms: float | None = None  # hand the outputs on, then return this much later
+        self._one_at_a_time = asyncio.Lock()
+        self.sent_ms: list[float] = []  # when each batch was sent, and when its run ended
+        self.ended_ms: list[float] = []
 
     async def run(self, variant_key, items, burst=False, on_outputs=None):
         self.batches.append(len(items))
         self.bursts.append(burst)
-        await asyncio.sleep(self.batch_ms / 1000.0)
+        self.sent_ms.append(monotonic_ms())
+        async with self._one_at_a_time:
+            await asyncio.sleep(self.batch_ms / 1000.0)
+            self.ended_ms.append(monotonic_ms())
         if self.fail_next:
             raise WorkerFailedError("worker w exited while holding this request")
         outputs = np.stack([np.array([item.sum()], np.float32) for item in items])
@@ -420,10 +427,32 @@ def test_admission_learns_how_late_queued_requests_finish():
     assert 250.0 < margin_ms < elapsed_ms
 
 
+@pytest.mark.parametrize("batches_ahead", [0, 1])
+def test_the_next_batch_is_sent_shortly_before_the_running_one_ends(batches_ahead):
+    async def scenario():
+        scheduler = Scheduler(ServingMetrics(), batches_ahead=batches_ahead)
+        scheduler.add_queue(VariantQueue("v", lambda size: 30.0, 1, 100))
+        worker = FakeWorker("w", 30.0)
+        scheduler.attach_worker(worker)
+        now = monotonic_ms()
+        results = await asyncio.gather(*(scheduler.submit("v", np.full(1, float(i), np.float32), now + 10_000) for i in range(3)))
+        await scheduler.close()
+        return worker, [float(outputs[0]) for outputs, *_ in results]
+
+    worker, answers = asyncio.run(scenario())
+    assert answers == [0.0, 1.0, 2.0] and worker.batches == [1, 1, 1]
+    for sent_ms, previous_end_ms in zip(worker.sent_ms[1:], worker.ended_ms, strict=False):
+        if batches_ahead:  # sent while the one before it ran, but not at once: near its predicted end
+            assert previous_end_ms - 15.0 < sent_ms < previous_end_ms
+        else:
+            assert sent_ms >= previous_end_ms
+
+
 def test_requests_dropped_at_dequeue_teach_admission_too():
     async def scenario():
         # profiled at 1 ms, really 30 ms: everything queued behind the first request expires
-        scheduler = Scheduler(ServingMetrics())
+        # (nothing sent ahead: a batch sent on that profile would be committed to before it expires)
+        scheduler = Scheduler(ServingMetrics(), batches_ahead=0)
         scheduler.add_queue(VariantQueue("v", lambda size: 1.0, 1, 100))
         worker = FakeWorker("w", 30.0)
         scheduler.attach_worker(worker)

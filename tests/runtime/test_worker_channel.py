@@ -10,7 +10,7 @@ from multiprocessing import Pipe
 import numpy as np
 import pytest
 
-from shoal.runtime.batch_block import BatchBlock
+from shoal.runtime.batch_block import BATCH_SLOTS, BatchBlock
 from shoal.runtime.errors import WorkerFailedError
 from shoal.runtime.worker_channel import WorkerChannel
 
@@ -19,7 +19,8 @@ def _doubling_worker(connection, block_name: str, size_bytes: int) -> None:
     """Answers one "run" by doubling the batch, like a worker whose process exits right after."""
     block = BatchBlock.attach(block_name, size_bytes)
     message = json.loads(connection.recv_bytes())
-    shape = block.write_outputs(2 * block.inputs(message["batch_size"], (3,)))
+    slot = message.get("slot", 0)
+    shape = block.write_outputs(2 * block.inputs(message["batch_size"], (3,), slot), slot)
     reply = {"op": "done", "batch_id": message["batch_id"], "output_shape": shape, "compute_ms": 1.0, "request_id": message["request_id"]}
     connection.send_bytes(json.dumps(reply).encode())
     block.release()
@@ -133,16 +134,57 @@ def test_a_request_to_a_worker_that_is_gone_names_its_exit():
     asyncio.run(scenario())
 
 
-def test_a_batch_block_round_trips_a_batch_and_refuses_one_that_does_not_fit():
-    block = BatchBlock.create(2 * 3 * 4 * 4 * 2)  # each half holds exactly 3 items of 2x4 float32
+def _doubling_worker_in_order(connection, block_name: str, size_bytes: int, batches: int, started: list) -> None:
+    """Answers `batches` "run"s in the order they came, each from and into its own slot."""
+    block = BatchBlock.attach(block_name, size_bytes)
+    for _ in range(batches):
+        message = json.loads(connection.recv_bytes())
+        started.append(message["slot"])
+        shape = block.write_outputs(2 * block.inputs(message["batch_size"], (3,), message["slot"]), message["slot"])
+        reply = {"op": "done", "batch_id": message["batch_id"], "output_shape": shape, "compute_ms": 1.0, "request_id": message["request_id"]}
+        connection.send_bytes(json.dumps(reply).encode())
+    block.release()
+
+
+def test_batches_in_flight_each_get_their_own_slot_and_outputs():
+    async def scenario():
+        parent, child = Pipe()
+        block = BatchBlock.create(1 << 16)
+        channel = WorkerChannel("w0", parent, block, on_closed=lambda: None)
+        slots: list[int] = []
+        thread = threading.Thread(target=_doubling_worker_in_order, args=(child, block.name, 1 << 16, 5, slots))
+        thread.start()
+        batches = [[np.full(3, 10.0 * index + item, np.float32) for item in range(index + 1)] for index in range(5)]
+        try:
+            # five at once: BATCH_SLOTS in flight, the rest waiting for a slot to come free
+            results = await asyncio.wait_for(asyncio.gather(*(channel.run("v", items) for items in batches)), 5.0)
+        finally:
+            thread.join()
+            channel.close("test over")
+        return batches, results, slots
+
+    batches, results, slots = asyncio.run(scenario())
+    for items, (outputs, _) in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(outputs, 2 * np.stack(items))
+    assert sorted(set(slots)) == list(range(BATCH_SLOTS))  # more than one slot was used
+
+
+def test_a_batch_block_round_trips_a_batch_per_slot_and_refuses_one_that_does_not_fit():
+    block = BatchBlock.create(BATCH_SLOTS * 2 * 3 * 4 * 4 * 2)  # each side of a slot holds exactly 3 items of 2x4 float32
     try:
-        items = [np.full((2, 4), index, np.float32) for index in range(3)]
-        block.write_inputs(items)
-        np.testing.assert_array_equal(block.inputs(3, (2, 4)), np.stack(items))
+        batches = {slot: [np.full((2, 4), 10 * slot + index, np.float32) for index in range(3)] for slot in range(BATCH_SLOTS)}
+        for slot, items in batches.items():
+            block.write_inputs(items, slot)
+        for slot, items in batches.items():  # no slot wrote over another
+            np.testing.assert_array_equal(block.inputs(3, (2, 4), slot), np.stack(items))
         with pytest.raises(ValueError, match="exceeds the worker's shared block"):
-            block.write_inputs(items + [items[0]])
-        shape = block.write_outputs(np.arange(6, dtype=np.float32).reshape(3, 2))
-        np.testing.assert_array_equal(block.read_outputs(shape), np.arange(6, dtype=np.float32).reshape(3, 2))
+            block.write_inputs(batches[0] + [batches[0][0]])
+        shapes = {slot: block.write_outputs(np.arange(6, dtype=np.float32).reshape(3, 2) + slot, slot) for slot in range(BATCH_SLOTS)}
+        for slot, shape in shapes.items():
+            np.testing.assert_array_equal(block.read_outputs(shape, slot), np.arange(6, dtype=np.float32).reshape(3, 2) + slot)
+        np.testing.assert_array_equal(block.inputs(3, (2, 4), 0), np.stack(batches[0]))  # outputs left the inputs alone
+        with pytest.raises(ValueError, match=f"slot {BATCH_SLOTS} is not one of the block's"):
+            block.inputs(1, (2, 4), BATCH_SLOTS)
     finally:
         block.release()
 

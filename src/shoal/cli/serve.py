@@ -40,6 +40,9 @@ def serve(
     queue_capacity: Annotated[int, typer.Option("--queue-capacity", min=1, help="Pending requests per variant before 429.")] = 1024,
     default_slo_ms: Annotated[float, typer.Option("--default-slo-ms", min=1.0, help="SLO of requests that state none.")] = 1000.0,
     max_queue_delay_ms: Annotated[float, typer.Option("--max-queue-delay-ms", min=0.0, help="How long a partial batch may wait for more.")] = 0.0,
+    batches_ahead: Annotated[
+        int, typer.Option("--batches-ahead", min=0, max=1, help="Send a worker its next batch shortly before the running one ends (1), or only once it is answered (0).")
+    ] = 1,
     admission_headroom: Annotated[
         float, typer.Option("--admission-headroom", min=0.1, max=1.0, help="Admit a request only if its predicted finish is within this share of its SLO.")
     ] = 0.8,
@@ -125,6 +128,7 @@ def serve(
         queue_capacity=queue_capacity,
         default_slo_ms=default_slo_ms,
         max_queue_delay_ms=max_queue_delay_ms,
+        batches_ahead=batches_ahead,
         admission_headroom=admission_headroom,
         max_loop_lag_share=max_loop_lag_share,
         policy=policy,

@@ -133,10 +133,10 @@ def measure_tensor_transport(item_shapes: dict[str, tuple[int, ...]], *, batch_s
     outputs in the parent; shared memory copies items into the block and outputs out of it,
     pickle stacks the items and serialises them (copying the bytes through the pipe).
     """
-    from shoal.runtime.batch_block import BatchBlock
+    from shoal.runtime.batch_block import BATCH_SLOTS, BatchBlock
 
     largest = max(int(np.prod(shape)) for shape in item_shapes.values()) * max(batch_sizes) * 4
-    block = BatchBlock.create(2 * largest + 4096)
+    block = BatchBlock.create(BATCH_SLOTS * (2 * largest + 4096))
     context = multiprocessing.get_context("spawn")
     parent_end, child_end = context.Pipe(duplex=True)
     process = context.Process(target=_transport_echo_main, args=(child_end, block.name, block.size_bytes, num_classes), daemon=True)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from shoal.runtime.batch_block import DEFAULT_BLOCK_BYTES
 from shoal.runtime.worker_channel import OutputsCallback
 
 __all__ = ["BACKENDS", "Backend", "LocalBackend", "Worker", "WorkerSpec", "make_backend", "start_replacement"]
@@ -93,7 +94,7 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, *, shared_memory_bytes: int = 64 * 1024 * 1024):
+    def __init__(self, *, shared_memory_bytes: int = DEFAULT_BLOCK_BYTES):
         self.shared_memory_bytes = shared_memory_bytes
 
     async def reserve(self, specs: Sequence[WorkerSpec]) -> None:
@@ -118,7 +119,7 @@ class LocalBackend:
 
 
 def make_backend(
-    name: str, *, shared_memory_bytes: int = 64 * 1024 * 1024, ray_address: str | None = None,
+    name: str, *, shared_memory_bytes: int = DEFAULT_BLOCK_BYTES, ray_address: str | None = None,
     ray_device_resource: str | None = None, ray_placement_strategy: str = "PACK",
 ) -> Backend:
     if name == "local":

@@ -1,8 +1,11 @@
 """One shared-memory block per worker that carries a batch's tensors between two processes.
 
-Inputs go in the first half, outputs in the second, so the control connection (a pipe to a
-local worker process, a Unix socket to a Ray actor on the server's node) carries only a few
-numbers per batch: nothing is pickled and the bytes are copied once on each side.
+The block holds `BATCH_SLOTS` batches at once, each in a slot of its own (inputs in the slot's
+first half, outputs in its second), so the control connection (a pipe to a local worker
+process, a Unix socket to a Ray actor on the server's node) carries only a few numbers per
+batch: nothing is pickled and the bytes are copied once on each side. Two slots let the parent
+write the next batch while the worker still runs the current one (the scheduler's send-ahead),
+so a worker goes from one batch to the next without waiting for the parent's event loop.
 
 The process that creates the block owns it and unlinks it; the other side only attaches.
 """
@@ -15,11 +18,22 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-__all__ = ["BatchBlock"]
+__all__ = ["BATCH_SLOTS", "DEFAULT_BLOCK_BYTES", "BatchBlock"]
+
+BATCH_SLOTS = 2
+"""Batches a block holds at once: the one a worker runs and the one sent ahead of it. Both
+sides derive the layout from it, so it is a constant rather than an argument."""
+
+DEFAULT_BLOCK_BYTES = BATCH_SLOTS * 64 * 1024 * 1024
+"""A worker's block unless told otherwise: 32 MiB of inputs per batch (a batch of 160 RGB
+images at 128 px). Pages are only backed once written, so the unused part costs no memory."""
 
 
 class BatchBlock:
-    """A float32 batch in, a float32 batch out, through one named shared-memory block."""
+    """Float32 batches in, float32 batches out, through one named shared-memory block.
+
+    Slot `s` starts at `s * slot_bytes`; its inputs fill the first `side_bytes`, its outputs
+    the next. Which slot a batch uses is the writer's choice, named in the batch's message."""
 
     def __init__(self, memory: SharedMemory, size_bytes: int, *, owner: bool):
         self._memory = memory
@@ -47,36 +61,46 @@ class BatchBlock:
         return self._memory.name
 
     @property
-    def half_bytes(self) -> int:
-        return self.size_bytes // 2
+    def slot_bytes(self) -> int:
+        return self.size_bytes // BATCH_SLOTS
 
-    def write_inputs(self, items: Sequence[np.ndarray]) -> None:
-        """Copy equally shaped items into the input half as one (len(items), *shape) batch."""
+    @property
+    def side_bytes(self) -> int:
+        """The most bytes of inputs (or of outputs) one batch may have."""
+        return self.slot_bytes // 2
+
+    def _offset(self, slot: int, outputs: bool) -> int:
+        if not 0 <= slot < BATCH_SLOTS:
+            raise ValueError(f"slot {slot} is not one of the block's {BATCH_SLOTS}")
+        return slot * self.slot_bytes + (self.side_bytes if outputs else 0)
+
+    def write_inputs(self, items: Sequence[np.ndarray], slot: int = 0) -> None:
+        """Copy equally shaped items into a slot's inputs as one (len(items), *shape) batch."""
         item_shape = items[0].shape
         needed = len(items) * items[0].size * 4  # float32 in the block; np.prod here cost ~3% of the frontend's CPU on light models
-        if needed > self.half_bytes:
-            raise ValueError(f"batch of {needed} bytes exceeds the worker's shared block ({self.half_bytes} bytes per side)")
-        view = np.ndarray((len(items), *item_shape), dtype=np.float32, buffer=self._memory.buf, offset=0)
+        if needed > self.side_bytes:
+            raise ValueError(f"batch of {needed} bytes exceeds the worker's shared block ({self.side_bytes} bytes per batch)")
+        view = np.ndarray((len(items), *item_shape), dtype=np.float32, buffer=self._memory.buf, offset=self._offset(slot, False))
         for index, item in enumerate(items):
             view[index] = item
         del view  # a live view would keep the block from closing
 
-    def inputs(self, batch_size: int, item_shape: Sequence[int]) -> np.ndarray:
-        """The input half as a batch (a view: valid until the next write)."""
-        return np.ndarray((batch_size, *item_shape), dtype=np.float32, buffer=self._memory.buf, offset=0)
+    def inputs(self, batch_size: int, item_shape: Sequence[int], slot: int = 0) -> np.ndarray:
+        """A slot's inputs as a batch (a view: valid until that slot's next write)."""
+        return np.ndarray((batch_size, *item_shape), dtype=np.float32, buffer=self._memory.buf, offset=self._offset(slot, False))
 
-    def write_outputs(self, outputs: np.ndarray) -> list[int]:
-        """Copy a batch's outputs into the output half; returns their shape for the reply."""
-        if outputs.nbytes > self.half_bytes:
-            raise ValueError(f"output of {outputs.nbytes} bytes does not fit the shared block ({self.half_bytes} bytes per side)")
-        target = np.ndarray(outputs.shape, dtype=np.float32, buffer=self._memory.buf, offset=self.half_bytes)
+    def write_outputs(self, outputs: np.ndarray, slot: int = 0) -> list[int]:
+        """Copy a batch's outputs into its slot; returns their shape for the reply."""
+        if outputs.nbytes > self.side_bytes:
+            raise ValueError(f"output of {outputs.nbytes} bytes does not fit the shared block ({self.side_bytes} bytes per batch)")
+        target = np.ndarray(outputs.shape, dtype=np.float32, buffer=self._memory.buf, offset=self._offset(slot, True))
         target[...] = outputs
         del target
         return list(outputs.shape)
 
-    def read_outputs(self, shape: Sequence[int]) -> np.ndarray:
-        """A copy of the output half, so the block can take the next batch at once."""
-        view = np.ndarray(tuple(shape), dtype=np.float32, buffer=self._memory.buf, offset=self.half_bytes)
+    def read_outputs(self, shape: Sequence[int], slot: int = 0) -> np.ndarray:
+        """A copy of a slot's outputs, so the slot can take the next batch at once."""
+        view = np.ndarray(tuple(shape), dtype=np.float32, buffer=self._memory.buf, offset=self._offset(slot, True))
         outputs = view.copy()
         del view
         return outputs

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from shoal.runtime.backend import WorkerSpec
-from shoal.runtime.batch_block import BatchBlock
+from shoal.runtime.batch_block import DEFAULT_BLOCK_BYTES, BatchBlock
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 from shoal.runtime.worker_channel import OutputsCallback, WorkerChannel, load_message
 
@@ -198,7 +198,7 @@ class RayWorkerHandle:
         address: str | None = None,
         device_resource: str | None = None,
         placement: Placement | None = None,
-        shared_memory_bytes: int = 64 * 1024 * 1024,
+        shared_memory_bytes: int = DEFAULT_BLOCK_BYTES,
         on_exit: Callable[["RayWorkerHandle"], None] | None = None,
     ):
         self.worker_id = worker_id
@@ -377,7 +377,7 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, device_resource: str | None = None, placement_strategy: str = "PACK",
-                 shared_memory_bytes: int = 64 * 1024 * 1024):
+                 shared_memory_bytes: int = DEFAULT_BLOCK_BYTES):
         check_placement_strategy(placement_strategy)  # at construction, before Ray starts
         self.address = address
         self.device_resource = device_resource

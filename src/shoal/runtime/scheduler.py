@@ -4,6 +4,11 @@ Requests wait in one bounded queue per variant, ordered by priority then deadlin
 runs one loop that pulls from the queues of the variants it has loaded (pull-based, so idle
 workers balance load by themselves), asks `shoal.planner.batching.decide_batch` what to run,
 answers expired requests with an explicit deadline error and runs the rest as one batch.
+
+With `batches_ahead` (1 by default) a worker's loop chooses and sends its next batch shortly
+before the running one is predicted to end, sized for when it will start; the worker runs it
+as soon as the running one is done, without waiting for the server's event loop to read the
+reply and send the next (which, on a busy loop, takes milliseconds per batch).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shoal.planner.batching import ADMITTED_WINDOW, admission_finish_ms, admitted_per_ms, decide_batch
+from shoal.runtime.batch_block import BATCH_SLOTS
 from shoal.runtime.errors import DeadlineExceededError, OverloadedError, ServingError, WorkerFailedError
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.rolling import RollingPercentile
@@ -74,6 +80,16 @@ class QueuedItem:
 
     def __post_init__(self) -> None:
         self.sort_key = (-self.priority, self.deadline_ms, next(_sequence))
+
+
+@dataclass
+class _SentBatch:
+    """A batch sent to a worker and not answered yet."""
+
+    latency_ms: float
+    """Its expected time on the worker (`VariantQueue.batch_latency_ms`)."""
+    finish_ms: float
+    """When it is expected to be done: its start (now, or when the batch ahead of it ends) plus its latency."""
 
 
 class VariantQueue:
@@ -192,9 +208,18 @@ class VariantQueue:
 class Scheduler:
     LOADING_POLL_S = 0.005
     """How often the batcher of a loading worker, with nothing it may take, looks again."""
+    SEND_AHEAD_LEAD_MS = 2.0
+    """How long before the running batch's predicted end (plus the loop's lag) the next one is
+    chosen and sent: enough to copy its inputs and send its message, while requests that arrive
+    in the meantime still make it into the batch."""
 
-    def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0):
+    def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0, batches_ahead: int = 1):
+        """`batches_ahead`: batches a worker may be sent beyond the one it runs (0 or 1: a
+        worker's block has two slots, `BATCH_SLOTS`)."""
+        if not 0 <= batches_ahead < BATCH_SLOTS:
+            raise ValueError(f"batches_ahead must be between 0 and {BATCH_SLOTS - 1}, got {batches_ahead}")
         self.metrics = metrics
+        self.batches_ahead = batches_ahead
         self.loop_lag_ms = 0.0  # how late the event loop runs its callbacks, kept by a monitor task
         self.loop_busy_share = 0.0  # share of the time the loop's thread wanted a CPU, kept by the same monitor
         # The monitor's current reading: when its timer is due, and since when and from what CPU
@@ -207,8 +232,12 @@ class Scheduler:
         self.max_queue_delay_ms = max_queue_delay_ms
         self.queues: dict[str, VariantQueue] = {}
         self.workers: list[WorkerHandle] = []
-        self._wakeups: dict[str, asyncio.Event] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}  # per worker: a request it may take was queued
+        self._batch_ends: dict[str, asyncio.Event] = {}  # per worker: a batch of it was answered
+        self._sent: dict[str, list[_SentBatch]] = {}  # per worker, in the order it runs them
+        self._last_finish_ms: dict[str, float] = {}  # per worker: when its last batch was answered
         self._tasks: dict[str, asyncio.Task] = {}
+        self._batch_tasks: set[asyncio.Task] = set()
         self._closed = False
 
     # -- registration ---------------------------------------------------------------------------
@@ -219,6 +248,8 @@ class Scheduler:
     def attach_worker(self, worker: WorkerHandle) -> None:
         self.workers = [w for w in self.workers if w.worker_id != worker.worker_id] + [worker]
         self._wakeups[worker.worker_id] = asyncio.Event()
+        self._batch_ends[worker.worker_id] = asyncio.Event()
+        self._sent[worker.worker_id] = []
         old = self._tasks.pop(worker.worker_id, None)
         if old:
             old.cancel()
@@ -315,8 +346,20 @@ class Scheduler:
         return bool(worker.loading) and any(other is not worker and not other.loading for other in self.workers_for(key))
 
     async def _worker_loop(self, worker: WorkerHandle) -> None:
-        wakeup = self._wakeups[worker.worker_id]
+        wakeup, batch_end = self._wakeups[worker.worker_id], self._batch_ends[worker.worker_id]
+        sent = self._sent[worker.worker_id]
         while worker.alive and not self._closed:
+            now = monotonic_ms()
+            if sent:
+                # Another batch only ahead of the last one, and only close to that one's end: a
+                # batch chosen early misses the requests that arrive before it would start.
+                if len(sent) > self.batches_ahead:
+                    await _wait(batch_end)
+                    continue
+                look_in_ms = sent[-1].finish_ms - now - self.SEND_AHEAD_LEAD_MS - self.loop_lag_ms
+                if look_in_ms > 0:
+                    await _wait(batch_end, look_in_ms)
+                    continue
             queue = self._most_urgent_queue(worker)
             if queue is None and worker.loading:
                 # What it left to the others may be its own again when the load is done, which
@@ -324,46 +367,56 @@ class Scheduler:
                 await asyncio.sleep(self.LOADING_POLL_S)
                 continue
             if queue is None:
-                wakeup.clear()
-                await wakeup.wait()
+                await _wait(wakeup)
                 continue
-            now = monotonic_ms()
+            # A batch sent ahead starts when the one before it ends.
+            start_ms = max(now, sent[-1].finish_ms) if sent else now
             window = queue.items[: queue.max_batch_size * 2]
             # As at admission: the answer reaches the client only when the event loop gets to it.
             decision = decide_batch(
-                [item.deadline_ms for item in window], now + self.loop_lag_ms, queue.tail_batch_latency_ms, queue.max_batch_size,
+                [item.deadline_ms for item in window], start_ms + self.loop_lag_ms, queue.tail_batch_latency_ms, queue.max_batch_size,
                 max_queue_delay_ms=self.max_queue_delay_ms, expiry_latency_ms=queue.batch_latency_ms,
             )
             expired = queue.take(decision.num_expired)
             for item in expired:
                 _fail(item.future, DeadlineExceededError(f"dropped: deadline cannot be met ({queue.key} was {now - item.arrival_ms:.1f} ms in queue)"))
-            # The worst mispredictions: had they run alone now, they would have finished this late.
-            queue.observe_finished_items(expired, now + self.loop_lag_ms + queue.batch_latency_ms(1), now)
+            # The worst mispredictions: had they run alone then, they would have finished this late.
+            queue.observe_finished_items(expired, start_ms + self.loop_lag_ms + queue.batch_latency_ms(1), now)
             if decision.batch_size == 0:
                 if decision.wait_ms > 0:
-                    wakeup.clear()
-                    try:
-                        await asyncio.wait_for(wakeup.wait(), decision.wait_ms / 1000.0)
-                    except TimeoutError:
-                        pass
+                    await _wait(wakeup, decision.wait_ms)
                 continue
-            batch = queue.take(decision.batch_size)
-            await self._run_batch(worker, queue, batch, now)
+            self._send_batch(worker, queue, queue.take(decision.batch_size), now, start_ms)
 
-    async def _run_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], started_ms: float) -> None:
-        worker.busy_until_ms = started_ms + queue.batch_latency_ms(len(batch))
+    def _send_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], now_ms: float, start_ms: float) -> None:
+        """Book the batch on the worker (what admission and the other loops see at once) and run it."""
+        sent = self._sent[worker.worker_id]
+        # Alone on the machine's cores, a worker may use the threads the idle others leave (not
+        # while its own load needs one, nor for a batch sent ahead: the others may be busy by then).
+        burst = not sent and worker.burst_threads > 0 and not worker.loading and all(
+            other is worker or not other.alive or (other.busy_until_ms == 0.0 and not other.loading) for other in self.workers
+        )
+        latency_ms = queue.batch_latency_ms(len(batch))
+        booking = _SentBatch(latency_ms, start_ms + latency_ms)
+        sent.append(booking)
+        worker.busy_until_ms = booking.finish_ms
+        task = asyncio.create_task(self._run_batch(worker, queue, batch, booking, now_ms, burst), name=f"batch-{worker.worker_id}")
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _run_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], booking: _SentBatch,
+                         sent_ms: float, burst: bool) -> None:  # fmt: skip
+        compute_ms = 0.0
         try:
-            # Alone on the machine's cores, a worker may use the threads the idle others leave
-            # (not while its own load needs one).
-            burst = worker.burst_threads > 0 and not worker.loading and all(
-                other is worker or not other.alive or (other.busy_until_ms == 0.0 and not other.loading) for other in self.workers
-            )
             # The requests are answered as the outputs arrive; this coroutine still resumes before
             # their handlers run (WorkerChannel), so the times below hold no response work.
             outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst,
-                                                   lambda outputs, compute_ms: _answer(batch, outputs, compute_ms, started_ms))  # fmt: skip
+                                                   lambda outputs, compute_ms: _answer(batch, outputs, compute_ms, sent_ms))  # fmt: skip
             finished_ms = monotonic_ms()
-            _answer(batch, outputs, compute_ms, started_ms)  # a worker that could not answer on arrival
+            _answer(batch, outputs, compute_ms, sent_ms)  # a worker that could not answer on arrival
+            # On the worker from when it was sent, or, sent ahead, from when the batch before it was answered.
+            started_ms = max(sent_ms, self._last_finish_ms.get(worker.worker_id, 0.0))
+            self._last_finish_ms[worker.worker_id] = finished_ms
             if not burst:
                 # The batch-time model describes narrow batches, the ones that run under load,
                 # where admission needs it; a wide batch's speed would make it optimistic there.
@@ -387,8 +440,23 @@ class Scheduler:
                 _fail(item.future, WorkerFailedError(f"inference failed: {error}"))
             return
         finally:
-            worker.busy_until_ms = 0.0
+            self._batch_done(worker, booking)
         self.metrics.batch(queue.key, len(batch), compute_ms)
+
+    def _batch_done(self, worker: WorkerHandle, booking: _SentBatch) -> None:
+        """Take the batch off the worker's books; the one sent ahead of it (if any) starts now."""
+        sent = self._sent.get(worker.worker_id, [])
+        if booking in sent:
+            sent.remove(booking)
+        if sent:
+            following = sent[0]
+            following.finish_ms = monotonic_ms() + following.latency_ms
+            worker.busy_until_ms = following.finish_ms
+        else:
+            worker.busy_until_ms = 0.0
+        event = self._batch_ends.get(worker.worker_id)
+        if event is not None:
+            event.set()
 
     async def monitor_loop_lag(self, interval_s: float = 0.01) -> None:
         """Measure how late a timer fires (the time a new request waits for the loop's
@@ -446,13 +514,25 @@ class Scheduler:
         for queue in self.queues.values():
             for item in queue.take(len(queue)):
                 _fail(item.future, OverloadedError("server is shutting down", retry_after_s=5.0))
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._batch_tasks]
         if tasks:
             # Let running batches finish and answer; cancel whatever is still going after that.
             _, still_running = await asyncio.wait(tasks, timeout=10.0)
             for task in still_running:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _wait(event: asyncio.Event, timeout_ms: float | None = None) -> None:
+    """Until `event` is set (cleared first) or `timeout_ms` passed. A timer, not `wait_for`,
+    which would make a task per wait on the batching loop's path."""
+    event.clear()
+    timer = None if timeout_ms is None else asyncio.get_running_loop().call_later(timeout_ms / 1000.0, event.set)
+    try:
+        await event.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _fail(future: asyncio.Future, error: Exception) -> None:

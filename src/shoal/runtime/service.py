@@ -86,7 +86,7 @@ class InferenceService:
         self.config = config
         self.repository = ModelRepository(config.repository)
         self.metrics = ServingMetrics()
-        self.scheduler = Scheduler(self.metrics, max_queue_delay_ms=config.max_queue_delay_ms)
+        self.scheduler = Scheduler(self.metrics, max_queue_delay_ms=config.max_queue_delay_ms, batches_ahead=config.batches_ahead)
         self.policy: Policy = make_policy(config.policy)
         self.families: dict[str, Family] = {}
         self.variants: dict[str, ServedVariant] = {}  # key -> variant

@@ -2,8 +2,8 @@
 
 A worker is a separate OS process so that a crashing or hanging model cannot take the server
 down and so that Python-level work in the frontend never competes with the model for the GIL.
-Tensors travel through one shared-memory block per worker (`BatchBlock`: inputs in the first
-half, outputs in the second); the connection (a pipe, or a Unix socket to a Ray actor on the
+Tensors travel through one shared-memory block per worker (`BatchBlock`: a slot per batch in
+flight, inputs in a slot's first half, outputs in its second); the connection (a pipe, or a Unix socket to a Ray actor on the
 server's node, which serves the same loop) carries only small JSON control messages, so nothing
 is pickled and the bytes of a batch are copied once on each side.
 
@@ -12,7 +12,7 @@ Control messages (JSON over a multiprocessing Connection, parent -> worker), eac
     {"op": "load", "variant", "path", "input_name", "output_name", "input_shape", "warmup",
      "profile_batch_sizes", "profile_repeats"}
     {"op": "unload", "variant"}
-    {"op": "run", "batch_id", "variant", "batch_size", "burst"}
+    {"op": "run", "batch_id", "variant", "batch_size", "burst", "slot"}
     {"op": "stop"}
 and replies (worker -> parent): {"op": "ready", "request_id": 0} (unasked, once),
 {"op": "loaded", ...}, {"op": "unloaded", ...}, {"op": "done", "batch_id", "output_shape",
@@ -23,7 +23,8 @@ it holds while it loads another (opening, warming up and profiling a variant tak
 a demo variant, seconds for a large one; with one worker, the default, nothing was served
 meanwhile). Their replies can therefore overtake a batch's: the parent matches replies by
 "request_id", not by order. Unloads stay in order with the batches (a batch sent before an
-unload still finds its variant).
+unload still finds its variant). Batches run in the order they came: the parent may send the
+next one, in the other slot, while this one runs, and the worker takes it up straight away.
 """
 
 from __future__ import annotations
@@ -193,10 +194,10 @@ class ModelHost:
         compute_ms = (time.perf_counter() - started) * 1000.0
         return np.ascontiguousarray(outputs, dtype=np.float32), compute_ms
 
-    def run_block(self, block: BatchBlock, variant: str, batch_size: int, burst: bool = False) -> dict:
-        """One batch read from and written back to a shared block; returns the reply's numbers."""
-        outputs, compute_ms = self.run(variant, block.inputs(batch_size, self.item_shape(variant)), burst)
-        return {"output_shape": block.write_outputs(outputs), "compute_ms": compute_ms}
+    def run_block(self, block: BatchBlock, variant: str, batch_size: int, burst: bool = False, slot: int = 0) -> dict:
+        """One batch read from and written back to a slot of a shared block; returns the reply's numbers."""
+        outputs, compute_ms = self.run(variant, block.inputs(batch_size, self.item_shape(variant), slot), burst)
+        return {"output_shape": block.write_outputs(outputs, slot), "compute_ms": compute_ms}
 
 
 def _load_in_order(host: ModelHost, replies: _Replies, requests: queue.Queue) -> None:
@@ -232,7 +233,8 @@ def serve_connection(host: ModelHost, block: BatchBlock, connection: Connection)
             op = message.get("op")
             try:
                 if op == "run":
-                    reply = host.run_block(block, message["variant"], int(message["batch_size"]), bool(message.get("burst", False)))
+                    reply = host.run_block(block, message["variant"], int(message["batch_size"]), bool(message.get("burst", False)),
+                                           int(message.get("slot", 0)))
                     replies.send(message, {"op": "done", "batch_id": message["batch_id"], **reply})
                 elif op == "load":
                     loads.put(message)

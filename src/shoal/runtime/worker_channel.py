@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from shoal.runtime.batch_block import BatchBlock
+from shoal.runtime.batch_block import BATCH_SLOTS, BatchBlock
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 from shoal.runtime.worker import decode_message, encode_message
 
@@ -65,7 +65,11 @@ class WorkerChannel:
         # resolving it. Number 0 is the worker's unasked "ready".
         self._pending: dict[int, tuple[asyncio.Future, ReplyHook | None]] = {}
         self._request_ids = itertools.count(1)
-        self._run_lock = asyncio.Lock()
+        # A batch holds a slot of the block from writing its inputs until its outputs are read:
+        # at most BATCH_SLOTS batches are in flight, the worker running them in order.
+        self._slots_left = asyncio.Semaphore(BATCH_SLOTS)
+        self._free_slots = list(range(BATCH_SLOTS))
+        self._batches_in_flight = 0
         self._batch_counter = 0
         self.closed = False
         asyncio.get_running_loop().add_reader(connection.fileno(), self._on_readable)
@@ -151,26 +155,33 @@ class WorkerChannel:
         `burst`: every other worker is idle, so the worker may run it on its wider session.
         `on_outputs` gets the same outputs and compute ms in the reply's read callback, right
         after this coroutine's own wake-up was scheduled (so it returns before whatever
-        `on_outputs` wakes runs)."""
-        async with self._run_lock:
-            if self.closed:
-                raise WorkerFailedError(f"worker {self.worker_id} is not running")
+        `on_outputs` wakes runs).
+
+        Up to BATCH_SLOTS calls may be in flight (each in a slot of the block); the worker runs
+        them in the order they were sent, and a further call waits for a slot."""
+        async with self._slots_left:
+            slot = self._free_slots.pop()
+            self._batches_in_flight += 1
             try:
-                self.block.write_inputs(items)
+                if self.closed:
+                    raise WorkerFailedError(f"worker {self.worker_id} is not running")
+                self.block.write_inputs(items, slot)
                 self._batch_counter += 1
                 received: list[np.ndarray] = []
 
-                def take_outputs(reply: dict) -> Callable[[], None] | None:  # the lock is held: the block is ours
-                    received.append(self.block.read_outputs(reply["output_shape"]))
+                def take_outputs(reply: dict) -> Callable[[], None] | None:  # the slot is ours until this returns
+                    received.append(self.block.read_outputs(reply["output_shape"], slot))
                     return None if on_outputs is None else functools.partial(on_outputs, received[0], reply["compute_ms"])
 
-                message = {"op": "run", "batch_id": self._batch_counter, "variant": variant_key, "batch_size": len(items), "burst": burst}
+                message = {"op": "run", "batch_id": self._batch_counter, "variant": variant_key, "batch_size": len(items), "burst": burst, "slot": slot}
                 reply = await self.request(message, take_outputs)
                 # A reply that arrived is good even if the channel closed since (the worker exited
                 # right after answering): its outputs were copied out as it arrived.
                 return received[0], reply["compute_ms"]
             finally:
-                if self.closed:
+                self._free_slots.append(slot)
+                self._batches_in_flight -= 1
+                if self.closed and self._batches_in_flight == 0:
                     self.block.release()
 
     def close(self, reason: str) -> None:
@@ -187,5 +198,5 @@ class WorkerChannel:
             if not future.done():
                 future.set_exception(WorkerFailedError(reason))
         self._connection.close()
-        if not self._run_lock.locked():  # else the batch in flight releases it when it is done with it
+        if self._batches_in_flight == 0:  # else the last batch in flight releases it when it is done with it
             self.block.release()

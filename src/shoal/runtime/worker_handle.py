@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from shoal.runtime.batch_block import BatchBlock
+from shoal.runtime.batch_block import DEFAULT_BLOCK_BYTES, BatchBlock
 from shoal.runtime.errors import WorkerFailedError
 from shoal.runtime.worker import WorkerConfig, worker_main
 from shoal.runtime.worker_channel import OutputsCallback, WorkerChannel, load_message
@@ -33,7 +33,7 @@ class WorkerHandle:
         device: str = "cpu",
         intra_op_threads: int = 1,
         burst_threads: int = 0,
-        shared_memory_bytes: int = 64 * 1024 * 1024,
+        shared_memory_bytes: int = DEFAULT_BLOCK_BYTES,
         on_exit: Callable[["WorkerHandle"], None] | None = None,
     ):
         self.worker_id = worker_id

@@ -20,6 +20,7 @@ from shoal.profiler.session import default_intra_op_threads
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler
 from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
+from shoal.runtime.batch_block import DEFAULT_BLOCK_BYTES
 from shoal.runtime.errors import WorkerFailedError
 
 if TYPE_CHECKING:
@@ -43,13 +44,14 @@ class ServeConfig:
     queue_capacity: int = 1024
     default_slo_ms: float = 1000.0
     max_queue_delay_ms: float = 0.0
+    batches_ahead: int = 1  # batches a worker is sent beyond the one it runs (0 or 1; Scheduler)
     admission_headroom: float = 0.8  # admit only if the predicted finish is within this share of the SLO
     max_loop_lag_share: float = 0.06  # event-loop lag, as a share of the model's recent SLO, at which every inference request is refused on arrival (InferenceService.refuse_at_gate; 0: never)
     policy: str = "shoal"
     preload: tuple[str, ...] | None = None  # None: every variant of every family
     max_request_items: int = 256
     cache_bytes_per_worker: int = 2 * 1024**3
-    shared_memory_bytes: int = 64 * 1024 * 1024
+    shared_memory_bytes: int = DEFAULT_BLOCK_BYTES
     profile_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     prices_usd_per_hour: tuple[tuple[str, float], ...] = (("cpu", 0.048), ("cuda", 3.06))
     """Price of one worker per device kind, for model-less cost limits and autoscaling."""

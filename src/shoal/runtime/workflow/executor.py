@@ -28,6 +28,7 @@ import numpy as np
 from shoal.core.models import Profile
 from shoal.profiler.measure import summarise_latencies
 from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
+from shoal.runtime.batch_block import BATCH_SLOTS
 from shoal.runtime.errors import BadRequestError, OverloadedError
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
@@ -70,7 +71,7 @@ class WorkflowExecutor:
         max_batch_size: int = 16,
         queue_capacity: int = 4096,
         intra_op_threads: int = 1,
-        shared_memory_bytes: int = 16 * 1024 * 1024,
+        shared_memory_bytes: int = BATCH_SLOTS * 16 * 1024 * 1024,
         backend: str = "local",
         ray_address: str | None = None,
         ray_placement_strategy: str = "PACK",
