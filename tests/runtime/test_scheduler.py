@@ -435,17 +435,34 @@ def test_the_next_batch_is_sent_shortly_before_the_running_one_ends(batches_ahea
         worker = FakeWorker("w", 30.0)
         scheduler.attach_worker(worker)
         now = monotonic_ms()
-        results = await asyncio.gather(*(scheduler.submit("v", np.full(1, float(i), np.float32), now + 10_000) for i in range(3)))
+        results = await asyncio.gather(*(scheduler.submit("v", np.full(1, float(i), np.float32), now + 10_000) for i in range(4)))
         await scheduler.close()
         return worker, [float(outputs[0]) for outputs, *_ in results]
 
     worker, answers = asyncio.run(scenario())
-    assert answers == [0.0, 1.0, 2.0] and worker.batches == [1, 1, 1]
+    assert answers == [0.0, 1.0, 2.0, 3.0] and worker.batches == [1, 1, 1, 1]
     for sent_ms, previous_end_ms in zip(worker.sent_ms[1:], worker.ended_ms, strict=False):
         if batches_ahead:  # sent while the one before it ran, but not at once: near its predicted end
             assert previous_end_ms - 15.0 < sent_ms < previous_end_ms
         else:
             assert sent_ms >= previous_end_ms
+
+
+def test_nothing_is_sent_ahead_while_the_event_loop_is_saturated():
+    async def scenario():
+        scheduler = Scheduler(ServingMetrics(), batches_ahead=1)
+        scheduler.add_queue(VariantQueue("v", lambda size: 20.0, 1, 100))
+        worker = FakeWorker("w", 20.0)
+        scheduler.attach_worker(worker)
+        scheduler.loop_busy_share = 1.0  # as the loop monitor reads a saturated loop (it is not running here)
+        now = monotonic_ms()
+        await asyncio.gather(*(scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(3)))
+        await scheduler.close()
+        return worker
+
+    worker = asyncio.run(scenario())
+    assert worker.batches == [1, 1, 1]
+    assert all(sent_ms >= end_ms for sent_ms, end_ms in zip(worker.sent_ms[1:], worker.ended_ms, strict=False))
 
 
 def test_requests_dropped_at_dequeue_teach_admission_too():

@@ -212,6 +212,10 @@ class Scheduler:
     """How long before the running batch's predicted end (plus the loop's lag) the next one is
     chosen and sent: enough to copy its inputs and send its message, while requests that arrive
     in the meantime still make it into the batch."""
+    SEND_AHEAD_MAX_LOOP_BUSY = 0.75
+    """The event loop's busy share (`loop_busy_share`) from which nothing is sent ahead. Measured
+    at 2x overload (benchmarks/results/serve-send-ahead/): ~0.35 on the heavy demo variant, whose
+    workers are the bottleneck and gain from it; 0.95-1.0 on the light one, whose loop is and loses."""
 
     def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0, batches_ahead: int = 1):
         """`batches_ahead`: batches a worker may be sent beyond the one it runs (0 or 1: a
@@ -351,9 +355,12 @@ class Scheduler:
         while worker.alive and not self._closed:
             now = monotonic_ms()
             if sent:
-                # Another batch only ahead of the last one, and only close to that one's end: a
-                # batch chosen early misses the requests that arrive before it would start.
-                if len(sent) > self.batches_ahead:
+                # Another batch only ahead of the last one, only close to that one's end (a batch
+                # chosen early misses the requests that arrive before it would start), and only
+                # while the event loop has time to spare: sending ahead makes smaller batches,
+                # more of them, each with its share of the loop's work, which a saturated loop
+                # cannot give (a light model's server: ~20% less goodput at 2x when it did).
+                if len(sent) > self.batches_ahead or self.loop_busy_share >= self.SEND_AHEAD_MAX_LOOP_BUSY:
                     await _wait(batch_end)
                     continue
                 look_in_ms = sent[-1].finish_ms - now - self.SEND_AHEAD_LEAD_MS - self.loop_lag_ms
