@@ -448,6 +448,25 @@ def test_the_next_batch_is_sent_shortly_before_the_running_one_ends(batches_ahea
             assert sent_ms >= previous_end_ms
 
 
+def test_a_worker_that_fails_with_a_batch_sent_ahead_fails_both_and_clears_its_books():
+    async def scenario():
+        scheduler = Scheduler(ServingMetrics(), batches_ahead=1)
+        scheduler.add_queue(VariantQueue("v", lambda size: 20.0, 1, 100))
+        worker = FakeWorker("w", 20.0)
+        worker.fail_next = True  # every batch fails, as on a worker that died with two in flight
+        scheduler.attach_worker(worker)
+        now = monotonic_ms()
+        outcomes = await asyncio.gather(*(scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(4)), return_exceptions=True)
+        books = list(scheduler._sent["w"]), worker.busy_until_ms
+        await scheduler.close()
+        return worker, outcomes, books
+
+    worker, outcomes, (books, busy_until_ms) = asyncio.run(scenario())
+    assert all(isinstance(outcome, WorkerFailedError) for outcome in outcomes)
+    assert any(sent_ms < end_ms for sent_ms, end_ms in zip(worker.sent_ms[1:], worker.ended_ms, strict=False))  # one was sent ahead
+    assert books == [] and busy_until_ms == 0.0  # idle again on the books: admission sees a free worker
+
+
 def test_nothing_is_sent_ahead_while_the_event_loop_is_saturated():
     async def scenario():
         scheduler = Scheduler(ServingMetrics(), batches_ahead=1)

@@ -82,7 +82,7 @@ class QueuedItem:
         self.sort_key = (-self.priority, self.deadline_ms, next(_sequence))
 
 
-@dataclass
+@dataclass(eq=False)  # a booking is found on a worker's books by identity, never by its times
 class _SentBatch:
     """A batch sent to a worker and not answered yet."""
 
@@ -453,8 +453,9 @@ class Scheduler:
     def _batch_done(self, worker: WorkerHandle, booking: _SentBatch) -> None:
         """Take the batch off the worker's books; the one sent ahead of it (if any) starts now."""
         sent = self._sent.get(worker.worker_id, [])
-        if booking in sent:
-            sent.remove(booking)
+        if booking not in sent:  # the worker was replaced (a restart) and its books with it
+            return
+        sent.remove(booking)
         if sent:
             following = sent[0]
             following.finish_ms = monotonic_ms() + following.latency_ms
@@ -516,7 +517,7 @@ class Scheduler:
     async def close(self) -> None:
         """Stop batching; every queued request is answered with an error."""
         self._closed = True
-        for event in self._wakeups.values():
+        for event in (*self._wakeups.values(), *self._batch_ends.values()):
             event.set()
         for queue in self.queues.values():
             for item in queue.take(len(queue)):
