@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
 
 from shoal.runtime.statistics import VariantStatistics
+from shoal.runtime.worker_manager import ServeConfig
 
 
 def test_the_counts_follow_tritons_definitions():
@@ -86,11 +88,22 @@ def test_tritonclient_reads_the_model_config_over_http_and_grpc(server):
     grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
     config = http.get_model_config("fixture.rf-16")
     assert (config["name"], config["platform"], config["backend"]) == ("fixture.rf-16", "onnxruntime_onnx", "onnxruntime")
-    assert config["max_batch_size"] >= 1
+    # As in Triton: the most items one request may carry, and the batches the server forms
+    assert config["max_batch_size"] == ServeConfig.max_request_items
+    assert config["dynamic_batching"]["preferred_batch_size"] == [ServeConfig.max_batch_size]
+    for items, accepted in ((ServeConfig.max_batch_size + 8, True), (ServeConfig.max_request_items + 1, False)):
+        tensor = triton_http.InferInput("images", [items, 3, 16, 16], "FP32")
+        tensor.set_data_from_numpy(np.zeros((items, 3, 16, 16), np.float32))
+        if accepted:  # more than one batch's worth: split over batches, every item answered
+            assert http.infer("fixture.rf-16", [tensor], parameters={"slo_ms": 5000}).as_numpy("logits").shape[0] == items
+        else:
+            with pytest.raises(InferenceServerException, match=str(ServeConfig.max_request_items)):
+                http.infer("fixture.rf-16", [tensor], parameters={"slo_ms": 5000})
     assert config["input"] == [{"name": "images", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, 16, 16]}]
     assert config["output"][0]["name"] == "logits" and len(config["output"][0]["dims"]) == 1
     over_grpc = grpc.get_model_config("fixture.rf-16", as_json=True)["config"]
     assert over_grpc["max_batch_size"] == config["max_batch_size"]
+    assert over_grpc["dynamic_batching"]["preferred_batch_size"] == [ServeConfig.max_batch_size]
     assert [int(dim) for dim in over_grpc["input"][0]["dims"]] == [3, 16, 16] and over_grpc["input"][0]["data_type"] == "TYPE_FP32"
     assert [int(dim) for dim in over_grpc["output"][0]["dims"]] == config["output"][0]["dims"]
     assert http.get_model_config("fixture")["platform"] == "shoal_family"

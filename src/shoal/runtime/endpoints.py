@@ -35,9 +35,16 @@ class Answer:
     parameters: dict[str, Any]
 
 
-def triton_config(name: str, metadata: dict[str, Any], *, max_batch_size: int, max_queue_delay_ms: float, input_format: str) -> dict[str, Any]:
+def triton_config(
+    name: str, metadata: dict[str, Any], *, max_batch_size: int, max_queue_delay_ms: float, input_format: str,
+    preferred_batch_sizes: tuple[int, ...] = (),
+) -> dict[str, Any]:
     """Triton's model configuration from KServe v2 metadata: dims leave out the batch dimension,
-    as Triton's do when `max_batch_size` > 0."""
+    as Triton's do when `max_batch_size` > 0. As in Triton, `max_batch_size` is the most items
+    one request may carry; the batches the server forms are `preferred_batch_sizes`."""
+    dynamic_batching: dict[str, Any] = {"max_queue_delay_microseconds": int(max_queue_delay_ms * 1000)}
+    if preferred_batch_sizes:
+        dynamic_batching["preferred_batch_size"] = list(preferred_batch_sizes)
     return {
         "name": name,
         "platform": metadata["platform"],
@@ -45,7 +52,7 @@ def triton_config(name: str, metadata: dict[str, Any], *, max_batch_size: int, m
         "max_batch_size": max_batch_size,
         "input": [{"name": tensor["name"], "data_type": "TYPE_FP32", "format": input_format, "dims": tensor["shape"][1:]} for tensor in metadata["inputs"]],
         "output": [{"name": tensor["name"], "data_type": "TYPE_FP32", "dims": tensor["shape"][1:]} for tensor in metadata["outputs"]],
-        "dynamic_batching": {"max_queue_delay_microseconds": int(max_queue_delay_ms * 1000)},
+        "dynamic_batching": dynamic_batching,
     }  # fmt: skip
 
 
@@ -73,15 +80,17 @@ class ServedModels:
     def config(self, model: str) -> dict[str, Any]:
         """The model's configuration as Triton reports it (`GET /v2/models/{m}/config`, gRPC
         ModelConfig): what `tritonclient`'s `get_model_config` users read the batch limit and
-        the tensors from. A variant's or family's batch limit is the server's batchers' (a
-        family, model-less, takes the full-size frames it resizes); a workflow's tensors are
-        its sources and sinks, its batch limit that of its stages' batchers."""
+        the tensors from. A variant's or family's batch limit is the items one request may carry
+        (`ServeConfig.max_request_items`; a family, model-less, takes the full-size frames it
+        resizes), and the batches its batchers form are the preferred size; a
+        workflow's tensors are its sources and sinks, its batch limit that of its stages' batchers."""
         workflow = self.workflows.get(model)
         if workflow is not None:
             return triton_config(model, workflow.metadata(), max_batch_size=workflow.max_batch_size, max_queue_delay_ms=0.0, input_format="FORMAT_NONE")
         config = self.service.config
-        return triton_config(model, self.service.model_metadata(model), max_batch_size=config.max_batch_size,
-                             max_queue_delay_ms=config.max_queue_delay_ms, input_format="FORMAT_NCHW")  # fmt: skip
+        return triton_config(model, self.service.model_metadata(model), max_batch_size=config.max_request_items,
+                             max_queue_delay_ms=config.max_queue_delay_ms, input_format="FORMAT_NCHW",
+                             preferred_batch_sizes=(config.max_batch_size,))  # fmt: skip
 
     def statistics(self, model: str = "") -> list[dict[str, Any]]:
         """Triton's `model_stats` for `model`, or ("") for every variant and workflow served."""
