@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ import numpy as np
 from shoal.runtime.batch_block import DEFAULT_BLOCK_BYTES
 from shoal.runtime.worker_channel import OutputsCallback
 
-__all__ = ["BACKENDS", "Backend", "LocalBackend", "Worker", "WorkerSpec", "make_backend", "start_replacement"]
+__all__ = ["BACKENDS", "Backend", "LocalBackend", "Worker", "WorkerSpec", "counted_load", "make_backend", "start_replacement"]
 
 BACKENDS = ("local", "ray")
 
@@ -71,6 +71,18 @@ class Worker(Protocol):
         ...
 
     async def stop(self) -> None: ...
+
+
+async def counted_load(worker: Worker, variant_key: str, reply: Awaitable[dict]) -> dict:
+    """Await a load's `reply` with the load counted in `worker.loading` meanwhile, then record
+    the variant as loaded: the bookkeeping every kind of worker does around its own load."""
+    worker.loading += 1
+    try:
+        answer = await reply
+    finally:
+        worker.loading -= 1
+    worker.loaded_variants[variant_key] = answer["load_ms"]
+    return answer
 
 
 class Backend(Protocol):

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from shoal.runtime.backend import WorkerSpec
+from shoal.runtime.backend import WorkerSpec, counted_load
 from shoal.runtime.batch_block import DEFAULT_BLOCK_BYTES, BatchBlock
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 from shoal.runtime.worker_channel import OutputsCallback, WorkerChannel, load_message
@@ -317,21 +317,17 @@ class RayWorkerHandle:
         self._check_alive()
         message = load_message(variant_key, path, input_name, output_name, input_shape, warmup=warmup,
                                profile_batch_sizes=profile_batch_sizes, profile_repeats=profile_repeats)
-        self.loading += 1
+        if self.channel is not None:
+            return await counted_load(self, variant_key, self.channel.load(message))
+        return await counted_load(self, variant_key, self._load_through_actor_call(variant_key, message))
+
+    async def _load_through_actor_call(self, variant_key: str, message: dict) -> dict:
         try:
-            if self.channel is not None:
-                reply = await self.channel.load(message)
-            else:
-                try:
-                    reply = await self._actor.load.remote(message)
-                except self._ray.exceptions.RayActorError as error:
-                    raise self._failed(error) from None
-                except self._ray.exceptions.RayTaskError as error:
-                    raise ModelLoadError(f"variant {variant_key!r} could not be loaded on worker {self.worker_id}: {error.cause}") from None
-        finally:
-            self.loading -= 1
-        self.loaded_variants[variant_key] = reply["load_ms"]
-        return reply
+            return await self._actor.load.remote(message)
+        except self._ray.exceptions.RayActorError as error:
+            raise self._failed(error) from None
+        except self._ray.exceptions.RayTaskError as error:
+            raise ModelLoadError(f"variant {variant_key!r} could not be loaded on worker {self.worker_id}: {error.cause}") from None
 
     async def unload(self, variant_key: str) -> None:
         self.loaded_variants.pop(variant_key, None)  # no batch of it is sent after the unload

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from shoal.runtime.backend import counted_load
 from shoal.runtime.batch_block import DEFAULT_BLOCK_BYTES, BatchBlock
 from shoal.runtime.errors import WorkerFailedError
 from shoal.runtime.worker import WorkerConfig, worker_main
@@ -107,13 +108,7 @@ class WorkerHandle:
         A model the worker cannot open raises ModelLoadError naming the variant and the reason."""
         message = load_message(variant_key, path, input_name, output_name, input_shape, warmup=warmup,
                                profile_batch_sizes=profile_batch_sizes, profile_repeats=profile_repeats)
-        self.loading += 1
-        try:
-            reply = await self._live_channel().load(message)
-        finally:
-            self.loading -= 1
-        self.loaded_variants[variant_key] = reply["load_ms"]
-        return reply
+        return await counted_load(self, variant_key, self._live_channel().load(message))
 
     async def unload(self, variant_key: str) -> None:
         self.loaded_variants.pop(variant_key, None)  # no batch of it is sent after the unload
