@@ -427,13 +427,19 @@ def test_admission_learns_how_late_queued_requests_finish():
     assert 250.0 < margin_ms < elapsed_ms
 
 
+def _one_worker(batch_ms: float, batches_ahead: int) -> tuple[Scheduler, FakeWorker]:
+    """A scheduler with one worker whose batches (of one item) take what the profile says."""
+    scheduler = Scheduler(ServingMetrics(), batches_ahead=batches_ahead)
+    scheduler.add_queue(VariantQueue("v", lambda size: batch_ms, 1, 100))
+    worker = FakeWorker("w", batch_ms)
+    scheduler.attach_worker(worker)
+    return scheduler, worker
+
+
 @pytest.mark.parametrize("batches_ahead", [0, 1])
 def test_the_next_batch_is_sent_shortly_before_the_running_one_ends(batches_ahead):
     async def scenario():
-        scheduler = Scheduler(ServingMetrics(), batches_ahead=batches_ahead)
-        scheduler.add_queue(VariantQueue("v", lambda size: 30.0, 1, 100))
-        worker = FakeWorker("w", 30.0)
-        scheduler.attach_worker(worker)
+        scheduler, worker = _one_worker(30.0, batches_ahead)
         now = monotonic_ms()
         results = await asyncio.gather(*(scheduler.submit("v", np.full(1, float(i), np.float32), now + 10_000) for i in range(4)))
         await scheduler.close()
@@ -450,11 +456,8 @@ def test_the_next_batch_is_sent_shortly_before_the_running_one_ends(batches_ahea
 
 def test_a_worker_that_fails_with_a_batch_sent_ahead_fails_both_and_clears_its_books():
     async def scenario():
-        scheduler = Scheduler(ServingMetrics(), batches_ahead=1)
-        scheduler.add_queue(VariantQueue("v", lambda size: 20.0, 1, 100))
-        worker = FakeWorker("w", 20.0)
+        scheduler, worker = _one_worker(20.0, 1)
         worker.fail_next = True  # every batch fails, as on a worker that died with two in flight
-        scheduler.attach_worker(worker)
         now = monotonic_ms()
         outcomes = await asyncio.gather(*(scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(4)), return_exceptions=True)
         books = list(scheduler._sent["w"]), worker.busy_until_ms
@@ -469,10 +472,7 @@ def test_a_worker_that_fails_with_a_batch_sent_ahead_fails_both_and_clears_its_b
 
 def test_nothing_is_sent_ahead_while_the_event_loop_is_saturated():
     async def scenario():
-        scheduler = Scheduler(ServingMetrics(), batches_ahead=1)
-        scheduler.add_queue(VariantQueue("v", lambda size: 20.0, 1, 100))
-        worker = FakeWorker("w", 20.0)
-        scheduler.attach_worker(worker)
+        scheduler, worker = _one_worker(20.0, 1)
         scheduler.loop_busy_share = 1.0  # as the loop monitor reads a saturated loop (it is not running here)
         now = monotonic_ms()
         await asyncio.gather(*(scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(3)))

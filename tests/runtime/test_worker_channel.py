@@ -15,14 +15,18 @@ from shoal.runtime.errors import WorkerFailedError
 from shoal.runtime.worker_channel import WorkerChannel
 
 
-def _doubling_worker(connection, block_name: str, size_bytes: int) -> None:
-    """Answers one "run" by doubling the batch, like a worker whose process exits right after."""
+def _doubling_worker(connection, block_name: str, size_bytes: int, batches: int = 1, slots: list | None = None) -> None:
+    """Answers `batches` "run"s in the order they came by doubling each, from and into its own
+    slot (noting the slot in `slots`), like a worker whose process exits right after."""
     block = BatchBlock.attach(block_name, size_bytes)
-    message = json.loads(connection.recv_bytes())
-    slot = message.get("slot", 0)
-    shape = block.write_outputs(2 * block.inputs(message["batch_size"], (3,), slot), slot)
-    reply = {"op": "done", "batch_id": message["batch_id"], "output_shape": shape, "compute_ms": 1.0, "request_id": message["request_id"]}
-    connection.send_bytes(json.dumps(reply).encode())
+    for _ in range(batches):
+        message = json.loads(connection.recv_bytes())
+        slot = message.get("slot", 0)
+        if slots is not None:
+            slots.append(slot)
+        shape = block.write_outputs(2 * block.inputs(message["batch_size"], (3,), slot), slot)
+        reply = {"op": "done", "batch_id": message["batch_id"], "output_shape": shape, "compute_ms": 1.0, "request_id": message["request_id"]}
+        connection.send_bytes(json.dumps(reply).encode())
     block.release()
 
 
@@ -134,25 +138,13 @@ def test_a_request_to_a_worker_that_is_gone_names_its_exit():
     asyncio.run(scenario())
 
 
-def _doubling_worker_in_order(connection, block_name: str, size_bytes: int, batches: int, started: list) -> None:
-    """Answers `batches` "run"s in the order they came, each from and into its own slot."""
-    block = BatchBlock.attach(block_name, size_bytes)
-    for _ in range(batches):
-        message = json.loads(connection.recv_bytes())
-        started.append(message["slot"])
-        shape = block.write_outputs(2 * block.inputs(message["batch_size"], (3,), message["slot"]), message["slot"])
-        reply = {"op": "done", "batch_id": message["batch_id"], "output_shape": shape, "compute_ms": 1.0, "request_id": message["request_id"]}
-        connection.send_bytes(json.dumps(reply).encode())
-    block.release()
-
-
 def test_batches_in_flight_each_get_their_own_slot_and_outputs():
     async def scenario():
         parent, child = Pipe()
         block = BatchBlock.create(1 << 16)
         channel = WorkerChannel("w0", parent, block, on_closed=lambda: None)
         slots: list[int] = []
-        thread = threading.Thread(target=_doubling_worker_in_order, args=(child, block.name, 1 << 16, 5, slots))
+        thread = threading.Thread(target=_doubling_worker, args=(child, block.name, 1 << 16, 5, slots))
         thread.start()
         batches = [[np.full(3, 10.0 * index + item, np.float32) for item in range(index + 1)] for index in range(5)]
         try:
