@@ -14,6 +14,7 @@ import uvicorn
 from shoal.core.errors import InvalidInputError
 from shoal.runtime.faults import fault_route
 from shoal.runtime.http_frontend import build_http_app
+from shoal.runtime.http_protocol import one_write_protocol
 from shoal.runtime.service import InferenceService
 from shoal.runtime.supervisor import Supervisor
 from shoal.runtime.worker_manager import ServeConfig
@@ -80,7 +81,7 @@ async def serve_forever(
         uvicorn.Config(app, host=host, port=http_port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10,
                        # Nothing reads the client's address (no access log): rewriting it from
                        # X-Forwarded-* per request only cost CPU on the loop.
-                       proxy_headers=False)
+                       proxy_headers=False, http=one_write_protocol() or "auto")
     )
     grpc_server = None
     http_task: asyncio.Task | None = None
