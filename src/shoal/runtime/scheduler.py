@@ -89,7 +89,7 @@ class _SentBatch:
     latency_ms: float
     """Its expected time on the worker (`VariantQueue.batch_latency_ms`)."""
     finish_ms: float
-    """When it is expected to be done: its start (now, or when the batch ahead of it ends) plus its latency."""
+    """When it is expected to be done: its start (now, or when the batch sent before it ends) plus its latency."""
 
 
 class VariantQueue:
