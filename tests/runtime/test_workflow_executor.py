@@ -224,6 +224,8 @@ def test_served_over_kserve_grpc_with_config_and_statistics_on_both_protocols(pi
         for config in (http.get_model_config("fixture-pipeline"), grpc.get_model_config("fixture-pipeline", as_json=True)["config"]):
             assert config["platform"] == "shoal_workflow" and [int(dim) for dim in config["input"][0]["dims"]] == [3, 128, 128]
             assert config["output"][0]["name"] == "classify"
+            # as for a model: the most items one request may carry, and the batches its stages form
+            assert int(config["max_batch_size"]) == 256 and [int(size) for size in config["dynamic_batching"]["preferred_batch_size"]] == [16]
         # statistics: two requests answered (6 items); the bad ones are the client's, not failures
         for entries in (http.get_inference_statistics("fixture-pipeline")["model_stats"],
                         grpc.get_inference_statistics("fixture-pipeline", as_json=True)["model_stats"]):  # fmt: skip
@@ -244,6 +246,9 @@ def test_inputs_are_checked_before_anything_runs(pipeline):
         executor.check_inputs({"image": np.zeros((1, 3, 128, 128), np.float32)})
     with pytest.raises(BadRequestError, match="same number"):
         executor.check_inputs({"camera": np.zeros((0, 3, 128, 128), np.float32)})
+    assert executor.check_inputs({"camera": np.zeros((executor.max_request_items, 3, 128, 128), np.uint8)}) == executor.max_request_items
+    with pytest.raises(BadRequestError, match=f"at most {executor.max_request_items} items, got {executor.max_request_items + 1}; split it"):
+        executor.check_inputs({"camera": np.zeros((executor.max_request_items + 1, 3, 128, 128), np.uint8)})
 
 
 def test_a_dead_stage_worker_is_restarted_with_its_stages(pipeline):

@@ -82,11 +82,12 @@ class ServedModels:
         ModelConfig): what `tritonclient`'s `get_model_config` users read the batch limit and
         the tensors from. A variant's or family's batch limit is the items one request may carry
         (`ServeConfig.max_request_items`; a family, model-less, takes the full-size frames it
-        resizes), and the batches its batchers form are the preferred size; a
-        workflow's tensors are its sources and sinks, its batch limit that of its stages' batchers."""
+        resizes), and the batches its batchers form are the preferred size; a workflow's tensors
+        are its sources and sinks, its limits the same two (its stages' batchers form the batches)."""
         workflow = self.workflows.get(model)
         if workflow is not None:
-            return triton_config(model, workflow.metadata(), max_batch_size=workflow.max_batch_size, max_queue_delay_ms=0.0, input_format="FORMAT_NONE")
+            return triton_config(model, workflow.metadata(), max_batch_size=workflow.max_request_items, max_queue_delay_ms=0.0,
+                                 input_format="FORMAT_NONE", preferred_batch_sizes=(workflow.max_batch_size,))  # fmt: skip
         config = self.service.config
         return triton_config(model, self.service.model_metadata(model), max_batch_size=config.max_request_items,
                              max_queue_delay_ms=config.max_queue_delay_ms, input_format="FORMAT_NCHW",

@@ -69,6 +69,7 @@ class WorkflowExecutor:
         *,
         metrics: ServingMetrics | None = None,
         max_batch_size: int = 16,
+        max_request_items: int = 256,
         queue_capacity: int = 4096,
         intra_op_threads: int = 1,
         shared_memory_bytes: int = BATCH_SLOTS * 16 * 1024 * 1024,
@@ -80,6 +81,7 @@ class WorkflowExecutor:
         self.base_dir = Path(base_dir)
         self.metrics = metrics or ServingMetrics()
         self.max_batch_size = max_batch_size
+        self.max_request_items = max_request_items  # a request's items each become a task: bounded as a model's are
         self.queue_capacity = queue_capacity
         self.intra_op_threads = intra_op_threads
         self.shared_memory_bytes = shared_memory_bytes
@@ -208,7 +210,10 @@ class WorkflowExecutor:
             batch_sizes.add(tensor.shape[0])
         if len(batch_sizes) != 1 or 0 in batch_sizes:
             raise BadRequestError(f"every input must carry the same number (>= 1) of items, got {sorted(batch_sizes)}")
-        return batch_sizes.pop()
+        count = batch_sizes.pop()
+        if count > self.max_request_items:
+            raise BadRequestError(f"a request to workflow {self.deployment.name!r} may carry at most {self.max_request_items} items, got {count}; split it")
+        return count
 
     async def infer(self, inputs: Mapping[str, np.ndarray], *, slo_ms: float | None = None, priority: int = 0) -> WorkflowResult:
         """Run every item of the request through the DAG; the sinks' outputs in item order."""
