@@ -91,3 +91,27 @@ def test_a_worker_that_fails_its_load_does_not_keep_the_variant_from_the_others(
     raised, loaded = asyncio.run(scenario())
     assert raised is not None and "f0" in raised  # the failure is still reported
     assert loaded == [[], ["fixture.rf-64"]]  # but the other worker got the variant
+
+
+def test_first_only_returns_once_one_worker_holds_the_variant_and_the_rest_load_behind(fixture_repository_path):
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, preload=(), num_workers=2, intra_op_threads=1))
+        await service.start()
+        manager = service.manager
+        try:
+            await manager.ensure_loaded(service.variants["fixture.rf-64"], first_only=True)
+            on_return = sorted(worker.worker_id for worker in manager.workers.values() if "fixture.rf-64" in worker.loaded_variants)
+            background = list(manager._background_loads)
+            await asyncio.gather(*background)
+            afterwards = sorted(worker.worker_id for worker in manager.workers.values() if "fixture.rf-64" in worker.loaded_variants)
+            # held already somewhere: nothing to wait for, the rest (none left) still checked behind
+            await manager.ensure_loaded(service.variants["fixture.rf-64"], first_only=True)
+            await asyncio.gather(*manager._background_loads)
+        finally:
+            await service.stop()
+        return on_return, len(background), afterwards
+
+    on_return, background, afterwards = asyncio.run(scenario())
+    assert len(on_return) == 1 and background == 1
+    assert afterwards == ["w0", "w1"]
+

@@ -87,6 +87,7 @@ class WorkerManager:
         self._cache: dict[str, OrderedDict[str, int]] = {}  # worker -> variant key -> estimated bytes (LRU order)
         self._variants: dict[str, "ServedVariant"] = {}
         self._restarts: set[asyncio.Task] = set()
+        self._background_loads: set[asyncio.Task] = set()  # the rest of an `ensure_loaded(first_only=True)`
         self._stopping = False
         self.serving = False
         """Set once the server takes requests: from then on loads roll (`_load_rolling`)."""
@@ -122,17 +123,37 @@ class WorkerManager:
     async def stop(self) -> None:
         self._stopping = True
         restarts = list(self._restarts)
-        for task in restarts:
+        for task in (*restarts, *self._background_loads):
             task.cancel()
-        await asyncio.gather(*restarts, return_exceptions=True)  # a replacement being started is stopped first
+        await asyncio.gather(*restarts, *self._background_loads, return_exceptions=True)  # a replacement being started is stopped first
         await asyncio.gather(*(worker.stop() for worker in self.workers.values()), return_exceptions=True)
         self.backend.release()
 
     # -- loading --------------------------------------------------------------------------------
-    async def ensure_loaded(self, served: "ServedVariant") -> None:
-        """Load (and warm) a variant on every worker that does not hold it yet (`_load_rolling`)."""
+    async def ensure_loaded(self, served: "ServedVariant", *, first_only: bool = False) -> None:
+        """Load (and warm) a variant on every worker that does not hold it yet (`_load_rolling`).
+
+        `first_only`: once serving, return as soon as one worker holds it, the others loading it
+        in the background (one at a time, as ever). For a caller that needs the variant served,
+        not everywhere: an edge plan switching sessions to it would otherwise wait for every
+        worker's load in turn (~0.3 s each for a demo variant) before telling them."""
         self._variants[served.key] = served
-        await self._load_rolling([worker for worker in self.workers.values() if worker.alive], served)
+        workers = [worker for worker in self.workers.values() if worker.alive]
+        if not first_only or not self.serving or len(workers) < 2:
+            await self._load_rolling(workers, served)
+            return
+        if not any(served.key in worker.loaded_variants for worker in workers):
+            # A worker not busy loading something else, where there is one.
+            first = min(workers, key=lambda worker: worker.loading > 0)
+            await self._load_rolling([first], served)
+        task = asyncio.create_task(self._load_rolling(workers, served), name=f"load-rest-{served.key}")
+        self._background_loads.add(task)
+        task.add_done_callback(self._background_load_done)
+
+    def _background_load_done(self, task: asyncio.Task) -> None:
+        self._background_loads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("loading a variant on the remaining workers failed: %s", task.exception())
 
     async def _load_rolling(self, workers: list[Worker], served: "ServedVariant") -> None:
         """`_load_on` each of `workers`: all at once before the server takes requests (its

@@ -230,7 +230,8 @@ class EdgeSessionManager:
         state.worker_variants = {name: decision.variant for name, decision in plan.workers.items()}
         for key in {decision.variant for decision in plan.workers.values() if decision.variant}:
             if not self.service.scheduler.workers_for(key):
-                await self.service.manager.ensure_loaded(self.service.variants[key])
+                # Served once one worker holds it: the sessions switch then, the rest load behind.
+                await self.service.manager.ensure_loaded(self.service.variants[key], first_only=True)
         instructions = instructions_from_plan(plan, variants, overhead_ms)
         for session in sessions:
             instruction = instructions.get(session.name)
