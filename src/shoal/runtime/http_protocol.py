@@ -88,7 +88,7 @@ def one_write_protocol() -> type | None:
                 self._held_head = b"".join(held.chunks)
                 return
             head, self._held_head = self._held_head, None
-            if head is None:
+            if not head:  # none held (a later body part), or nothing was (a client already gone)
                 await super().send(message)
                 return
             transport, head_first = self.transport, _HeadFirst(self.transport, head)
