@@ -1,5 +1,5 @@
 """The one-write HTTP protocol: each response's head and first body part in one socket write,
-with every response byte-for-byte what uvicorn's own protocol sends."""
+with the bytes uvicorn's own protocol sends, for every exchange shape tried here."""
 
 from __future__ import annotations
 
@@ -41,8 +41,12 @@ class RecordingTransport(asyncio.Transport):
 
 
 async def _app(scope, receive, send):
-    """A few response shapes, picked by path: a plain body, a stream in chunks, an empty body."""
+    """A few response shapes, picked by path: a plain body, a stream in chunks, an empty body,
+    a failure after the response started."""
     await receive()
+    if scope["path"] == "/fail":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        raise RuntimeError("the app failed half-way")
     if scope["path"] == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         for part in (b"one", b"two"):
@@ -76,6 +80,8 @@ REQUESTS = {
     "stream": b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n",
     "close": b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     "pipelined": b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\nGET /stream HTTP/1.1\r\nHost: x\r\n\r\n",
+    "fail": b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n",
+    "continue": b"POST /plain HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
 }
 
 
@@ -87,11 +93,15 @@ def test_responses_are_the_bytes_uvicorn_sends(name):
     assert ours.closed == theirs.closed
 
 
-@pytest.mark.parametrize(("name", "writes"), [("plain", 1), ("empty", 1), ("head", 1), ("close", 1), ("stream", 3), ("pipelined", 4)])
+@pytest.mark.parametrize(("name", "writes"), [("plain", 1), ("empty", 1), ("head", 1), ("close", 1), ("stream", 3), ("pipelined", 4), ("continue", 2), ("fail", 1)])
 def test_a_response_head_goes_out_with_its_first_body_part(name, writes):
     ours = _exchange(one_write_protocol(), REQUESTS[name])
     assert len(ours.writes) == writes
+    if name == "continue":  # the interim answer, written when the app reads the body, goes first
+        assert ours.writes.pop(0) == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert ours.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    if name == "fail":  # the head alone, before the connection closes, as uvicorn sends it
+        assert ours.writes[0].endswith(b"\r\n\r\n") and ours.closed
     if name in ("plain", "close"):
         assert ours.writes[0].endswith(b'\r\n\r\n{"ok": true}')
     if name == "head":  # no body goes out for a HEAD, the head alone does

@@ -104,14 +104,26 @@ def test_first_only_returns_once_one_worker_holds_the_variant_and_the_rest_load_
             background = list(manager._background_loads)
             await asyncio.gather(*background)
             afterwards = sorted(worker.worker_id for worker in manager.workers.values() if "fixture.rf-64" in worker.loaded_variants)
-            # held already somewhere: nothing to wait for, the rest (none left) still checked behind
-            await manager.ensure_loaded(service.variants["fixture.rf-64"], first_only=True)
+            # An unload while the others still load behind: they stop, and a load it overtook is undone.
+            behind, release = manager.workers["w1"], asyncio.Event()
+            original = behind.load
+
+            async def held_load(*args, **kwargs):  # w1's load behind is under way until released
+                await release.wait()
+                return await original(*args, **kwargs)
+
+            behind.load = held_load
+            await manager.ensure_loaded(service.variants["fixture.rf-16"], first_only=True)
+            await manager.unload("fixture.rf-16")  # w0 drops it; w1's load is still going
+            release.set()
             await asyncio.gather(*manager._background_loads)
+            after_unload = sorted(worker.worker_id for worker in manager.workers.values() if "fixture.rf-16" in worker.loaded_variants)
         finally:
             await service.stop()
-        return on_return, len(background), afterwards
+        return on_return, len(background), afterwards, after_unload
 
-    on_return, background, afterwards = asyncio.run(scenario())
+    on_return, background, afterwards, after_unload = asyncio.run(scenario())
     assert len(on_return) == 1 and background == 1
     assert afterwards == ["w0", "w1"]
+    assert after_unload == []
 

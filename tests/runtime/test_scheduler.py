@@ -470,6 +470,34 @@ def test_a_worker_that_fails_with_a_batch_sent_ahead_fails_both_and_clears_its_b
     assert books == [] and busy_until_ms == 0.0  # idle again on the books: admission sees a free worker
 
 
+def test_a_batch_sent_ahead_that_fails_at_once_leaves_the_running_ones_end_alone():
+    class FailsWhatIsSentAhead(FakeWorker):
+        async def run(self, variant_key, items, burst=False, on_outputs=None):
+            if self._one_at_a_time.locked():  # another batch runs: this one was sent ahead
+                raise WorkerFailedError("the batch does not fit its slot")
+            return await super().run(variant_key, items, burst, on_outputs)
+
+    async def scenario():
+        scheduler = Scheduler(ServingMetrics(), batches_ahead=1)
+        scheduler.add_queue(VariantQueue("v", lambda size: 40.0, 1, 100))
+        worker = FailsWhatIsSentAhead("w", 40.0)
+        scheduler.attach_worker(worker)
+        now = monotonic_ms()
+        running, ahead = (scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(2))
+        await asyncio.sleep(0.005)
+        (booking,) = scheduler._sent["w"]  # the running batch's
+        planned_end_ms = booking.finish_ms
+        (outcome,) = await asyncio.gather(ahead, return_exceptions=True)  # fails ~2 ms before the running one ends
+        books = [entry is booking for entry in scheduler._sent["w"]], booking.finish_ms, worker.busy_until_ms
+        await running
+        await scheduler.close()
+        return outcome, planned_end_ms, books
+
+    outcome, planned_end_ms, (books, end_ms, busy_until_ms) = asyncio.run(scenario())
+    assert isinstance(outcome, WorkerFailedError)
+    assert books == [True] and end_ms == planned_end_ms == busy_until_ms  # not restarted by the other's failure
+
+
 def test_nothing_is_sent_ahead_while_the_event_loop_is_saturated():
     async def scenario():
         scheduler, worker = _one_worker(20.0, 1)

@@ -37,8 +37,9 @@ class _HeldWrites:
 
 
 class _HeadFirst:
-    """Stands in for the transport while the first body part is written: puts the held head in
-    front of it; the head also goes out before the connection closes, whatever was written."""
+    """Stands in for the transport from a response's start on: the held head goes out in front
+    of the first write, or alone before the connection closes (an app that failed half-way),
+    so that the client gets the same bytes uvicorn's own protocol would have sent."""
 
     def __init__(self, transport: Any, head: bytes):
         self._transport = transport
@@ -74,33 +75,20 @@ def one_write_protocol() -> type | None:
     class OneWriteCycle(RequestResponseCycle):
         """A cycle whose response head waits for the first body part (see the module docstring)."""
 
-        _held_head: bytes | None = None
-
         async def send(self, message: Any) -> None:
-            kind = message.get("type")
-            if kind == "http.response.start" and not self.response_started:
+            if message.get("type") == "http.response.start" and not self.response_started:
                 transport, held = self.transport, _HeldWrites(self.transport)
                 self.transport = held
                 try:
                     await super().send(message)
                 finally:
                     self.transport = transport
-                self._held_head = b"".join(held.chunks)
+                if held.chunks:  # none: the client had gone
+                    self.transport = _HeadFirst(transport, b"".join(held.chunks))
                 return
-            head, self._held_head = self._held_head, None
-            if not head:  # none held (a later body part), or nothing was (a client already gone)
-                await super().send(message)
-                return
-            transport, head_first = self.transport, _HeadFirst(self.transport, head)
-            self.transport = head_first
-            try:
-                if kind != "http.response.body" or self.scope.get("method") == "HEAD":
-                    head_first.flush()  # nothing of the body follows here: the head goes alone, first
-                await super().send(message)
-            finally:
-                self.transport = transport
-            if not self.disconnected:
-                head_first.flush()  # the body message wrote nothing (uvicorn skips a write): the head alone
+            if self.scope.get("method") == "HEAD" and isinstance(self.transport, _HeadFirst):
+                self.transport.flush()  # no body is written for a HEAD: the head goes alone
+            await super().send(message)
 
     class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         def on_headers_complete(self) -> None:

@@ -149,7 +149,8 @@ class VariantQueue:
         return self.profile_latency_ms(batch_size) * max(self.slowdown, self.tail_slowdown)
 
     def observe_batch(self, batch_size: int, wall_ms: float) -> None:
-        """Fold one measured batch (dispatch to answer, IPC included) into the slowdown factors."""
+        """Fold one measured batch (from its dispatch, or for one sent ahead from the answer to
+        the batch before it, to its answer; IPC included) into the slowdown factors."""
         predicted = self.profile_latency_ms(batch_size)
         if predicted > 0 and predicted != float("inf"):
             ratio = min(20.0, max(0.5, wall_ms / predicted))
@@ -421,13 +422,14 @@ class Scheduler:
                                                    lambda outputs, compute_ms: _answer(batch, outputs, compute_ms, sent_ms))  # fmt: skip
             finished_ms = monotonic_ms()
             _answer(batch, outputs, compute_ms, sent_ms)  # a worker that could not answer on arrival
-            # On the worker from when it was sent, or, sent ahead, from when the batch before it was answered.
+            # On the worker from when it was sent, or, sent ahead, from when the batch before it
+            # was answered; never less than its own compute time (a loop that read both replies
+            # late would see the second come a moment after the first).
             started_ms = max(sent_ms, self._last_finish_ms.get(worker.worker_id, 0.0))
-            self._last_finish_ms[worker.worker_id] = finished_ms
             if not burst:
                 # The batch-time model describes narrow batches, the ones that run under load,
                 # where admission needs it; a wide batch's speed would make it optimistic there.
-                queue.observe_batch(len(batch), finished_ms - started_ms)
+                queue.observe_batch(len(batch), max(finished_ms - started_ms, compute_ms))
             # The prediction included the loop's lag for the answer to leave; so does the finish.
             queue.observe_finished_items(batch, finished_ms + self.loop_lag_ms, finished_ms)
             self.metrics.child(self.metrics.worker_busy_seconds, worker.worker_id).inc(max(0.0, finished_ms - started_ms) / 1000.0)
@@ -451,15 +453,19 @@ class Scheduler:
         self.metrics.batch(queue.key, len(batch), compute_ms)
 
     def _batch_done(self, worker: WorkerHandle, booking: _SentBatch) -> None:
-        """Take the batch off the worker's books; the one sent ahead of it (if any) starts now."""
+        """Take the batch off the worker's books; if it was the one running, the one sent after it
+        (if any) starts now."""
         sent = self._sent.get(worker.worker_id, [])
         if booking not in sent:  # the worker was replaced (a restart) and its books with it
             return
+        now_ms = monotonic_ms()
+        self._last_finish_ms[worker.worker_id] = now_ms
+        running = sent[0] is booking  # else one sent ahead failed before it ran (its slot, its message)
         sent.remove(booking)
         if sent:
-            following = sent[0]
-            following.finish_ms = monotonic_ms() + following.latency_ms
-            worker.busy_until_ms = following.finish_ms
+            if running:
+                sent[0].finish_ms = now_ms + sent[0].latency_ms
+            worker.busy_until_ms = sent[-1].finish_ms
         else:
             worker.busy_until_ms = 0.0
         event = self._batch_ends.get(worker.worker_id)

@@ -54,7 +54,8 @@ async def serve_forever(
 
         deployment, base_dir = load_deployment(workflow_deployment)
         workflows[deployment.name] = WorkflowExecutor(
-            deployment, base_dir, metrics=service.metrics, max_request_items=config.max_request_items, backend=config.backend, ray_address=config.ray_address,
+            deployment, base_dir, metrics=service.metrics, max_request_items=config.max_request_items, batches_ahead=config.batches_ahead,
+            backend=config.backend, ray_address=config.ray_address,
             ray_placement_strategy=config.ray_placement_strategy,
         )
     await service.start()

@@ -88,6 +88,7 @@ class WorkerManager:
         self._variants: dict[str, "ServedVariant"] = {}
         self._restarts: set[asyncio.Task] = set()
         self._background_loads: set[asyncio.Task] = set()  # the rest of an `ensure_loaded(first_only=True)`
+        self._targets: dict[str, int] = {}  # per variant key: how many unloads and replica counts were asked (`_new_target`)
         self._stopping = False
         self.serving = False
         """Set once the server takes requests: from then on loads roll (`_load_rolling`)."""
@@ -142,18 +143,50 @@ class WorkerManager:
         if not first_only or not self.serving or len(workers) < 2:
             await self._load_rolling(workers, served)
             return
-        if not any(served.key in worker.loaded_variants for worker in workers):
-            # A worker not busy loading something else, where there is one.
-            first = min(workers, key=lambda worker: worker.loading > 0)
-            await self._load_rolling([first], served)
-        task = asyncio.create_task(self._load_rolling(workers, served), name=f"load-rest-{served.key}")
+        def held() -> bool:
+            return any(served.key in worker.loaded_variants for worker in workers if worker.alive)
+
+        failed: WorkerFailedError | None = None
+        # Workers not busy loading something else first; the next one if a worker dies meanwhile.
+        for worker in sorted(workers, key=lambda worker: worker.loading > 0):
+            if held():
+                break
+            try:
+                await self._load_rolling([worker], served)
+            except WorkerFailedError as error:
+                failed = error
+        if failed is not None and not held():
+            raise failed
+        task = asyncio.create_task(self._load_behind(served, self._targets.get(served.key, 0)), name=f"load-behind-{served.key}")
         self._background_loads.add(task)
         task.add_done_callback(self._background_load_done)
+
+    async def _load_behind(self, served: "ServedVariant", target: int) -> None:
+        """The rest of `ensure_loaded(first_only=True)`: every other live worker, one at a time,
+        for as long as nothing since set a target for the variant (an unload, a replica count);
+        a load that such a target overtook is undone."""
+        for worker in [worker for worker in self.workers.values() if worker.alive]:
+            if self._targets.get(served.key, 0) != target:
+                return
+            if served.key in worker.loaded_variants:
+                continue
+            try:
+                await self._load_rolling([worker], served)
+            except WorkerFailedError as error:
+                logger.warning("loading %s on worker %s behind the first failed: %s", served.key, worker.worker_id, error)
+                continue
+            if self._targets.get(served.key, 0) != target and worker.alive and served.key in worker.loaded_variants:
+                await worker.unload(served.key)
+                self._cache[worker.worker_id].pop(served.key, None)
 
     def _background_load_done(self, task: asyncio.Task) -> None:
         self._background_loads.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.warning("loading a variant on the remaining workers failed: %s", task.exception())
+
+    def _new_target(self, key: str) -> None:
+        """An unload or a replica count was asked for `key`: loads behind (`_load_behind`) stop."""
+        self._targets[key] = self._targets.get(key, 0) + 1
 
     async def _load_rolling(self, workers: list[Worker], served: "ServedVariant") -> None:
         """`_load_on` each of `workers`: all at once before the server takes requests (its
@@ -212,6 +245,7 @@ class WorkerManager:
         Workers that already hold it keep it first, so scaling never reloads needlessly.
         Returns the replica count reached.
         """
+        self._new_target(served.key)
         self._variants[served.key] = served
         alive = [worker for worker in self.workers.values() if worker.alive]
         holders = sorted(alive, key=lambda worker: served.key not in worker.loaded_variants)
@@ -224,6 +258,7 @@ class WorkerManager:
         return target
 
     async def unload(self, key: str) -> None:
+        self._new_target(key)
         self._variants.pop(key, None)
         for worker in self.workers.values():
             if key in worker.loaded_variants and worker.alive:

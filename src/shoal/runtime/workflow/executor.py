@@ -70,6 +70,7 @@ class WorkflowExecutor:
         metrics: ServingMetrics | None = None,
         max_batch_size: int = 16,
         max_request_items: int = 256,
+        batches_ahead: int = 1,
         queue_capacity: int = 4096,
         intra_op_threads: int = 1,
         shared_memory_bytes: int = BATCH_SLOTS * 16 * 1024 * 1024,
@@ -87,7 +88,8 @@ class WorkflowExecutor:
         self.shared_memory_bytes = shared_memory_bytes
         self.backend = make_backend(backend, shared_memory_bytes=shared_memory_bytes, ray_address=ray_address,
                                     ray_placement_strategy=ray_placement_strategy)
-        self.scheduler = Scheduler(self.metrics)
+        self.scheduler = Scheduler(self.metrics, batches_ahead=batches_ahead)
+        self._loop_monitor: asyncio.Task | None = None  # the scheduler's loop readings: send-ahead stops on a saturated loop
         self.workers: dict[str, Worker] = {}
         self.profiles: dict[str, Profile] = {}  # queue key -> latency measured at load
         self.routers = {name: SmoothWeightedRoundRobin(task.load_shares_rps) for name, task in deployment.tasks.items()}
@@ -121,6 +123,7 @@ class WorkflowExecutor:
             raise
         for handle in self.workers.values():
             self.scheduler.attach_worker(handle)
+        self._loop_monitor = asyncio.create_task(self.scheduler.monitor_loop_lag(), name=f"workflow-{self.deployment.name}-loop-monitor")
         self._downstream_ms = self._downstream_latency_ms()
         self.started = True
 
@@ -191,6 +194,10 @@ class WorkflowExecutor:
             task.cancel()
         await asyncio.gather(*restarts, return_exceptions=True)  # a replacement being started is stopped first
         await self.scheduler.close()
+        if self._loop_monitor is not None:
+            self._loop_monitor.cancel()
+            await asyncio.gather(self._loop_monitor, return_exceptions=True)
+            self._loop_monitor = None
         await asyncio.gather(*(handle.stop() for handle in self.workers.values()), return_exceptions=True)
         self.backend.release()
 
