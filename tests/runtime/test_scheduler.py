@@ -427,11 +427,11 @@ def test_admission_learns_how_late_queued_requests_finish():
     assert 250.0 < margin_ms < elapsed_ms
 
 
-def _one_worker(batch_ms: float, batches_ahead: int) -> tuple[Scheduler, FakeWorker]:
+def _one_worker(batch_ms: float, batches_ahead: int, worker_class: type[FakeWorker] = FakeWorker) -> tuple[Scheduler, FakeWorker]:
     """A scheduler with one worker whose batches (of one item) take what the profile says."""
     scheduler = Scheduler(ServingMetrics(), batches_ahead=batches_ahead)
     scheduler.add_queue(VariantQueue("v", lambda size: batch_ms, 1, 100))
-    worker = FakeWorker("w", batch_ms)
+    worker = worker_class("w", batch_ms)
     scheduler.attach_worker(worker)
     return scheduler, worker
 
@@ -478,10 +478,7 @@ def test_a_batch_sent_ahead_that_fails_at_once_leaves_the_running_ones_end_alone
             return await super().run(variant_key, items, burst, on_outputs)
 
     async def scenario():
-        scheduler = Scheduler(ServingMetrics(), batches_ahead=1)
-        scheduler.add_queue(VariantQueue("v", lambda size: 40.0, 1, 100))
-        worker = FailsWhatIsSentAhead("w", 40.0)
-        scheduler.attach_worker(worker)
+        scheduler, worker = _one_worker(40.0, 1, FailsWhatIsSentAhead)
         now = monotonic_ms()
         running, ahead = (scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(2))
         await asyncio.sleep(0.005)
