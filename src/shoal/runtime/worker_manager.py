@@ -143,6 +143,7 @@ class WorkerManager:
         if not first_only or not self.serving or len(workers) < 2:
             await self._load_rolling(workers, served)
             return
+
         def held() -> bool:
             return any(served.key in worker.loaded_variants for worker in workers if worker.alive)
 
@@ -157,27 +158,11 @@ class WorkerManager:
                 failed = error
         if failed is not None and not held():
             raise failed
-        task = asyncio.create_task(self._load_behind(served, self._targets.get(served.key, 0)), name=f"load-behind-{served.key}")
+        # The rest, for as long as nothing since set a target for the variant (an unload, a replica count).
+        behind = self._load_rolling(workers, served, target=self._targets.get(served.key, 0))
+        task = asyncio.create_task(behind, name=f"load-behind-{served.key}")
         self._background_loads.add(task)
         task.add_done_callback(self._background_load_done)
-
-    async def _load_behind(self, served: "ServedVariant", target: int) -> None:
-        """The rest of `ensure_loaded(first_only=True)`: every other live worker, one at a time,
-        for as long as nothing since set a target for the variant (an unload, a replica count);
-        a load that such a target overtook is undone."""
-        for worker in [worker for worker in self.workers.values() if worker.alive]:
-            if self._targets.get(served.key, 0) != target:
-                return
-            if served.key in worker.loaded_variants:
-                continue
-            try:
-                await self._load_rolling([worker], served)
-            except WorkerFailedError as error:
-                logger.warning("loading %s on worker %s behind the first failed: %s", served.key, worker.worker_id, error)
-                continue
-            if self._targets.get(served.key, 0) != target and worker.alive and served.key in worker.loaded_variants:
-                await worker.unload(served.key)
-                self._cache[worker.worker_id].pop(served.key, None)
 
     def _background_load_done(self, task: asyncio.Task) -> None:
         self._background_loads.discard(task)
@@ -185,14 +170,17 @@ class WorkerManager:
             logger.warning("loading a variant on the remaining workers failed: %s", task.exception())
 
     def _new_target(self, key: str) -> None:
-        """An unload or a replica count was asked for `key`: loads behind (`_load_behind`) stop."""
+        """An unload or a replica count was asked for `key`: loads behind (`_load_rolling`'s
+        `target`) stop."""
         self._targets[key] = self._targets.get(key, 0) + 1
 
-    async def _load_rolling(self, workers: list[Worker], served: "ServedVariant") -> None:
+    async def _load_rolling(self, workers: list[Worker], served: "ServedVariant", *, target: int | None = None) -> None:
         """`_load_on` each of `workers`: all at once before the server takes requests (its
         start-up preloads), else one worker at a time across all callers, so that the others
         keep serving. A worker that fails meanwhile does not keep the variant from the others;
-        its error is raised once they are done (as `gather` did).
+        its error is raised once they are done (as `gather` did). With `target` (the variant's
+        count in `_targets` when the caller asked), it stops once a new target was set and
+        undoes a load that the new target overtook.
 
         Why: the controller loads a family's next variant while requests arrive, and a loading
         worker leaves its queues to the others (`Scheduler._left_to_others`). Loaded on both
@@ -201,8 +189,13 @@ class WorkerManager:
         if not self.serving:
             await asyncio.gather(*(self._load_on(worker, served) for worker in workers))
             return
+        def overtaken() -> bool:
+            return target is not None and self._targets.get(served.key, 0) != target
+
         failed: WorkerFailedError | None = None
         for worker in sorted(workers, key=lambda worker: served.key not in worker.loaded_variants):
+            if overtaken():
+                break
             if not worker.alive:
                 continue
             if served.key in worker.loaded_variants:
@@ -214,6 +207,10 @@ class WorkerManager:
             except WorkerFailedError as error:
                 logger.warning("loading %s on worker %s failed: %s", served.key, worker.worker_id, error)
                 failed = failed or error
+                continue
+            if overtaken() and worker.alive and served.key in worker.loaded_variants:
+                await worker.unload(served.key)
+                self._cache[worker.worker_id].pop(served.key, None)
         if failed is not None:
             raise failed
 
