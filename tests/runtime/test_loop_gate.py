@@ -20,8 +20,9 @@ from starlette.responses import PlainTextResponse
 from shoal.client.loadgen import LoadSpec, generate_load
 from shoal.planner.batching import LOOP_GATE_MIN_START_MS, SATURATED_LOOP_BUSY_SHARE, loop_gate_refusal_probability
 from shoal.runtime.http_frontend import InferFastPath
+from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
-from shoal.runtime.scheduler import Scheduler, monotonic_ms
+from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import InferenceService
 from shoal.runtime.worker_manager import ServeConfig
 
@@ -47,19 +48,19 @@ def test_a_loop_late_only_in_bursts_refuses_nothing():
 
 
 def test_loop_load_sees_a_long_pass_while_it_is_under_way():
-    scheduler = Scheduler(ServingMetrics())
-    scheduler.loop_lag_ms, scheduler.loop_busy_share = 0.4, 0.05
+    monitor = LoopMonitor()
+    monitor.lag_ms, monitor.busy_share = 0.4, 0.05
     now_ms = monotonic_ms()
-    scheduler._lag_timer_due_ms = now_ms + 5.0  # the timer is not due yet: the smoothed values
-    assert scheduler.loop_load() == (0.4, 0.05)
+    monitor._timer_due_ms = now_ms + 5.0  # the timer is not due yet: the smoothed values
+    assert monitor.load() == (0.4, 0.05)
     # Due 20 ms ago, read 30 ms ago, the loop's thread on a CPU for 29 of them: a pass under way.
-    scheduler._lag_timer_due_ms, scheduler._reading_since_ms = now_ms - 20.0, now_ms - 30.0
-    scheduler._reading_demand_s = time.thread_time() - 0.029
-    lag_ms, busy_share = scheduler.loop_load()
+    monitor._timer_due_ms, monitor._reading_since_ms = now_ms - 20.0, now_ms - 30.0
+    monitor._reading_demand_s = time.thread_time() - 0.029
+    lag_ms, busy_share = monitor.load()
     assert lag_ms >= 20.0 and busy_share >= SATURATED_LOOP_BUSY_SHARE
     # As late, but the thread ran only 3 of the 30 ms (a burst of large requests): not busy.
-    scheduler._reading_demand_s = time.thread_time() - 0.003
-    lag_ms, busy_share = scheduler.loop_load()
+    monitor._reading_demand_s = time.thread_time() - 0.003
+    lag_ms, busy_share = monitor.load()
     assert lag_ms >= 20.0 and busy_share < 0.2
 
 
@@ -68,19 +69,19 @@ def test_the_monitor_reads_an_idle_loop_as_idle_and_a_stalled_one_as_saturated_w
     the loop 40 ms sees, before it returns, the timer overdue and the thread busy."""
 
     async def scenario() -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
-        scheduler = Scheduler(ServingMetrics())
-        monitor = asyncio.create_task(scheduler.monitor_loop_lag())
+        monitor = LoopMonitor(ServingMetrics())
+        running = asyncio.create_task(monitor.run())
         await asyncio.sleep(0.15)
-        idle = (scheduler.loop_lag_ms, scheduler.loop_busy_share)
+        idle = (monitor.lag_ms, monitor.busy_share)
         deadline = time.perf_counter() + 0.04
         while time.perf_counter() < deadline:  # a long pass: the loop runs nothing else meanwhile
             pass
-        during = scheduler.loop_load()
+        during = monitor.load()
         await asyncio.sleep(0.001)
-        monitor.cancel()
-        await asyncio.gather(monitor, return_exceptions=True)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         time.sleep(0.03)  # a timer left armed would now be overdue by more than an interval
-        after = scheduler.loop_load()
+        after = monitor.load()
         return idle, during, after
 
     # Up to three tries, each checked in full: on a shared VM the hypervisor can take the CPU in
@@ -101,22 +102,22 @@ def test_the_monitor_reads_an_idle_loop_as_idle_and_a_stalled_one_as_saturated_w
 def test_service_refuses_by_the_share_of_the_loop_lag_against_the_model_s_recent_slo(fixture_repository_path):
     service = InferenceService(ServeConfig(repository=fixture_repository_path, default_slo_ms=50.0, max_loop_lag_share=0.06))
     service._gate_random = random.Random(7)
-    service.scheduler.loop_busy_share = 1.0
-    service.scheduler.loop_lag_ms = 0.5  # of an SLO of 50 ms, refusals start at 1 ms and are total at 3
+    service.scheduler.loop_monitor.busy_share = 1.0
+    service.scheduler.loop_monitor.lag_ms = 0.5  # of an SLO of 50 ms, refusals start at 1 ms and are total at 3
     assert not any(service.refuse_at_gate("fixture.rf-16") for _ in range(200))
-    service.scheduler.loop_lag_ms = 3.5
+    service.scheduler.loop_monitor.lag_ms = 3.5
     assert all(service.refuse_at_gate("fixture.rf-16") for _ in range(200))
-    service.scheduler.loop_lag_ms = 2.0  # half of the requests
+    service.scheduler.loop_monitor.lag_ms = 2.0  # half of the requests
     refused = sum(service.refuse_at_gate("fixture.rf-16") for _ in range(2000))
     assert 850 <= refused <= 1150
     # A model whose clients state 1 s: the same lag is far inside its budget.
     service._remember_slo("fixture.rf-32", 1000.0)
     assert not any(service.refuse_at_gate("fixture.rf-32") for _ in range(200))
     # However late, a loop that is mostly idle is not the bottleneck.
-    service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 10.0, 0.3
+    service.scheduler.loop_monitor.lag_ms, service.scheduler.loop_monitor.busy_share = 10.0, 0.3
     assert not any(service.refuse_at_gate("fixture.rf-16") for _ in range(200))
     # A served workflow is judged by its deployment's SLO and counted under its own name.
-    service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 10.0, 1.0
+    service.scheduler.loop_monitor.lag_ms, service.scheduler.loop_monitor.busy_share = 10.0, 1.0
     assert not service.refuse_at_gate("pipeline", workflow_slo_ms=2000.0)
     assert service.refuse_at_gate("pipeline", workflow_slo_ms=50.0)
     assert 'shoal_requests_total{model="pipeline",outcome="shed",variant=""} 1.0' in service.metrics.render().decode()
@@ -124,7 +125,7 @@ def test_service_refuses_by_the_share_of_the_loop_lag_against_the_model_s_recent
 
 def test_a_share_of_zero_turns_the_gate_off(fixture_repository_path):
     service = InferenceService(ServeConfig(repository=fixture_repository_path, max_loop_lag_share=0.0))
-    service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 500.0, 1.0
+    service.scheduler.loop_monitor.lag_ms, service.scheduler.loop_monitor.busy_share = 500.0, 1.0
     assert not any(service.refuse_at_gate("fixture.rf-16") for _ in range(100))
 
 
@@ -265,8 +266,23 @@ def test_a_workflow_refused_at_the_gate_counts_a_failure_in_its_statistics(fixtu
     relaxed = SimpleNamespace(deployment=SimpleNamespace(slo_ms=2000.0), statistics=VariantStatistics())
     tight = SimpleNamespace(deployment=SimpleNamespace(slo_ms=50.0), statistics=VariantStatistics())
     models = ServedModels(service, {"relaxed": relaxed, "tight": tight})
-    service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 10.0, 1.0
+    service.scheduler.loop_monitor.lag_ms, service.scheduler.loop_monitor.busy_share = 10.0, 1.0
     assert not models.refuse_at_gate("relaxed") and models.refuse_at_gate("tight")
     assert relaxed.statistics.fail.count == 0 and tight.statistics.fail.count == 1
     (entry,) = models.statistics("tight")
     assert entry["name"] == "tight" and entry["inference_stats"]["fail"]["count"] == 1
+
+
+def test_a_loop_has_one_monitor():
+    async def scenario() -> None:
+        monitor = LoopMonitor()
+        running = asyncio.create_task(monitor.run())
+        await asyncio.sleep(0.02)
+        assert monitor.running
+        with pytest.raises(RuntimeError, match="one monitor per event loop"):
+            await monitor.run()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        assert not monitor.running
+
+    asyncio.run(scenario())

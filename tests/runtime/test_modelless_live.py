@@ -31,7 +31,7 @@ def test_the_live_view_predicts_with_the_schedulers_own_prediction_and_margin():
         cheap, dear = _variant("cheap", 10.0, 1.0), _variant("dear", 2.0, 10.0)
         now = monotonic_ms()
         idle = [_live(service, view, now) for view in (cheap, dear)]
-        scheduler.loop_lag_ms = 25.0  # a saturated event loop: admission counts it, the profile does not
+        scheduler.loop_monitor.lag_ms = 25.0  # a saturated event loop: admission counts it, the profile does not
         for _ in range(3):  # nothing awaits before the views below: the batcher has not taken them yet
             scheduler.submit("cheap", np.zeros(1, np.float32), monotonic_ms() + 1000)
         lagging = [_live(service, view, now) for view in (cheap, dear)]

@@ -151,7 +151,7 @@ def test_a_lagging_event_loop_counts_against_the_deadline_at_admission():
         scheduler, _ = make_scheduler(batch_ms=5.0)
         now = monotonic_ms()
         scheduler.submit("v", np.zeros(1, np.float32), now + 30)  # fits: 5 ms predicted
-        scheduler.loop_lag_ms = 40.0
+        scheduler.loop_monitor.lag_ms = 40.0
         with pytest.raises(OverloadedError):
             scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 30)
         await scheduler.close()
@@ -498,7 +498,7 @@ def test_a_batch_sent_ahead_that_fails_at_once_leaves_the_running_ones_end_alone
 def test_nothing_is_sent_ahead_while_the_event_loop_is_saturated():
     async def scenario():
         scheduler, worker = _one_worker(20.0, 1)
-        scheduler.loop_busy_share = 1.0  # as the loop monitor reads a saturated loop (it is not running here)
+        scheduler.loop_monitor.busy_share = 1.0  # as the loop monitor reads a saturated loop (it is not running here)
         now = monotonic_ms()
         await asyncio.gather(*(scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(3)))
         await scheduler.close()

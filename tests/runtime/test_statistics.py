@@ -138,7 +138,7 @@ def test_a_cancelled_request_and_a_gate_refusal_count_as_failures(fixture_reposi
         request.cancel()  # what a gRPC cancel or a closed stream does to its handler
         with pytest.raises(asyncio.CancelledError):
             await request
-        service.scheduler.loop_lag_ms, service.scheduler.loop_busy_share = 1000.0, 1.0  # a saturated loop
+        service.scheduler.loop_monitor.lag_ms, service.scheduler.loop_monitor.busy_share = 1000.0, 1.0  # a saturated loop
         assert service.refuse_at_gate(key)
         (entry,) = service.model_statistics(key)
         text = service.metrics.render().decode()

@@ -284,3 +284,48 @@ def test_a_dead_stage_worker_is_restarted_with_its_stages(pipeline):
     outcomes, alive, restarts = asyncio.run(run())
     assert alive and restarts == 1
     assert outcomes[-10:] == ["ok"] * 10
+
+
+def test_a_workflow_served_beside_models_reads_the_server_s_loop_monitor(pipeline, fixture_repository_path, monkeypatch):
+    """One event loop, one monitor: the workflow's scheduler reads the readings the service's
+    monitor keeps (its send-ahead guard and its predictions), and no second timer runs."""
+    from shoal.experiments.server_process import free_port
+    from shoal.runtime.server import serve_forever
+    from shoal.runtime.worker_manager import ServeConfig
+
+    path, _ = pipeline
+    executors = []
+    original_start = WorkflowExecutor.start
+
+    async def recording_start(self):
+        executors.append(self)
+        await original_start(self)
+
+    monkeypatch.setattr(WorkflowExecutor, "start", recording_start)
+
+    async def run():
+        stop, http_port = asyncio.Event(), free_port()
+        serving = asyncio.create_task(serve_forever(ServeConfig(repository=fixture_repository_path, preload=()), http_port=http_port,
+                                                    grpc_port=None, workflow_deployment=path, stop_event=stop))  # fmt: skip
+        try:
+            async with httpx.AsyncClient() as client:
+                for _ in range(600):
+                    if serving.done():
+                        serving.result()
+                    try:
+                        if (await client.get(f"http://127.0.0.1:{http_port}/v2/models/fixture-pipeline/ready")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)  # a few readings
+            monitors = [task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "LoopMonitor.run"]
+            (executor,) = executors
+            shared = executor.scheduler.loop_monitor
+            return len(monitors), shared.running, executor._loop_monitor_task
+        finally:
+            stop.set()
+            await serving
+
+    num_monitors, shared_running, own_task = asyncio.run(run())
+    assert num_monitors == 1 and shared_running and own_task is None

@@ -19,8 +19,6 @@ import collections
 import itertools
 import logging
 import math
-import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,42 +27,15 @@ import numpy as np
 from shoal.planner.batching import ADMITTED_WINDOW, admission_finish_ms, admitted_per_ms, decide_batch
 from shoal.runtime.batch_block import BATCH_SLOTS
 from shoal.runtime.errors import DeadlineExceededError, OverloadedError, ServingError, WorkerFailedError
+from shoal.runtime.loop_monitor import LoopMonitor, monotonic_ms
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.rolling import RollingPercentile
 from shoal.runtime.worker_handle import WorkerHandle
 
-__all__ = ["QueuedItem", "Scheduler", "VariantQueue", "monotonic_ms"]
+__all__ = ["QueuedItem", "Scheduler", "VariantQueue", "monotonic_ms"]  # monotonic_ms: the clock of every deadline
 
 logger = logging.getLogger(__name__)
 _sequence = itertools.count()
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000.0
-
-
-def _open_schedstat() -> int | None:
-    """A descriptor of the calling thread's /proc schedstat (Linux), or None."""
-    try:
-        return os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-    except OSError:
-        return None
-
-
-def _thread_demand_s(schedstat_fd: int | None) -> float:
-    """Seconds the thread whose schedstat `schedstat_fd` reads has run on a CPU or waited in the
-    run queue for one; without it, the calling thread's CPU time (`time.thread_time`).
-
-    Why the waiting too: on a machine whose cores the workers keep busy, a loop that always has
-    work waits for a core part of the time, and its CPU time alone would read below saturation.
-    (A pread of the open descriptor: ~1.4 us, where opening the file each time took ~11 us.)"""
-    if schedstat_fd is not None:
-        try:
-            running_ns, waiting_ns = os.pread(schedstat_fd, 128, 0).split()[:2]
-            return (int(running_ns) + int(waiting_ns)) / 1e9
-        except (OSError, ValueError):
-            pass
-    return time.thread_time()
 
 
 @dataclass(order=True)
@@ -214,26 +185,21 @@ class Scheduler:
     chosen and sent: enough to copy its inputs and send its message, while requests that arrive
     in the meantime still make it into the batch."""
     SEND_AHEAD_MAX_LOOP_BUSY = 0.75
-    """The event loop's busy share (`loop_busy_share`) from which nothing is sent ahead. Measured
+    """The event loop's busy share (`LoopMonitor.busy_share`) from which nothing is sent ahead. Measured
     at 2x overload (benchmarks/results/serve-send-ahead/): ~0.35 on the heavy demo variant, whose
     workers are the bottleneck and gain from it; 0.95-1.0 on the light one, whose loop is and loses."""
 
-    def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0, batches_ahead: int = 1):
+    def __init__(self, metrics: ServingMetrics, *, max_queue_delay_ms: float = 0.0, batches_ahead: int = 1,
+                 loop_monitor: LoopMonitor | None = None):  # fmt: skip
         """`batches_ahead`: batches a worker may be sent beyond the one it runs (0 or 1: a
-        worker's block has two slots, `BATCH_SLOTS`)."""
+        worker's block has two slots, `BATCH_SLOTS`). `loop_monitor`: the readings of the event
+        loop this scheduler runs on (its lag enters every prediction; a saturated loop stops
+        send-ahead), which whoever owns the loop runs; a new, idle one by default."""
         if not 0 <= batches_ahead < BATCH_SLOTS:
             raise ValueError(f"batches_ahead must be between 0 and {BATCH_SLOTS - 1}, got {batches_ahead}")
         self.metrics = metrics
         self.batches_ahead = batches_ahead
-        self.loop_lag_ms = 0.0  # how late the event loop runs its callbacks, kept by a monitor task
-        self.loop_busy_share = 0.0  # share of the time the loop's thread wanted a CPU, kept by the same monitor
-        # The monitor's current reading: when its timer is due, and since when and from what CPU
-        # demand of the loop's thread (_thread_demand_s) it measures (see loop_load).
-        self._lag_timer_due_ms = float("inf")
-        self._lag_interval_ms = 10.0
-        self._reading_since_ms = 0.0
-        self._reading_demand_s = 0.0
-        self._schedstat_fd: int | None = None
+        self.loop_monitor = loop_monitor if loop_monitor is not None else LoopMonitor(metrics)
         self.max_queue_delay_ms = max_queue_delay_ms
         self.queues: dict[str, VariantQueue] = {}
         self.workers: list[WorkerHandle] = []
@@ -277,7 +243,7 @@ class Scheduler:
         # loads (how long is not known), if there are any (`_most_urgent_queue`).
         serving = [worker for worker in workers if not worker.loading] or workers
         busy_ms = [max(0.0, worker.busy_until_ms - now_ms) for worker in serving]
-        return self.loop_lag_ms + admission_finish_ms(
+        return self.loop_monitor.lag_ms + admission_finish_ms(
             len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, arrivals_per_ms=queue.admission_rate_per_ms(now_ms)
         )
 
@@ -361,10 +327,10 @@ class Scheduler:
                 # while the event loop has time to spare: sending ahead makes smaller batches,
                 # more of them, each with its share of the loop's work, which a saturated loop
                 # cannot give (a light model's server: ~20% less goodput at 2x when it did).
-                if len(sent) > self.batches_ahead or self.loop_busy_share >= self.SEND_AHEAD_MAX_LOOP_BUSY:
+                if len(sent) > self.batches_ahead or self.loop_monitor.busy_share >= self.SEND_AHEAD_MAX_LOOP_BUSY:
                     await _wait(batch_end)
                     continue
-                look_in_ms = sent[-1].finish_ms - now - self.SEND_AHEAD_LEAD_MS - self.loop_lag_ms
+                look_in_ms = sent[-1].finish_ms - now - self.SEND_AHEAD_LEAD_MS - self.loop_monitor.lag_ms
                 if look_in_ms > 0:
                     await _wait(batch_end, look_in_ms)
                     continue
@@ -382,14 +348,14 @@ class Scheduler:
             window = queue.items[: queue.max_batch_size * 2]
             # As at admission: the answer reaches the client only when the event loop gets to it.
             decision = decide_batch(
-                [item.deadline_ms for item in window], start_ms + self.loop_lag_ms, queue.tail_batch_latency_ms, queue.max_batch_size,
+                [item.deadline_ms for item in window], start_ms + self.loop_monitor.lag_ms, queue.tail_batch_latency_ms, queue.max_batch_size,
                 max_queue_delay_ms=self.max_queue_delay_ms, expiry_latency_ms=queue.batch_latency_ms,
             )
             expired = queue.take(decision.num_expired)
             for item in expired:
                 _fail(item.future, DeadlineExceededError(f"dropped: deadline cannot be met ({queue.key} was {now - item.arrival_ms:.1f} ms in queue)"))
             # The worst mispredictions: had they run alone then, they would have finished this late.
-            queue.observe_finished_items(expired, start_ms + self.loop_lag_ms + queue.batch_latency_ms(1), now)
+            queue.observe_finished_items(expired, start_ms + self.loop_monitor.lag_ms + queue.batch_latency_ms(1), now)
             if decision.batch_size == 0:
                 if decision.wait_ms > 0:
                     await _wait(wakeup, decision.wait_ms)
@@ -431,7 +397,7 @@ class Scheduler:
                 # where admission needs it; a wide batch's speed would make it optimistic there.
                 queue.observe_batch(len(batch), max(finished_ms - started_ms, compute_ms))
             # The prediction included the loop's lag for the answer to leave; so does the finish.
-            queue.observe_finished_items(batch, finished_ms + self.loop_lag_ms, finished_ms)
+            queue.observe_finished_items(batch, finished_ms + self.loop_monitor.lag_ms, finished_ms)
             self.metrics.child(self.metrics.worker_busy_seconds, worker.worker_id).inc(max(0.0, finished_ms - started_ms) / 1000.0)
             for priority in {item.priority for item in batch}:
                 self.metrics.child(self.metrics.admission_error, queue.key, str(priority)).set(queue.admission_error_ms(finished_ms, priority) / 1000.0)
@@ -471,53 +437,6 @@ class Scheduler:
         event = self._batch_ends.get(worker.worker_id)
         if event is not None:
             event.set()
-
-    async def monitor_loop_lag(self, interval_s: float = 0.01) -> None:
-        """Measure how late a timer fires (the time a new request waits for the loop's
-        attention) and how much of the time the loop's thread wants a CPU, on one or waiting for
-        one (whether the loop itself is the bottleneck, or only busy in bursts)."""
-        self._lag_interval_ms = interval_s * 1000.0
-        self._schedstat_fd = _open_schedstat()  # of this thread: the loop's
-        try:
-            while not self._closed:
-                # time.monotonic, not loop.time(): uvloop's clock counts whole milliseconds.
-                self._reading_demand_s, self._reading_since_ms = _thread_demand_s(self._schedstat_fd), monotonic_ms()
-                self._lag_timer_due_ms = self._reading_since_ms + self._lag_interval_ms
-                await asyncio.sleep(interval_s)
-                now_ms = monotonic_ms()
-                self.loop_lag_ms += 0.2 * (max(0.0, now_ms - self._lag_timer_due_ms) - self.loop_lag_ms)
-                busy_share = self._busy_share_since_reading(now_ms)
-                # Faster than the lag's smoothing: the overload gate waits for this to read saturated.
-                self.loop_busy_share += 0.5 * (busy_share - self.loop_busy_share)
-                self.metrics.loop_lag.set(self.loop_lag_ms / 1000.0)
-                self.metrics.loop_busy_share.set(self.loop_busy_share)
-        finally:
-            self._lag_timer_due_ms = float("inf")  # no live readings from a monitor that stopped
-            if self._schedstat_fd is not None:
-                os.close(self._schedstat_fd)
-                self._schedstat_fd = None
-
-    def loop_load(self) -> tuple[float, float]:
-        """(lag in ms, busy share) of the event loop as seen right now: the smoothed values, or,
-        once the monitor's timer is overdue by a whole interval, the lag so far and the share of
-        the time since its last reading that the loop's thread wanted a CPU, when those are more.
-
-        Why not only the smoothed values: a loop in the middle of a long pass over hundreds of
-        ready sockets (the first moments of a flash crowd) has not run the timer yet, so they
-        learn of the pass only after it, and the next pass is longer still; a request handled
-        during the pass can see the timer overdue and the thread busy all along. Only after a
-        whole interval overdue, so that a single short stretch of work on an idle loop (a burst
-        of large requests, a metrics scrape) does not read as saturation."""
-        now_ms = monotonic_ms()
-        overdue_ms = now_ms - self._lag_timer_due_ms
-        if overdue_ms <= self._lag_interval_ms:
-            return self.loop_lag_ms, self.loop_busy_share
-        return max(self.loop_lag_ms, overdue_ms), max(self.loop_busy_share, self._busy_share_since_reading(now_ms))
-
-    def _busy_share_since_reading(self, now_ms: float) -> float:
-        """Share of the time since the monitor's last reading that the loop's thread wanted a CPU."""
-        demand_ms = (_thread_demand_s(self._schedstat_fd) - self._reading_demand_s) * 1000.0
-        return min(1.0, demand_ms / max(1e-3, now_ms - self._reading_since_ms))
 
     # -- shutdown -------------------------------------------------------------------------------
     async def close(self) -> None:

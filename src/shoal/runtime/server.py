@@ -56,7 +56,7 @@ async def serve_forever(
         workflows[deployment.name] = WorkflowExecutor(
             deployment, base_dir, metrics=service.metrics, max_request_items=config.max_request_items, batches_ahead=config.batches_ahead,
             backend=config.backend, ray_address=config.ray_address,
-            ray_placement_strategy=config.ray_placement_strategy,
+            ray_placement_strategy=config.ray_placement_strategy, loop_monitor=service.loop_monitor,
         )
     await service.start()
     try:

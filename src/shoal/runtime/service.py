@@ -24,6 +24,7 @@ from shoal.profiler.measure import summarise_latencies
 from shoal.planner.batching import loop_gate_refusal_probability
 from shoal.planner.serving_policy import Policy, Query, Selection, VariantOption, make_policy
 from shoal.runtime.errors import BadRequestError, DeadlineExceededError, ModelNotFoundError, ModelNotReadyError, OverloadedError
+from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.modelless import choose_modelless, modelless_variants, raise_unmet, variant_cost_per_1000_usd
 from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
@@ -86,7 +87,11 @@ class InferenceService:
         self.config = config
         self.repository = ModelRepository(config.repository)
         self.metrics = ServingMetrics()
-        self.scheduler = Scheduler(self.metrics, max_queue_delay_ms=config.max_queue_delay_ms, batches_ahead=config.batches_ahead)
+        # The server's event loop, read by the overload gate and the scheduler here, and by the
+        # scheduler of a workflow served beside the models (`WorkflowExecutor`); run by `start`.
+        self.loop_monitor = LoopMonitor(self.metrics)
+        self.scheduler = Scheduler(self.metrics, max_queue_delay_ms=config.max_queue_delay_ms, batches_ahead=config.batches_ahead,
+                                   loop_monitor=self.loop_monitor)
         self.policy: Policy = make_policy(config.policy)
         self.families: dict[str, Family] = {}
         self.variants: dict[str, ServedVariant] = {}  # key -> variant
@@ -115,7 +120,7 @@ class InferenceService:
                     VariantQueue(served.key, served.batch_latency_ms, self.config.max_batch_size, self.config.queue_capacity)
                 )
         await self.manager.start()
-        self._lag_task = asyncio.create_task(self.scheduler.monitor_loop_lag())
+        self._lag_task = asyncio.create_task(self.loop_monitor.run(), name="loop-monitor")
         preload = self.config.preload if self.config.preload is not None else tuple(self.variants)
         for name in preload:
             await self.load_model(name)
@@ -289,7 +294,7 @@ class InferenceService:
             slo_ms = workflow_slo_ms
         else:
             slo_ms = self._recent_slo_ms.get(model_name, self.config.default_slo_ms)
-        lag_ms, busy_share = self.scheduler.loop_load()
+        lag_ms, busy_share = self.loop_monitor.load()
         probability = loop_gate_refusal_probability(lag_ms, share * slo_ms, busy_share)
         if probability == 0.0 or (probability < 1.0 and self._gate_random.random() >= probability):
             return False
@@ -402,7 +407,7 @@ class InferenceService:
         # An answer after the deadline is worth no more than the deadline error the client planned
         # for, and sending it would hide the miss: it is dropped like one (the event loop's lag is
         # the time the answer still needs to leave).
-        if finished_ms + self.scheduler.loop_lag_ms > deadline_ms:
+        if finished_ms + self.loop_monitor.lag_ms > deadline_ms:
             self.metrics.outcome(model_name, served.key, "dropped", finished_ms - arrival_ms)
             raise DeadlineExceededError(
                 f"dropped: {served.key} finished {finished_ms - arrival_ms:.1f} ms after arrival, past the {slo_ms:g} ms SLO"

@@ -30,6 +30,7 @@ from shoal.profiler.measure import summarise_latencies
 from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
 from shoal.runtime.batch_block import BATCH_SLOTS
 from shoal.runtime.errors import BadRequestError, OverloadedError
+from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
 from shoal.runtime.statistics import VariantStatistics
@@ -77,7 +78,11 @@ class WorkflowExecutor:
         backend: str = "local",
         ray_address: str | None = None,
         ray_placement_strategy: str = "PACK",
+        loop_monitor: LoopMonitor | None = None,
     ):
+        """`loop_monitor`: the readings of the event loop the workflow is served on, where
+        something else runs them (a server's `InferenceService`); without it the executor runs
+        its own while it is started."""
         self.deployment = deployment
         self.base_dir = Path(base_dir)
         self.metrics = metrics or ServingMetrics()
@@ -88,8 +93,10 @@ class WorkflowExecutor:
         self.shared_memory_bytes = shared_memory_bytes
         self.backend = make_backend(backend, shared_memory_bytes=shared_memory_bytes, ray_address=ray_address,
                                     ray_placement_strategy=ray_placement_strategy)
-        self.scheduler = Scheduler(self.metrics, batches_ahead=batches_ahead)
-        self._loop_monitor: asyncio.Task | None = None  # the scheduler's loop readings: send-ahead stops on a saturated loop
+        # The loop's readings: send-ahead stops on a saturated loop, and its lag enters every prediction.
+        self._owns_loop_monitor = loop_monitor is None
+        self.scheduler = Scheduler(self.metrics, batches_ahead=batches_ahead, loop_monitor=loop_monitor)
+        self._loop_monitor_task: asyncio.Task | None = None
         self.workers: dict[str, Worker] = {}
         self.profiles: dict[str, Profile] = {}  # queue key -> latency measured at load
         self.routers = {name: SmoothWeightedRoundRobin(task.load_shares_rps) for name, task in deployment.tasks.items()}
@@ -123,7 +130,8 @@ class WorkflowExecutor:
             raise
         for handle in self.workers.values():
             self.scheduler.attach_worker(handle)
-        self._loop_monitor = asyncio.create_task(self.scheduler.monitor_loop_lag(), name=f"workflow-{self.deployment.name}-loop-monitor")
+        if self._owns_loop_monitor:
+            self._loop_monitor_task = asyncio.create_task(self.scheduler.loop_monitor.run(), name=f"workflow-{self.deployment.name}-loop-monitor")
         self._downstream_ms = self._downstream_latency_ms()
         self.started = True
 
@@ -194,10 +202,10 @@ class WorkflowExecutor:
             task.cancel()
         await asyncio.gather(*restarts, return_exceptions=True)  # a replacement being started is stopped first
         await self.scheduler.close()
-        if self._loop_monitor is not None:
-            self._loop_monitor.cancel()
-            await asyncio.gather(self._loop_monitor, return_exceptions=True)
-            self._loop_monitor = None
+        if self._loop_monitor_task is not None:
+            self._loop_monitor_task.cancel()
+            await asyncio.gather(self._loop_monitor_task, return_exceptions=True)
+            self._loop_monitor_task = None
         await asyncio.gather(*(handle.stop() for handle in self.workers.values()), return_exceptions=True)
         self.backend.release()
 
