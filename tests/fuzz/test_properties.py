@@ -21,7 +21,7 @@ from shoal.core.models import Profile
 from shoal.core.serialization import load_json
 from shoal.runtime.codec import DATATYPE_TO_NUMPY, decode_http_request, encode_http_response
 from shoal.runtime.errors import BadRequestError, PayloadTooLargeError
-from shoal.runtime.service import requirements
+from shoal.runtime.inference_request import requirements
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

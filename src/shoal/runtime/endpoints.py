@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shoal.runtime.errors import BadRequestError
+from shoal.runtime.inference_request import requirements
 from shoal.runtime.scheduler import monotonic_ms
-from shoal.runtime.service import InferenceService, requirements
+from shoal.runtime.service import InferenceService
 
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor

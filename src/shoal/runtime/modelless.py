@@ -19,7 +19,8 @@ from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsU
 from shoal.runtime.scheduler import monotonic_ms
 
 if TYPE_CHECKING:
-    from shoal.runtime.service import InferenceService, ServedVariant, StatedRequirements
+    from shoal.runtime.inference_request import StatedRequirements
+    from shoal.runtime.service import InferenceService, ServedVariant
 
 __all__ = ["choose_modelless", "modelless_variant", "modelless_variants", "raise_unmet", "variant_cost_per_1000_usd"]
 

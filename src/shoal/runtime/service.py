@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,16 +23,16 @@ from shoal.profiler.measure import summarise_latencies
 from shoal.planner.batching import loop_gate_refusal_probability
 from shoal.planner.serving_policy import Policy, Query, Selection, VariantOption, make_policy
 from shoal.runtime.errors import BadRequestError, DeadlineExceededError, ModelNotFoundError, ModelNotReadyError, OverloadedError
+from shoal.runtime.inference_request import check_input, preprocess, requirements
 from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.modelless import choose_modelless, modelless_variants, raise_unmet, variant_cost_per_1000_usd
 from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
 from shoal.runtime.statistics import VariantStatistics
 from shoal.runtime.worker_manager import ServeConfig, WorkerManager
-from shoal.zoo.preprocess import resize_images
 from shoal.zoo.repository import ModelRepository
 
-__all__ = ["GATE_REFUSAL_MESSAGE", "InferenceResult", "InferenceService", "ServeConfig", "ServedVariant", "StatedRequirements", "requirements"]
+__all__ = ["GATE_REFUSAL_MESSAGE", "InferenceResult", "InferenceService", "ServeConfig", "ServedVariant"]
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +347,7 @@ class InferenceService:
         family, served = self.resolve(model_name)
         stated = requirements(parameters, self.config.default_slo_ms)
         slo_ms, priority = stated.slo_ms, stated.priority
-        tensor = _check_input(family, inputs, self.config.max_request_items)
+        tensor = check_input(family, inputs, self.config.max_request_items)
         for name in requested_outputs:
             if name != family.output_name:
                 raise BadRequestError(f"output {name!r} does not exist; {model_name!r} has output {family.output_name!r}")
@@ -374,7 +373,7 @@ class InferenceService:
             raise BadRequestError(
                 f"input {family.input_name!r} is {tensor.shape[-1]} px but {served.key} needs at least {served.variant.input_size_px} px"
             )
-        items = _preprocess(tensor, served.variant)
+        items = preprocess(tensor, served.variant)
         self.requests_by_variant[served.key] = self.requests_by_variant.get(served.key, 0) + len(items)
         deadline_ms = arrival_ms + slo_ms
         admit_by_ms = arrival_ms + slo_ms * self.config.admission_headroom
@@ -430,81 +429,3 @@ class InferenceService:
                 "shoal_server_ms": round(total_ms, 3),
             },
         )
-
-
-@dataclass(frozen=True)
-class StatedRequirements:
-    """What a request asks for, from its KServe v2 `parameters`."""
-
-    slo_ms: float
-    priority: int = 0
-    min_accuracy: float = 0.0
-    max_cost_per_1000_usd: float | None = None
-
-    @property
-    def query_class(self) -> tuple[float, float, float | None]:
-        """Requests that want about the same are one class for the autoscaler: the SLO is rounded
-        down to a quarter octave (clients that subtract their own overhead send a slightly
-        different SLO each time, and one class per float would grow without bound)."""
-        slo_bucket_ms = 2.0 ** (math.floor(math.log2(self.slo_ms) * 4.0) / 4.0)
-        return (round(slo_bucket_ms, 3), self.min_accuracy, self.max_cost_per_1000_usd)
-
-
-def _number(parameters: dict[str, Any], name: str) -> float | None:
-    value = parameters.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise BadRequestError(f"parameter {name!r} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def requirements(parameters: dict[str, Any], default_slo_ms: float) -> StatedRequirements:
-    """SLO (from `timeout` in microseconds, as Triton, or `slo_ms`), priority, min_accuracy,
-    max_cost_per_1000_usd (a price limit per 1000 queries, from the server's price table)."""
-    slo_ms = default_slo_ms
-    timeout_us = _number(parameters, "timeout")
-    if timeout_us is not None:
-        slo_ms = timeout_us / 1000.0
-        if slo_ms <= 0:  # also a positive timeout too small to be a number of milliseconds
-            raise BadRequestError(f"parameter 'timeout' must be a positive number of microseconds, got {timeout_us!r}")
-    stated_slo_ms = _number(parameters, "slo_ms")
-    if stated_slo_ms is not None:
-        if stated_slo_ms <= 0:
-            raise BadRequestError("parameter 'slo_ms' must be a positive number of milliseconds")
-        slo_ms = min(slo_ms, stated_slo_ms) if timeout_us is not None else stated_slo_ms
-    priority = parameters.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise BadRequestError("parameter 'priority' must be an integer (higher runs first)")
-    min_accuracy = _number(parameters, "min_accuracy")
-    if min_accuracy is not None and not 0.0 <= min_accuracy <= 1.0:
-        raise BadRequestError("parameter 'min_accuracy' must be a number between 0 and 1")
-    max_cost = _number(parameters, "max_cost_per_1000_usd")
-    if max_cost is not None and max_cost <= 0:
-        raise BadRequestError("parameter 'max_cost_per_1000_usd' must be a positive number of dollars")
-    return StatedRequirements(float(slo_ms), int(priority), min_accuracy or 0.0, max_cost)
-
-
-def _check_input(family: Family, inputs: dict[str, np.ndarray], max_items: int) -> np.ndarray:
-    if set(inputs) != {family.input_name}:
-        raise BadRequestError(f"expected exactly one input named {family.input_name!r}, got {sorted(inputs)}")
-    tensor = inputs[family.input_name]
-    if tensor.dtype not in (np.float32, np.uint8):
-        raise BadRequestError(f"input {family.input_name!r} must be FP32 (scaled to [0, 1]) or UINT8, got {tensor.dtype}")
-    if tensor.ndim != 4 or tensor.shape[1] != family.input_channels or tensor.shape[2] != tensor.shape[3]:
-        raise BadRequestError(
-            f"input {family.input_name!r} must have shape [batch, {family.input_channels}, S, S], got {list(tensor.shape)}"
-        )
-    if not 1 <= tensor.shape[0] <= max_items:
-        raise BadRequestError(f"input {family.input_name!r} batch must be 1..{max_items}, got {tensor.shape[0]}")
-    if tensor.shape[2] > family.source_image_px or tensor.shape[2] < 1:
-        raise BadRequestError(f"input {family.input_name!r} side must be at most {family.source_image_px} px, got {tensor.shape[2]}")
-    return tensor
-
-
-def _preprocess(tensor: np.ndarray, variant: Variant) -> np.ndarray:
-    if tensor.dtype == np.uint8:
-        tensor = tensor.astype(np.float32) * float(variant.preprocessing.get("scale", 1.0 / 255.0))
-    if tensor.shape[-1] != variant.input_size_px:
-        tensor = resize_images(tensor, variant.input_size_px)
-    return tensor
