@@ -9,7 +9,8 @@ import pytest
 
 from shoal.cli import main
 from shoal.runtime.metrics import ServingMetrics
-from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.scheduler import Scheduler, monotonic_ms
+from shoal.runtime.variant_queue import VariantQueue
 from shoal.runtime.worker import ModelHost
 from shoal.zoo.repository import ModelRepository
 

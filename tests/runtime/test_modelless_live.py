@@ -11,7 +11,8 @@ import pytest
 from shoal.planner.modelless import ModellessVariant, Requirements, predicted_latency_ms, select_variant
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.modelless import _live
-from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.scheduler import Scheduler, monotonic_ms
+from shoal.runtime.variant_queue import VariantQueue
 
 from .test_scheduler import FakeWorker
 

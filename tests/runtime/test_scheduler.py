@@ -7,7 +7,8 @@ import pytest
 
 from shoal.runtime.errors import DeadlineExceededError, OverloadedError, WorkerFailedError
 from shoal.runtime.metrics import ServingMetrics
-from shoal.runtime.scheduler import QueuedItem, Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.scheduler import Scheduler, monotonic_ms
+from shoal.runtime.variant_queue import QueuedItem, VariantQueue
 from shoal.runtime.worker_handle import WorkerHandle
 
 

@@ -132,7 +132,7 @@ class LiveVariant:
     """Recent batch-1-equivalent latency (measured / profiled for the same batch sizes x profile)."""
     admission_margin_ms: float = 0.0
     """What the server's admission adds to a prediction for this variant now (the error it has
-    learnt, see `shoal.runtime.scheduler.VariantQueue.observe_finishes`): a variant is only worth
+    learnt, see `shoal.runtime.variant_queue.VariantQueue.observe_finishes`): a variant is only worth
     choosing if admission will then take the query. The simulator leaves it at 0: it does not model
     the margin (its batch times vary only by a small log-normal noise)."""
     predicted_finish_ms: float | None = None

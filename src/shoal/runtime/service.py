@@ -27,8 +27,9 @@ from shoal.runtime.inference_request import check_input, preprocess, requirement
 from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.modelless import choose_modelless, modelless_variants, raise_unmet, variant_cost_per_1000_usd
-from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.scheduler import Scheduler, monotonic_ms
 from shoal.runtime.statistics import VariantStatistics
+from shoal.runtime.variant_queue import VariantQueue
 from shoal.runtime.worker_manager import ServeConfig, WorkerManager
 from shoal.zoo.repository import ModelRepository
 

@@ -32,8 +32,9 @@ from shoal.runtime.batch_block import BATCH_SLOTS
 from shoal.runtime.errors import BadRequestError, OverloadedError
 from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
-from shoal.runtime.scheduler import Scheduler, VariantQueue, monotonic_ms
+from shoal.runtime.scheduler import Scheduler, monotonic_ms
 from shoal.runtime.statistics import VariantStatistics
+from shoal.runtime.variant_queue import VariantQueue
 from shoal.runtime.workflow.deployment import WorkflowDeployment
 from shoal.runtime.workflow.routing import SmoothWeightedRoundRobin
 from shoal.zoo.preprocess import resize_images
