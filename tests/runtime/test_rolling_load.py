@@ -127,3 +127,38 @@ def test_first_only_returns_once_one_worker_holds_the_variant_and_the_rest_load_
     assert afterwards == ["w0", "w1"]
     assert after_unload == []
 
+
+
+def test_an_unload_during_the_first_load_of_an_edge_plan_wins(fixture_repository_path):
+    """`ensure_loaded(first_only=True)` with an unload arriving while its first worker still
+    loads: that load is undone and nothing loads behind it (the variant ends on no worker)."""
+
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, preload=(), num_workers=2, intra_op_threads=1))
+        await service.start()
+        manager = service.manager
+        try:
+            started, release = asyncio.Event(), asyncio.Event()
+            for worker in manager.workers.values():
+                original = worker.load
+
+                async def held_load(*args, original=original, **kwargs):
+                    started.set()
+                    await release.wait()
+                    return await original(*args, **kwargs)
+
+                worker.load = held_load
+            first = asyncio.create_task(manager.ensure_loaded(service.variants["fixture.rf-16"], first_only=True))
+            await started.wait()
+            await manager.unload("fixture.rf-16")
+            release.set()
+            await first
+            background = len(manager._background_loads)
+            await asyncio.gather(*manager._background_loads)
+            holders = sorted(worker.worker_id for worker in manager.workers.values() if "fixture.rf-16" in worker.loaded_variants)
+        finally:
+            await service.stop()
+        return background, holders
+
+    background, holders = asyncio.run(scenario())
+    assert background == 0 and holders == []

@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from shoal.runtime.errors import DeadlineExceededError, OverloadedError, WorkerFailedError
+from shoal.runtime.errors import DeadlineExceededError, ModelNotReadyError, OverloadedError, WorkerFailedError
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler, monotonic_ms
 from shoal.runtime.variant_queue import QueuedItem, VariantQueue
@@ -573,3 +573,99 @@ def test_a_worker_that_hands_its_outputs_on_early_answers_the_requests_before_it
     assert [float(result[0][0]) for result in results] == [0.0, 2.0, 4.0]
     assert all(result[2] == 5.0 and result[3] == 3 for result in results)  # compute ms and batch size
     assert waited_ms < 150.0  # not the 200 ms until the worker's coroutine returned
+
+
+class RefusesUnloaded(FakeWorker):
+    """Like a real worker: a batch of a variant it no longer holds fails."""
+
+    async def run(self, variant_key, items, burst=False, on_outputs=None):
+        if variant_key not in self.loaded_variants:
+            raise WorkerFailedError(f"inference failed: {variant_key!r}")
+        return await super().run(variant_key, items, burst, on_outputs)
+
+
+def _unloaded_as_chosen(scheduler: Scheduler, seen_waiting: list[int]) -> None:
+    """Each batch's variant is unloaded from its worker right after the batch is chosen, before
+    its message goes out (as `WorkerHandle.unload`, run by another task in that gap, does)."""
+    original = scheduler._send_batch
+
+    def send_then_unload(worker, queue, batch, now_ms, start_ms):
+        original(worker, queue, batch, now_ms, start_ms)
+        seen_waiting.append(scheduler.waiting(queue.key))
+        worker.loaded_variants.pop(queue.key, None)
+
+    scheduler._send_batch = send_then_unload
+
+
+def test_a_batch_whose_variant_is_unloaded_before_it_is_sent_goes_to_a_worker_that_holds_it():
+    async def scenario():
+        scheduler = Scheduler(ServingMetrics())
+        scheduler.add_queue(VariantQueue("v", lambda size: 5.0, 8, 100))
+        first, second = RefusesUnloaded("w1", 5.0), RefusesUnloaded("w2", 5.0)
+        chosen: list[tuple[str, int]] = []
+        original = scheduler._send_batch
+
+        def unload_from_first(worker, queue, batch, now_ms, start_ms):
+            original(worker, queue, batch, now_ms, start_ms)
+            chosen.append((worker.worker_id, scheduler.waiting(queue.key)))
+            if worker is first:  # gone from it before the batch's message is out
+                first.loaded_variants.pop(queue.key, None)
+
+        scheduler._send_batch = unload_from_first
+        scheduler.attach_worker(first)
+        scheduler.attach_worker(second)
+        result = await scheduler.submit("v", np.full((2,), 3.0, np.float32), monotonic_ms() + 1000)
+        await scheduler.close()
+        return result, chosen, first.batches, second.batches
+
+    result, chosen, first_batches, second_batches = asyncio.run(scenario())
+    assert float(result[0][0]) == 6.0
+    # chosen for the first worker (and counted as waiting: the controller must not unload under
+    # it), given back, then run by the second; never sent to the worker that dropped the variant
+    assert chosen == [("w1", 1), ("w2", 1)]
+    assert first_batches == [] and second_batches == [1]
+
+
+def test_requests_left_when_the_last_holder_unloads_the_variant_are_answered_not_ready():
+    async def scenario():
+        scheduler, worker = _one_worker(5.0, 1, RefusesUnloaded)
+        seen_waiting: list[int] = []
+        _unloaded_as_chosen(scheduler, seen_waiting)
+        future = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        given_back = (len(scheduler.queues["v"]), scheduler.waiting("v"), worker.batches)
+        scheduler.fail_unserved("v")  # what WorkerManager does once the unload is done
+        with pytest.raises(ModelNotReadyError, match="was unloaded while this request waited"):
+            await future
+        await scheduler.close()
+        return given_back
+
+    queued, waiting, batches = asyncio.run(scenario())
+    assert (queued, waiting, batches) == (1, 1, [])
+
+
+def test_a_sent_ahead_batch_that_fails_early_leaves_the_running_batch_s_time_whole():
+    """The running batch's measured time runs from when it was sent, not from the failure of the
+    batch sent after it."""
+
+    class FailsAhead(FakeWorker):
+        async def run(self, variant_key, items, burst=False, on_outputs=None):
+            if self._one_at_a_time.locked():
+                raise WorkerFailedError("the batch sent ahead failed at once")
+            outputs, _ = await super().run(variant_key, items, burst, on_outputs)
+            return outputs, 25.0  # compute: the rest of the 40 ms is transport and the loop
+
+    async def scenario():
+        scheduler, worker = _one_worker(40.0, 1, FailsAhead)
+        observed: list[float] = []
+        queue = scheduler.queues["v"]
+        original = queue.observe_batch
+        queue.observe_batch = lambda size, wall_ms: (observed.append(wall_ms), original(size, wall_ms))
+        now = monotonic_ms()
+        await asyncio.gather(*(scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(2)), return_exceptions=True)
+        await scheduler.close()
+        return observed
+
+    observed = asyncio.run(scenario())
+    assert len(observed) == 1 and observed[0] >= 38.0

@@ -70,8 +70,8 @@ class Controller:
             self.decisions.labels("load", key).inc()
             await self.service.manager.ensure_loaded(self.service.variants[key])
         for key in plan.unload:
-            if len(self.service.scheduler.queues[key]):
-                continue  # never unload under queued requests; the next tick decides again
+            if self.service.scheduler.waiting(key):
+                continue  # never unload under requests not yet sent to a worker; the next tick decides again
             logger.info("controller: unload %s (%s)", key, plan.reasons[key])
             self.decisions.labels("unload", key).inc()
             await self.service.manager.unload(key)

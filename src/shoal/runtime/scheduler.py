@@ -22,7 +22,7 @@ import numpy as np
 
 from shoal.planner.batching import admission_finish_ms, decide_batch
 from shoal.runtime.batch_block import BATCH_SLOTS
-from shoal.runtime.errors import DeadlineExceededError, OverloadedError, ServingError, WorkerFailedError
+from shoal.runtime.errors import DeadlineExceededError, ModelNotReadyError, OverloadedError, ServingError, WorkerFailedError
 from shoal.runtime.loop_monitor import LoopMonitor, monotonic_ms
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.variant_queue import QueuedItem, VariantQueue
@@ -72,6 +72,7 @@ class Scheduler:
         self._wakeups: dict[str, asyncio.Event] = {}  # per worker: a request it may take was queued
         self._batch_ends: dict[str, asyncio.Event] = {}  # per worker: a batch of it was answered
         self._sent: dict[str, list[_SentBatch]] = {}  # per worker, in the order it runs them
+        self._unsent_items: dict[str, int] = {}  # per variant: items taken into a batch whose message is not out yet
         self._last_finish_ms: dict[str, float] = {}  # per worker: when its last batch was answered
         self._tasks: dict[str, asyncio.Task] = {}
         self._batch_tasks: set[asyncio.Task] = set()
@@ -240,6 +241,7 @@ class Scheduler:
         booking = _SentBatch(latency_ms, start_ms + latency_ms)
         sent.append(booking)
         worker.busy_until_ms = booking.finish_ms
+        self._unsent_items[queue.key] = self._unsent_items.get(queue.key, 0) + len(batch)
         task = asyncio.create_task(self._run_batch(worker, queue, batch, booking, now_ms, burst), name=f"batch-{worker.worker_id}")
         self._batch_tasks.add(task)
         task.add_done_callback(self._batch_tasks.discard)
@@ -247,7 +249,16 @@ class Scheduler:
     async def _run_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], booking: _SentBatch,
                          sent_ms: float, burst: bool) -> None:  # fmt: skip
         compute_ms = 0.0
+        self._unsent_items[queue.key] -= len(batch)
         try:
+            # The batch's message goes out in this task, a pass after the batch was chosen: an
+            # unload of the variant from this worker (scaling down, eviction, the controller) may
+            # have gone out in between, and the worker would fail the batch. Nothing is awaited
+            # from this check until the message is sent (a slot is free: the books hold at most
+            # BATCH_SLOTS batches), so it cannot go stale.
+            if worker.alive and queue.key not in worker.loaded_variants:
+                self._give_back(queue, batch)
+                return
             # The requests are answered as the outputs arrive; this coroutine still resumes before
             # their handlers run (WorkerChannel), so the times below hold no response work.
             outputs, compute_ms = await worker.run(queue.key, [item.tensor for item in batch], burst,
@@ -284,6 +295,30 @@ class Scheduler:
             self._batch_done(worker, booking)
         self.metrics.batch(queue.key, len(batch), compute_ms)
 
+    def _give_back(self, queue: VariantQueue, batch: list[QueuedItem]) -> None:
+        """Return a batch that was not sent to its places at the head of its queue, for the
+        workers that still hold the variant. (If none does, the unload that took it from the
+        last one answers them: `fail_unserved`.)"""
+        queue.requeue(batch)
+        for worker in self.workers_for(queue.key):
+            self._wakeups[worker.worker_id].set()
+
+    def fail_unserved(self, key: str) -> None:
+        """Answer every request queued for `key` with ModelNotReadyError if no worker holds the
+        variant any more: nothing would take them. Called by whatever unloads it from a worker
+        (`WorkerManager`), once the unload is done."""
+        queue = self.queues.get(key)
+        if queue is None or self.workers_for(key):
+            return
+        for item in queue.take(len(queue)):
+            _fail(item.future, ModelNotReadyError(f"variant {key!r} was unloaded while this request waited; load it again (POST /v2/repository/models/{key}/load)"))
+
+    def waiting(self, key: str) -> int:
+        """Requests for `key` not yet sent to a worker: queued, or taken into a batch whose
+        message is not out yet (an unload now would race them)."""
+        queue = self.queues.get(key)
+        return (len(queue) if queue is not None else 0) + self._unsent_items.get(key, 0)
+
     def _batch_done(self, worker: WorkerHandle, booking: _SentBatch) -> None:
         """Take the batch off the worker's books; if it was the one running, the one sent after it
         (if any) starts now."""
@@ -291,8 +326,9 @@ class Scheduler:
         if booking not in sent:  # the worker was replaced (a restart) and its books with it
             return
         now_ms = monotonic_ms()
-        self._last_finish_ms[worker.worker_id] = now_ms
         running = sent[0] is booking  # else one sent ahead failed before it ran (its slot, its message)
+        if running:  # the batch sent after it starts now; a failed one sent ahead says nothing of that
+            self._last_finish_ms[worker.worker_id] = now_ms
         sent.remove(booking)
         if sent:
             if running:

@@ -147,6 +147,11 @@ class VariantQueue:
         bisect.insort(self.items, item)
         self._admitted_ms.append(item.arrival_ms)
 
+    def requeue(self, items: list[QueuedItem]) -> None:
+        """Put back items taken from the queue and not run, in their places (not admitted again)."""
+        for item in items:
+            bisect.insort(self.items, item)
+
     def admission_rate_per_ms(self, now_ms: float) -> float:
         """How fast requests have been admitted lately (per ms): how fast a waiting batch grows."""
         return admitted_per_ms(self._admitted_ms, now_ms)

@@ -139,9 +139,11 @@ class WorkerManager:
         not everywhere: an edge plan switching sessions to it would otherwise wait for every
         worker's load in turn (~0.3 s each for a demo variant) before telling them."""
         self._variants[served.key] = served
+        # An unload or a replica count asked while this runs wins: what is loaded after it undone.
+        target = self._targets.get(served.key, 0)
         workers = [worker for worker in self.workers.values() if worker.alive]
         if not first_only or not self.serving or len(workers) < 2:
-            await self._load_rolling(workers, served)
+            await self._load_rolling(workers, served, target=target)
             return
 
         def held() -> bool:
@@ -153,13 +155,15 @@ class WorkerManager:
             if held():
                 break
             try:
-                await self._load_rolling([worker], served)
+                await self._load_rolling([worker], served, target=target)
             except WorkerFailedError as error:
                 failed = error
         if failed is not None and not held():
             raise failed
+        if self._targets.get(served.key, 0) != target:
+            return  # unloaded or given a replica count meanwhile: nothing to load behind
         # The rest, for as long as nothing since set a target for the variant (an unload, a replica count).
-        behind = self._load_rolling(workers, served, target=self._targets.get(served.key, 0))
+        behind = self._load_rolling(workers, served, target=target)
         task = asyncio.create_task(behind, name=f"load-behind-{served.key}")
         self._background_loads.add(task)
         task.add_done_callback(self._background_load_done)
@@ -203,14 +207,18 @@ class WorkerManager:
                 continue
             try:
                 async with self._rolling_load:
+                    if overtaken():  # while it waited its turn
+                        break
                     await self._load_on(worker, served)
+                    # Undone before the next load's turn: one that the new target asks for (a
+                    # replica count) then loads it again rather than find it here and keep it,
+                    # only for this undo to take it away after.
+                    if overtaken() and worker.alive and served.key in worker.loaded_variants:
+                        await self._unload_from(worker, served.key)
             except WorkerFailedError as error:
                 logger.warning("loading %s on worker %s failed: %s", served.key, worker.worker_id, error)
                 failed = failed or error
                 continue
-            if overtaken() and worker.alive and served.key in worker.loaded_variants:
-                await worker.unload(served.key)
-                self._cache[worker.worker_id].pop(served.key, None)
         if failed is not None:
             raise failed
 
@@ -221,9 +229,9 @@ class WorkerManager:
             return
         size = 3 * os.path.getsize(served.model_path)
         while cache and sum(cache.values()) + size > self.config.cache_bytes_per_worker:
-            victim, _ = cache.popitem(last=False)
+            victim, _ = next(iter(cache.items()))
             logger.info("evicting %s from worker %s (cache full)", victim, worker.worker_id)
-            await worker.unload(victim)
+            await self._unload_from(worker, victim)
         family = served.family
         reply = await worker.load(
             served.key,
@@ -249,18 +257,22 @@ class WorkerManager:
         target = max(0, min(replicas, len(alive)))
         await self._load_rolling(holders[:target], served)
         for worker in holders[target:]:
-            if served.key in worker.loaded_variants:
-                await worker.unload(served.key)
-            self._cache[worker.worker_id].pop(served.key, None)
+            await self._unload_from(worker, served.key)
         return target
 
     async def unload(self, key: str) -> None:
         self._new_target(key)
         self._variants.pop(key, None)
-        for worker in self.workers.values():
-            if key in worker.loaded_variants and worker.alive:
-                await worker.unload(key)
-            self._cache[worker.worker_id].pop(key, None)
+        for worker in list(self.workers.values()):
+            await self._unload_from(worker, key)
+
+    async def _unload_from(self, worker: Worker, key: str) -> None:
+        """Unload `key` from `worker` (if it holds it) and out of its cache; requests still queued
+        for it are answered if that was the last worker holding it (`Scheduler.fail_unserved`)."""
+        if key in worker.loaded_variants and worker.alive:
+            await worker.unload(key)
+        self._cache[worker.worker_id].pop(key, None)
+        self.scheduler.fail_unserved(key)
 
     def mark_used(self, key: str) -> None:
         for cache in self._cache.values():
