@@ -134,3 +134,31 @@ def test_a_version_other_than_1_is_not_found(client):
         assert missing.value.status() == "StatusCode.NOT_FOUND" and "no version '2'" in missing.value.message()
     # As Triton: a version that does not exist is not ready, rather than an error.
     assert client.is_model_ready("fixture.rf-16", "1") and not client.is_model_ready("fixture.rf-16", "2")
+
+
+def test_model_load_and_unload_need_the_admin_token_and_requests_obey_the_body_limit(fixture_repository_path):
+    """As over HTTP: with --admin-token, gRPC's repository calls need 'authorization: Bearer
+    <token>' metadata, and --max-body-mb bounds a request's size."""
+    from .conftest import start_server, stop_server  # noqa: TID252
+
+    server = start_server(fixture_repository_path, "--admin-token", "s3cret", "--preload", "fixture.rf-16", "--idle-unload-s", "1000",
+                          "--max-body-mb", "1")  # fmt: skip
+    try:
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        for call in (client.load_model, client.unload_model):
+            for headers in (None, {"authorization": "Bearer wrong"}):
+                with pytest.raises(InferenceServerException, match="Bearer") as refused:
+                    call("fixture.rf-16", headers=headers)
+                assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert client.is_model_ready("fixture.rf-16")  # the refused unloads did nothing
+        client.unload_model("fixture.rf-16", headers={"authorization": "Bearer s3cret"})
+        assert not client.is_model_ready("fixture.rf-16")
+        client.load_model("fixture.rf-16", headers={"authorization": "Bearer s3cret"})
+        assert client.is_model_ready("fixture.rf-16")
+        large = triton_grpc.InferInput("images", [12, 3, 128, 128], "FP32")  # 2.4 MB
+        large.set_data_from_numpy(np.zeros((12, 3, 128, 128), np.float32))
+        with pytest.raises(InferenceServerException) as too_large:
+            client.infer("fixture.rf-16", [large])
+        assert too_large.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    finally:
+        stop_server(server)

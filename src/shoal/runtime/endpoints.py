@@ -10,6 +10,7 @@ only, their rules written into the HTTP frontend; a `tritonclient.grpc` user, or
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shoal.runtime.errors import BadRequestError
+from shoal.runtime.errors import BadRequestError, UnauthorizedError
 from shoal.runtime.inference_request import requirements
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import InferenceService
@@ -25,7 +26,17 @@ from shoal.runtime.service import InferenceService
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor
 
-__all__ = ["Answer", "ServedModels", "triton_config"]
+__all__ = ["Answer", "ServedModels", "check_admin_authorization", "triton_config"]
+
+
+def check_admin_authorization(authorization: str | None, admin_token: str | None) -> None:
+    """Management calls (load, unload, replicas, register, fault injection) need
+    'Authorization: Bearer <token>' when the server has a token, over either protocol (an HTTP
+    header, gRPC metadata: tritonclient sends `headers=` as either)."""
+    if admin_token is None:
+        return
+    if not secrets.compare_digest((authorization or "").encode(), f"Bearer {admin_token}".encode()):
+        raise UnauthorizedError("this management call needs 'Authorization: Bearer <token>' (the server's --admin-token)")
 
 
 @dataclass(frozen=True)

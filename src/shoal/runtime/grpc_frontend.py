@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 
 from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, tensor_from_json
-from shoal.runtime.endpoints import ServedModels
+from shoal.runtime.endpoints import ServedModels, check_admin_authorization
 from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError, ServingError
 from shoal.runtime.proto import grpc_service_pb2 as pb
 from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
@@ -94,9 +94,14 @@ def decode_grpc_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
 
 
 class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService, models: ServedModels):
+    def __init__(self, service: InferenceService, models: ServedModels, admin_token: str | None = None):
         self.service = service
         self.models = models
+        self.admin_token = admin_token
+
+    def _check_admin(self, context: grpc.aio.ServicerContext) -> None:
+        metadata = {key.lower(): value for key, value in (context.invocation_metadata() or ())}
+        check_admin_authorization(metadata.get("authorization"), self.admin_token)
 
     async def _guard(self, context: grpc.aio.ServicerContext, call):
         try:
@@ -258,6 +263,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         async def call():
+            self._check_admin(context)
             await self.service.load_model(request.model_name)
             return pb.RepositoryModelLoadResponse()
 
@@ -265,6 +271,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelUnload(self, request, context):
         async def call():
+            self._check_admin(context)
             await self.service.unload_model(request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
@@ -273,12 +280,16 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
 async def start_grpc_server(
     service: InferenceService, *, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024, workflows: Mapping[str, WorkflowExecutor] | None = None,
+    admin_token: str | None = None,
 ) -> grpc.aio.Server:
-    """Serve `service`'s models and the served `workflows` (by their deployment names) over gRPC."""
+    """Serve `service`'s models and the served `workflows` (by their deployment names) over gRPC.
+    `max_message_bytes` bounds a request as the HTTP frontend's body limit does (answers may be
+    as large as the default, 64 MiB); `admin_token` guards model load and unload as over HTTP."""
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+        options=[("grpc.max_receive_message_length", max_message_bytes),
+                 ("grpc.max_send_message_length", max(max_message_bytes, 64 * 1024 * 1024))]  # fmt: skip
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(service, ServedModels(service, workflows)), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(service, ServedModels(service, workflows), admin_token), server)
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     await server.start()

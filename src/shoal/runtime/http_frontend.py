@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -28,8 +27,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shoal.runtime.codec import decode_http_request, encode_http_response
-from shoal.runtime.endpoints import ServedModels
-from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError, UnauthorizedError
+from shoal.runtime.endpoints import ServedModels, check_admin_authorization
+from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError
 from shoal.runtime.openapi import openapi_document
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
@@ -45,11 +44,7 @@ HEADER_LENGTH = "inference-header-content-length"
 
 def check_admin_token(request: Request, admin_token: str | None) -> None:
     """Management endpoints need 'Authorization: Bearer <token>' when the server has a token."""
-    if admin_token is None:
-        return
-    supplied = request.headers.get("authorization", "")
-    if not secrets.compare_digest(supplied.encode(), f"Bearer {admin_token}".encode()):
-        raise UnauthorizedError("this management endpoint needs 'Authorization: Bearer <token>'")
+    check_admin_authorization(request.headers.get("authorization"), admin_token)
 
 
 def error_response(error: ServingError) -> JSONResponse:

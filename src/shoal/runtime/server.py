@@ -93,7 +93,8 @@ async def serve_forever(
             except ImportError:  # the gRPC frontend is optional until its module exists
                 start_grpc_server = None
             if start_grpc_server is not None:
-                grpc_server = await start_grpc_server(service, host=host, port=grpc_port, workflows=workflows)
+                grpc_server = await start_grpc_server(service, host=host, port=grpc_port, workflows=workflows, max_message_bytes=max_body_bytes,
+                                                        admin_token=admin_token)
         stop = stop_event or asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
