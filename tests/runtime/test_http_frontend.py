@@ -73,6 +73,8 @@ def infer_raw(server, model, body, headers=None):
         ("fixture.rf-16", json.dumps({"inputs": [{"name": "pixels", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}), None, 400, "exactly one input named 'images'"),
         ("fixture.rf-16", json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}], "parameters": {"timeout": -5}}), None, 400, "'timeout' must be a positive number"),
         ("nope", json.dumps({"inputs": []}), None, 404, "model 'nope' is not served"),
+        # a digit str.isdigit takes and int() does not (a 500 before)
+        ("fixture.rf-16", json.dumps({"inputs": []}), {"Inference-Header-Content-Length": "\u00b2".encode("latin-1")}, 400, "must be a non-negative integer"),
         ("fixture.rf-16", b"x" * (1024 * 1024 + 10), None, 413, "exceeds the limit"),
     ],
 )
@@ -252,3 +254,23 @@ def test_a_version_other_than_1_is_a_404_on_every_model_route(server):
     assert wrong.status_code == 404 and "no version '7'" in wrong.json()["error"]
     unknown = httpx.get(f"{server.url}/v2/models/missing/versions/2")
     assert unknown.status_code == 404 and "missing" in unknown.json()["error"] and "no version" not in unknown.json()["error"]
+
+
+def test_a_client_that_leaves_mid_upload_is_no_server_error(fixture_repository_path):
+    """A client gone while its body is read gets nothing back, and the server logs no error (a
+    traceback per hang-up let anyone fill the log)."""
+    import socket
+
+    from .conftest import start_server, stop_server  # noqa: TID252
+
+    server = start_server(fixture_repository_path, "--preload", "fixture.rf-16")
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.http_port)) as connection:
+                connection.sendall(b"POST /v2/models/fixture.rf-16/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"{" * 1000)
+                time.sleep(0.1)
+        time.sleep(0.3)
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    finally:
+        log = stop_server(server)
+    assert "unexpected error" not in log and "Traceback" not in log, log

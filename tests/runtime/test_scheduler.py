@@ -669,3 +669,24 @@ def test_a_sent_ahead_batch_that_fails_early_leaves_the_running_batch_s_time_who
 
     observed = asyncio.run(scenario())
     assert len(observed) == 1 and observed[0] >= 38.0
+
+
+def test_cancelled_requests_are_not_run():
+    """A request whose client went away (its future cancelled) leaves the queue without taking a
+    batch's room or the worker's time."""
+
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=5.0)
+        now = monotonic_ms()
+        futures = [scheduler.submit("v", np.full((1,), float(i), np.float32), now + 1000) for i in range(4)]
+        futures[1].cancel()
+        futures[2].cancel()
+        answered = await asyncio.gather(futures[0], futures[3])
+        only_cancelled = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        only_cancelled.cancel()
+        await asyncio.sleep(0.03)
+        await scheduler.close()
+        return [float(result[0][0]) for result in answered], worker.batches
+
+    answered, batches = asyncio.run(scenario())
+    assert answered == [0.0, 3.0] and batches == [2]

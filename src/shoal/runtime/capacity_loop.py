@@ -304,7 +304,7 @@ def build_app(loop: CapacityLoop, *, interval_s: float | None = None, max_body_b
 
     async def optimize(request: Request) -> Response:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_body_bytes:
             return _error(f"body of {declared} bytes exceeds the limit of {max_body_bytes}", 413)
         chunks, size = [], 0
         async for chunk in request.stream():

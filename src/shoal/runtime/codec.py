@@ -94,14 +94,36 @@ def tensor_from_json(spec: dict[str, Any], binary: memoryview | None = None) -> 
     data = spec.get("data")
     if data is None:
         raise BadRequestError(f"input {name!r}: needs 'data' or parameters.binary_data_size")
-    try:
-        with np.errstate(over="raise", invalid="raise"):  # 1e300 as FP32 is a client error, not inf
-            array = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError, FloatingPointError):
-        raise BadRequestError(f"input {name!r}: 'data' does not hold {spec['datatype']} values (or one is out of its range)") from None
+    array = _values_as(data, dtype, name, spec["datatype"])
     if array.size != count:
         raise BadRequestError(f"input {name!r}: 'data' has {array.size} values but shape {list(shape)} needs {count}")
     return array.reshape(shape)
+
+
+# What JSON values (as numpy reads them) each kind of datatype takes: numbers for numbers, no
+# strings ("nan" would become NaN), no fractions where an integer is due (1.9 would become 1).
+_ACCEPTED_KINDS = {"f": "biuf", "i": "biu", "u": "biu", "b": "b"}
+_KIND_WORDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "true or false"}
+
+
+def _values_as(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.ndarray:
+    """`data` (a JSON list, nested or flat, or a gRPC repeated field) as an array of `dtype`, if
+    every value is one of that datatype's: a client error names the input and the rule."""
+    try:
+        values = np.asarray(data)
+    except (TypeError, ValueError):  # ragged nesting
+        raise BadRequestError(f"input {name!r}: 'data' must be a flat or evenly nested list of {_KIND_WORDS[dtype.kind]}") from None
+    if values.size and values.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        raise BadRequestError(f"input {name!r}: 'data' must hold {_KIND_WORDS[dtype.kind]} for {datatype}, not {values.dtype.kind!r}-kind values such as {values.ravel()[0]!r}")
+    if values.size and dtype.kind in "iu" and values.dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        if values.min() < limits.min or values.max() > limits.max:
+            raise BadRequestError(f"input {name!r}: 'data' has values outside {datatype}'s range [{limits.min}, {limits.max}]")
+    try:
+        with np.errstate(over="raise", invalid="raise"):  # 1e300 as FP32 is a client error, not inf
+            return values.astype(dtype, copy=False)
+    except (TypeError, ValueError, OverflowError, FloatingPointError):
+        raise BadRequestError(f"input {name!r}: 'data' does not hold {datatype} values (or one is out of its range)") from None
 
 
 def decode_http_request(body: bytes, header_length: int | None) -> DecodedRequest:
@@ -135,9 +157,13 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
         parameters = spec.get("parameters") or {}
         size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
         chunk = None
+        if spec.get("name") in inputs:
+            raise BadRequestError(f"input {spec.get('name')!r} is given twice; send each input once")
         if size is not None:
-            if not isinstance(size, int) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadRequestError(f"input {spec.get('name')!r}: binary_data_size must be a non-negative integer")
+            if spec.get("data") is not None:
+                raise BadRequestError(f"input {spec.get('name')!r}: give its values in 'data' or in the binary section (binary_data_size), not both")
             if offset + size > len(binary_part):
                 raise BadRequestError(
                     f"input {spec.get('name')!r}: binary_data_size {size} runs past the end of the body"
@@ -161,7 +187,7 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
         requested.append(output["name"])
         output_parameters = output.get("parameters") or {}
         if isinstance(output_parameters, dict) and "binary_data" in output_parameters:
-            binary_outputs[output["name"]] = bool(output_parameters["binary_data"])
+            binary_outputs[output["name"]] = _flag(output_parameters["binary_data"], f"output {output['name']!r}: parameter 'binary_data'")
     request_id = header.get("id", "")
     return DecodedRequest(
         inputs=inputs,
@@ -169,8 +195,14 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
         parameters=parameters,
         requested_outputs=requested,
         binary_outputs=binary_outputs,
-        binary_by_default=bool(parameters.get("binary_data_output", False)),
+        binary_by_default=_flag(parameters.get("binary_data_output", False), "parameter 'binary_data_output'"),
     )
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequestError(f"{what} must be true or false, got {value!r}")
+    return value
 
 
 def encode_http_response(

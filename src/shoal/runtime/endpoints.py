@@ -143,7 +143,7 @@ class ServedModels:
         stated = requirements(parameters, workflow.deployment.slo_ms)
         statistics = workflow.statistics
         try:
-            result = await workflow.infer(inputs, slo_ms=stated.slo_ms, priority=stated.priority)
+            result = await workflow.infer(inputs, slo_ms=stated.slo_ms, priority=stated.priority, received_ms=received_ms)
         except BadRequestError:  # the client's mistake, not a failure of the workflow
             raise
         except BaseException:  # shed, dropped, a failed stage, or the client went away

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -66,6 +66,9 @@ def guarded(handler):
             return await handler(request)
         except ServingError as error:
             return error_response(error)
+        except ClientDisconnect:  # gone while its body was read: nobody reads this, and it is no server fault
+            logger.debug("client left during its request to %s", request.url.path)
+            return JSONResponse({"error": "client disconnected"}, status_code=400)
         except Exception:
             logger.exception("unexpected error on %s", request.url.path)
             return JSONResponse({"error": "internal server error"}, status_code=500)
@@ -136,7 +139,7 @@ def build_http_app(
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_body_bytes:
             raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {max_body_bytes}")
         chunks, total = [], 0
         async for chunk in request.stream():
@@ -182,8 +185,8 @@ def build_http_app(
         model = versioned_model(request)
         body = await read_body(request)
         header_length = request.headers.get(HEADER_LENGTH)
-        if header_length is not None and not header_length.isdigit():
-            raise BadRequestError("Inference-Header-Content-Length must be a non-negative integer")
+        if header_length is not None and not (header_length.isascii() and header_length.isdigit()):  # str.isdigit takes "²"
+            raise BadRequestError(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length[:40]!r}")
         decoded = decode_http_request(body, int(header_length) if header_length is not None else None)
         answer = await models.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms)
         payload, json_length = encode_http_response(

@@ -227,7 +227,9 @@ class Scheduler:
                 if decision.wait_ms > 0:
                     await _wait(wakeup, decision.wait_ms)
                 continue
-            self._send_batch(worker, queue, queue.take(decision.batch_size), now, start_ms)
+            batch = queue.take(decision.batch_size)
+            if batch:  # else every one was cancelled meanwhile
+                self._send_batch(worker, queue, batch, now, start_ms)
 
     def _send_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], now_ms: float, start_ms: float) -> None:
         """Book the batch on the worker (what admission and the other loops see at once) and run it."""

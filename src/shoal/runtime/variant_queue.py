@@ -157,5 +157,8 @@ class VariantQueue:
         return admitted_per_ms(self._admitted_ms, now_ms)
 
     def take(self, count: int) -> list[QueuedItem]:
+        """The first `count` items, less those already answered: a request whose client went away
+        (or one of whose other items was refused) cancels its items, and running them would only
+        take a batch's room and the worker's time."""
         taken, self.items = self.items[:count], self.items[count:]
-        return taken
+        return [item for item in taken if not item.future.done()]

@@ -231,11 +231,14 @@ class WorkflowExecutor:
             raise BadRequestError(f"a request to workflow {self.deployment.name!r} may carry at most {self.max_request_items} items, got {count}; split it")
         return count
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], *, slo_ms: float | None = None, priority: int = 0) -> WorkflowResult:
-        """Run every item of the request through the DAG; the sinks' outputs in item order."""
+    async def infer(self, inputs: Mapping[str, np.ndarray], *, slo_ms: float | None = None, priority: int = 0,
+                    received_ms: float | None = None) -> WorkflowResult:  # fmt: skip
+        """Run every item of the request through the DAG; the sinks' outputs in item order.
+        `received_ms`: when a frontend got the request (its SLO runs from then, as a model's
+        does); now by default."""
         if not self.started:
             raise OverloadedError(f"workflow {self.deployment.name!r} is not running", retry_after_s=5.0)
-        arrival_ms = monotonic_ms()
+        arrival_ms = monotonic_ms() if received_ms is None else received_ms
         count = self.check_inputs(inputs)
         deadline_ms = arrival_ms + (slo_ms or self.deployment.slo_ms)
         items = [
