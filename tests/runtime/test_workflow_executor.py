@@ -329,3 +329,45 @@ def test_a_workflow_served_beside_models_reads_the_server_s_loop_monitor(pipelin
 
     num_monitors, shared_running, own_task = asyncio.run(run())
     assert num_monitors == 1 and shared_running and own_task is None
+
+
+def test_items_queued_on_a_stage_worker_that_dies_go_to_the_others_even_if_it_cannot_come_back(pipeline, tmp_path):
+    """A stage worker killed with items waiting in its queue, whose replacement cannot load its
+    stage (the model file is gone): those items are run by the task's other workers, and new
+    ones are routed around it. (They used to wait in its queue for ever.)"""
+    import os
+    import shutil
+    import signal
+
+    path, _ = pipeline
+    shutil.copytree(path.parent, tmp_path / "pipeline")
+    deployment, base = load_deployment(tmp_path / "pipeline" / path.name)
+    images = np.random.default_rng(0).integers(0, 255, (256, 3, 128, 128), dtype=np.uint8)
+
+    async def run():
+        executor = WorkflowExecutor(deployment, base)
+        await executor.start()
+        try:
+            victim = next(iter(deployment.tasks["features"].load_shares_rps))
+            key = f"features@{victim}"
+            first = asyncio.ensure_future(executor.infer({"camera": images}, slo_ms=60_000))
+            await asyncio.sleep(0)
+            second = asyncio.ensure_future(executor.infer({"camera": images[:8]}, slo_ms=30_000))
+            for _ in range(2000):  # until the victim has a batch running and items waiting
+                await asyncio.sleep(0.001)
+                if len(executor.scheduler.queues[key]) and executor.scheduler._sent.get(victim):
+                    break
+            queued_at_kill = len(executor.scheduler.queues[key])
+            model = deployment.tasks["features"].model.path
+            os.rename(base / model, base / (model + ".gone"))
+            os.kill(executor.workers[victim].pid, signal.SIGKILL)
+            done, _ = await asyncio.wait({second}, timeout=20)
+            third = await executor.infer({"camera": images[:4]}, slo_ms=30_000)  # routed around it
+            await asyncio.gather(first, return_exceptions=True)
+            return queued_at_kill, bool(done), second.exception() if done else None, third, len(executor.scheduler.queues[key])
+        finally:
+            await executor.stop()
+
+    queued_at_kill, done, error, third, left = asyncio.run(run())
+    assert queued_at_kill > 0 and done and error is None, error
+    assert third.outputs["classify"].shape[0] == 4 and left == 0

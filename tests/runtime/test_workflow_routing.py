@@ -42,3 +42,14 @@ def test_zero_shares_are_never_picked_and_no_positive_share_is_an_error():
     assert router.share("a") == 1.0 and router.share("idle") == 0.0
     with pytest.raises(InvalidInputError, match="no positive entry"):
         SmoothWeightedRoundRobin({"a": 0.0})
+
+
+def test_a_pick_can_leave_out_names_that_cannot_take_it():
+    """A worker that is down sits picks out; the others share them in their own proportions, and
+    with none left there is no pick."""
+    router = SmoothWeightedRoundRobin({"a": 1.0, "b": 1.0, "c": 2.0})
+    picks = [router.pick(lambda name: name != "c") for _ in range(6)]
+    assert sorted(picks) == ["a", "a", "a", "b", "b", "b"]
+    assert router.pick(lambda name: False) is None
+    sequence = [router.pick() for _ in range(400)]  # all back: the planned shares again
+    assert abs(sequence.count("c") - 200) <= 2 and abs(sequence.count("a") - 100) <= 2

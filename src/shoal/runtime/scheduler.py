@@ -301,8 +301,13 @@ class Scheduler:
         """Return a batch that was not sent to its places at the head of its queue, for the
         workers that still hold the variant. (If none does, the unload that took it from the
         last one answers them: `fail_unserved`.)"""
-        queue.requeue(batch)
-        for worker in self.workers_for(queue.key):
+        self.requeue(queue.key, batch)
+
+    def requeue(self, key: str, items: list[QueuedItem]) -> None:
+        """Queue items taken from elsewhere (another worker's queue) in their places in `key`'s
+        queue, admitted already; the workers that hold `key` are woken."""
+        self.queues[key].requeue(items)
+        for worker in self.workers_for(key):
             self._wakeups[worker.worker_id].set()
 
     def fail_unserved(self, key: str) -> None:

@@ -29,7 +29,7 @@ from shoal.core.models import Profile
 from shoal.profiler.measure import summarise_latencies
 from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
 from shoal.runtime.batch_block import BATCH_SLOTS
-from shoal.runtime.errors import BadRequestError, OverloadedError
+from shoal.runtime.errors import BadRequestError, ModelNotReadyError, OverloadedError
 from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler, monotonic_ms
@@ -143,11 +143,37 @@ class WorkflowExecutor:
         return self.backend.new_worker(self._spec(worker), on_exit=self._on_worker_exit)
 
     def _on_worker_exit(self, handle) -> None:
-        """A stage worker died: its in-flight items already got errors; bring it back with its stages."""
+        """A stage worker died: its in-flight items already got errors, its queued ones go to the
+        other workers of their tasks (`_hand_over`); bring it back with its stages."""
         if self.started:
+            for task_name, task in self.deployment.tasks.items():
+                if handle.worker_id in task.load_shares_rps:
+                    self._hand_over(task_name, handle.worker_id)
             task = asyncio.get_running_loop().create_task(self._restart(handle.worker_id))
             self._restarts.add(task)
             task.add_done_callback(self._restarts.discard)
+
+    def _serves(self, task_name: str, worker: str) -> bool:
+        """The worker is running and holds the task's stage (a replacement that could not load it does not)."""
+        handle = self.workers.get(worker)
+        return handle is not None and handle.alive and queue_key(task_name, worker) in handle.loaded_variants
+
+    def _hand_over(self, task_name: str, worker: str) -> None:
+        """Move what waits in `worker`'s queue for `task_name` to the other workers serving that
+        task, in planned shares; with none, answer it now (ModelNotReadyError). Nothing else
+        would: a queue is only ever taken by its own worker."""
+        queue = self.scheduler.queues.get(queue_key(task_name, worker))
+        if queue is None or not len(queue):
+            return
+        stranded = queue.take(len(queue))
+        router = self.routers[task_name]
+        for item in stranded:
+            sibling = router.pick(lambda other: other != worker and self._serves(task_name, other))
+            if sibling is None:
+                if not item.future.done():
+                    item.future.set_exception(ModelNotReadyError(f"the worker of task {task_name!r} that held this item stopped and no other serves the task; retry shortly"))
+                continue
+            self.scheduler.requeue(queue_key(task_name, sibling), [item])
 
     async def _restart(self, worker: str) -> None:
         def failed(error: Exception, retry_in_s: float) -> None:
@@ -161,6 +187,7 @@ class WorkflowExecutor:
         for task_name, outcome in zip(stages, outcomes):
             if isinstance(outcome, BaseException):  # the worker serves the stages that did load
                 logger.error("stage worker %s: could not reload %s after its restart: %s", worker, task_name, outcome)
+                self._hand_over(task_name, worker)  # items routed to it while it restarted
         self.scheduler.attach_worker(handle)
         self.metrics.worker_restarts.inc()
 
@@ -276,7 +303,9 @@ class WorkflowExecutor:
                 tensor = parents[0] if len(parents) == 1 else np.concatenate([p.reshape(-1) for p in parents])
             if tuple(tensor.shape) != task.model.item_shape:
                 raise BadRequestError(f"task {task_name!r} expects items of shape {list(task.model.item_shape)}, its inputs give {list(tensor.shape)}")
-            worker = self.routers[task_name].pick()
+            worker = self.routers[task_name].pick(lambda worker: self._serves(task_name, worker))
+            if worker is None:
+                raise ModelNotReadyError(f"no worker of task {task_name!r} is serving right now (a stage worker is being restarted); retry shortly")
             placed[task_name] = worker
             admit_by_ms = deadline_ms - self._downstream_ms.get(task_name, 0.0)
             future = self.scheduler.submit(queue_key(task_name, worker), np.ascontiguousarray(tensor), deadline_ms, priority, admit_by_ms=admit_by_ms)

@@ -9,7 +9,7 @@ one request of n x its share. Weights may be any positive floats.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from shoal.core.errors import InvalidInputError
 
@@ -27,11 +27,16 @@ class SmoothWeightedRoundRobin:
         self._total = sum(positive.values())
         self._current = dict.fromkeys(positive, 0.0)
 
-    def pick(self) -> str:
-        for name, weight in self.weights.items():
-            self._current[name] += weight
-        chosen = max(self._current, key=self._current.__getitem__)
-        self._current[chosen] -= self._total
+    def pick(self, usable: Callable[[str], bool] | None = None) -> str | None:
+        """The next name; with `usable`, the next among the names it accepts (the others sit this
+        pick out, so the usable ones share in their own proportions), or None when it accepts none."""
+        names = list(self.weights) if usable is None else [name for name in self.weights if usable(name)]
+        if not names:
+            return None
+        for name in names:
+            self._current[name] += self.weights[name]
+        chosen = max(names, key=self._current.__getitem__)
+        self._current[chosen] -= self._total if usable is None else sum(self.weights[name] for name in names)
         return chosen
 
     def share(self, name: str) -> float:
