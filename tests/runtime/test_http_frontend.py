@@ -274,3 +274,27 @@ def test_a_client_that_leaves_mid_upload_is_no_server_error(fixture_repository_p
     finally:
         log = stop_server(server)
     assert "unexpected error" not in log and "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_from_tritonclient_get_the_same_numbers(server, algorithm):
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    images = np.random.default_rng(5).random((2, 3, 32, 32), dtype=np.float32)
+    tensor = triton_http.InferInput("images", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    result = client.infer("fixture.rf-32", [tensor], request_compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("logits"), reference_logits(server.repository, "rf-32", images), rtol=1e-5, atol=1e-5)
+
+
+def test_bodies_in_other_encodings_or_that_inflate_past_the_limit_are_refused(server):
+    import gzip
+
+    body = json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}).encode()
+    response = infer_raw(server, "fixture.rf-16", body, {"Content-Encoding": "br"})
+    assert response.status_code == 415 and "gzip or deflate" in response.json()["error"]
+    bomb = gzip.compress(b" " * (2 * 1024 * 1024))  # the server's limit is 1 MiB; this is ~2 KB sent
+    response = infer_raw(server, "fixture.rf-16", bomb, {"Content-Encoding": "gzip"})
+    assert response.status_code == 413 and "once decompressed" in response.json()["error"]
+    response = infer_raw(server, "fixture.rf-16", gzip.compress(body)[:-12], {"Content-Encoding": "gzip"})
+    assert response.status_code == 400 and "gzip" in response.json()["error"]
+    assert infer_raw(server, "fixture.rf-16", gzip.compress(body), {"Content-Encoding": "gzip"}).status_code == 200

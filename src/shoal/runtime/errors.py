@@ -57,6 +57,13 @@ class PayloadTooLargeError(ServingError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class UnsupportedEncodingError(ServingError):
+    """A request body in a Content-Encoding the server does not read."""
+
+    http_status = 415
+    grpc_code = "INVALID_ARGUMENT"
+
+
 class ModelNotReadyError(ServingError):
     """The model exists but is not loaded (or is still warming up)."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shoal.runtime.codec import decode_http_request, encode_http_response
 from shoal.runtime.endpoints import ServedModels, check_admin_authorization
-from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError
+from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError, UnsupportedEncodingError
 from shoal.runtime.openapi import openapi_document
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
@@ -55,6 +56,33 @@ def error_response(error: ServingError) -> JSONResponse:
     if isinstance(error, RequirementsUnmetError):
         body["alternatives"] = error.alternatives
     return JSONResponse(body, status_code=error.http_status, headers=headers)
+
+
+_DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "identity": None}
+"""Content-Encoding -> zlib's wbits: the request compressions tritonclient.http offers
+(`request_compression_algorithm`), as Triton reads them; Inference-Header-Content-Length then
+counts the decompressed body."""
+
+
+def decompress_body(body: bytes, encoding: str, max_body_bytes: int) -> bytes:
+    """The body as sent before its Content-Encoding, bounded by the body limit after
+    decompression too (a few kilobytes of gzip can hold gigabytes)."""
+    name = encoding.strip().lower()
+    if name not in _DECOMPRESSORS:
+        raise UnsupportedEncodingError(f"Content-Encoding {encoding[:40]!r} is not supported; send the body as is, gzip or deflate")
+    wbits = _DECOMPRESSORS[name]
+    if wbits is None:
+        return body
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        plain = decompressor.decompress(body, max_body_bytes + 1)
+    except zlib.error as error:
+        raise BadRequestError(f"request body is not valid {name} data ({error})") from None
+    if len(plain) > max_body_bytes or decompressor.unconsumed_tail:
+        raise PayloadTooLargeError(f"request body exceeds the limit of {max_body_bytes} bytes once decompressed")
+    if not decompressor.eof:
+        raise BadRequestError(f"request body ends in the middle of its {name} data")
+    return plain
 
 
 def guarded(handler):
@@ -147,7 +175,9 @@ def build_http_app(
             if total > max_body_bytes:
                 raise PayloadTooLargeError(f"request body exceeds the limit of {max_body_bytes} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding")
+        return body if encoding is None else decompress_body(body, encoding, max_body_bytes)
 
     async def server_metadata(request: Request) -> Response:
         return JSONResponse(service.server_metadata())
