@@ -73,16 +73,41 @@ def test_values_a_datatype_takes_still_decode():
     assert decoded.inputs["d"].dtype == np.bool_ and decoded.inputs["e"].shape == (0,)
 
 
-def test_grpc_typed_contents_decode_like_raw_contents():
-    from shoal.runtime.grpc_frontend import decode_grpc_inputs
-    from shoal.runtime.proto import grpc_service_pb2 as pb
+def _in_fresh_interpreter(code: str) -> str:
+    """shoal's gRPC messages share their proto names with tritonclient.grpc's, which other tests
+    of this process import: the gRPC decoding is tried in a process of its own (as the server is)."""
+    import subprocess
+    import sys
+    import textwrap
 
-    values = np.random.default_rng(3).random((2, 3), dtype=np.float32)
-    typed = pb.ModelInferRequest(inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[2, 3])])
-    typed.inputs[0].contents.fp32_contents.extend(values.ravel().tolist())
-    raw = pb.ModelInferRequest(inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[2, 3])], raw_input_contents=[values.tobytes()])
-    np.testing.assert_array_equal(decode_grpc_inputs(typed)["x"], decode_grpc_inputs(raw)["x"])
-    small = pb.ModelInferRequest(inputs=[pb.ModelInferRequest.InferInputTensor(name="y", datatype="INT8", shape=[2])])
-    small.inputs[0].contents.int_contents.extend([5, 300])  # int_contents carries INT8..INT32
-    with pytest.raises(BadRequestError, match="outside INT8's range"):
-        decode_grpc_inputs(small)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_grpc_typed_contents_decode_like_raw_contents_and_raw_lengths_are_named_as_sent():
+    out = _in_fresh_interpreter("""
+        import numpy as np
+        from shoal.runtime.errors import BadRequestError
+        from shoal.runtime.grpc_frontend import decode_grpc_inputs
+        from shoal.runtime.proto import grpc_service_pb2 as pb
+
+        def tensor(name, datatype, shape):
+            return pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+
+        values = np.random.default_rng(3).random((2, 3), dtype=np.float32)
+        typed = pb.ModelInferRequest(inputs=[tensor("x", "FP32", [2, 3])])
+        typed.inputs[0].contents.fp32_contents.extend(values.ravel().tolist())
+        raw = pb.ModelInferRequest(inputs=[tensor("x", "FP32", [2, 3])], raw_input_contents=[values.tobytes()])
+        print(bool(np.array_equal(decode_grpc_inputs(typed)["x"], decode_grpc_inputs(raw)["x"])))
+        small = pb.ModelInferRequest(inputs=[tensor("y", "INT8", [2])])
+        small.inputs[0].contents.int_contents.extend([5, 300])  # int_contents carries INT8..INT32
+        for request in (small, pb.ModelInferRequest(inputs=[tensor("x", "FP32", [2, 3])], raw_input_contents=[b"0" * 20])):
+            try:
+                decode_grpc_inputs(request)
+            except BadRequestError as error:
+                print(error.message)
+    """).splitlines()
+    assert out[0] == "True"
+    assert "outside INT8's range" in out[1]
+    assert "raw_input_contents[0] is 20 bytes but shape [2, 3] of FP32 needs 24" in out[2]

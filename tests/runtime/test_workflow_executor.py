@@ -152,6 +152,14 @@ def _minimal(**changes) -> dict:
         ({"tasks": {"classify": {**_minimal()["tasks"]["classify"], "load_shares_rps": {"w0": 0}}}}, "must be > 0"),
         ({"slo_ms": -1}, "slo_ms"),
         ({"name": "../escape"}, "not a valid name"),
+        ({"sources": {"camera": {"item_shape": [3, 0, 16], "rate_rps": 5}}}, "every dimension must be >= 1"),
+        # a source-fed stage whose items would never fit it: every request would fail there
+        ({"sources": {"camera": {"item_shape": [3, 32, 32], "rate_rps": 5}}}, r"item_shape is \[3, 16, 16\] but source 'camera' gives it \[3, 32, 32\]"),
+        ({"tasks": {"classify": {**_minimal()["tasks"]["classify"], "model": {**_minimal()["tasks"]["classify"]["model"], "resize_to_px": 8}}}},
+         r"gives it \[3, 8, 8\] after resize_to_px"),
+        ({"sources": {"camera": {"item_shape": [16, 16], "rate_rps": 5}},
+          "tasks": {"classify": {**_minimal()["tasks"]["classify"], "model": {**_minimal()["tasks"]["classify"]["model"], "resize_to_px": 16}}}},
+         "resizes square images"),
     ],
 )
 def test_bad_deployment_files_name_the_field(tmp_path, changes, message):

@@ -77,8 +77,9 @@ def _datatype(value: Any, tensor: str) -> np.dtype:
     return DATATYPE_TO_NUMPY[value]
 
 
-def tensor_from_json(spec: dict[str, Any], binary: memoryview | None = None) -> np.ndarray:
-    """Build an array from one `inputs[]` entry, with its data inline or in the binary section."""
+def tensor_from_json(spec: dict[str, Any], binary: memoryview | None = None, binary_field: str = "binary_data_size") -> np.ndarray:
+    """Build an array from one `inputs[]` entry, with its data inline or in the binary section
+    (`binary_field`: what the client called the binary part, for the error message)."""
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequestError("every input needs a non-empty string 'name'")
@@ -88,7 +89,7 @@ def tensor_from_json(spec: dict[str, Any], binary: memoryview | None = None) -> 
     if binary is not None:
         if len(binary) != count * dtype.itemsize:
             raise BadRequestError(
-                f"input {name!r}: binary_data_size is {len(binary)} bytes but shape {list(shape)} of {spec['datatype']} needs {count * dtype.itemsize}"
+                f"input {name!r}: {binary_field} is {len(binary)} bytes but shape {list(shape)} of {spec['datatype']} needs {count * dtype.itemsize}"
             )
         return np.frombuffer(binary, dtype=dtype).reshape(shape)
     data = spec.get("data")

@@ -83,7 +83,7 @@ def decode_grpc_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     for index, tensor in enumerate(request.inputs):
         spec = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         if raw:
-            inputs[tensor.name] = tensor_from_json(spec, memoryview(raw[index]))
+            inputs[tensor.name] = tensor_from_json(spec, memoryview(raw[index]), f"raw_input_contents[{index}]")
         else:
             field = _CONTENT_FIELDS.get(tensor.datatype)
             if field is None:

@@ -53,6 +53,8 @@ class SourceSpec(_Model):
     item_shape: tuple[int, ...] = Field(min_length=1, description="one request's tensor, without the batch axis")
     rate_rps: float = Field(gt=0, description="the injection rate the plan was made for")
 
+    _positive = field_validator("item_shape")(StageModel._positive.__func__)
+
 
 class TaskDeployment(_Model):
     inputs: tuple[str, ...] = Field(min_length=1, description="sources or tasks; several make a join")
@@ -67,6 +69,21 @@ class TaskDeployment(_Model):
             if not share > 0:
                 raise ValueError(f"the share of worker {worker!r} must be > 0 requests/s, got {share}")
         return value
+
+
+def _check_source_fits(task_name: str, model: StageModel, source_name: str, source: SourceSpec) -> None:
+    """A task fed by a source gets the source's items, area-resized to `resize_to_px` if set:
+    that must be the stage's `item_shape`, or every request would fail at that stage."""
+    shape = source.item_shape
+    if model.resize_to_px is not None:
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ValueError(f"tasks.{task_name}.model.resize_to_px resizes square images [C, S, S], but source {source_name!r} gives {list(shape)}")
+        shape = (shape[0], model.resize_to_px, model.resize_to_px)
+    if tuple(shape) != tuple(model.item_shape):
+        raise ValueError(
+            f"tasks.{task_name}.model.item_shape is {list(model.item_shape)} but source {source_name!r} gives it {list(shape)}"
+            f"{' after resize_to_px' if model.resize_to_px is not None else ''}; make them agree (or set resize_to_px)"
+        )
 
 
 class WorkflowDeployment(_Model):
@@ -98,6 +115,8 @@ class WorkflowDeployment(_Model):
                 raise ValueError(
                     f"tasks.{task_name}: a join concatenates task outputs; it cannot also take source {from_sources[0]!r}"
                 )
+            if from_sources:
+                _check_source_fits(task_name, task.model, from_sources[0], self.sources[from_sources[0]])
         try:
             TopologicalSorter({name: task.inputs for name, task in self.tasks.items()}).prepare()
         except CycleError as error:

@@ -29,7 +29,7 @@ from shoal.core.models import Profile
 from shoal.profiler.measure import summarise_latencies
 from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
 from shoal.runtime.batch_block import BATCH_SLOTS
-from shoal.runtime.errors import BadRequestError, ModelNotReadyError, OverloadedError
+from shoal.runtime.errors import BadRequestError, ModelNotReadyError, OverloadedError, ServingError
 from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler, monotonic_ms
@@ -302,7 +302,11 @@ class WorkflowExecutor:
                 parents = [await results[parent] for parent in task.inputs]  # the join, by request id
                 tensor = parents[0] if len(parents) == 1 else np.concatenate([p.reshape(-1) for p in parents])
             if tuple(tensor.shape) != task.model.item_shape:
-                raise BadRequestError(f"task {task_name!r} expects items of shape {list(task.model.item_shape)}, its inputs give {list(tensor.shape)}")
+                # The request's sources were checked (`check_inputs`) and the deployment's
+                # source-fed stages at load: what reaches here is a parent stage's output that
+                # does not fit, the deployment's fault and not the client's.
+                raise ServingError(f"workflow {self.deployment.name!r}: task {task_name!r} expects items of shape "
+                                   f"{list(task.model.item_shape)} but its inputs give {list(tensor.shape)}; fix the deployment's item_shape")  # fmt: skip
             worker = self.routers[task_name].pick(lambda worker: self._serves(task_name, worker))
             if worker is None:
                 raise ModelNotReadyError(f"no worker of task {task_name!r} is serving right now (a stage worker is being restarted); retry shortly")
