@@ -155,3 +155,113 @@ def test_edge_runs_report_worker_utilisation_from_the_servers_metrics(edge_serve
     assert summary["frames"] == 60 and summary["answered"] > 0
     assert set(summary["worker_utilisation"]) == {"w0"}
     assert 0.0 < summary["worker_utilisation"]["w0"] < 1.0
+
+
+def _raw_websocket(server, *, receive_buffer_bytes: int | None = None):
+    """A bare socket through the WebSocket handshake, for clients no library would be: one that
+    leaves at once, one that never reads."""
+    import base64
+    import os
+    import socket as sockets
+
+    raw = sockets.socket()
+    if receive_buffer_bytes is not None:
+        raw.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, receive_buffer_bytes)
+    raw.connect(("127.0.0.1", server.http_port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw.sendall(f"GET {EDGE_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 101")
+    return raw
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    import os
+    import struct
+
+    mask, size = os.urandom(4), len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
+    return bytes([0x80 | opcode]) + length + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+
+
+def test_a_client_that_leaves_as_it_registers_leaves_no_session_behind(edge_server):
+    import struct
+    import time
+
+    register = {"type": "register", "client": "leaver", "model": "fixture", "slo_ms": 100, "fps": 10, "bandwidth_mbps": 20}
+    raw = _raw_websocket(edge_server)
+    raw.sendall(_client_frame(1, json.dumps(register).encode()) + _client_frame(8, struct.pack(">H", 1000)))  # register, then close
+    time.sleep(0.3)
+    raw.close()
+    time.sleep(0.5)
+    with connect(_ws_url(edge_server)) as socket:  # the name is free again
+        _register(socket, client="leaver")
+        assert _receive_until(socket, "registered")["client"] == "leaver"
+
+
+def test_a_client_that_never_reads_holds_no_one_else_s_assignment_and_an_operator_s_unload_holds(fixture_repository_path):
+    """The operator unloads the variant the sessions use: every session, one whose socket is full
+    included, gets a new assignment; that one's waits for it alone (the planning loop never waits
+    on a client's socket), a session arriving next is assigned at once, and the planner does not
+    bring the unloaded variant back."""
+    import threading
+    import time
+
+    import httpx
+
+    server = start_server(fixture_repository_path, "--edge-interval-s", str(INTERVAL_S))
+    hog = None
+    try:
+        with connect(_ws_url(server)) as first:
+            _register(first, client="reader-1")
+            variant = _receive_until(first, "assignment")["variant"]
+            register = {"type": "register", "client": "hog", "model": "fixture", "slo_ms": 100, "fps": 10, "bandwidth_mbps": 20}
+            hog = _raw_websocket(server, receive_buffer_bytes=4096)
+            header = json.dumps({"seq": 0, "shape": [3, 1, 1], "budget_ms": -1}).encode()
+            tiny = _client_frame(2, len(header).to_bytes(4, "big") + header + b"\0\0\0")
+            flood = _client_frame(1, json.dumps(register).encode()) + tiny * 80_000  # its answers (~8 MB) pile up unread, past the kernel's buffers
+
+            def send_flood() -> None:  # blocks once the server stops reading it; ends when the socket closes
+                try:
+                    hog.sendall(flood)
+                except OSError:
+                    pass
+
+            threading.Thread(target=send_flood, daemon=True).start()
+            time.sleep(2.0)
+            assert httpx.post(f"{server.url}/v2/repository/models/{variant}/unload", timeout=30).status_code == 200
+            moved = _receive_until(first, "assignment")["variant"]
+            with connect(_ws_url(server)) as second:
+                started = time.monotonic()
+                _register(second, client="reader-2")
+                assert _receive_until(second, "assignment")["variant"] != variant
+                waited_s = time.monotonic() - started
+            time.sleep(3 * INTERVAL_S)
+            still_unloaded = httpx.get(f"{server.url}/v2/models/{variant}/ready").status_code == 503
+        hog.shutdown(2)  # socket.SHUT_RDWR: wakes the flood's sendall; its unread answers make the close a reset
+        hog.close()
+        hog = None
+        released = False  # the stuck session is let go once its client is gone: its name is free again
+        deadline = time.monotonic() + 10.0
+        while not released and time.monotonic() < deadline:
+            with connect(_ws_url(server)) as again:
+                _register(again, client="hog")
+                released = json.loads(again.recv(timeout=5))["type"] == "registered"
+            time.sleep(0.1)
+    finally:
+        if hog is not None:
+            hog.close()
+        stop_server(server)
+    assert moved != variant and waited_s < 5.0 and still_unloaded and released
+
+
+def test_frame_errors_name_their_frame_and_huge_numbers_do_not_end_the_session(edge_server):
+    with connect(_ws_url(edge_server)) as socket:
+        _register(socket, client="cam-errors")
+        _receive_until(socket, "assignment")
+        socket.send(encode_frame(7, np.zeros((3, 8, 4), dtype=np.uint8), 80.0))  # not square
+        error = _receive_until(socket, "error")
+        assert error["seq"] == 7 and "'shape'" in error["message"]
+        socket.send('{"type": "ping", "id": ' + "9" * 5000 + "}")  # past Python's digit limit for int()
+        assert "JSON" in _receive_until(socket, "error")["message"]
+        socket.send('{"type": "ping", "id": 6}')
+        assert _receive_until(socket, "pong")["id"] == 6

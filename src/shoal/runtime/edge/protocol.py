@@ -52,7 +52,12 @@ MAX_HEADER_BYTES = 4096
 
 
 class ProtocolError(ValueError):
-    """A message that does not follow this module's format; the text names the field."""
+    """A message that does not follow this module's format; the text names the field. `seq`: the
+    frame's, when its header could be read (the error answers that frame)."""
+
+    def __init__(self, message: str, seq: int | None = None):
+        super().__init__(message)
+        self.seq = seq
 
 
 class _Message(BaseModel):
@@ -108,6 +113,8 @@ def parse_client_message(text: str) -> _Message:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ProtocolError(f"text messages must be JSON objects ({error.msg} at position {error.pos})") from None
+    except ValueError as error:  # an integer past Python's digit limit, say
+        raise ProtocolError(f"text messages must be JSON objects ({error})") from None
     if not isinstance(data, dict) or data.get("type") not in _CLIENT_MESSAGES:
         raise ProtocolError(f"field 'type' must be one of {', '.join(_CLIENT_MESSAGES)}")
     try:
@@ -140,12 +147,13 @@ def decode_frame(data: bytes, *, channels: int, max_side_px: int) -> tuple[Frame
         raise ProtocolError(f"frame header: {_describe(error)}") from None
     c, height, width = header.shape
     if c != channels or height != width or not 1 <= height <= max_side_px:
-        raise ProtocolError(f"frame {header.seq}: 'shape' must be [{channels}, S, S] with 1 <= S <= {max_side_px}, got {list(header.shape)}")
+        raise ProtocolError(f"frame {header.seq}: 'shape' must be [{channels}, S, S] with 1 <= S <= {max_side_px}, got {list(header.shape)}", header.seq)
     payload = memoryview(data)[_LENGTH.size + header_length :]
     pixel_bytes = c * height * width
     if len(payload) != pixel_bytes + header.padding:
         raise ProtocolError(
-            f"frame {header.seq}: {len(payload)} bytes after the header, but shape {list(header.shape)} and padding {header.padding} need {pixel_bytes + header.padding}"
+            f"frame {header.seq}: {len(payload)} bytes after the header, but shape {list(header.shape)} and padding {header.padding} need {pixel_bytes + header.padding}",
+            header.seq,
         )
     return header, np.frombuffer(payload[:pixel_bytes], dtype=np.uint8).reshape(header.shape)
 

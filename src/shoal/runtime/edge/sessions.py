@@ -57,6 +57,26 @@ class EdgeSession:
     send: Send
     per_query: bool = False
     instruction: ClientInstruction | None = None
+    _outbox: dict[str, Any] | None = field(default=None, repr=False)
+    _posted: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def post(self, message: dict[str, Any]) -> None:
+        """Leave `message` for the session's own sender (`deliver`), replacing one it has not sent
+        yet. The planning loop serves every session and must never wait on one client's socket:
+        a client that stops reading (its buffers full) held every other session's re-plan for as
+        long as it stayed connected."""
+        self._outbox = message
+        self._posted.set()
+
+    async def deliver(self) -> None:
+        """Send what `post` leaves, the latest only, until cancelled or the socket fails; run by
+        the session's connection."""
+        while True:
+            await self._posted.wait()
+            self._posted.clear()
+            message, self._outbox = self._outbox, None
+            if message is not None:
+                await self.send(message)
 
     def live(self) -> EdgeClient:
         current = self.instruction.variant if self.instruction else None
@@ -108,14 +128,15 @@ class EdgeSessionManager:
             request.client, family.name, request.slo_ms, request.fps, request.bandwidth_mbps, request.rtt_ms, request.pin_variant, send,
             per_query=request.selection == "per_query",
         )
-        self.sessions[session.name] = session
         if session.pinned_variant:
             variant = self.service.variants[session.pinned_variant]
             session.instruction = ClientInstruction(variant.key, variant.variant.input_size_px, 0.0, True, "pinned")
         elif session.per_query:
             session.instruction = ClientInstruction(family.name, family.source_image_px, 0.0, True, "per query")
+        ladder = fallback_ladder(self._live_variants(family.name), self.server_overhead_ms)
+        self.sessions[session.name] = session  # last: nothing above left a session behind when it raised
         self._wake.set()
-        return session, fallback_ladder(self._live_variants(family.name), self.server_overhead_ms)
+        return session, ladder
 
     def unregister(self, session: EdgeSession) -> None:
         if self.sessions.get(session.name) is session:
@@ -184,8 +205,8 @@ class EdgeSessionManager:
         device = Device.parse(self.service.config.device)
         variants = []
         for key, served in self.service.variants.items():
-            if served.family.name != family:
-                continue
+            if served.family.name != family or key in self.service.operator_unloaded:
+                continue  # an operator's unload holds until an explicit load, as for the controller
             if key not in self._profiles:  # the stored profile, read once; else the worker's warm-up
                 self._profiles[key] = self.service.repository.load_profile(family, served.variant.name, device)
             profile = self._profiles[key] or served.latency
@@ -216,9 +237,12 @@ class EdgeSessionManager:
         variants = self._live_variants(family)
         if not variants:
             return
-        loaded = tuple(key for key in self.service.variants if self.service.scheduler.workers_for(key))
+        live = {variant.key for variant in variants}
+        loaded = tuple(key for key in self.service.variants if key in live and self.service.scheduler.workers_for(key))
+        # A worker's last planned variant may have left the plannable ones since (an operator
+        # unloaded it): the planner then sees that worker as holding nothing it may plan with.
         workers = [
-            EdgeWorker(name, self.service.config.device, state.worker_variants.get(name), loaded)
+            EdgeWorker(name, self.service.config.device, current if (current := state.worker_variants.get(name)) in live else None, loaded)
             for name in sorted(self.service.manager.workers)
         ]
         overhead_ms = self.server_overhead_ms
@@ -241,7 +265,7 @@ class EdgeSessionManager:
             session.instruction = instruction
             if changed_variant or not instruction.served:
                 logger.info("edge: %s -> %s at %d px (%s)", session.name, instruction.variant, instruction.input_size_px, instruction.reason or "planned")
-            await _send_quietly(session, assignment_message(instruction))
+            session.post(assignment_message(instruction))
 
     def close(self) -> None:
         """Stop the planner process (the server is shutting down)."""
@@ -282,8 +306,3 @@ def assignment_message(instruction: ClientInstruction) -> dict[str, Any]:
     }
 
 
-async def _send_quietly(session: EdgeSession, message: dict[str, Any]) -> None:
-    try:
-        await session.send(message)
-    except Exception:  # the socket closed under us; its handler unregisters the session
-        logger.debug("edge: could not send to %s", session.name, exc_info=True)

@@ -41,6 +41,7 @@ def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, m
             session = await _register(websocket, manager, send)
             if session is None:
                 return
+            in_flight.add(asyncio.create_task(session.deliver(), name=f"edge-assignments-{session.name}"))
             family = manager.service.families[session.family]
 
             async def answer(header, pixels) -> None:
@@ -66,7 +67,10 @@ def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, m
                     try:
                         header, pixels = decode_frame(data, channels=family.input_channels, max_side_px=family.source_image_px)
                     except ProtocolError as error:
-                        await send({"type": "error", "message": str(error)})
+                        reply = {"type": "error", "message": str(error)}
+                        if error.seq is not None:  # the header was read: the client can match the answer to its frame
+                            reply["seq"] = error.seq
+                        await send(reply)
                         continue
                     await send({"type": "ack", "seq": header.seq})
                     if len(in_flight) >= max_frames_in_flight:
@@ -114,16 +118,20 @@ async def _register(websocket: WebSocket, manager: EdgeSessionManager, send) -> 
         await send({"type": "error", "message": text})
         await websocket.close(code=POLICY_VIOLATION, reason=text[:120])
         return None
-    await send(
-        {
-            "type": "registered",
-            "client": session.name,
-            "ladder": [
-                {"input_size": step.input_size_px, "variant": step.variant, "accuracy": step.accuracy, "server_ms": step.server_ms}
-                for step in ladder
-            ],
-        }
-    )
-    if session.instruction is not None:  # pinned and per-query sessions need no plan
-        await send(assignment_message(session.instruction))
+    try:
+        await send(
+            {
+                "type": "registered",
+                "client": session.name,
+                "ladder": [
+                    {"input_size": step.input_size_px, "variant": step.variant, "accuracy": step.accuracy, "server_ms": step.server_ms}
+                    for step in ladder
+                ],
+            }
+        )
+        if session.instruction is not None:  # pinned and per-query sessions need no plan
+            await send(assignment_message(session.instruction))
+    except BaseException:  # gone before it heard back: its name must not stay taken, nor its fps planned
+        manager.unregister(session)
+        raise
     return session
