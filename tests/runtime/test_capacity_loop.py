@@ -366,3 +366,51 @@ def test_shoal_plan_capacity_serve_answers_optimize(small_dir):
         process.terminate()
         output = process.communicate(timeout=20)[0]
     assert "shoal capacity loop on http://127.0.0.1:" in output and "POST /optimize only" in output
+
+
+def test_a_failed_replica_read_changes_nothing_and_keeps_the_pending_scale_down(tmp_path):
+    """One failed read of the runtime's replica counts (a 503 while it loads, say) fails that
+    cycle's collect stage: it used to read as 'count unknown' and apply the planner's count at
+    once, past the scale-down delay and the step bounds."""
+    import asyncio
+
+    document = {
+        "system": {"accelerators": [{"name": "cpu-worker", "type": "cpu", "cost_cents_per_hour": 1}],
+                   "capacity": {"cpu": 1000},
+                   "models": [{"name": "fixture.rf-32", "accelerator": "cpu-worker", "batch_latency_ms": {1: 2000}}],
+                   "service_classes": [{"name": "default", "priority": 1, "targets": [{"model": "fixture.rf-32", "latency_ms": 5000}]}],
+                   "servers": [{"name": "rf32", "service_class": "default", "model": "fixture.rf-32", "arrival_rate_rps": 0}]},
+        "variants": {"fixture.rf-32": {"server": "rf32"}},
+        "hysteresis": {"scale_down_delay_s": 300},
+    }
+    path = tmp_path / "control.yaml"
+    path.write_text(yaml.safe_dump(document))
+    replicas, posts, failing = {"fixture.rf-32": 4}, [], {"read": False}
+
+    def runtime_answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text="")
+        if request.url.path == "/v2/repository/replicas":
+            return httpx.Response(503, json={"error": "busy"}) if failing["read"] else httpx.Response(200, json=replicas)
+        if request.method == "POST" and request.url.path.endswith("/replicas"):
+            posts.append(json.loads(request.content)["replicas"])
+            return httpx.Response(200, json={"replicas": posts[-1]})
+        return httpx.Response(404)
+
+    async def scenario():
+        client = httpx.AsyncClient(transport=httpx.MockTransport(runtime_answer))
+        now = [0.0]
+        loop = CapacityLoop(spec=load_control_file(path), runtime_url="http://runtime", client=client, clock=lambda: now[0],
+                            actuator=RuntimeReplicaActuator("http://runtime", client=client))  # fmt: skip
+        await loop.take_baseline()
+        reports = []
+        for failed_read in (False, True, False):
+            now[0] += 10.0
+            failing["read"] = failed_read
+            reports.append(await loop.cycle())
+        return reports
+
+    first, failed, third = asyncio.run(scenario())
+    assert first["ok"] and "waits" in first["decided"][0]["reason"]  # idle: a scale-down, delayed
+    assert not failed["ok"] and failed["stage"] == "collect" and "replicas" in failed["error"]
+    assert third["ok"] and "waits" in third["decided"][0]["reason"] and posts == []

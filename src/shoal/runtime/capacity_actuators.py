@@ -1,7 +1,8 @@
 """Where the capacity loop's replica targets go: the runtime's workers, or Kubernetes.
 
 One small interface, `ReplicaActuator`: `current_replicas` (what runs now, per planner server;
-None where unknown) and `apply` (move servers to their targets; every change gets a result,
+None where it is never known; CollectError when the backend could not be read, so that the
+cycle changes nothing) and `apply` (move servers to their targets; every change gets a result,
 never an exception). Two implementations:
 
 - `RuntimeReplicaActuator`: shoal's own runtime through its replica extension
@@ -33,6 +34,7 @@ import httpx
 
 from shoal.core.errors import InvalidInputError
 from shoal.planner.capacity_control import ServerBinding
+from shoal.runtime.capacity_inputs import CollectError
 
 __all__ = [
     "ActuationResult",
@@ -71,12 +73,15 @@ class ActuationResult:
 
 class ReplicaActuator(Protocol):
     """What the loop needs from a backend. Both methods are called once per cycle, collect
-    first; neither raises for a backend failure (None counts, `failed` results instead)."""
+    first. A backend that cannot be read raises CollectError from `current_replicas` (the cycle
+    reports it and changes nothing: a count read as unknown would skip every delay and step
+    bound); `apply` never raises (`failed` results instead)."""
 
     name: str
 
     async def current_replicas(self, bindings: Sequence[ServerBinding]) -> dict[str, int | None]:
-        """Replica count per bound server now; None where it cannot be read."""
+        """Replica count per bound server now; None where no count exists to read (a variant
+        the runtime does not know, patches only written to files)."""
         ...
 
     async def apply(self, changes: Sequence[ReplicaChange]) -> list[ActuationResult]:
@@ -100,13 +105,16 @@ class RuntimeReplicaActuator:
         self._load_timeout_s = load_timeout_s
 
     async def current_replicas(self, bindings: Sequence[ServerBinding]) -> dict[str, int | None]:
+        url = f"{self.runtime_url}/v2/repository/replicas"
         try:
-            response = await self._client.get(f"{self.runtime_url}/v2/repository/replicas", timeout=10.0)
+            response = await self._client.get(url, timeout=10.0)
             response.raise_for_status()
             counts = response.json()
-        except (httpx.HTTPError, ValueError):
-            return {binding.server: None for binding in bindings}
-        return {binding.server: counts.get(binding.variant) if isinstance(counts, dict) else None for binding in bindings}
+        except (httpx.HTTPError, ValueError) as error:
+            raise CollectError(f"GET {url} failed: {error!r}") from None
+        if not isinstance(counts, dict):
+            raise CollectError(f"GET {url} answered {type(counts).__name__}, not an object of replica counts")
+        return {binding.server: counts.get(binding.variant) for binding in bindings}
 
     async def apply(self, changes: Sequence[ReplicaChange]) -> list[ActuationResult]:
         return [await self._apply_one(change) for change in changes]  # one at a time: loads compete for CPU
@@ -206,8 +214,8 @@ class KubernetesActuator:
     def _current_one(self, server: str) -> int | None:
         try:
             found = self._deployments(server)
-        except Exception:  # the client raises ApiException, urllib3 errors, ...: unknown count
-            return None
+        except Exception as error:  # the client raises ApiException, urllib3 errors, ...
+            raise CollectError(f"listing the deployments of {server!r} failed: {error!r}") from None
         if len(found) != 1:
             return None
         return int(found[0].spec.replicas or 0)
