@@ -414,3 +414,10 @@ def test_a_failed_replica_read_changes_nothing_and_keeps_the_pending_scale_down(
     assert first["ok"] and "waits" in first["decided"][0]["reason"]  # idle: a scale-down, delayed
     assert not failed["ok"] and failed["stage"] == "collect" and "replicas" in failed["error"]
     assert third["ok"] and "waits" in third["decided"][0]["reason"] and posts == []
+
+
+def test_a_binary_control_file_is_named_not_a_traceback(tmp_path):
+    path = tmp_path / "control.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(InvalidInputError, match="is not a text file"):
+        load_control_file(path)

@@ -42,3 +42,35 @@ def test_plans_in_its_process_and_recovers_from_a_timeout_and_a_cancelled_caller
     first, again, first_pid, later_pid = asyncio.run(scenario())
     assert first.objective == expected.objective and first.clients == expected.clients
     assert again.objective == expected.objective and later_pid != first_pid
+
+
+def test_a_planner_process_that_dies_mid_plan_fails_that_plan_at_once_and_the_next_plan_works():
+    """The pool would replace its dead worker and drop the plan without a word: the caller used
+    to wait out the whole timeout (60 s) with no re-planning meanwhile."""
+    import os
+    import signal
+    import time
+
+    from shoal.runtime.edge.planner_process import PlannerDiedError
+
+    instance = _instance(jellyfish_synthetic_variants(), 2, 8, 0, 3)
+
+    async def scenario():
+        planner = PlannerProcess(timeout_s=30.0)
+        try:
+            await planner.plan(instance, "shoal")
+            slow = _instance(jellyfish_synthetic_variants(), 4, 32, 0, 21)  # about 0.3-1 s
+            waiting = asyncio.create_task(planner.plan(slow, "shoal"))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            os.kill(planner._pool._pool[0].pid, signal.SIGKILL)
+            with pytest.raises(PlannerDiedError):
+                await waiting
+            failed_after_s = time.monotonic() - started
+            again = await planner.plan(instance, "shoal")
+            return failed_after_s, again
+        finally:
+            planner.stop()
+
+    failed_after_s, again = asyncio.run(scenario())
+    assert failed_after_s < 5.0 and again.objective == plan_edge(instance, "shoal").objective

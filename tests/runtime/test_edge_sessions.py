@@ -265,3 +265,13 @@ def test_frame_errors_name_their_frame_and_huge_numbers_do_not_end_the_session(e
         assert "JSON" in _receive_until(socket, "error")["message"]
         socket.send('{"type": "ping", "id": 6}')
         assert _receive_until(socket, "pong")["id"] == 6
+
+
+def test_a_frame_over_the_message_limit_gets_an_error_and_the_session_stays(edge_server):
+    with connect(_ws_url(edge_server), max_size=None) as socket:
+        _register(socket, client="cam-large")
+        size = _receive_until(socket, "assignment")["input_size"]
+        socket.send(encode_frame(3, np.zeros((3, size, size), dtype=np.uint8), 80.0, padding=16 * 1024 * 1024))
+        assert "exceeds the 16777216-byte limit" in _receive_until(socket, "error")["message"]
+        socket.send('{"type": "ping", "id": 8}')
+        assert _receive_until(socket, "pong")["id"] == 8

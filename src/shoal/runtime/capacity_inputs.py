@@ -90,6 +90,8 @@ def load_control_file(path: Path) -> ControlSpec:
         data = yaml.safe_load(path.read_text())
     except OSError as error:
         raise InvalidInputError(f"--base-system {path}: cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"--base-system {path}: is not a text file (give the YAML or JSON control file)") from None
     except yaml.YAMLError as error:
         raise InvalidInputError(f"{path}: is not valid YAML or JSON ({str(error).splitlines()[0]})") from None
     try:

@@ -45,7 +45,7 @@ async def serve_forever(
 ) -> None:
     from shoal.runtime.controller import Controller
     from shoal.runtime.edge.sessions import EdgeSessionManager
-    from shoal.runtime.edge.websocket import edge_route
+    from shoal.runtime.edge.websocket import WEBSOCKET_MAX_BYTES, edge_route
 
     service = InferenceService(config)
     workflows = {}
@@ -82,7 +82,7 @@ async def serve_forever(
         uvicorn.Config(app, host=host, port=http_port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10,
                        # Nothing reads the client's address (no access log): rewriting it from
                        # X-Forwarded-* per request only cost CPU on the loop.
-                       proxy_headers=False, http=one_write_protocol() or "auto")
+                       proxy_headers=False, http=one_write_protocol() or "auto", ws_max_size=WEBSOCKET_MAX_BYTES)
     )
     grpc_server = None
     http_task: asyncio.Task | None = None

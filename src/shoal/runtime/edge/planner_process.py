@@ -17,7 +17,7 @@ from multiprocessing.pool import Pool
 
 from shoal.planner.edge import EdgeInstance, EdgePlan, plan_edge
 
-__all__ = ["PlannerProcess"]
+__all__ = ["PlannerDiedError", "PlannerProcess"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,16 @@ def _import_planner() -> None:
     import shoal.planner.edge  # noqa: F401  (imported once at start, not on the first plan)
 
 
+class PlannerDiedError(RuntimeError):
+    """The planner process exited in the middle of a plan (killed, out of memory)."""
+
+
 class PlannerProcess:
+    LIVENESS_POLL_S = 0.25
+    """How often a plan in flight checks that the process is still there: the pool replaces a
+    dead worker and loses its task without a word, so neither of the plan's callbacks would
+    ever run and the caller would wait out the whole `timeout_s`."""
+
     def __init__(self, *, timeout_s: float = 60.0):
         self.timeout_s = timeout_s
         self._pool: Pool | None = None
@@ -65,17 +74,31 @@ class PlannerProcess:
             except RuntimeError:  # the event loop is closed: nobody is waiting
                 pass
 
+        workers = self._worker_pids()
         self._pool.apply_async(plan_edge, (instance, policy), callback=lambda plan: deliver(answer.set_result, plan),
                                error_callback=lambda error: deliver(answer.set_exception, error))
+        deadline = loop.time() + self.timeout_s
         try:
-            return await asyncio.wait_for(answer, self.timeout_s)
-        except TimeoutError:
-            logger.error("edge planning ran past %.0f s; restarting the planner process", self.timeout_s)
-            self.stop()
-            raise
+            while not answer.done():
+                left_s = deadline - loop.time()
+                if left_s <= 0:
+                    logger.error("edge planning ran past %.0f s; restarting the planner process", self.timeout_s)
+                    self.stop()
+                    raise TimeoutError(f"edge planning ran past {self.timeout_s:g} s")
+                await asyncio.wait({answer}, timeout=min(self.LIVENESS_POLL_S, left_s))
+                if not answer.done() and self._worker_pids() != workers:
+                    logger.error("the edge planner process exited during a plan; starting a new one")
+                    self.stop()
+                    raise PlannerDiedError("the edge planner process exited during a plan")
+            return answer.result()
         except asyncio.CancelledError:
             self.stop()
             raise
+
+    def _worker_pids(self) -> frozenset[int]:
+        """The pool's process ids (a dead worker is replaced by one with a new id); empty where
+        this Python's Pool keeps them elsewhere, and then only `timeout_s` ends a lost plan."""
+        return frozenset(process.pid for process in getattr(self._pool, "_pool", None) or ())
 
     def stop(self) -> None:
         """Kill the process (a plan in flight is abandoned). Safe to call twice."""

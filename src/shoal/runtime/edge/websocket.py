@@ -26,7 +26,13 @@ logger = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 
 
-def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, max_message_bytes: int = 16 * 1024 * 1024) -> WebSocketRoute:
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The largest edge message a session answers (an error reply above it); the HTTP server's own
+WebSocket limit must sit above it (`WEBSOCKET_MAX_BYTES`), or it closes the whole session first."""
+WEBSOCKET_MAX_BYTES = MAX_MESSAGE_BYTES + 1024 * 1024
+
+
+def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, max_message_bytes: int = MAX_MESSAGE_BYTES) -> WebSocketRoute:
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
         lock = asyncio.Lock()
