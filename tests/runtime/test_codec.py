@@ -111,3 +111,21 @@ def test_grpc_typed_contents_decode_like_raw_contents_and_raw_lengths_are_named_
     assert out[0] == "True"
     assert "outside INT8's range" in out[1]
     assert "raw_input_contents[0] is 20 bytes but shape [2, 3] of FP32 needs 24" in out[2]
+
+
+def test_uint64_values_past_int64_decode_exactly():
+    decoded = decode_http_request(_request(_tensor("UINT64", [1, 2**63, 2**64 - 1])), None)
+    assert decoded.inputs["x"].dtype == np.uint64 and decoded.inputs["x"].tolist() == [1, 2**63, 2**64 - 1]
+    with pytest.raises(BadRequestError, match="must hold integers for UINT64"):
+        decode_http_request(_request(_tensor("UINT64", [1.5, 2**63])), None)
+
+
+def test_gzip_bodies_of_several_members_are_read_whole_and_trailing_bytes_refused():
+    import gzip
+
+    from shoal.runtime.http_frontend import decompress_body
+
+    body = b'{"inputs": []}' * 3
+    assert decompress_body(gzip.compress(body[:10]) + gzip.compress(body[10:]), "gzip", 1 << 20) == body
+    with pytest.raises(BadRequestError, match="not valid gzip data"):
+        decompress_body(gzip.compress(body) + b"GARBAGE", "gzip", 1 << 20)

@@ -74,3 +74,29 @@ def test_a_planner_process_that_dies_mid_plan_fails_that_plan_at_once_and_the_ne
 
     failed_after_s, again = asyncio.run(scenario())
     assert failed_after_s < 5.0 and again.objective == plan_edge(instance, "shoal").objective
+
+
+def test_a_planner_process_killed_between_plans_neither_freezes_the_server_nor_stalls_the_next_plan():
+    """A pool worker killed while it waits for a task dies holding the task queue's lock: its
+    replacement never reads a plan, and `Pool.terminate` waits for that lock for good (it froze
+    the event loop when called there). The next plan now starts a fresh process at once."""
+    import os
+    import signal
+    import time
+
+    instance = _instance(jellyfish_synthetic_variants(), 2, 8, 0, 3)
+
+    async def scenario():
+        planner = PlannerProcess(timeout_s=30.0)
+        try:
+            await planner.plan(instance, "shoal")
+            os.kill(planner._pool._pool[0].pid, signal.SIGKILL)
+            await asyncio.sleep(1.0)  # the pool replaces the process meanwhile
+            started = time.monotonic()
+            plan = await planner.plan(instance, "shoal")
+            return time.monotonic() - started, plan
+        finally:
+            planner.stop()
+
+    took_s, plan = asyncio.run(scenario())
+    assert took_s < 10.0 and plan.objective == plan_edge(instance, "shoal").objective

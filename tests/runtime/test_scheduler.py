@@ -690,3 +690,27 @@ def test_cancelled_requests_are_not_run():
 
     answered, batches = asyncio.run(scenario())
     assert answered == [0.0, 3.0] and batches == [2]
+
+
+def test_a_batch_given_back_during_shutdown_is_answered():
+    """Unloaded from its worker in the pass the server began to close: close() has emptied the
+    queues, so the batch is answered with the shutdown error rather than left in one."""
+
+    async def scenario():
+        scheduler, worker = _one_worker(5.0, 1, RefusesUnloaded)
+        original = scheduler._send_batch
+        closing = []
+
+        def send_then_unload_and_close(worker, queue, batch, now_ms, start_ms):
+            original(worker, queue, batch, now_ms, start_ms)
+            worker.loaded_variants.pop(queue.key, None)
+            closing.append(asyncio.ensure_future(scheduler.close()))
+
+        scheduler._send_batch = send_then_unload_and_close
+        future = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        with pytest.raises(OverloadedError, match="shutting down"):
+            await asyncio.wait_for(future, 5.0)
+        await asyncio.gather(*closing)
+        return len(scheduler.queues["v"])
+
+    assert asyncio.run(scenario()) == 0

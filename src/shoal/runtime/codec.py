@@ -114,6 +114,15 @@ def _values_as(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.ndarr
         values = np.asarray(data)
     except (TypeError, ValueError):  # ragged nesting
         raise BadRequestError(f"input {name!r}: 'data' must be a flat or evenly nested list of {_KIND_WORDS[dtype.kind]}") from None
+    if values.size and dtype.kind in "iu" and values.dtype.kind == "f":
+        # Integers past int64 (UINT64 from 2**63) read as floats: take them as the target type
+        # when that keeps every value (a fraction would not).
+        try:
+            exact = np.asarray(data, dtype=dtype)
+        except (TypeError, ValueError, OverflowError):
+            exact = None
+        if exact is not None and exact.shape == values.shape and np.array_equal(exact.astype(np.float64), values):
+            values = exact
     if values.size and values.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
         raise BadRequestError(f"input {name!r}: 'data' must hold {_KIND_WORDS[dtype.kind]} for {datatype}, not {values.dtype.kind!r}-kind values such as {values.ravel()[0]!r}")
     if values.size and dtype.kind in "iu" and values.dtype.kind in "iu":

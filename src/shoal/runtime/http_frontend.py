@@ -73,16 +73,24 @@ def decompress_body(body: bytes, encoding: str, max_body_bytes: int) -> bytes:
     wbits = _DECOMPRESSORS[name]
     if wbits is None:
         return body
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        plain = decompressor.decompress(body, max_body_bytes + 1)
-    except zlib.error as error:
-        raise BadRequestError(f"request body is not valid {name} data ({error})") from None
-    if len(plain) > max_body_bytes or decompressor.unconsumed_tail:
-        raise PayloadTooLargeError(f"request body exceeds the limit of {max_body_bytes} bytes once decompressed")
-    if not decompressor.eof:
-        raise BadRequestError(f"request body ends in the middle of its {name} data")
-    return plain
+    parts, size, rest = [], 0, body
+    while True:  # gzip allows several members one after the other (gzip.decompress reads them all)
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            part = decompressor.decompress(rest, max_body_bytes + 1 - size)
+        except zlib.error as error:
+            raise BadRequestError(f"request body is not valid {name} data ({error})") from None
+        size += len(part)
+        parts.append(part)
+        if size > max_body_bytes or decompressor.unconsumed_tail:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {max_body_bytes} bytes once decompressed")
+        if not decompressor.eof:
+            raise BadRequestError(f"request body ends in the middle of its {name} data")
+        rest = decompressor.unused_data
+        if not rest:
+            return b"".join(parts)
+        if name != "gzip":
+            raise BadRequestError(f"request body has {len(rest)} bytes after its {name} data")
 
 
 def guarded(handler):

@@ -301,6 +301,10 @@ class Scheduler:
         """Return a batch that was not sent to its places at the head of its queue, for the
         workers that still hold the variant. (If none does, the unload that took it from the
         last one answers them: `fail_unserved`.)"""
+        if self._closed:  # close() has emptied the queues already: nothing would take it
+            for item in batch:
+                _fail(item.future, OverloadedError("server is shutting down", retry_after_s=5.0))
+            return
         self.requeue(queue.key, batch)
 
     def requeue(self, key: str, items: list[QueuedItem]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import threading
 from multiprocessing.pool import Pool
 
 from shoal.planner.edge import EdgeInstance, EdgePlan, plan_edge
@@ -39,6 +40,7 @@ class PlannerProcess:
     def __init__(self, *, timeout_s: float = 60.0):
         self.timeout_s = timeout_s
         self._pool: Pool | None = None
+        self._known_pids: frozenset[int] = frozenset()  # the pool's processes when the last plan was sent
         self._starting = asyncio.Lock()  # binds to the event loop on first use (Python >= 3.10)
 
     async def start(self) -> None:
@@ -64,7 +66,10 @@ class PlannerProcess:
     async def plan(self, instance: EdgeInstance, policy: str) -> EdgePlan:
         """`plan_edge(instance, policy)` in the planner process. A plan that runs past
         `timeout_s`, or whose caller is cancelled, takes the process down with it."""
+        if self._pool is not None and self._worker_pids() != self._known_pids:
+            self.stop()  # its process died between plans: its replacement may never read a task
         await self.start()
+        self._known_pids = self._worker_pids()
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[EdgePlan] = loop.create_future()
 
@@ -101,7 +106,16 @@ class PlannerProcess:
         return frozenset(process.pid for process in getattr(self._pool, "_pool", None) or ())
 
     def stop(self) -> None:
-        """Kill the process (a plan in flight is abandoned). Safe to call twice."""
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
+        """Kill the process (a plan in flight is abandoned). Safe to call twice.
+
+        The processes are killed here; the pool's own teardown runs on a thread of its own,
+        because it can block for good: a worker killed while it waited for a task dies holding
+        the task queue's lock, which `Pool.terminate` then waits for (measured: the server's event
+        loop frozen). At worst that thread is left waiting."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for process in getattr(pool, "_pool", None) or ():
+            if process.is_alive():
+                process.kill()
+        threading.Thread(target=pool.terminate, name="edge-planner-teardown", daemon=True).start()

@@ -43,11 +43,13 @@ def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, m
 
         session: EdgeSession | None = None
         in_flight: set[asyncio.Task] = set()
+        assignments: asyncio.Task | None = None  # the session's outbox, sent by its own task
         try:
             session = await _register(websocket, manager, send)
             if session is None:
                 return
-            in_flight.add(asyncio.create_task(session.deliver(), name=f"edge-assignments-{session.name}"))
+            assignments = asyncio.create_task(session.deliver(), name=f"edge-assignments-{session.name}")
+            assignments.add_done_callback(lambda task: task.cancelled() or task.exception())  # a closed socket ends it: expected
             family = manager.service.families[session.family]
 
             async def answer(header, pixels) -> None:
@@ -104,6 +106,8 @@ def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, m
                 manager.unregister(session)
             for task in in_flight:
                 task.cancel()
+            if assignments is not None:
+                assignments.cancel()
 
     return WebSocketRoute(EDGE_PATH, endpoint)
 

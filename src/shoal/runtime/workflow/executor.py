@@ -156,7 +156,8 @@ class WorkflowExecutor:
     def _serves(self, task_name: str, worker: str) -> bool:
         """The worker is running and holds the task's stage (a replacement that could not load it does not)."""
         handle = self.workers.get(worker)
-        return handle is not None and handle.alive and queue_key(task_name, worker) in handle.loaded_variants
+        # attached too: a replacement holds its stages one by one before the scheduler takes it
+        return handle is not None and handle in self.scheduler.workers_for(queue_key(task_name, worker))
 
     def _hand_over(self, task_name: str, worker: str) -> None:
         """Move what waits in `worker`'s queue for `task_name` to the other workers serving that
