@@ -66,7 +66,7 @@ class PlannerProcess:
     async def plan(self, instance: EdgeInstance, policy: str) -> EdgePlan:
         """`plan_edge(instance, policy)` in the planner process. A plan that runs past
         `timeout_s`, or whose caller is cancelled, takes the process down with it."""
-        if self._pool is not None and self._worker_pids() != self._known_pids:
+        if self._pool is not None and self._known_pids and self._worker_pids() != self._known_pids:
             self.stop()  # its process died between plans: its replacement may never read a task
         await self.start()
         self._known_pids = self._worker_pids()
