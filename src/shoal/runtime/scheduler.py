@@ -146,7 +146,7 @@ class Scheduler:
         admitted; setting it before the deadline leaves headroom for prediction error.
         """
         if self._closed:
-            raise OverloadedError("server is shutting down", retry_after_s=5.0)
+            raise _shutting_down()
         queue = self.queues[key]
         now = monotonic_ms()
         if len(queue) >= queue.capacity:
@@ -303,7 +303,7 @@ class Scheduler:
         last one answers them: `fail_unserved`.)"""
         if self._closed:  # close() has emptied the queues already: nothing would take it
             for item in batch:
-                _fail(item.future, OverloadedError("server is shutting down", retry_after_s=5.0))
+                _fail(item.future, _shutting_down())
             return
         self.requeue(queue.key, batch)
 
@@ -359,7 +359,7 @@ class Scheduler:
             event.set()
         for queue in self.queues.values():
             for item in queue.take(len(queue)):
-                _fail(item.future, OverloadedError("server is shutting down", retry_after_s=5.0))
+                _fail(item.future, _shutting_down())
         tasks = [*self._tasks.values(), *self._batch_tasks]
         if tasks:
             # Let running batches finish and answer; cancel whatever is still going after that.
@@ -379,6 +379,11 @@ async def _wait(event: asyncio.Event, timeout_ms: float | None = None) -> None:
     finally:
         if timer is not None:
             timer.cancel()
+
+
+def _shutting_down() -> OverloadedError:
+    """What a request refused or left queued by a closing scheduler is told."""
+    return OverloadedError("server is shutting down", retry_after_s=5.0)
 
 
 def _fail(future: asyncio.Future, error: Exception) -> None:
