@@ -156,9 +156,39 @@ def test_an_unload_during_the_first_load_of_an_edge_plan_wins(fixture_repository
             background = len(manager._background_loads)
             await asyncio.gather(*manager._background_loads)
             holders = sorted(worker.worker_id for worker in manager.workers.values() if "fixture.rf-16" in worker.loaded_variants)
+            gauge = service.metrics.registry.get_sample_value("shoal_variant_loaded", {"variant": "fixture.rf-16"})
         finally:
             await service.stop()
-        return background, holders
+        return background, holders, gauge
 
-    background, holders = asyncio.run(scenario())
+    background, holders, gauge = asyncio.run(scenario())
     assert background == 0 and holders == []
+    assert gauge == 0  # the undone load does not leave the variant shown as loaded
+
+
+def test_the_loaded_gauge_follows_evictions_and_loads(fixture_repository_path):
+    """`shoal_variant_loaded` is what the live workers hold, whoever unloaded: an LRU eviction
+    (a cache with room for one variant) takes the evicted variant's gauge to 0."""
+
+    async def scenario():
+        config = ServeConfig(repository=fixture_repository_path, preload=(), num_workers=1, intra_op_threads=1, cache_bytes_per_worker=1)
+        service = InferenceService(config)
+        await service.start()
+
+        def gauge(key):
+            return service.metrics.registry.get_sample_value("shoal_variant_loaded", {"variant": key})
+
+        try:
+            await service.manager.ensure_loaded(service.variants["fixture.rf-16"])
+            first = gauge("fixture.rf-16")
+            await service.manager.ensure_loaded(service.variants["fixture.rf-64"])  # evicts rf-16: no room for both
+            held = sorted(next(iter(service.manager.workers.values())).loaded_variants)
+            after = gauge("fixture.rf-16"), gauge("fixture.rf-64")
+        finally:
+            await service.stop()
+        return first, held, after
+
+    first, held, after = asyncio.run(scenario())
+    assert first == 1
+    assert held == ["fixture.rf-64"]
+    assert after == (0, 1)

@@ -75,7 +75,6 @@ class Controller:
             logger.info("controller: unload %s (%s)", key, plan.reasons[key])
             self.decisions.labels("unload", key).inc()
             await self.service.manager.unload(key)
-            self.service.metrics.loaded.labels(key).set(0)
 
     async def run(self, heartbeat: Heartbeat | None = None) -> None:
         """Tick every interval; `heartbeat` (from the server's supervisor) is touched after each tick."""

@@ -146,7 +146,6 @@ class InferenceService:
             served.latency = Profile(
                 family=served.family.name, variant=served.variant.name, device=self.config.device, batches=batches, load_time_ms=reply.get("load_ms", 0.0)
             )
-        self.metrics.loaded.labels(key).set(1)
 
     # -- naming ---------------------------------------------------------------------------------
     def resolve(self, model_name: str) -> tuple[Family, ServedVariant | None]:
@@ -253,7 +252,6 @@ class InferenceService:
         for key in keys:
             self.operator_unloaded.add(key)
             await self.manager.unload(key)
-            self.metrics.loaded.labels(key).set(0)
 
     async def set_replicas(self, model_name: str, replicas: int) -> int:
         """Run an exact variant on `replicas` workers (0 unloads it); returns the count reached."""
@@ -262,9 +260,7 @@ class InferenceService:
             raise BadRequestError(f"{model_name!r} is a family; replicas are set per variant (<family>.<variant>)")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise BadRequestError("'replicas' must be a non-negative integer")
-        reached = await self.manager.set_replicas(served, replicas)
-        self.metrics.loaded.labels(served.key).set(1 if reached else 0)
-        return reached
+        return await self.manager.set_replicas(served, replicas)
 
     def replica_counts(self) -> dict[str, int]:
         return {key: len(self.scheduler.workers_for(key)) for key in self.variants}

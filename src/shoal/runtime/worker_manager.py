@@ -243,6 +243,7 @@ class WorkerManager:
         )
         cache[served.key] = size
         self.on_loaded(served.key, reply)
+        self._show_loaded(served.key)
 
     async def set_replicas(self, served: "ServedVariant", replicas: int) -> int:
         """Hold the variant on exactly `replicas` live workers (capped by the number of workers).
@@ -272,7 +273,15 @@ class WorkerManager:
         if key in worker.loaded_variants and worker.alive:
             await worker.unload(key)
         self._cache[worker.worker_id].pop(key, None)
+        self._show_loaded(key)
         self.scheduler.fail_unserved(key)
+
+    def _show_loaded(self, key: str) -> None:
+        """Set the variant's loaded gauge from what the live workers hold, after every load,
+        unload (an operator's, the controller's, an eviction, an overtaken load's undo) and
+        worker exit, so that no caller has to remember to."""
+        held = any(key in worker.loaded_variants for worker in self.workers.values() if worker.alive)
+        self.metrics.loaded.labels(key).set(1 if held else 0)
 
     def mark_used(self, key: str) -> None:
         for cache in self._cache.values():
@@ -283,6 +292,8 @@ class WorkerManager:
     def _on_worker_exit(self, handle: Worker) -> None:
         if self._stopping:
             return
+        for key in self._cache.get(handle.worker_id, {}):
+            self._show_loaded(key)
         task = asyncio.get_running_loop().create_task(self._restart(handle.worker_id))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
