@@ -275,3 +275,32 @@ def test_a_frame_over_the_message_limit_gets_an_error_and_the_session_stays(edge
         assert "exceeds the 16777216-byte limit" in _receive_until(socket, "error")["message"]
         socket.send('{"type": "ping", "id": 8}')
         assert _receive_until(socket, "pong")["id"] == 8
+
+
+def test_sessions_are_told_when_an_operator_unloads_every_variant_and_again_when_one_is_back(fixture_repository_path):
+    """With no variant of its family left to plan with, a served session gets an unserved
+    assignment whose reason says how to load one; loading the family serves it again."""
+    import httpx
+
+    server = start_server(fixture_repository_path, "--edge-interval-s", str(INTERVAL_S))
+    try:
+        with connect(_ws_url(server)) as socket:
+            _register(socket, client="cam")
+            assert _receive_until(socket, "assignment")["served"]
+            assert httpx.post(f"{server.url}/v2/repository/models/fixture/unload", timeout=30).status_code == 200
+            unserved = _next_assignment(socket, served=False)
+            assert httpx.post(f"{server.url}/v2/repository/models/fixture/load", timeout=60).status_code == 200
+            served_again = _next_assignment(socket, served=True)
+    finally:
+        stop_server(server)
+    assert "/v2/repository/models/fixture/load" in unserved["reason"]
+    assert served_again["variant"].startswith("fixture.")
+
+
+def _next_assignment(socket, *, served: bool, limit: int = 10) -> dict:
+    """The next assignment whose `served` is as asked (a re-plan may send others first)."""
+    for _ in range(limit):
+        message = _receive_until(socket, "assignment")
+        if message["served"] == served:
+            return message
+    raise AssertionError(f"no assignment with served={served}")

@@ -282,7 +282,10 @@ def test_a_dead_stage_worker_is_restarted_with_its_stages(pipeline):
                     outcomes.append("ok")
                 except ServingError as error:
                     outcomes.append(type(error).__name__)
-                if outcomes[-10:] == ["ok"] * 10 and executor.workers[victim].alive:
+                # Counted once the replacement holds its stages again (it is alive, and in
+                # `workers`, while it still loads them: on a slow machine ten answers came first).
+                restarted = executor.metrics.registry.get_sample_value("shoal_worker_restarts_total") == 1
+                if outcomes[-10:] == ["ok"] * 10 and executor.workers[victim].alive and restarted:
                     break
                 await asyncio.sleep(0.05)
             return outcomes, executor.workers[victim].alive, executor.metrics.registry.get_sample_value("shoal_worker_restarts_total")

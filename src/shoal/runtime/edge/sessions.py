@@ -236,6 +236,7 @@ class EdgeSessionManager:
         state = self._families.setdefault(family, _FamilyState())
         variants = self._live_variants(family)
         if not variants:
+            self._tell_unserved(family, sessions)
             return
         live = {variant.key for variant in variants}
         loaded = tuple(key for key in self.service.variants if key in live and self.service.scheduler.workers_for(key))
@@ -266,6 +267,21 @@ class EdgeSessionManager:
             if changed_variant or not instruction.served:
                 logger.info("edge: %s -> %s at %d px (%s)", session.name, instruction.variant, instruction.input_size_px, instruction.reason or "planned")
             session.post(assignment_message(instruction))
+
+    def _tell_unserved(self, family: str, sessions: list[EdgeSession]) -> None:
+        """No variant of `family` can be planned (an operator unloaded them all, or none is
+        profiled): each session that was served is told so, once, keeping its last variant and
+        size for its own back-off. Before, such sessions kept a served assignment whose frames
+        could only fail."""
+        reason = (f"no variant of family {family!r} is loaded and profiled (an operator may have unloaded them); "
+                  f"load one with POST /v2/repository/models/{family}/load")  # fmt: skip
+        for session in sessions:
+            last = session.instruction
+            if last is None or not last.served:
+                continue  # never assigned (its client falls back to its ladder) or told already
+            session.instruction = ClientInstruction(last.variant, last.input_size_px, last.server_ms, False, reason)
+            logger.info("edge: %s unserved (%s)", session.name, reason)
+            session.post(assignment_message(session.instruction))
 
     def close(self) -> None:
         """Stop the planner process (the server is shutting down)."""
