@@ -714,3 +714,23 @@ def test_a_batch_given_back_during_shutdown_is_answered():
         return len(scheduler.queues["v"])
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_request_resumes_before_what_is_learnt_from_its_batch():
+    """The request's own coroutine runs before the batch's models and metrics are updated: that
+    bookkeeping is no part of its answer (it was ~0.13 ms of each answer at low load)."""
+
+    async def scenario():
+        scheduler, _ = make_scheduler(batch_ms=5.0)  # its batch coroutine resumes first, as with a real worker
+        statistics = scheduler.metrics.variant_statistics("v")
+        future = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        await future
+        learnt_when_resumed = statistics.execution_count
+        await asyncio.sleep(0.01)
+        learnt_after = statistics.execution_count
+        await scheduler.close()
+        return learnt_when_resumed, learnt_after
+
+    learnt_when_resumed, learnt_after = asyncio.run(scenario())
+    assert learnt_when_resumed == 0
+    assert learnt_after == 1
