@@ -304,3 +304,55 @@ def _next_assignment(socket, *, served: bool, limit: int = 10) -> dict:
         if message["served"] == served:
             return message
     raise AssertionError(f"no assignment with served={served}")
+
+
+def test_pinned_and_per_query_sessions_are_told_too_and_a_plan_raced_by_an_unload_does_not_load_it_back(fixture_repository_path):
+    """In-process: pinned and per-query sessions (never planned) get unserved assignments when
+    what they use is unloaded and served ones when it is back; an operator's unload that lands
+    while a plan is being made wins (that plan is dropped, nothing is loaded back)."""
+    from shoal.runtime.edge.protocol import Register
+    from shoal.runtime.edge.sessions import EdgeSessionManager
+    from shoal.runtime.service import InferenceService
+    from shoal.runtime.worker_manager import ServeConfig
+
+    async def ignore(message):
+        pass
+
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, num_workers=1, intra_op_threads=1))
+        await service.start()
+        edge = EdgeSessionManager(service, interval_s=INTERVAL_S)
+        try:
+            register = dict(model="fixture", slo_ms=200, fps=5, bandwidth_mbps=50)
+            planned, _ = edge.register(Register(client="cam", **register), ignore)
+            pinned, _ = edge.register(Register(client="pin", pin_variant="fixture.rf-16", **register), ignore)
+            per_query, _ = edge.register(Register(client="pq", selection="per_query", **register), ignore)
+            await edge.replan()
+            await service.unload_model("fixture")
+            await edge.replan()
+            unserved = {s.name: (s.instruction.served, s.instruction.reason) for s in (planned, pinned, per_query)}
+            await service.load_model("fixture")
+            await edge.replan()
+            back = {s.name: s.instruction.served for s in (planned, pinned, per_query)}
+
+            plan = edge._planner.plan
+
+            async def plan_raced_by_an_unload(instance, policy):
+                made = await plan(instance, policy)
+                await service.unload_model("fixture")  # lands while the plan is being made
+                return made
+
+            edge._planner.plan = plan_raced_by_an_unload
+            await edge.replan()
+            held = {key: len(service.scheduler.workers_for(key)) for key in service.variants}
+        finally:
+            edge.close()
+            await service.stop()
+        return unserved, back, held
+
+    unserved, back, held = asyncio.run(scenario())
+    assert all(not served for served, _ in unserved.values()), unserved
+    assert "/v2/repository/models/fixture.rf-16/load" in unserved["pin"][1]
+    assert "/v2/repository/models/fixture/load" in unserved["pq"][1] and "/v2/repository/models/fixture/load" in unserved["cam"][1]
+    assert back == {"cam": True, "pin": True, "pq": True}
+    assert set(held.values()) == {0}, held

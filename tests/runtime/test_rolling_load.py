@@ -192,3 +192,46 @@ def test_the_loaded_gauge_follows_evictions_and_loads(fixture_repository_path):
     assert first == 1
     assert held == ["fixture.rf-64"]
     assert after == (0, 1)
+
+
+def test_the_loaded_gauge_reads_0_while_a_replacement_worker_reloads_and_1_once_it_serves(fixture_repository_path):
+    """A killed worker's variants read 0 from its exit until the scheduler has its replacement
+    (it serves nothing while it reloads them), then 1."""
+    import os
+    import signal
+    import time
+
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, num_workers=1, intra_op_threads=1))
+        await service.start()
+        keys = sorted(service.variants)
+
+        def gauge(key):
+            return service.metrics.registry.get_sample_value("shoal_variant_loaded", {"variant": key})
+
+        try:
+            before = {key: gauge(key) for key in keys}
+            victim = service.manager.workers["w0"]
+            os.kill(victim.pid, signal.SIGKILL)
+            shown_unserved, seen_zero = set(), set()
+            started = time.monotonic()
+            while time.monotonic() - started < 30:
+                await asyncio.sleep(0.002)
+                for key in keys:
+                    if gauge(key) == 1 and not service.scheduler.workers_for(key):
+                        shown_unserved.add(key)
+                    if gauge(key) == 0:
+                        seen_zero.add(key)
+                replacement = service.manager.workers["w0"]
+                if replacement is not victim and replacement in service.scheduler.workers:
+                    break
+            after = {key: gauge(key) for key in keys}
+        finally:
+            await service.stop()
+        return keys, before, shown_unserved, seen_zero, after
+
+    keys, before, shown_unserved, seen_zero, after = asyncio.run(scenario())
+    assert set(before.values()) == {1}
+    assert shown_unserved == set()
+    assert seen_zero == set(keys)  # the exit was shown
+    assert set(after.values()) == {1}

@@ -277,11 +277,11 @@ class WorkerManager:
         self.scheduler.fail_unserved(key)
 
     def _show_loaded(self, key: str) -> None:
-        """Set the variant's loaded gauge from what the live workers hold, after every load,
-        unload (an operator's, the controller's, an eviction, an overtaken load's undo) and
-        worker exit, so that no caller has to remember to."""
-        held = any(key in worker.loaded_variants for worker in self.workers.values() if worker.alive)
-        self.metrics.loaded.labels(key).set(1 if held else 0)
+        """Set the variant's loaded gauge from what the scheduler's live workers hold, after every
+        load, unload (an operator's, the controller's, an eviction, an overtaken load's undo),
+        worker exit and restart, so that no caller has to remember to. (A replacement worker
+        reloading its variants serves nothing until the scheduler has it.)"""
+        self.metrics.loaded.labels(key).set(1 if self.scheduler.workers_for(key) else 0)
 
     def mark_used(self, key: str) -> None:
         for cache in self._cache.values():
@@ -324,4 +324,6 @@ class WorkerManager:
                 except Exception:  # serve what did load; the controller loads the rest where it is wanted
                     logger.exception("worker %s: could not reload %s after its restart", worker_id, key)
         self.scheduler.attach_worker(handle)
+        for key in keys:
+            self._show_loaded(key)
         logger.warning("worker %s restarted (pid %s) with %d variants", worker_id, handle.pid, len(keys))

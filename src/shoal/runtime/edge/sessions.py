@@ -128,15 +128,21 @@ class EdgeSessionManager:
             request.client, family.name, request.slo_ms, request.fps, request.bandwidth_mbps, request.rtt_ms, request.pin_variant, send,
             per_query=request.selection == "per_query",
         )
-        if session.pinned_variant:
-            variant = self.service.variants[session.pinned_variant]
-            session.instruction = ClientInstruction(variant.key, variant.variant.input_size_px, 0.0, True, "pinned")
-        elif session.per_query:
-            session.instruction = ClientInstruction(family.name, family.source_image_px, 0.0, True, "per query")
+        session.instruction = self._fixed_instruction(session)
         ladder = fallback_ladder(self._live_variants(family.name), self.server_overhead_ms)
         self.sessions[session.name] = session  # last: nothing above left a session behind when it raised
         self._wake.set()
         return session, ladder
+
+    def _fixed_instruction(self, session: EdgeSession) -> ClientInstruction | None:
+        """What a session the planner does not assign is told while it can be served: its
+        pinned variant, or per-query selection by the family's policy (None: a planned session)."""
+        if session.pinned_variant:
+            variant = self.service.variants[session.pinned_variant]
+            return ClientInstruction(variant.key, variant.variant.input_size_px, 0.0, True, "pinned")
+        if session.per_query:
+            return ClientInstruction(session.family, self.service.families[session.family].source_image_px, 0.0, True, "per query")
+        return None
 
     def unregister(self, session: EdgeSession) -> None:
         if self.sessions.get(session.name) is session:
@@ -229,8 +235,31 @@ class EdgeSessionManager:
         for session in self.sessions.values():
             if session.pinned_variant is None and not session.per_query:
                 by_family.setdefault(session.family, []).append(session)
+            else:
+                self._check_fixed(session)
         for family, sessions in by_family.items():
             await self._replan_family(family, sessions)
+
+    def _check_fixed(self, session: EdgeSession) -> None:
+        """A pinned or per-query session is not planned, but it is told when what it uses is
+        gone (an operator unloaded its pinned variant, or every variant of its family) and again
+        when it is back, as planned sessions are."""
+        if session.pinned_variant:
+            usable = session.pinned_variant not in self.service.operator_unloaded
+            missing = f"variant {session.pinned_variant!r} was unloaded by an operator; load it with POST /v2/repository/models/{session.pinned_variant}/load"
+        else:
+            usable = bool(self._live_variants(session.family))
+            missing = _no_variant_reason(session.family)
+        served = session.instruction is not None and session.instruction.served
+        if usable and not served:
+            session.instruction = self._fixed_instruction(session)
+        elif not usable and served:
+            last = session.instruction
+            session.instruction = ClientInstruction(last.variant, last.input_size_px, last.server_ms, False, missing)
+        else:
+            return
+        logger.info("edge: %s %s", session.name, "served again" if usable else f"unserved ({missing})")
+        session.post(assignment_message(session.instruction))
 
     async def _replan_family(self, family: str, sessions: list[EdgeSession]) -> None:
         state = self._families.setdefault(family, _FamilyState())
@@ -251,6 +280,11 @@ class EdgeSessionManager:
             variants, workers, [s.live() for s in sessions], server_overhead_ms=overhead_ms, plan_interval_ms=self.interval_s * 1000.0
         )
         plan = await self._planner.plan(instance, self.policy)
+        if {decision.variant for decision in plan.workers.values()} & self.service.operator_unloaded:
+            # An operator unloaded a planned variant while this plan was made: acting on it would
+            # load that variant back. Plan again at once, without it.
+            self._wake.set()
+            return
         state.planned_mbps = {s.name: s.bandwidth_mbps for s in sessions}
         state.worker_variants = {name: decision.variant for name, decision in plan.workers.items()}
         for key in {decision.variant for decision in plan.workers.values() if decision.variant}:
@@ -273,8 +307,7 @@ class EdgeSessionManager:
         profiled): each session that was served is told so, once, keeping its last variant and
         size for its own back-off. Before, such sessions kept a served assignment whose frames
         could only fail."""
-        reason = (f"no variant of family {family!r} is loaded and profiled (an operator may have unloaded them); "
-                  f"load one with POST /v2/repository/models/{family}/load")  # fmt: skip
+        reason = _no_variant_reason(family)
         for session in sessions:
             last = session.instruction
             if last is None or not last.served:
@@ -302,6 +335,11 @@ class EdgeSessionManager:
                 await self.replan()
             except Exception:  # a failed plan is logged and retried at the next tick
                 logger.exception("edge planning failed")
+
+
+def _no_variant_reason(family: str) -> str:
+    return (f"no variant of family {family!r} is loaded and profiled (an operator may have unloaded them); "
+            f"load one with POST /v2/repository/models/{family}/load")  # fmt: skip
 
 
 def _same(new: ClientInstruction, old: ClientInstruction | None) -> bool:
