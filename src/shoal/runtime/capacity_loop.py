@@ -66,6 +66,8 @@ from shoal.runtime.capacity_inputs import (
     parse_metrics,
     parse_system_body,
 )
+from shoal.runtime.errors import PayloadTooLargeError
+from shoal.runtime.http_body import read_limited_body
 
 __all__ = [
     "CapacityLoop",
@@ -303,16 +305,10 @@ def build_app(loop: CapacityLoop, *, interval_s: float | None = None, max_body_b
             await loop.aclose()
 
     async def optimize(request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_body_bytes:
-            return _error(f"body of {declared} bytes exceeds the limit of {max_body_bytes}", 413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                return _error(f"body exceeds the limit of {max_body_bytes} bytes", 413)
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        try:
+            body = await read_limited_body(request, max_body_bytes)
+        except PayloadTooLargeError as error:
+            return _error(error.message, 413)
         try:
             solver = request.query_params.get("solver")
             if solver is not None and solver not in SOLVERS:

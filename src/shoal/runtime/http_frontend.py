@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shoal.runtime.codec import decode_http_request, encode_http_response
 from shoal.runtime.endpoints import ServedModels, check_admin_authorization
+from shoal.runtime.http_body import read_limited_body
 from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError, UnsupportedEncodingError
 from shoal.runtime.openapi import openapi_document
 from shoal.runtime.scheduler import monotonic_ms
@@ -174,16 +175,7 @@ def build_http_app(
         check_admin_token(request, admin_token)
 
     async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_body_bytes:
-            raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {max_body_bytes}")
-        chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > max_body_bytes:
-                raise PayloadTooLargeError(f"request body exceeds the limit of {max_body_bytes} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        body = await read_limited_body(request, max_body_bytes)
         encoding = request.headers.get("content-encoding")
         return body if encoding is None else decompress_body(body, encoding, max_body_bytes)
 
