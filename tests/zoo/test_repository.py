@@ -47,6 +47,19 @@ def test_duplicate_variant_is_refused(writable_repository, tmp_path):
         writable_repository.add_variant(Variant(name="rf-16", family="fixture", input_size_px=16), model)
 
 
+def test_a_variant_directory_made_meanwhile_is_a_repository_error_not_a_crash(writable_repository, tmp_path):
+    """Two registrations of one name at once both pass the "already exists" check; the second to
+    make the directory gets a RepositoryError (a 400 over HTTP), not FileExistsError (a 500), and
+    the first's files are left alone."""
+    model = write_model(tmp_path / "m.onnx", input_size_px=32)
+    directory = writable_repository.variant_dir("fixture", "twin-32")
+    directory.mkdir()  # what the other registration has done by the time this one writes
+    (directory / "model.onnx").write_bytes(b"the other registration's file")
+    with pytest.raises(RepositoryError, match="already exists"):
+        writable_repository.add_variant(Variant(name="twin-32", family="fixture", input_size_px=32), model)
+    assert (directory / "model.onnx").read_bytes() == b"the other registration's file"
+
+
 @pytest.mark.parametrize(
     ("family", "variant"),
     [("fixture", "../../escape"), ("../fixture", "v"), ("fixture", "/abs"), ("fixture", "a/b")],

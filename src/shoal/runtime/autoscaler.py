@@ -33,6 +33,8 @@ class Autoscaler:
         self.rates_rps: dict[tuple, float] = {}  # per query class
         self.seen: dict[tuple, int] = {}
         self.seen_by_variant: dict[str, int] = {}
+        self.seen_by_exact_variant: dict[str, int] = {}
+        self.exact_rates_rps: dict[str, float] = {}  # per variant: requests that name it, not its family
         self.history: deque[AutoscaleDecision] = deque(maxlen=1000)  # the latest decisions, for inspection
         self._observed_at: float | None = None
         registry = service.metrics.registry
@@ -57,6 +59,14 @@ class Autoscaler:
             latest = (total - self.seen_by_variant.get(key, 0)) / elapsed_s
             self.seen_by_variant[key] = total
             self.service.arrival_rps_by_variant[key] = smooth_rate(self.service.arrival_rps_by_variant.get(key, 0.0), latest)
+        for key, total in list(self.service.requests_by_exact_variant.items()):
+            latest = (total - self.seen_by_exact_variant.get(key, 0)) / elapsed_s
+            self.seen_by_exact_variant[key] = total
+            rate = smooth_rate(self.exact_rates_rps.get(key, 0.0), latest)
+            if rate < 1e-3:
+                self.exact_rates_rps.pop(key, None)
+            else:
+                self.exact_rates_rps[key] = rate
 
     async def tick(self, now_s: float) -> list[AutoscaleDecision]:
         """Plan and apply replica counts; call `observe` first."""
@@ -81,6 +91,8 @@ class Autoscaler:
             for decision in plan.decisions:
                 if decision.variant in self.service.operator_unloaded:
                     continue  # an operator unloaded it; only an explicit load brings it back
+                if decision.to_replicas == 0 and self._still_asked_for(decision.variant):
+                    continue  # the planner sees family demand only; these requests name the variant
                 reached = await self.service.set_replicas(decision.variant, decision.to_replicas)
                 logger.info("autoscaler: %s %s %d -> %d: %s", decision.kind, decision.variant, decision.from_replicas, reached, decision.reason)
                 self.decisions.labels(decision.variant, decision.kind).inc()
@@ -89,3 +101,9 @@ class Autoscaler:
                 self.replicas.labels(key).set(count)
         self.history.extend(made)
         return made
+
+    def _still_asked_for(self, key: str) -> bool:
+        """Requests name the variant itself (recently, or queued or chosen for a batch now): it
+        keeps a replica whatever the family's demand, as the controller never unloads under
+        waiting requests."""
+        return self.exact_rates_rps.get(key, 0.0) > 0.0 or bool(self.service.scheduler.waiting(key))

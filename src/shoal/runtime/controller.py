@@ -33,6 +33,7 @@ class Controller:
         self.idle_unload_after_s = idle_unload_after_s
         self.state = CacheState()
         self._seen_requests: dict[str, int] = {}
+        self._missing_files: set[str] = set()  # variants whose model file was removed (warned once)
         self.autoscaler = Autoscaler(service, interval_s=interval_s)  # keeps arrival rates even when not scaling
         self.decisions = Counter(
             "shoal_controller_decisions", "Model-cache decisions of the controller", ["action", "variant"], registry=service.metrics.registry
@@ -43,12 +44,20 @@ class Controller:
         usages = []
         for key, served in self.service.variants.items():
             total = self.service.requests_by_variant.get(key, 0)
+            try:
+                model_bytes = os.path.getsize(served.model_path)
+            except OSError:  # removed from the repository under the running server (`shoal zoo remove`)
+                if key not in self._missing_files:
+                    logger.warning("controller: %s's model file %s is gone; it is left out of cache planning", key, served.model_path)
+                    self._missing_files.add(key)
+                continue
+            self._missing_files.discard(key)
             usages.append(
                 VariantUsage(
                     key=key,
                     family=served.family.name,
                     accuracy=served.variant.accuracy or 0.0,
-                    memory_bytes=3 * os.path.getsize(served.model_path),
+                    memory_bytes=3 * model_bytes,
                     loaded=bool(self.service.scheduler.workers_for(key)),
                     requests_since_last_tick=total - self._seen_requests.get(key, 0),
                 )

@@ -98,6 +98,7 @@ class InferenceService:
         self.manager = WorkerManager(config, self.scheduler, self.metrics, self._on_variant_loaded)
         self.requests_by_variant: dict[str, int] = {}  # items admitted per variant, read by the controller
         self.requests_by_class: dict[tuple, int] = {}  # items per (family, requirements), for the autoscaler
+        self.requests_by_exact_variant: dict[str, int] = {}  # items asked of a variant by its own name, for the autoscaler
         self.arrival_rps_by_variant: dict[str, float] = {}  # kept by the controller, read by model-less selection
         self.operator_unloaded: set[str] = set()  # unloaded on request: the controller must not bring them back
         self._gate_random = random.Random()
@@ -348,6 +349,7 @@ class InferenceService:
         for name in requested_outputs:
             if name != family.output_name:
                 raise BadRequestError(f"output {name!r} does not exist; {model_name!r} has output {family.output_name!r}")
+        by_exact_name = served is not None
         if served is None:
             query_class = (family.name, *stated.query_class)
             self.requests_by_class[query_class] = self.requests_by_class.get(query_class, 0) + tensor.shape[0]
@@ -372,6 +374,8 @@ class InferenceService:
             )
         items = preprocess(tensor, served.variant)
         self.requests_by_variant[served.key] = self.requests_by_variant.get(served.key, 0) + len(items)
+        if by_exact_name:
+            self.requests_by_exact_variant[served.key] = self.requests_by_exact_variant.get(served.key, 0) + len(items)
         deadline_ms = arrival_ms + slo_ms
         admit_by_ms = arrival_ms + slo_ms * self.config.admission_headroom
         futures = []

@@ -21,7 +21,7 @@ from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler
 from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
 from shoal.runtime.batch_block import DEFAULT_BLOCK_BYTES
-from shoal.runtime.errors import WorkerFailedError
+from shoal.runtime.errors import ModelLoadError, WorkerFailedError
 
 if TYPE_CHECKING:
     from shoal.runtime.service import ServedVariant
@@ -227,7 +227,13 @@ class WorkerManager:
         if served.key in worker.loaded_variants:
             cache.move_to_end(served.key)
             return
-        size = 3 * os.path.getsize(served.model_path)
+        try:
+            size = 3 * os.path.getsize(served.model_path)
+        except OSError as error:
+            raise ModelLoadError(
+                f"variant {served.key!r} cannot be loaded: its model file {served.model_path} cannot be read ({error.strerror}); "
+                "if it was removed from the repository, register it again or restart the server"
+            ) from None
         while cache and sum(cache.values()) + size > self.config.cache_bytes_per_worker:
             victim, _ = next(iter(cache.items()))
             logger.info("evicting %s from worker %s (cache full)", victim, worker.worker_id)

@@ -176,7 +176,13 @@ class ModelRepository:
         check_signature_matches(family, signature, variant, model_path)
         parameter_count = variant.parameter_count or count_parameters(model_path)
         stored = variant.model_copy(update={"model_file": MODEL_FILE, "parameter_count": parameter_count})
-        directory.mkdir(parents=True, exist_ok=False)
+        try:
+            directory.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:  # registered meanwhile (two registrations of one name at once), or a leftover
+            raise RepositoryError(
+                f"variant {variant.name!r} of family {variant.family!r}: its directory {directory} already exists "
+                "(registered meanwhile, or left by an earlier failed add); pick another name or remove that directory"
+            ) from None
         try:
             shutil.copyfile(model_path, directory / MODEL_FILE)
             dump_yaml(stored, directory / VARIANT_FILE)

@@ -1,0 +1,73 @@
+"""The controller and autoscaler applied to a running service, tick by tick (in-process, real workers)."""
+
+import asyncio
+
+import numpy as np
+
+from shoal.runtime.autoscaler import Autoscaler
+from shoal.runtime.service import InferenceService
+from shoal.runtime.worker_manager import ServeConfig
+
+
+def _scenario(fixture_repository_path, *, keep_asking: bool):
+    async def run():
+        config = ServeConfig(repository=fixture_repository_path, preload=("fixture.rf-16",), num_workers=1, intra_op_threads=1,
+                             policy="modelless", autoscale=True, autoscale_hold_s=0.0)  # fmt: skip
+        service = InferenceService(config)
+        await service.start()
+        autoscaler = Autoscaler(service, interval_s=0.25)
+        image = np.zeros((1, 3, 64, 64), dtype=np.uint8)
+        family = service.families["fixture"]
+        try:
+            now_s = 0.0
+            for _ in range(8):
+                if keep_asking:
+                    await service.infer("fixture.rf-16", {family.input_name: image}, {"slo_ms": 5000}, [])
+                autoscaler.observe()
+                await autoscaler.tick(now_s)
+                now_s += 10.0  # past any hold
+            return service.replica_counts()["fixture.rf-16"]
+        finally:
+            await service.stop()
+
+    return asyncio.run(run())
+
+
+def test_requests_naming_a_variant_keep_it_and_without_them_it_is_scaled_down(fixture_repository_path):
+    """The planner sees family demand only: requests that name the variant itself must not lose
+    it to a scale-down (they got 503s from ~2 s on). Without them, it scales down to 0."""
+    assert _scenario(fixture_repository_path, keep_asking=True) == 1
+    assert _scenario(fixture_repository_path, keep_asking=False) == 0
+
+
+def test_a_model_file_removed_under_the_server_leaves_the_controller_ticking_and_its_load_says_why(fixture_repository_path, tmp_path):
+    """`shoal zoo remove` on a running server: the controller's ticks used to fail for every
+    variant (FileNotFoundError) and a load of the removed one was a generic 500."""
+    import shutil
+
+    from shoal.runtime.controller import Controller
+    from shoal.runtime.errors import ModelLoadError
+
+    repository = tmp_path / "repo"
+    shutil.copytree(fixture_repository_path, repository)
+
+    async def run():
+        service = InferenceService(ServeConfig(repository=repository, preload=("fixture.rf-16",), num_workers=1, intra_op_threads=1))
+        await service.start()
+        controller = Controller(service, interval_s=0.25)
+        try:
+            (repository / "fixture" / "rf-64" / "model.onnx").unlink()
+            await controller.tick(0.0)
+            await controller.tick(1.0)
+            planned = [usage.key for usage in controller.observe(2.0).variants]
+            try:
+                await service.load_model("fixture.rf-64")
+            except ModelLoadError as error:
+                return planned, error
+            return planned, None
+        finally:
+            await service.stop()
+
+    planned, error = asyncio.run(run())
+    assert "fixture.rf-64" not in planned and "fixture.rf-16" in planned
+    assert error is not None and "fixture.rf-64" in error.message and "cannot be read" in error.message
