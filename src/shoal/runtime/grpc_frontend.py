@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 __all__ = ["start_grpc_server"]
 
 logger = logging.getLogger(__name__)
+STREAM_MAX_PENDING = 128
+"""Requests of one ModelStreamInfer stream read and not yet answered to gRPC; past it, the
+stream's next requests are not read until the client takes answers (flow control then holds
+the client)."""
 
 _CONTENT_FIELDS = {
     "BOOL": "bool_contents",
@@ -192,14 +196,26 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
         in_flight: set[asyncio.Task] = set()
+        # A request holds a slot from when it is read until its answer is handed to gRPC: a
+        # client that sends without reading stops being read once STREAM_MAX_PENDING answers
+        # wait for it (they used to pile up without bound: 3 GB in 9 s in a review's test).
+        slots = asyncio.Semaphore(STREAM_MAX_PENDING)
 
         def answer(task: asyncio.Task) -> None:
             in_flight.discard(task)
-            if not task.cancelled():
+            if task.cancelled():
+                slots.release()
+            else:
                 answers.put_nowait(task.result())
 
         async def read_requests() -> None:
-            async for request in request_iterator:
+            requests = request_iterator.__aiter__()
+            while True:
+                await slots.acquire()
+                try:
+                    request = await requests.__anext__()
+                except StopAsyncIteration:
+                    return
                 task = asyncio.create_task(self._stream_answer(request, monotonic_ms()))
                 in_flight.add(task)
                 task.add_done_callback(answer)
@@ -211,12 +227,14 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             while True:
                 while not answers.empty():
                     yield answers.get_nowait()
+                    slots.release()
                 if reader.done() and not in_flight:
                     break
                 next_answer = asyncio.ensure_future(answers.get())
                 await asyncio.wait({next_answer} if reader.done() else {next_answer, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if next_answer.done():
                     yield next_answer.result()
+                    slots.release()
                 else:  # the reader ended: look again whether anything is still in flight
                     next_answer.cancel()
             reader.result()  # a broken request stream ends the call with its error
