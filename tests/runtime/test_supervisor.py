@@ -110,3 +110,52 @@ def test_stop_restarts_nothing():
         assert supervisor._loops["controller"].task.done()
 
     asyncio.run(scenario())
+
+
+def test_a_loop_that_swallows_its_cancellation_cannot_hold_up_stop():
+    """A hung loop that catches CancelledError is left running when restarted; stop() cancels
+    it (and its restarted copies) again and waits at most CANCEL_WAIT_S, rather than for good."""
+
+    async def scenario():
+        supervisor = Supervisor(CollectorRegistry(), check_interval_s=0.02)
+        supervisor.CANCEL_WAIT_S = 0.2
+        running: dict[int, asyncio.Task] = {}
+        stubborn_until_released = asyncio.Event()
+
+        async def stubborn(heartbeat: Heartbeat) -> None:
+            me = len(running) + 1
+            running[me] = asyncio.current_task()
+            try:
+                while True:
+                    try:
+                        await asyncio.sleep(10)  # hangs: no beat
+                    except asyncio.CancelledError:
+                        if not stubborn_until_released.is_set():
+                            continue  # every copy swallows its cancellations (a broad except in a tick)
+                        raise
+            finally:
+                del running[me]
+
+        supervisor.add("controller", stubborn, stall_after_s=0.1)
+        await wait_for(lambda: supervisor.restart_count("controller") >= 1 and 2 in running)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(supervisor.stop(), timeout=5.0)
+        took_s = asyncio.get_running_loop().time() - started
+        left = sorted(running)
+        stubborn_until_released.set()  # let the test's event loop close
+        for task in list(running.values()):
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+        return took_s, left
+
+    # On a daemon thread: code that regresses to waiting for good fails here instead of hanging the suite.
+    import threading
+
+    outcome = []
+    runner = threading.Thread(target=lambda: outcome.append(asyncio.run(scenario())), daemon=True)
+    runner.start()
+    runner.join(timeout=10.0)
+    assert outcome, "stop() (or the loop's shutdown) did not finish within 10 s"
+    took_s, left = outcome[0]
+    assert took_s < 1.0  # it used to wait for the running copy for good
+    assert left[:2] == [1, 2]  # the abandoned copy and the running one, left behind (and logged)

@@ -66,6 +66,9 @@ class Supervisor:
         self._loops: dict[str, _Loop] = {}
         self._watch: asyncio.Task | None = None
         self._stopping = False
+        # Stalled loops that did not honour their cancellation within CANCEL_WAIT_S: still
+        # running, cancelled again (and waited for, boundedly) when the supervisor stops.
+        self._abandoned: set[asyncio.Task] = set()
 
     def add(self, name: str, start: Callable[[Heartbeat], Awaitable[None]], *, stall_after_s: float) -> None:
         """`start(heartbeat)` builds a fresh loop object and runs it; it must call `heartbeat.beat()`
@@ -92,13 +95,19 @@ class Supervisor:
         return True
 
     async def stop(self) -> None:
+        """Cancel every loop, abandoned ones included, and wait for them at most CANCEL_WAIT_S:
+        one that swallows its cancellation must not hold up the server's shutdown for good."""
         self._stopping = True
-        tasks = [loop.task for loop in self._loops.values() if loop.task is not None]
+        tasks = {loop.task for loop in self._loops.values() if loop.task is not None} | self._abandoned
         if self._watch is not None:
-            tasks.append(self._watch)
+            tasks.add(self._watch)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, still_running = await asyncio.wait(tasks, timeout=self.CANCEL_WAIT_S)
+        for task in still_running:
+            logger.error("background loop %r ignored its cancellation; left behind at shutdown", task.get_name())
 
     # -- inside -----------------------------------------------------------------------------------
     def _launch(self, loop: _Loop) -> None:
@@ -135,6 +144,11 @@ class Supervisor:
                     task.cancel()
                     # a loop that swallows its cancellation must not hold up the others
                     await asyncio.wait({task}, timeout=self.CANCEL_WAIT_S)
+                    if not task.done():
+                        reason += "; it ignored its cancellation and is left running"
+                        self._abandoned.add(task)
+                        task.add_done_callback(self._abandoned.discard)
+                    now = time.monotonic()  # the wait may have taken seconds
                 else:
                     continue
                 loop.restarts += 1
