@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -177,6 +178,18 @@ def test_every_request_to_a_closed_port_is_recorded_as_a_client_error():
     assert stats.num_requests == len(poisson_schedule(100.0, 0.3, seed=0))
     assert stats.num_client_errors == stats.num_requests
     assert sum(run.client_errors.values()) == stats.num_requests
+
+
+def test_closed_loop_clients_pause_after_a_refused_connection_rather_than_spin():
+    """4 closed-loop clients against a closed port for 0.5 s: each waits CLOSED_LOOP_ERROR_PAUSE_S
+    after a failed request (a review measured ~7,000 failed requests a second, one core busy)."""
+    from shoal.client import loadgen
+
+    pause_s = getattr(loadgen, "CLOSED_LOOP_ERROR_PAUSE_S", 0.01)  # the same bound checked on code without the pause
+    spec = _spec(url=f"http://127.0.0.1:{_free_port()}", mode="closed", concurrency=4, rate_rps=None, duration_s=0.5, drain_timeout_s=1.0)
+    stats = summarise(asyncio.run(generate_load(spec)))
+    most = 4 * (0.5 / pause_s + 1)
+    assert 0 < stats.num_requests <= most and stats.num_client_errors == stats.num_requests
 
 
 @pytest.fixture(scope="module")

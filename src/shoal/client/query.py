@@ -22,6 +22,8 @@ import numpy as np
 __all__ = ["Overloaded", "QueryAnswer", "QueryClient", "QueryFailed", "RequirementsUnmet"]
 
 _DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8"}
+MAX_OVERHEAD_SHARE = 0.5
+"""The most of a query's SLO the client keeps for its own measured overhead."""
 
 
 class QueryFailed(RuntimeError):
@@ -89,7 +91,9 @@ class QueryClient:
             raise ValueError(f"images must be float32 (scaled to [0, 1]) or uint8, got {images.dtype}")
         parameters: dict = {"priority": priority, "binary_data_output": True}
         if slo_ms is not None and self.subtract_overhead:
-            slo_ms = max(1.0, slo_ms - self.overhead_ms)
+            # At most half the SLO: one slow first answer (a cold connection) once set a 1 ms SLO
+            # for good, since only answered requests correct the estimate and none was answered.
+            slo_ms = max(1.0, slo_ms - min(self.overhead_ms, MAX_OVERHEAD_SHARE * slo_ms))
         for name, value in (("slo_ms", slo_ms), ("min_accuracy", min_accuracy), ("max_cost_per_1000_usd", max_cost_per_1000_usd)):
             if value is not None:
                 parameters[name] = value
