@@ -101,3 +101,29 @@ def test_usage_errors_exit_2_without_a_traceback(capsys):
     code, _, err = run_cli(capsys, "zoo", "add", "--family", "f")
     assert code == 2
     assert "Missing option" in err and "Traceback" not in err
+
+
+def test_a_refused_add_leaves_the_repository_as_it_was(capsys, fixture_repository_path, tmp_path):
+    """Checked before anything is written or measured: a bad variant name, a model larger than a
+    new family's validation frames, or one whose input the family does not take. (A new family's
+    files used to stay behind, holding no variant; the others ended in a traceback.)"""
+    source = fixture_repository_path / "fixture"
+    small_validation = tmp_path / "val.npz"
+    np.savez(small_validation, images=np.zeros((4, 3, 32, 32), np.uint8), labels=np.zeros(4, np.int64))
+    repo = tmp_path / "repo"
+    model_64 = str(source / "rf-64" / "model.onnx")
+
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", str(repo), "--family", "newfam", "--variant", "bad name", "--model", model_64)
+    assert code == 2 and err.startswith("error: --variant 'bad name'") and err.count("\n") == 1, err
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", str(repo), "--family", "fam2", "--variant", "v64", "--model", model_64,
+                           "--validation", str(small_validation))  # fmt: skip
+    assert code == 2 and "larger than the family's source frames" in err, err
+    assert not (repo / "newfam").exists() and not (repo / "fam2").exists()
+
+    rng = np.random.default_rng(2)
+    renamed = tmp_path / "renamed.onnx"
+    onnx.save(random_feature_model(32, rng.normal(size=(4, 3, 3, 3)).astype(np.float32), rng.normal(size=(4, 10)), np.zeros(10),
+                                   input_name="x"), str(renamed))  # fmt: skip
+    shutil.copytree(fixture_repository_path, tmp_path / "copy")
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", str(tmp_path / "copy"), "--family", "fixture", "--variant", "x-32", "--model", str(renamed))
+    assert code == 2 and "input is named 'x'" in err and err.count("\n") == 1, err

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from shoal.cli._app import zoo_app
 from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, progress_bar
-from shoal.core.errors import InvalidInputError
+from shoal.core.errors import InvalidInputError, RepositoryError
 from shoal.core.models import Device, Family, Variant
 from shoal.zoo import DEMO_FAMILY, default_repository_path
-from shoal.zoo.repository import inspect_model, load_validation_file
+from shoal.zoo.repository import check_signature_matches, inspect_model, load_validation_file
 
 
 @zoo_app.command("build-demo")
@@ -56,7 +58,8 @@ def add(
         validation_path = validation / "validation.npz" if validation.is_dir() else validation
         if not validation_path.is_file():
             raise InvalidInputError(f"--validation: {validation_path} does not exist (give a folder holding validation.npz or the file)")
-    if repository.has_family(family):
+    new_family = not repository.has_family(family)
+    if not new_family:
         family_spec = repository.load_family(family)
         data = load_validation_file(validation_path, family_spec) if validation_path else repository.load_validation(family)
     else:
@@ -78,22 +81,25 @@ def add(
             num_classes=signature.output_shape[1],
             source_image_px=images.shape[-1] if images is not None else signature.input_size_px,
         )
-        family_spec = repository.create_family(family_spec, images, labels)
         data = (images, labels) if images is not None else None
 
-    spec = Variant(name=variant, family=family, input_size_px=signature.input_size_px, description=description)
-    if data is not None:
-        from shoal.profiler import create_session, measure_accuracy
-
-        session = create_session(model, Device.parse("cpu"))
-        spec = spec.model_copy(update={"accuracy": round(measure_accuracy(session, family_spec, spec, *data), 6)})
-    # Profiled on every device here before it is registered, so model-less selection and the
-    # autoscaler can consider it from the moment it exists.
-    from shoal.profiler.measure import profile_variant
-    from shoal.profiler.session import available_devices
-
-    profiles = [profile_variant(model, family_spec, spec, device, repeats=10) for device in available_devices()]
-    stored = repository.add_variant(spec, model)
+    try:
+        spec = Variant(name=variant, family=family, input_size_px=signature.input_size_px, description=description)
+    except ValidationError as error:
+        raise InvalidInputError(f"--variant {variant!r}: {error.errors()[0]['msg']}") from None
+    # Everything checked before anything is measured or written: a refused add leaves the
+    # repository as it was (a new family's files used to stay behind, holding no variant).
+    check_signature_matches(family_spec, signature, spec, model)
+    if repository.variant_dir(family, variant).exists():
+        raise RepositoryError(f"variant {variant!r} already exists in family {family!r}; remove it first or pick another name")
+    if new_family:  # its validation set is checked here
+        family_spec = repository.create_family(family_spec, *(data or (None, None)))
+    try:
+        stored, profiles = _measure_and_add(repository, family_spec, spec, model, data)
+    except BaseException:
+        if new_family:  # its first variant failed: the family goes too
+            shutil.rmtree(repository.family_dir(family), ignore_errors=True)
+        raise
     for profile in profiles:
         repository.save_profile(profile)
     if json_output:
@@ -101,6 +107,21 @@ def add(
     else:
         accuracy = "not measured (no validation set)" if stored.accuracy is None else f"{stored.accuracy:.1%}"
         console.print(f"registered {family}/{variant}: {stored.input_size_px} px, accuracy {accuracy}")
+
+
+def _measure_and_add(repository, family_spec: Family, spec: Variant, model: Path, data) -> tuple[Variant, list]:
+    """Accuracy on the validation set (if any) and a profile on every device here, then the
+    variant registered: model-less selection and the autoscaler can consider it from the moment
+    it exists."""
+    from shoal.profiler import create_session, measure_accuracy
+    from shoal.profiler.measure import profile_variant
+    from shoal.profiler.session import available_devices
+
+    if data is not None:
+        session = create_session(model, Device.parse("cpu"))
+        spec = spec.model_copy(update={"accuracy": round(measure_accuracy(session, family_spec, spec, *data), 6)})
+    profiles = [profile_variant(model, family_spec, spec, device, repeats=10) for device in available_devices()]
+    return repository.add_variant(spec, model), profiles
 
 
 @zoo_app.command("list")
