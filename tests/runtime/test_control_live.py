@@ -71,3 +71,38 @@ def test_a_model_file_removed_under_the_server_leaves_the_controller_ticking_and
     planned, error = asyncio.run(run())
     assert "fixture.rf-64" not in planned and "fixture.rf-16" in planned
     assert error is not None and "fixture.rf-64" in error.message and "cannot be read" in error.message
+
+
+def test_model_less_selection_does_not_load_back_what_an_operator_unloaded(fixture_repository_path):
+    """Only an explicit load brings back a variant an operator unloaded (as for the controller
+    and the autoscaler); with every variant unloaded, a family query is a 503 that says so."""
+    from shoal.runtime.errors import ModelNotReadyError, RequirementsUnmetError
+
+    async def run():
+        config = ServeConfig(repository=fixture_repository_path, preload=("fixture.rf-16", "fixture.rf-64"), num_workers=1,
+                             intra_op_threads=1, policy="modelless")  # fmt: skip
+        service = InferenceService(config)
+        await service.start()
+        family = service.families["fixture"]
+        image = np.zeros((1, 3, 128, 128), dtype=np.uint8)
+        try:
+            await service.unload_model("fixture.rf-64")  # the most accurate one
+            only_rf_64 = service.variants["fixture.rf-64"].variant.accuracy
+            try:
+                await service.infer("fixture", {family.input_name: image}, {"slo_ms": 5000, "min_accuracy": only_rf_64}, [])
+                first = "answered"
+            except RequirementsUnmetError:
+                first = "unmet"
+            loaded_after = sorted(key for key in service.variants if service.scheduler.workers_for(key))
+            await service.unload_model("fixture")
+            try:
+                await service.infer("fixture", {family.input_name: image}, {"slo_ms": 5000}, [])
+            except ModelNotReadyError as error:
+                return first, loaded_after, error.message
+            return first, loaded_after, None
+        finally:
+            await service.stop()
+
+    first, loaded_after, refusal = asyncio.run(run())
+    assert first == "unmet" and "fixture.rf-64" not in loaded_after
+    assert refusal is not None and "unloaded by an operator" in refusal

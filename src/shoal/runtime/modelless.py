@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from shoal.core.models import Device, Family
 from shoal.planner.modelless import LiveVariant, ModellessVariant, Requirements, alternatives, cost_per_1000_usd, select_variant
-from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError
+from shoal.runtime.errors import BadRequestError, ModelNotReadyError, OverloadedError, RequirementsUnmetError
 from shoal.runtime.scheduler import monotonic_ms
 
 if TYPE_CHECKING:
@@ -106,6 +106,11 @@ async def choose_modelless(service: "InferenceService", model_name: str, family:
     variants = modelless_variants(service, family, input_size_px)
     if not variants:
         raise BadRequestError(f"{model_name}: no variant takes a {input_size_px} px input or has a profile; send a larger image or run `shoal profile`")
+    # An operator's unload holds until an explicit load, as for the controller and autoscaler:
+    # selection would otherwise load the variant back for the next query that wants it.
+    variants = {key: view for key, view in variants.items() if key not in service.operator_unloaded}
+    if not variants:
+        raise ModelNotReadyError(f"{model_name}: every variant that could answer was unloaded by an operator; POST /v2/repository/models/{model_name}/load")
     if remaining_slo_ms <= 0:
         raise OverloadedError(f"{model_name}: the request's SLO was spent before a variant could be chosen", retry_after_s=1.0)
     requirements = Requirements(remaining_slo_ms, stated.min_accuracy, stated.max_cost_per_1000_usd)
