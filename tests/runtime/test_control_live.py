@@ -106,3 +106,35 @@ def test_model_less_selection_does_not_load_back_what_an_operator_unloaded(fixtu
     first, loaded_after, refusal = asyncio.run(run())
     assert first == "unmet" and "fixture.rf-64" not in loaded_after
     assert refusal is not None and "unloaded by an operator" in refusal
+
+
+def test_a_family_named_like_another_family_s_variant_is_refused_at_start_naming_both(fixture_repository_path, tmp_path):
+    """Names may hold dots: a family `fixture.rf-16` would hide variant rf-16 of `fixture` (and
+    its variant `v` would be `fixture.rf-16.v`). The server refuses to start, naming both."""
+    import shutil
+
+    import pytest
+
+    from shoal.core.errors import InvalidInputError
+
+    repository = tmp_path / "repo"
+    shutil.copytree(fixture_repository_path, repository)
+    clash = repository / "fixture.rf-16"
+    clash.mkdir()
+    shutil.copy(repository / "fixture" / "validation.npz", clash / "validation.npz")
+    (clash / "family.yaml").write_text((repository / "fixture" / "family.yaml").read_text().replace("name: fixture\n", "name: fixture.rf-16\n", 1))
+    (clash / "v").mkdir()
+    shutil.copy(repository / "fixture" / "rf-16" / "model.onnx", clash / "v" / "model.onnx")
+    (clash / "v" / "variant.yaml").write_text(
+        (repository / "fixture" / "rf-16" / "variant.yaml").read_text().replace("name: rf-16\n", "name: v\n").replace("family: fixture\n", "family: fixture.rf-16\n")
+    )
+
+    async def run():
+        service = InferenceService(ServeConfig(repository=repository, preload=(), num_workers=1, intra_op_threads=1))
+        try:
+            await service.start()
+        finally:
+            await service.stop()
+
+    with pytest.raises(InvalidInputError, match=r"'fixture.rf-16' is taken already by variant 'rf-16' of family 'fixture'"):
+        asyncio.run(run())

@@ -122,6 +122,8 @@ def test_registration_over_http_measures_then_makes_the_variant_selectable(fixtu
         assert refused.status_code == 401
         garbage = httpx.post(url, content=b"not onnx", headers={"Authorization": "Bearer secret"}, timeout=60)
         assert garbage.status_code == 400 and not (root / "fixture" / "rf-64-copy").exists()
+        # The error names what was sent, not the server's scratch file.
+        assert "the uploaded model" in garbage.json()["error"] and "/tmp" not in garbage.json()["error"], garbage.text
         created = httpx.post(url, content=model_bytes, headers={"Authorization": "Bearer secret"}, timeout=120)
         assert created.status_code == 201, created.text
         answer = created.json()

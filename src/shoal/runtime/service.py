@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from shoal import __version__
+from shoal.core.errors import InvalidInputError
 from shoal.core.models import Device, Family, Profile, Variant
 from shoal.profiler.measure import summarise_latencies
 from shoal.planner.batching import loop_gate_refusal_probability
@@ -110,12 +111,14 @@ class InferenceService:
         Device.parse(self.config.device)
         for family_name in self.repository.family_names():
             family = self.repository.load_family(family_name)
+            self._check_unique_name(family_name)
             self.families[family_name] = family
             for variant in self.repository.variants(family_name):
                 served = ServedVariant(
                     family, variant, str(self.repository.model_path(family_name, variant.name)),
                     repository_profile=self.repository.load_profile(family_name, variant.name, Device.parse(self.config.device)),
                 )
+                self._check_unique_name(served.key)
                 self.variants[served.key] = served
                 self.scheduler.add_queue(
                     VariantQueue(served.key, served.batch_latency_ms, self.config.max_batch_size, self.config.queue_capacity)
@@ -211,15 +214,29 @@ class InferenceService:
             index.append({"name": name, "version": "1", "state": state, "reason": ""})
         return index
 
+    def _check_unique_name(self, name: str) -> None:
+        """Names may hold dots, so family `a` with variant `b.c` and family `a.b` with variant `c`
+        would both be `a.b.c` (and family `a.b` would hide variant `b` of `a`): one would silently
+        replace or shadow the other. Refused, naming what holds the name already."""
+        if name in self.variants or name in self.families:
+            taken = f"family {name!r}" if name in self.families else f"variant {self.variants[name].variant.name!r} of family {self.variants[name].family.name!r}"
+            raise InvalidInputError(f"model name {name!r} is taken already by {taken}; rename one of them in the repository")
+
     async def register_variant(self, family_name: str, variant_name: str, model_bytes: bytes) -> dict[str, Any]:
         """Measure (accuracy, profile on the serving device) and register a new variant; it is
         selectable by family endpoints as soon as this returns (loaded on demand)."""
         if family_name not in self.families:
             raise ModelNotFoundError(f"family {family_name!r} is not served; register variants into an existing family")
+        key = f"{family_name}.{variant_name}"
+        same = self.variants.get(key)
+        if same is None or same.family.name != family_name:  # a plain duplicate: the repository says "already exists"
+            try:
+                self._check_unique_name(key)
+            except InvalidInputError as error:
+                raise BadRequestError(str(error)) from None
         import tempfile
         from pathlib import Path
 
-        from shoal.core.errors import InvalidInputError
         from shoal.zoo.register import register_measured_variant
 
         with tempfile.TemporaryDirectory() as scratch:
@@ -230,8 +247,8 @@ class InferenceService:
                     register_measured_variant, self.repository, family_name, variant_name, model_path, [Device.parse(self.config.device)],
                     profile_batch_sizes=[b for b in self.config.profile_batch_sizes if b <= self.config.max_batch_size],
                 )
-            except InvalidInputError as error:  # a bad model or name is the client's to fix
-                raise BadRequestError(str(error)) from None
+            except InvalidInputError as error:  # a bad model or name is the client's to fix (the server's scratch path is no help)
+                raise BadRequestError(str(error).replace(str(model_path), "the uploaded model")) from None
         family = self.families[family_name]
         served = ServedVariant(family, variant, str(self.repository.model_path(family_name, variant.name)), repository_profile=profiles[0])
         self.variants[served.key] = served
