@@ -317,3 +317,46 @@ def test_an_actor_runs_batches_while_it_loads_another_variant(fixture_repository
         multiprocessing.connection.Client = real_client
         ray.shutdown()
     assert during_load >= 3 and loaded == ["rf-16", "rf-64"]
+
+
+def test_a_start_that_is_cancelled_kills_its_actor(monkeypatch):
+    """No Ray cluster: a fake actor that never gets ready. Cancelled while it waits (a stopping
+    server), the start kills the actor, which would otherwise keep its placement-group slot."""
+    import asyncio
+
+    import ray
+
+    from shoal.runtime import ray_backend
+
+    killed = []
+
+    class NeverReady:
+        class ready:  # noqa: N801 - Ray's method handle
+            @staticmethod
+            def remote():
+                return asyncio.get_running_loop().create_future()  # never resolved
+
+    class FakeClass:
+        def options(self, **_):
+            return self
+
+        def remote(self, *_):
+            return NeverReady()
+
+    monkeypatch.setattr(ray_backend, "_actor_class", lambda: FakeClass())
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "kill", lambda actor: killed.append(actor))
+
+    async def scenario():
+        handle = ray_backend.RayWorkerHandle("w0")
+        start = asyncio.create_task(handle.start(timeout_s=60))
+        await asyncio.sleep(0.05)
+        start.cancel()
+        try:
+            await start
+        except asyncio.CancelledError:
+            pass
+        return handle
+
+    handle = asyncio.run(scenario())
+    assert len(killed) == 1 and not handle.alive

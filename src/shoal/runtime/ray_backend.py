@@ -237,19 +237,24 @@ class RayWorkerHandle:
             )
         self._actor = _actor_class().options(**{k: v for k, v in options.items() if v is not None}).remote(self.device, self.intra_op_threads)
         try:
-            identity = await asyncio.wait_for(self._actor.ready.remote(), timeout_s)
-        except TimeoutError:
+            try:
+                identity = await asyncio.wait_for(self._actor.ready.remote(), timeout_s)
+            except TimeoutError:
+                raise WorkerFailedError(
+                    f"worker {self.worker_id}: no Ray node offered {worker_resources(self.device, self.intra_op_threads, self.device_resource)} "
+                    f"within {timeout_s:.0f} s; "
+                    "add nodes or resources (`ray status` shows what the cluster has)"
+                ) from None
+            except ray.exceptions.RayActorError as error:  # died while starting, e.g. its constructor failed
+                raise WorkerFailedError(f"worker {self.worker_id}: its Ray actor died while starting: {error}") from None
+            self.pid = identity["pid"]
+            if self.shared_memory_bytes and identity["node_id"] == self._driver_node_id():
+                self.channel = await self._open_channel()
+        except BaseException:
+            # A start that failed or was cancelled (a stopping server) kills its actor: alive, it
+            # would keep its placement-group slot, which a replacement must take.
             self._kill_actor()
-            raise WorkerFailedError(
-                f"worker {self.worker_id}: no Ray node offered {worker_resources(self.device, self.intra_op_threads, self.device_resource)} "
-                f"within {timeout_s:.0f} s; "
-                "add nodes or resources (`ray status` shows what the cluster has)"
-            ) from None
-        except ray.exceptions.RayActorError as error:  # died while starting, e.g. its constructor failed
-            raise WorkerFailedError(f"worker {self.worker_id}: its Ray actor died while starting: {error}") from None
-        self.pid = identity["pid"]
-        if self.shared_memory_bytes and identity["node_id"] == self._driver_node_id():
-            self.channel = await self._open_channel()
+            raise
         self.alive = True
 
     def _kill_actor(self) -> None:
