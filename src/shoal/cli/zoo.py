@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from shoal.cli._app import zoo_app
 from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, progress_bar
-from shoal.core.errors import InvalidInputError, RepositoryError
+from shoal.core.errors import InvalidInputError
 from shoal.core.models import Device, Family, Variant
 from shoal.zoo import DEMO_FAMILY, default_repository_path
 from shoal.zoo.repository import check_signature_matches, inspect_model, load_validation_file
@@ -90,8 +90,7 @@ def add(
     # Everything checked before anything is measured or written: a refused add leaves the
     # repository as it was (a new family's files used to stay behind, holding no variant).
     check_signature_matches(family_spec, signature, spec, model)
-    if repository.variant_dir(family, variant).exists():
-        raise RepositoryError(f"variant {variant!r} already exists in family {family!r}; remove it first or pick another name")
+    repository.check_absent(family, variant)
     if new_family:  # its validation set is checked here
         family_spec = repository.create_family(family_spec, *(data or (None, None)))
     try:

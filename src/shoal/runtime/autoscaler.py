@@ -47,26 +47,9 @@ class Autoscaler:
         # The real period: a tick that awaited model loads took longer than the nominal interval.
         elapsed_s = self.interval_s if self._observed_at is None else max(1e-3, now - self._observed_at)
         self._observed_at = now
-        for query_class, total in list(self.service.requests_by_class.items()):
-            latest = (total - self.seen.get(query_class, 0)) / elapsed_s
-            self.seen[query_class] = total
-            rate = smooth_rate(self.rates_rps.get(query_class, 0.0), latest)
-            if rate < 1e-3:  # a class nobody sends any more: forget it rather than grow forever
-                self.rates_rps.pop(query_class, None)
-            else:
-                self.rates_rps[query_class] = rate
-        for key, total in list(self.service.requests_by_variant.items()):
-            latest = (total - self.seen_by_variant.get(key, 0)) / elapsed_s
-            self.seen_by_variant[key] = total
-            self.service.arrival_rps_by_variant[key] = smooth_rate(self.service.arrival_rps_by_variant.get(key, 0.0), latest)
-        for key, total in list(self.service.requests_by_exact_variant.items()):
-            latest = (total - self.seen_by_exact_variant.get(key, 0)) / elapsed_s
-            self.seen_by_exact_variant[key] = total
-            rate = smooth_rate(self.exact_rates_rps.get(key, 0.0), latest)
-            if rate < 1e-3:
-                self.exact_rates_rps.pop(key, None)
-            else:
-                self.exact_rates_rps[key] = rate
+        _fold_rates(self.service.requests_by_class, self.seen, self.rates_rps, elapsed_s, forget=True)
+        _fold_rates(self.service.requests_by_variant, self.seen_by_variant, self.service.arrival_rps_by_variant, elapsed_s, forget=False)
+        _fold_rates(self.service.requests_by_exact_variant, self.seen_by_exact_variant, self.exact_rates_rps, elapsed_s, forget=True)
 
     async def tick(self, now_s: float) -> list[AutoscaleDecision]:
         """Plan and apply replica counts; call `observe` first."""
@@ -107,3 +90,16 @@ class Autoscaler:
         keeps a replica whatever the family's demand, as the controller never unloads under
         waiting requests."""
         return self.exact_rates_rps.get(key, 0.0) > 0.0 or bool(self.service.scheduler.waiting(key))
+
+
+def _fold_rates(totals: dict, seen: dict, rates_rps: dict, elapsed_s: float, *, forget: bool) -> None:
+    """Fold what each running count in `totals` gained since `seen` into its smoothed rate; with
+    `forget`, a rate that decayed below 0.001/s is dropped rather than kept (and grown) for ever."""
+    for key, total in list(totals.items()):
+        latest = (total - seen.get(key, 0)) / elapsed_s
+        seen[key] = total
+        rate = smooth_rate(rates_rps.get(key, 0.0), latest)
+        if forget and rate < 1e-3:
+            rates_rps.pop(key, None)
+        else:
+            rates_rps[key] = rate

@@ -29,8 +29,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shoal.runtime.codec import decode_http_request, encode_http_response
 from shoal.runtime.endpoints import ServedModels, check_admin_authorization
-from shoal.runtime.http_body import read_limited_body
 from shoal.runtime.errors import BadRequestError, OverloadedError, PayloadTooLargeError, RequirementsUnmetError, ServingError, UnsupportedEncodingError
+from shoal.runtime.http_body import read_limited_body
 from shoal.runtime.openapi import openapi_document
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from shoal.core.errors import RepositoryError
 from shoal.core.models import Device, Profile, Variant
-from shoal.core.models import check_name as _check_name
 from shoal.zoo.repository import ModelRepository, check_signature_matches, inspect_model
 
 __all__ = ["register_measured_variant"]
@@ -36,18 +35,13 @@ def register_measured_variant(
     from shoal.profiler.measure import profile_variant
 
     family = repository.load_family(family_name)
-    if variant_name in repository.variant_names(family_name):
-        raise RepositoryError(f"variant {variant_name!r} already exists in family {family_name!r}; remove it first or pick another name")
+    repository.check_absent(family_name, variant_name)  # an unsafe or invalid name is refused here too
     validation = repository.load_validation(family_name)
     if validation is None:
         raise RepositoryError(
             f"family {family_name!r} has no validation set, so a new variant's accuracy cannot be measured; "
             "add one with `shoal zoo add --validation` when creating the family"
         )
-    try:
-        _check_name(variant_name, "variant name")
-    except ValueError as error:
-        raise RepositoryError(str(error)) from None
     signature = inspect_model(model_path)
     spec = Variant(name=variant_name, family=family_name, input_size_px=signature.input_size_px, description=description)
     check_signature_matches(family, signature, spec, Path(model_path))  # before any measurement runs it

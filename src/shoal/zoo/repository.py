@@ -168,10 +168,7 @@ class ModelRepository:
         """
         family = self.load_family(variant.family)
         directory = self.variant_dir(variant.family, variant.name)
-        if (directory / VARIANT_FILE).exists():
-            raise RepositoryError(
-                f"variant {variant.name!r} already exists in family {variant.family!r}; remove it first or pick another name"
-            )
+        self.check_absent(variant.family, variant.name)
         signature = inspect_model(model_path)
         check_signature_matches(family, signature, variant, model_path)
         parameter_count = variant.parameter_count or count_parameters(model_path)
@@ -190,6 +187,12 @@ class ModelRepository:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         return stored
+
+    def check_absent(self, family: str, variant: str) -> None:
+        """RepositoryError if `family` has a variant named `variant` already: callers that
+        measure a model before adding it check first, so that a duplicate costs no measurement."""
+        if (self.variant_dir(family, variant) / VARIANT_FILE).exists():
+            raise RepositoryError(f"variant {variant!r} already exists in family {family!r}; remove it first or pick another name")
 
     def update_variant(self, variant: Variant) -> None:
         """Rewrite variant.yaml of an existing variant (e.g. after measuring its accuracy)."""
