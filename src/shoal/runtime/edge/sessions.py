@@ -253,19 +253,16 @@ class EdgeSessionManager:
         served = session.instruction is not None and session.instruction.served
         if usable and not served:
             session.instruction = self._fixed_instruction(session)
+            logger.info("edge: %s served again", session.name)
+            session.post(assignment_message(session.instruction))
         elif not usable and served:
-            last = session.instruction
-            session.instruction = ClientInstruction(last.variant, last.input_size_px, last.server_ms, False, missing)
-        else:
-            return
-        logger.info("edge: %s %s", session.name, "served again" if usable else f"unserved ({missing})")
-        session.post(assignment_message(session.instruction))
+            _tell_unserved(session, missing)
 
     async def _replan_family(self, family: str, sessions: list[EdgeSession]) -> None:
         state = self._families.setdefault(family, _FamilyState())
         variants = self._live_variants(family)
         if not variants:
-            self._tell_unserved(family, sessions)
+            self._tell_family_unserved(family, sessions)
             return
         live = {variant.key for variant in variants}
         loaded = tuple(key for key in self.service.variants if key in live and self.service.scheduler.workers_for(key))
@@ -302,19 +299,15 @@ class EdgeSessionManager:
                 logger.info("edge: %s -> %s at %d px (%s)", session.name, instruction.variant, instruction.input_size_px, instruction.reason or "planned")
             session.post(assignment_message(instruction))
 
-    def _tell_unserved(self, family: str, sessions: list[EdgeSession]) -> None:
+    def _tell_family_unserved(self, family: str, sessions: list[EdgeSession]) -> None:
         """No variant of `family` can be planned (an operator unloaded them all, or none is
         profiled): each session that was served is told so, once, keeping its last variant and
         size for its own back-off. Before, such sessions kept a served assignment whose frames
         could only fail."""
-        reason = _no_variant_reason(family)
         for session in sessions:
-            last = session.instruction
-            if last is None or not last.served:
-                continue  # never assigned (its client falls back to its ladder) or told already
-            session.instruction = ClientInstruction(last.variant, last.input_size_px, last.server_ms, False, reason)
-            logger.info("edge: %s unserved (%s)", session.name, reason)
-            session.post(assignment_message(session.instruction))
+            # Not one never assigned (its client falls back to its ladder), nor one told already.
+            if session.instruction is not None and session.instruction.served:
+                _tell_unserved(session, _no_variant_reason(family))
 
     def close(self) -> None:
         """Stop the planner process (the server is shutting down)."""
@@ -335,6 +328,15 @@ class EdgeSessionManager:
                 await self.replan()
             except Exception:  # a failed plan is logged and retried at the next tick
                 logger.exception("edge planning failed")
+
+
+def _tell_unserved(session: EdgeSession, reason: str) -> None:
+    """The session's assignment, unserved now for `reason`: its last variant and size, kept for
+    its client's own back-off."""
+    last = session.instruction
+    session.instruction = ClientInstruction(last.variant, last.input_size_px, last.server_ms, False, reason)
+    logger.info("edge: %s unserved (%s)", session.name, reason)
+    session.post(assignment_message(session.instruction))
 
 
 def _no_variant_reason(family: str) -> str:
