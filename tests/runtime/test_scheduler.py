@@ -734,3 +734,29 @@ def test_a_request_resumes_before_what_is_learnt_from_its_batch():
     learnt_when_resumed, learnt_after = asyncio.run(scenario())
     assert learnt_when_resumed == 0
     assert learnt_after == 1
+
+
+def test_a_batch_task_cancelled_before_it_starts_answers_its_requests_and_clears_the_books():
+    """A shutdown that cancels every task may cancel a batch's task before its first step, when
+    none of `_run_batch` (its answers on the way out, its books) ever runs."""
+
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=5.0)
+        original = scheduler._send_batch
+
+        def send_and_cancel_at_once(worker, queue, batch, now_ms, start_ms):
+            original(worker, queue, batch, now_ms, start_ms)
+            for task in scheduler._batch_tasks:
+                task.cancel()
+
+        scheduler._send_batch = send_and_cancel_at_once
+        future = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 1000)
+        with pytest.raises(WorkerFailedError, match="before this request was sent"):
+            await asyncio.wait_for(future, 5.0)
+        books = scheduler.waiting("v"), worker.busy_until_ms, len(scheduler._sent["w"]), len(scheduler._batch_tasks)
+        await scheduler.close()
+        return books, worker.batches
+
+    books, batches = asyncio.run(scenario())
+    assert books == (0, 0.0, 0, 0)
+    assert batches == []

@@ -15,6 +15,7 @@ reply and send the next (which, on a busy loop, takes milliseconds per batch).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ class _SentBatch:
     """Its expected time on the worker (`VariantQueue.batch_latency_ms`)."""
     finish_ms: float
     """When it is expected to be done: its start (now, or when the batch sent before it ends) plus its latency."""
+    started: bool = False
+    """Its task took its first step. One cancelled before that (a shutdown that cancels every
+    task) never enters `_run_batch`, whose cleanup then falls to `Scheduler._batch_task_done`."""
 
 
 class Scheduler:
@@ -246,10 +250,21 @@ class Scheduler:
         self._unsent_items[queue.key] = self._unsent_items.get(queue.key, 0) + len(batch)
         task = asyncio.create_task(self._run_batch(worker, queue, batch, booking, now_ms, burst), name=f"batch-{worker.worker_id}")
         self._batch_tasks.add(task)
-        task.add_done_callback(self._batch_tasks.discard)
+        task.add_done_callback(functools.partial(self._batch_task_done, worker, queue, batch, booking))
+
+    def _batch_task_done(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], booking: _SentBatch,
+                         task: asyncio.Task) -> None:  # fmt: skip
+        self._batch_tasks.discard(task)
+        if booking.started:  # `_run_batch` answered its requests and cleared its books
+            return
+        self._unsent_items[queue.key] -= len(batch)
+        for item in batch:
+            _fail(item.future, WorkerFailedError("server stopped before this request was sent to a worker"))
+        self._batch_done(worker, booking)
 
     async def _run_batch(self, worker: WorkerHandle, queue: VariantQueue, batch: list[QueuedItem], booking: _SentBatch,
                          sent_ms: float, burst: bool) -> None:  # fmt: skip
+        booking.started = True
         self._unsent_items[queue.key] -= len(batch)
         try:
             # The batch's message goes out in this task, a pass after the batch was chosen: an
