@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from shoal.cli._app import zoo_app
 from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, progress_bar
 from shoal.core.errors import InvalidInputError
-from shoal.core.models import Device, Family, Variant
+from shoal.core.models import Family, Variant
 from shoal.zoo import DEMO_FAMILY, default_repository_path
 from shoal.zoo.repository import check_signature_matches, inspect_model, load_validation_file
 
@@ -93,34 +93,20 @@ def add(
     repository.check_absent(family, variant)
     if new_family:  # its validation set is checked here
         family_spec = repository.create_family(family_spec, *(data or (None, None)))
+    from shoal.profiler.session import available_devices
+    from shoal.zoo.register import measure_and_add
+
     try:
-        stored, profiles = _measure_and_add(repository, family_spec, spec, model, data)
+        stored, _ = measure_and_add(repository, family_spec, spec, model, available_devices(), data, accuracy_threads=None)
     except BaseException:
         if new_family:  # its first variant failed: the family goes too
             shutil.rmtree(repository.family_dir(family), ignore_errors=True)
         raise
-    for profile in profiles:
-        repository.save_profile(profile)
     if json_output:
         print_json(stored.model_dump(mode="json"))
     else:
         accuracy = "not measured (no validation set)" if stored.accuracy is None else f"{stored.accuracy:.1%}"
         console.print(f"registered {family}/{variant}: {stored.input_size_px} px, accuracy {accuracy}")
-
-
-def _measure_and_add(repository, family_spec: Family, spec: Variant, model: Path, data) -> tuple[Variant, list]:
-    """Accuracy on the validation set (if any) and a profile on every device here, then the
-    variant registered: model-less selection and the autoscaler can consider it from the moment
-    it exists."""
-    from shoal.profiler import create_session, measure_accuracy
-    from shoal.profiler.measure import profile_variant
-    from shoal.profiler.session import available_devices
-
-    if data is not None:
-        session = create_session(model, Device.parse("cpu"))
-        spec = spec.model_copy(update={"accuracy": round(measure_accuracy(session, family_spec, spec, *data), 6)})
-    profiles = [profile_variant(model, family_spec, spec, device, repeats=10) for device in available_devices()]
-    return repository.add_variant(spec, model), profiles
 
 
 @zoo_app.command("list")

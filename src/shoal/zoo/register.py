@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from shoal.core.errors import RepositoryError
-from shoal.core.models import Device, Profile, Variant
+from shoal.core.models import Device, Family, Profile, Variant
 from shoal.zoo.repository import ModelRepository, check_signature_matches, inspect_model
 
-__all__ = ["register_measured_variant"]
+__all__ = ["measure_and_add", "register_measured_variant"]
 
 
 def register_measured_variant(
@@ -31,9 +33,6 @@ def register_measured_variant(
     profile_batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
     profile_repeats: int = 10,
 ) -> tuple[Variant, list[Profile]]:
-    from shoal.profiler import create_session, measure_accuracy
-    from shoal.profiler.measure import profile_variant
-
     family = repository.load_family(family_name)
     repository.check_absent(family_name, variant_name)  # an unsafe or invalid name is refused here too
     validation = repository.load_validation(family_name)
@@ -45,9 +44,34 @@ def register_measured_variant(
     signature = inspect_model(model_path)
     spec = Variant(name=variant_name, family=family_name, input_size_px=signature.input_size_px, description=description)
     check_signature_matches(family, signature, spec, Path(model_path))  # before any measurement runs it
-    session = create_session(model_path, Device.parse("cpu"), intra_op_threads=1)
-    accuracy = round(measure_accuracy(session, family, spec, *validation), 6)
-    spec = spec.model_copy(update={"accuracy": accuracy})
+    return measure_and_add(
+        repository, family, spec, model_path, devices, validation, profile_batch_sizes=profile_batch_sizes, profile_repeats=profile_repeats
+    )
+
+
+def measure_and_add(
+    repository: ModelRepository,
+    family: Family,
+    spec: Variant,
+    model_path: Path,
+    devices: Sequence[Device],
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    profile_batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    profile_repeats: int = 10,
+    accuracy_threads: int | None = 1,
+) -> tuple[Variant, list[Profile]]:
+    """Accuracy on `validation` (images, labels; left unmeasured without), a latency profile on
+    every device in `devices`, then the variant and its profiles written: model-less selection
+    and the autoscaler can consider it from the moment it exists. The caller has checked the
+    name and the model's signature; nothing is written if a measurement fails.
+    `accuracy_threads`: one by default, beside a server's workers; None: the machine's default."""
+    from shoal.profiler import create_session, measure_accuracy
+    from shoal.profiler.measure import profile_variant
+
+    if validation is not None:
+        session = create_session(model_path, Device.parse("cpu"), intra_op_threads=accuracy_threads)
+        spec = spec.model_copy(update={"accuracy": round(measure_accuracy(session, family, spec, *validation), 6)})
     profiles = [
         profile_variant(model_path, family, spec, device, batch_sizes=profile_batch_sizes, repeats=profile_repeats)
         for device in devices
