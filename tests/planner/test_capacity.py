@@ -323,3 +323,45 @@ def test_unknown_solver_and_policy_are_refused():
         plan_capacity(_llm_system(40.0), solver="cplex")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="saturation_policy 'Fair' is unknown"):
         OptimizerOptions(saturation_policy="Fair")  # type: ignore[arg-type]
+
+
+def _one_server(sample, **server_changes):
+    """The small sample with its first server changed and alone."""
+    system, _, _ = sample["small"]
+    server = replace(system.servers[0], **server_changes)
+    return replace(system, servers=(server,))
+
+
+def test_traffic_without_output_tokens_is_unserved_with_a_reason_not_planned_away(sample):
+    """A misspelt or missing avgOutTokens reads as 0; planning that as 'no traffic' (0 replicas,
+    served) silently dropped the load."""
+    system = _one_server(sample, load=ServerLoad(arrival_rate_rps=100.0, avg_in_tokens=128))
+    allocation = plan_capacity(system, solver="greedy").allocations[0]
+    assert allocation.status == "unserved" and "avgOutTokens is 0" in allocation.reason
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"max_batch_size": 1_000_000}, "slots is more than the 20000 analysed"),
+        ({"load": ServerLoad(arrival_rate_rps=1e300, avg_in_tokens=128, avg_out_tokens=1024)}, "replicas, more than"),
+    ],
+)
+def test_numbers_too_large_to_plan_are_unserved_with_a_reason_at_once(sample, changes, reason):
+    """Before: a batch of a million ran the queueing analysis for minutes at 500 MB; a huge
+    load overflowed the cost to infinity, which JSON cannot carry."""
+    allocation = plan_capacity(_one_server(sample, **changes), solver="greedy").allocations[0]
+    assert allocation.status == "unserved" and reason in allocation.reason
+
+
+def test_a_target_the_model_cannot_have_is_a_reason_not_an_exception():
+    """An ITL target for a model profiled as batch latencies (no tokens) raised from the planner."""
+    system = CapacitySystem(
+        accelerators=(AcceleratorSpec("cpu8", "cpu", 1.0),),
+        models=(ModelPerf("resnet", "cpu8", 8, BatchLatencyTable(((1, 20.0), (4, 50.0), (8, 90.0)))),),
+        service_classes=(ServiceClass("gold", 0, (ModelTarget("resnet", itl_ms=50.0),)),),
+        servers=(ServerSpec("s1", "gold", "resnet", ServerLoad(10.0)),),
+        capacity_by_type={"cpu": 4},
+    )
+    allocation = plan_capacity(system, solver="greedy").allocations[0]
+    assert allocation.status == "unserved" and "itl" in allocation.reason

@@ -33,13 +33,13 @@ from shoal.planner.capacity_control import (
 # --------------------------------------------------------------------------------------------
 
 
-def counters(success=0.0, shed=0.0, batches=0.0, items=0.0, answered=0.0, seconds=0.0, pending=0.0):
-    return VariantCounters({"success": success, "shed": shed}, batches, items, answered, seconds, pending)
+def counters(success=0.0, shed=0.0, batches=0.0, items=0.0, answered=0.0, seconds=0.0, pending=0.0, inputs=0.0, dropped=0.0):
+    return VariantCounters({"success": success, "shed": shed, "dropped": dropped}, batches, items, answered, seconds, pending, inputs)
 
 
 def test_rates_come_from_counter_increases_over_the_window():
-    before = MetricsSample(100.0, {"f.a": counters(success=10, shed=2, batches=5, items=10, answered=10, seconds=0.5)})
-    after = MetricsSample(110.0, {"f.a": counters(success=60, shed=12, batches=30, items=110, answered=60, seconds=3.0, pending=4)})
+    before = MetricsSample(100.0, {"f.a": counters(success=10, shed=2, batches=5, items=10, answered=10, seconds=0.5, inputs=20)})
+    after = MetricsSample(110.0, {"f.a": counters(success=60, shed=12, batches=30, items=110, answered=60, seconds=3.0, pending=4, inputs=120)})
     load = observed_load(before, after)["f.a"]
     assert load.window_s == 10.0
     assert load.arrival_rate_rps == pytest.approx(6.0)  # (60 + 12 - 12) / 10: shed requests are offered load too
@@ -59,6 +59,16 @@ def test_a_new_variant_counts_from_zero_and_idle_variants_have_no_means():
     assert loads["f.a"].arrival_rate_rps == 0.0 and loads["f.a"].mean_batch_size is None
     assert loads["f.a"].mean_latency_ms is None and loads["f.a"].inputs_per_request == 1.0
     assert loads["f.b"].arrival_rate_rps == pytest.approx(2.0)
+
+
+def test_inputs_per_request_count_late_requests_with_their_inputs():
+    """Requests that ran and missed their deadline (dropped) carried inputs too: 100 one-input
+    requests, 50 late, are one input per request, not two (executed items over successes)."""
+    before = MetricsSample(0.0, {"f.a": counters()})
+    after = MetricsSample(10.0, {"f.a": counters(success=50, dropped=50, batches=25, items=100, answered=50, seconds=5, inputs=100)})
+    load = observed_load(before, after)["f.a"]
+    assert load.inputs_per_request == pytest.approx(1.0)
+    assert load.input_rate_rps == pytest.approx(10.0)
 
 
 def test_counter_reset_after_a_runtime_restart_takes_the_current_values():

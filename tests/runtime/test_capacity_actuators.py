@@ -166,3 +166,29 @@ def test_the_kubernetes_client_patches_the_labelled_deployment(fake_api_server, 
     assert seen[0][1].endswith("merge-patch+json")
     assert state["rf32"]["spec"]["replicas"] == 3
     assert json.loads((tmp_path / "out" / "rf16.json").read_text()) == {"spec": {"replicas": 2}}
+
+
+def test_the_runtime_actuator_reports_a_reply_without_a_count_as_failed_and_goes_on():
+    """A proxy's 200 page, or counts that are not integers, are a failed change or a collect
+    error naming the server, never an exception out of `apply` (which promises one result per change)."""
+    import httpx
+
+    from shoal.runtime.capacity_actuators import RuntimeReplicaActuator
+    from shoal.runtime.capacity_inputs import CollectError
+
+    def handler(request):
+        if request.method == "GET":
+            return httpx.Response(200, json={"fixture.rf-16": "2", "fixture.rf-32": 1})
+        if "rf-16" in request.url.path:
+            return httpx.Response(200, text="OK")
+        return httpx.Response(200, json={"model": "fixture.rf-32", "replicas": 3})
+
+    async def scenario():
+        actuator = RuntimeReplicaActuator("http://runtime", client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+        with pytest.raises(CollectError, match="'2' replicas for server 'rf16'"):
+            await actuator.current_replicas(BINDINGS)
+        return await actuator.apply([ReplicaChange("rf16", "fixture.rf-16", 2), ReplicaChange("rf32", "fixture.rf-32", 3)])
+
+    first, second = asyncio.run(scenario())
+    assert (first.status, first.reached) == ("failed", None) and "without a replica count" in first.detail
+    assert (second.status, second.reached) == ("applied", 3)

@@ -258,6 +258,8 @@ def test_optimize_reads_shoal_yaml(optimizer_client):
          "query parameter solver='cplex' is unknown: use one of greedy, milp"),
         (b"accelerators: []\nmodels: []\nservice_classes: []\nservers: []\n", "?unlimited=maybe",
          "query parameter unlimited='maybe': use true or false"),
+        (b'{"system": ' + b"[" * 5000, "", "body: is nested too deep"),  # a RecursionError, a 500 before
+        (b"[" * 5000, "", "body: is nested too deep"),
     ],
 )
 def test_bad_bodies_are_400_naming_the_field(optimizer_client, body, query, message):
@@ -292,6 +294,7 @@ def test_invoke_without_a_control_file_is_a_409(optimizer_client):
         (lambda d: d["variants"]["fixture.rf-64"].update(server="rf16"), "field variants.fixture.rf-64.server: server 'rf16' is already bound to fixture.rf-16: bind each server once"),
         (lambda d: d["variants"]["fixture.rf-16"].update(min_replicas=3, max_replicas=2), "field variants.fixture.rf-16: variant 'fixture.rf-16': max_replicas must be >= max(min_replicas, 1)"),
         (lambda d: d["hysteresis"].update(scale_down_delay_s=-5), "field hysteresis.scale_down_delay_s: Input should be greater than or equal to 0"),
+        (lambda d: d["hysteresis"].update(scale_down_delay_s=float("inf")), "field hysteresis.scale_down_delay_s: Input should be a finite number"),
         (lambda d: d["system"]["servers"][0].pop("model"), "field system.servers.0.model: Field required"),
         (lambda d: d.update(variants={}), "field variants: Dictionary should have at least 1 item"),
     ],
@@ -319,11 +322,13 @@ def test_runtime_metrics_are_read_per_variant():
     metrics.outcome("fixture", "fixture.rf-32", "shed")
     metrics.batch("fixture.rf-32", 2, 3.0)
     metrics.watch_queue("fixture.rf-32", pending=lambda: 3, slowdown=lambda: 1.0, tail_slowdown=lambda: 1.0)
+    metrics.child(metrics.request_inputs, "fixture.rf-32").inc(5)
     sample = parse_metrics(metrics.render().decode(), taken_at_s=7.0)
     counters = sample.variants["fixture.rf-32"]
     assert dict(counters.requests_by_outcome) == {"success": 2.0, "shed": 1.0}
     assert (counters.num_batches, counters.batch_items, counters.pending_requests) == (1.0, 2.0, 3.0)
     assert counters.num_answered == 2.0 and counters.answered_seconds == pytest.approx(0.010)
+    assert counters.admitted_inputs == 5.0
     assert set(sample.variants) == {"fixture.rf-32"}
 
 

@@ -64,3 +64,11 @@ def test_client_messages_parse_and_errors_name_the_field():
         parse_client_message("{not json")
     with pytest.raises(ProtocolError, match="CHW uint8"):
         encode_frame(1, np.zeros((3, 4, 4), dtype=np.float32), 1.0)
+
+
+@pytest.mark.parametrize("text", ['{"type": ["register"]}', '{"type": {"a": 1}}', "[" * 5000])
+def test_a_message_of_an_odd_type_or_nesting_is_a_protocol_error(text):
+    """An unhashable type failed the lookup with a TypeError, deep nesting with a RecursionError:
+    either ended the session with a traceback instead of an error message."""
+    with pytest.raises(ProtocolError):
+        parse_client_message(text)

@@ -195,6 +195,8 @@ def test_replicas_follow_the_requested_count(fixture_repository_path):
         bad = httpx.post(f"{url}/v2/repository/models/fixture/replicas", json={"replicas": 1})
         assert bad.status_code == 400 and "replicas are set per variant" in bad.json()["error"]
         assert httpx.post(f"{url}/v2/repository/models/fixture.rf-16/replicas", json={"replicas": -1}).status_code == 400
+        deep = httpx.post(f"{url}/v2/repository/models/fixture.rf-16/replicas", content=b"[" * 5000)  # a 500 (RecursionError) before
+        assert deep.status_code == 400 and "must be JSON like" in deep.json()["error"]
     finally:
         stop_server(server)
 
@@ -298,3 +300,19 @@ def test_bodies_in_other_encodings_or_that_inflate_past_the_limit_are_refused(se
     response = infer_raw(server, "fixture.rf-16", gzip.compress(body)[:-12], {"Content-Encoding": "gzip"})
     assert response.status_code == 400 and "gzip" in response.json()["error"]
     assert infer_raw(server, "fixture.rf-16", gzip.compress(body), {"Content-Encoding": "gzip"}).status_code == 200
+
+
+def test_metrics_count_the_inputs_of_admitted_requests(server):
+    """The capacity loop turns request rates into input rates with this counter: a request of
+    three images counts three."""
+
+    def admitted_inputs() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        line = next((line for line in text.splitlines() if line.startswith('shoal_request_inputs_total{variant="fixture.rf-16"}')), None)
+        return float(line.split()[1]) if line else 0.0
+
+    before = admitted_inputs()
+    images = np.zeros((3, 3, 16, 16), np.float32)
+    body = json.dumps({"inputs": [{"name": "images", "shape": [3, 3, 16, 16], "datatype": "FP32", "data": images.ravel().tolist()}]})
+    assert infer_raw(server, "fixture.rf-16", body).status_code == 200
+    assert admitted_inputs() - before == 3.0

@@ -59,6 +59,7 @@ class VariantCounters:
     num_answered: float = 0.0  # observations of the end-to-end latency histogram
     answered_seconds: float = 0.0  # their sum
     pending_requests: float = 0.0  # a gauge, not a counter
+    admitted_inputs: float = 0.0  # inputs of the requests admitted to the queue (all outcomes but shed)
 
     @property
     def num_requests(self) -> float:
@@ -85,7 +86,7 @@ class ObservedLoad:
     mean_batch_size: float | None
     mean_latency_ms: float | None
     pending_requests: float
-    inputs_per_request: float = 1.0  # images per request, from executed batch items / answered requests
+    inputs_per_request: float = 1.0  # images per request, from the inputs of admitted requests
     counters_reset: bool = False
 
     @property
@@ -120,6 +121,9 @@ def observed_load(previous: MetricsSample, current: MetricsSample) -> dict[str, 
         items, _ = _delta(now.batch_items, before.batch_items)
         answered, _ = _delta(now.num_answered, before.num_answered)
         seconds, _ = _delta(now.answered_seconds, before.answered_seconds)
+        inputs, _ = _delta(now.admitted_inputs, before.admitted_inputs)
+        shed, _ = _delta(now.requests_by_outcome.get("shed", 0.0), before.requests_by_outcome.get("shed", 0.0))
+        admitted = requests - shed
         loads[key] = ObservedLoad(
             variant=key,
             window_s=window_s,
@@ -129,7 +133,9 @@ def observed_load(previous: MetricsSample, current: MetricsSample) -> dict[str, 
             mean_batch_size=items / batches if batches > 0 else None,
             mean_latency_ms=1000.0 * seconds / answered if answered > 0 else None,
             pending_requests=now.pending_requests,
-            inputs_per_request=max(items / success, 1.0) if success > 0 else 1.0,
+            # Of the admitted requests, whatever became of them: executed batch items over
+            # successes counted the inputs of late and cancelled requests but not the requests.
+            inputs_per_request=max(inputs / admitted, 1.0) if admitted > 0 and inputs > 0 else 1.0,
             counters_reset=reset,
         )
     return loads

@@ -114,7 +114,11 @@ class RuntimeReplicaActuator:
             raise CollectError(f"GET {url} failed: {error!r}") from None
         if not isinstance(counts, dict):
             raise CollectError(f"GET {url} answered {type(counts).__name__}, not an object of replica counts")
-        return {binding.server: counts.get(binding.variant) for binding in bindings}
+        found = {binding.server: counts.get(binding.variant) for binding in bindings}
+        for server, count in found.items():
+            if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+                raise CollectError(f"GET {url} answered {count!r} replicas for server {server!r}, not a count")
+        return found
 
     async def apply(self, changes: Sequence[ReplicaChange]) -> list[ActuationResult]:
         return [await self._apply_one(change) for change in changes]  # one at a time: loads compete for CPU
@@ -133,7 +137,13 @@ class RuntimeReplicaActuator:
                 message = response.text
             return ActuationResult(change.server, change.replicas, None, "failed",
                                    f"POST {url}: HTTP {response.status_code}: {message}")
-        reached = int(response.json().get("replicas", -1))
+        try:  # a proxy in between may answer 200 with a page of its own
+            reached = response.json()["replicas"]
+        except (ValueError, TypeError, KeyError):
+            reached = None
+        if not isinstance(reached, int) or isinstance(reached, bool):
+            return ActuationResult(change.server, change.replicas, None, "failed",
+                                   f"POST {url}: HTTP 200 without a replica count: {response.text[:200]!r}")
         if reached < change.replicas:
             return ActuationResult(change.server, change.replicas, reached, "capped",
                                    f"the runtime reached {reached}: it has no more worker processes")

@@ -56,10 +56,11 @@ class _BindingEntry(_Strict):
 
 
 class _HysteresisEntry(_Strict):
-    scale_up_delay_s: float = Field(0.0, ge=0)
-    scale_down_delay_s: float = Field(300.0, ge=0)
+    # Finite: HysteresisSettings refuses infinity ("never scale down" is max_replicas' job).
+    scale_up_delay_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    scale_down_delay_s: float = Field(300.0, ge=0, allow_inf_nan=False)
     dead_band_replicas: int = Field(0, ge=0)
-    dead_band_fraction: float = Field(0.1, ge=0)
+    dead_band_fraction: float = Field(0.1, ge=0, allow_inf_nan=False)
     max_step_replicas: int | None = Field(None, ge=1)
 
 
@@ -94,6 +95,8 @@ def load_control_file(path: Path) -> ControlSpec:
         raise InvalidInputError(f"--base-system {path}: is not a text file (give the YAML or JSON control file)") from None
     except yaml.YAMLError as error:
         raise InvalidInputError(f"{path}: is not valid YAML or JSON ({str(error).splitlines()[0]})") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: is nested too deep to be a control file") from None
     try:
         document = _ControlFile.model_validate(data)
     except ValidationError as error:
@@ -157,6 +160,8 @@ def parse_system_body(body: bytes, content_type: str | None = None) -> CapacityS
         raise InvalidInputError(f"body: is not valid JSON ({error.msg} at line {error.lineno})") from None
     except yaml.YAMLError as error:
         raise InvalidInputError(f"body: is not valid YAML ({str(error).splitlines()[0]})") from None
+    except RecursionError:
+        raise InvalidInputError("body: is nested too deep to be a capacity document") from None
     if not isinstance(data, dict):
         raise InvalidInputError(
             "body: must be an object: an Inferno system ({\"system\": {\"acceleratorData\": ...}}) "
@@ -195,6 +200,7 @@ def parse_metrics(text: str, taken_at_s: float) -> MetricsSample:
     batches: dict[str, list[float]] = {}
     latency: dict[str, list[float]] = {}
     pending: dict[str, float] = {}
+    inputs: dict[str, float] = {}
     try:
         families = list(text_string_to_metric_families(text))
     except Exception as error:  # the parser raises ValueError and friends on malformed text
@@ -214,6 +220,8 @@ def parse_metrics(text: str, taken_at_s: float) -> MetricsSample:
                 slot[0 if sample.name.endswith("_count") else 1] = sample.value
             elif sample.name == "shoal_pending_requests":
                 pending[labels.get("variant", "")] = sample.value
+            elif sample.name == "shoal_request_inputs_total":
+                inputs[labels.get("variant", "")] = sample.value
     keys = set(requests) | set(batches) | set(pending)
     variants = {
         key: VariantCounters(
@@ -223,6 +231,7 @@ def parse_metrics(text: str, taken_at_s: float) -> MetricsSample:
             num_answered=latency.get(key, [0.0, 0.0])[0],
             answered_seconds=latency.get(key, [0.0, 0.0])[1],
             pending_requests=pending.get(key, 0.0),
+            admitted_inputs=inputs.get(key, 0.0),
         )
         for key in sorted(keys | set(latency))
     }

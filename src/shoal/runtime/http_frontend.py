@@ -258,7 +258,7 @@ def build_http_app(
         require_token(request)
         try:
             body = json.loads(await read_body(request))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
             raise BadRequestError("body must be JSON like {\"replicas\": 2}") from None
         if not isinstance(body, dict) or "replicas" not in body:
             raise BadRequestError("body must be JSON like {\"replicas\": 2}")

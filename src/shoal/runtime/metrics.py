@@ -22,6 +22,9 @@ class ServingMetrics:
         self.queue_seconds = Histogram("shoal_queue_seconds", "Time from admission to batch start", ["variant"], buckets=_LATENCY_BUCKETS_S, registry=self.registry)
         self.compute_seconds = Histogram("shoal_compute_seconds", "Batch execution time in the worker", ["variant"], buckets=_LATENCY_BUCKETS_S, registry=self.registry)
         self.end_to_end_seconds = Histogram("shoal_request_seconds", "Server-side end-to-end latency of answered requests", ["variant"], buckets=_LATENCY_BUCKETS_S, registry=self.registry)
+        self.request_inputs = Counter(
+            "shoal_request_inputs", "Inputs (rows of the batch axis) of the requests admitted to each variant's queue", ["variant"], registry=self.registry
+        )
         self.batch_size = Histogram("shoal_batch_size", "Requests per executed batch", ["variant"], buckets=_BATCH_BUCKETS, registry=self.registry)
         self.pending = Gauge("shoal_pending_requests", "Requests waiting in the queue", ["variant"], registry=self.registry)
         self.loaded = Gauge("shoal_variant_loaded", "1 when the variant is loaded on at least one worker", ["variant"], registry=self.registry)

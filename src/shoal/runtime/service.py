@@ -404,6 +404,7 @@ class InferenceService:
                 future.cancel()
             self.metrics.outcome(model_name, served.key, "shed", monotonic_ms() - arrival_ms)
             raise
+        self.metrics.child(self.metrics.request_inputs, served.key).inc(len(futures))
         if gated:
             self._remember_slo(model_name, slo_ms)
         try:

@@ -42,6 +42,17 @@ __all__ = ["CandidateSet", "build_candidates", "transition_value"]
 # that rounding noise in the bisection never adds a replica.
 _CEIL_SLACK = 1e-9
 
+MAX_REPLICAS = 1e9
+"""Most replicas a candidate may need: beyond it (or an infinite count from overflowing
+parameters) the numbers are a typo, and costs would overflow to infinity, which JSON cannot carry."""
+
+MAX_ANALYSED_SLOTS = 20_000
+"""Most batch plus queue slots one candidate's queueing analysis takes. The analysis holds
+arrays of that size and loops over the batch sizes, so time and memory grow with it (measured:
+1,000 slots 0.01 s, 10,000 0.33 s, 100,000 3.5 s and 500 MB); real servers batch hundreds of
+requests at most, so a larger number is a typo, refused with a reason that names its fields
+rather than tying up the planner."""
+
 
 @dataclass(frozen=True)
 class CandidateSet:
@@ -115,14 +126,19 @@ def _candidate(
     if perf.params is None:
         return f"{accelerator.name}: no performance parameters yet"
     batch = _batch_limit(server, perf)
-    try:
-        model = _service_model(server, perf, batch)
-    except ValueError as error:
-        return f"{accelerator.name}: {error}"
     queue_size = (
         server.max_queue_size if server.max_queue_size is not None
         else system.options.max_queue_to_batch_ratio * batch
     )
+    if batch + queue_size > MAX_ANALYSED_SLOTS:
+        return (
+            f"{accelerator.name}: batch {batch} + queue {queue_size:g} slots is more than the {MAX_ANALYSED_SLOTS} analysed; "
+            "lower maxBatchSize / atTokens (model) or maxQueueSize / max_queue_to_batch_ratio (server, options)"
+        )
+    try:
+        model = _service_model(server, perf, batch)
+    except ValueError as error:
+        return f"{accelerator.name}: {error}"
     units_per_replica = perf.accelerators_per_replica * accelerator.multiplicity
     load = server.load
     total_rate_rps = load.arrival_rate_rps
@@ -148,12 +164,20 @@ def _candidate(
         idle = analyze(model, rate_range_rps(model)[0], max_queue_size=queue_size) if server.min_replicas else None
         return build(server.min_replicas, idle)
 
-    sizing = max_arrival_rate(model, _targets(target), max_queue_size=queue_size)
-    if sizing.status != "ok":
-        return f"{accelerator.name}: {sizing.missed.removesuffix('_ms')} target missed even at the lowest load"
-    rate_star = sizing.throughput_rps
-    num_replicas = max(math.ceil(total_rate_rps / rate_star - _CEIL_SLACK), server.min_replicas, 1)
-    metrics = analyze(model, total_rate_rps / num_replicas, max_queue_size=queue_size)
+    try:
+        # ValueError: a target the model cannot have (an ITL for a batch-latency table), or
+        # parameters so extreme that its service rates are not finite positive numbers.
+        sizing = max_arrival_rate(model, _targets(target), max_queue_size=queue_size)
+        if sizing.status != "ok":
+            return f"{accelerator.name}: {sizing.missed.removesuffix('_ms')} target missed even at the lowest load"
+        rate_star = sizing.throughput_rps
+        replicas_needed = total_rate_rps / rate_star - _CEIL_SLACK
+        if not math.isfinite(replicas_needed) or replicas_needed > MAX_REPLICAS:
+            return f"{accelerator.name}: the load needs {replicas_needed:.3g} replicas, more than {MAX_REPLICAS:g}; check arrivalRate and the performance parameters"
+        num_replicas = max(math.ceil(replicas_needed), server.min_replicas, 1)
+        metrics = analyze(model, total_rate_rps / num_replicas, max_queue_size=queue_size)
+    except ValueError as error:
+        return f"{accelerator.name}: {error}"
     return build(num_replicas, metrics)
 
 
@@ -172,6 +196,10 @@ def _server_candidates(system: CapacitySystem, server: ServerSpec) -> tuple[tupl
         if not perfs:
             return (), f"keep_accelerator is set but model {server.model!r} has no data on {server.current.accelerator!r}"
     load = server.load
+    if load.arrival_rate_rps > 0 and perfs[0].generation != "profile" and load.avg_out_tokens == 0:
+        # Every request of a token model generates a token at least: zero is a missing or
+        # misspelt field (Inferno's avgOutTokens), which would otherwise plan no replicas.
+        return (), f"arrival rate {load.arrival_rate_rps:g}/s but avgOutTokens is 0: state the mean output tokens per request"
     if server.min_replicas == 0 and (
         load.arrival_rate_rps == 0 or (perfs[0].generation != "profile" and load.avg_out_tokens == 0)
     ):

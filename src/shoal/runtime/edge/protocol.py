@@ -115,7 +115,10 @@ def parse_client_message(text: str) -> _Message:
         raise ProtocolError(f"text messages must be JSON objects ({error.msg} at position {error.pos})") from None
     except ValueError as error:  # an integer past Python's digit limit, say
         raise ProtocolError(f"text messages must be JSON objects ({error})") from None
-    if not isinstance(data, dict) or data.get("type") not in _CLIENT_MESSAGES:
+    except RecursionError:
+        raise ProtocolError("text messages must be JSON objects (nested too deep)") from None
+    # A list or an object as the type would fail the lookup with a TypeError (unhashable).
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str) or data["type"] not in _CLIENT_MESSAGES:
         raise ProtocolError(f"field 'type' must be one of {', '.join(_CLIENT_MESSAGES)}")
     try:
         return _CLIENT_MESSAGES[data["type"]].model_validate(data)
