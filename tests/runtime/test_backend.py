@@ -165,3 +165,47 @@ def test_stopping_the_manager_stops_a_replacement_that_is_still_starting(fixture
 
     (replacement,) = asyncio.run(scenario())
     assert not replacement.process.is_alive()  # stopped before stop() returned, not orphaned
+
+
+def test_a_replacement_that_dies_while_starting_is_retried_by_the_one_restart(fixture_repository_path):
+    """Its exit used to start a second restart beside the one retrying it; the workers those
+    started outlived `stop()`."""
+    import multiprocessing
+
+    async def scenario():
+        manager, _ = await _started_manager(fixture_repository_path, 2)
+        real_backend = manager.backend
+        failing_starts = [2]
+
+        class DyingBackend:  # the first two replacements get a device their process refuses
+            name = "local"
+
+            def new_worker(self, spec: WorkerSpec, *, on_exit):
+                if failing_starts[0] > 0:
+                    failing_starts[0] -= 1
+                    spec = WorkerSpec(spec.worker_id, "tpu", 1)
+                return real_backend.new_worker(spec, on_exit=on_exit)
+
+            def release(self) -> None:
+                real_backend.release()
+
+        manager.backend = DyingBackend()
+        most_restarts = 0
+        try:
+            os.kill(manager.workers["w0"].pid, signal.SIGKILL)
+            for _ in range(300):
+                await asyncio.sleep(0.05)
+                most_restarts = max(most_restarts, len(manager._restarts))
+                if failing_starts[0] == 0 and not manager._restarts:
+                    break
+            live = manager.live_workers
+        finally:
+            await manager.stop()
+        await asyncio.sleep(0.5)
+        left = [process.name for process in multiprocessing.active_children() if process.name.startswith("shoal-worker")]
+        return most_restarts, failing_starts[0], live, left
+
+    most_restarts, failing_left, live, left = asyncio.run(scenario())
+    assert failing_left == 0 and live == 2
+    assert most_restarts == 1
+    assert left == []

@@ -384,3 +384,50 @@ def test_items_queued_on_a_stage_worker_that_dies_go_to_the_others_even_if_it_ca
     queued_at_kill, done, error, third, left = asyncio.run(run())
     assert queued_at_kill > 0 and done and error is None, error
     assert third.outputs["classify"].shape[0] == 4 and left == 0
+
+
+def test_a_replacement_that_dies_while_starting_is_retried_by_one_restart_and_leaves_no_process(pipeline):
+    """Each replacement that died during its start used to begin a restart of its own, beside
+    the one retrying it: restarts multiplied and the workers they started outlived `stop()`."""
+    import multiprocessing
+    import os
+    import signal
+
+    from shoal.runtime.backend import WorkerSpec
+
+    path, _ = pipeline
+    deployment, base = load_deployment(path)
+
+    async def run():
+        executor = WorkflowExecutor(deployment, base)
+        await executor.start()
+        victim = next(iter(deployment.tasks["features"].load_shares_rps))
+        failing_starts = [2]
+        make_handle = executor._new_handle
+
+        def new_handle(worker):
+            if worker == victim and failing_starts[0] > 0:
+                failing_starts[0] -= 1  # a device its process refuses: it dies during its start
+                return executor.backend.new_worker(WorkerSpec(worker, "tpu", 1), on_exit=executor._on_worker_exit)
+            return make_handle(worker)
+
+        executor._new_handle = new_handle
+        most_restarts = 0
+        try:
+            os.kill(executor.workers[victim].pid, signal.SIGKILL)
+            for _ in range(300):
+                await asyncio.sleep(0.05)
+                most_restarts = max(most_restarts, len(executor._restarts))
+                if failing_starts[0] == 0 and not executor._restarts:
+                    break
+            result = await executor.infer({"camera": np.zeros((2, 3, 128, 128), np.uint8)}, slo_ms=30_000)
+        finally:
+            await executor.stop()
+        await asyncio.sleep(0.5)
+        left = [process.name for process in multiprocessing.active_children() if process.name.startswith("shoal-worker")]
+        return most_restarts, failing_starts[0], result.outputs["classify"].shape[0], left
+
+    most_restarts, failing_left, answered, left = asyncio.run(run())
+    assert failing_left == 0 and answered == 2
+    assert most_restarts == 1
+    assert left == []

@@ -120,6 +120,9 @@ class WorkerManager:
             self.workers[handle.worker_id] = handle
             self._cache[handle.worker_id] = OrderedDict()
             self.scheduler.attach_worker(handle)
+        for handle in handles:
+            if not handle.alive:  # died after its start, while the others started: not ours then
+                self._on_worker_exit(handle)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -296,7 +299,10 @@ class WorkerManager:
 
     # -- crash recovery -------------------------------------------------------------------------
     def _on_worker_exit(self, handle: Worker) -> None:
-        if self._stopping:
+        """Restart a worker that died. A replacement that dies while it starts is not the
+        worker's handle yet: its start fails, and the restart under way tries again (a second
+        restart would leave a worker behind, unstopped)."""
+        if self._stopping or self.workers.get(handle.worker_id) is not handle:
             return
         for key in self._cache.get(handle.worker_id, {}):
             self._show_loaded(key)

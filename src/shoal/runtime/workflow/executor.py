@@ -144,8 +144,10 @@ class WorkflowExecutor:
 
     def _on_worker_exit(self, handle) -> None:
         """A stage worker died: its in-flight items already got errors, its queued ones go to the
-        other workers of their tasks (`_hand_over`); bring it back with its stages."""
-        if self.started:
+        other workers of their tasks (`_hand_over`); bring it back with its stages. A replacement
+        that dies while it starts is not the worker's handle yet: its start fails, and the restart
+        under way tries again (a second restart would leave a worker behind, unstopped)."""
+        if self.started and self.workers.get(handle.worker_id) is handle:
             for task_name, task in self.deployment.tasks.items():
                 if handle.worker_id in task.load_shares_rps:
                     self._hand_over(task_name, handle.worker_id)
