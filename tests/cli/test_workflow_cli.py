@@ -38,12 +38,19 @@ def test_deploy_then_run_reports_planned_and_measured_shares(capsys, fixture_rep
 
 @pytest.mark.parametrize(
     ("worker", "message"),
-    [("edge", "NAME:PRICE_USD_PER_HOUR"), ("edge:cheap", "price must be a number"), ("edge:0.1:top", "tier an integer")],
+    [("edge", "NAME:PRICE_USD_PER_HOUR"), ("edge:cheap", "price must be a number"), ("edge:0.1:top", "tier an integer"),
+     ("edge:inf", "finite number >= 0"), ("edge:0.1:0:tpu", "device 'tpu' is not understood")],  # tracebacks before
 )
 def test_bad_worker_specs_are_one_clear_line(capsys, fixture_repository_path, tmp_path, worker, message):
     code, _, err = run(capsys, "workflow", "deploy", "--repo", str(fixture_repository_path), "--family", "fixture",
                        "--out", str(tmp_path / "x"), "--worker", worker)
     assert code == 2 and err.startswith("error: --worker") and message in err
+
+
+def test_an_out_folder_that_is_a_file_is_named(capsys, fixture_repository_path, tmp_path):
+    (tmp_path / "afile").write_text("")
+    code, _, err = run(capsys, "workflow", "deploy", "--repo", str(fixture_repository_path), "--family", "fixture", "--out", str(tmp_path / "afile"))
+    assert code == 2 and err.startswith(f"error: --out {tmp_path / 'afile'}: is a file")
 
 
 def test_an_unreachable_accuracy_target_is_an_error_not_a_plan(capsys, fixture_repository_path, tmp_path):

@@ -149,8 +149,14 @@ def _minimal(**changes) -> dict:
     [
         ({"tasks": {"classify": {**_minimal()["tasks"]["classify"], "inputs": ["nowhere"]}}}, "neither a source nor a task"),
         ({"tasks": {"a": {**_minimal()["tasks"]["classify"], "inputs": ["b"]}, "b": {**_minimal()["tasks"]["classify"], "inputs": ["a"]}}}, "cycle"),
-        ({"tasks": {"classify": {**_minimal()["tasks"]["classify"], "load_shares_rps": {"w0": 0}}}}, "must be > 0"),
+        ({"tasks": {"classify": {**_minimal()["tasks"]["classify"], "load_shares_rps": {"w0": 0}}}}, "must be a finite number > 0"),
         ({"slo_ms": -1}, "slo_ms"),
+        # Non-finite numbers made the router's counters NaN (everything to one worker); a
+        # device no worker understands killed the worker process at its start.
+        ({"slo_ms": float("inf")}, "slo_ms: Input should be a finite number"),
+        ({"tasks": {"classify": {**_minimal()["tasks"]["classify"], "load_shares_rps": {"w0": float("inf")}}}}, "must be a finite number > 0"),
+        ({"tasks": {"classify": {**_minimal()["tasks"]["classify"], "load_shares_rps": {"w0": 1e308, "w1": 1e308}}}}, "add up past"),
+        ({"worker_devices": {"w0": "tpu"}}, "worker 'w0': device 'tpu' is not understood"),
         ({"name": "../escape"}, "not a valid name"),
         ({"sources": {"camera": {"item_shape": [3, 0, 16], "rate_rps": 5}}}, "every dimension must be >= 1"),
         # a source-fed stage whose items would never fit it: every request would fail there
@@ -168,6 +174,28 @@ def test_bad_deployment_files_name_the_field(tmp_path, changes, message):
     path.write_text(json.dumps(_minimal(**changes)))
     with pytest.raises(InvalidInputError, match=message):
         load_deployment(path)
+
+
+def test_a_stage_model_onnx_runtime_refuses_is_an_error_naming_the_task(pipeline, tmp_path):
+    """A wrong input name in the deployment: ModelLoadError, which the command line showed as a
+    traceback, is the deployment's InvalidInputError."""
+    import shutil
+
+    path, _ = pipeline
+    shutil.copytree(path.parent, tmp_path / "pipeline")
+    document = json.loads((tmp_path / "pipeline" / path.name).read_text())
+    document["tasks"]["classify"]["model"]["input_name"] = "nope"
+    (tmp_path / "pipeline" / path.name).write_text(json.dumps(document))
+    deployment, base = load_deployment(tmp_path / "pipeline" / path.name)
+
+    async def run():
+        executor = WorkflowExecutor(deployment, base)
+        with pytest.raises(InvalidInputError, match=r"tasks.classify.model \(.*\) could not be loaded: .*nope"):
+            await executor.start()
+        return executor.started, executor.workers
+
+    started, workers = asyncio.run(run())
+    assert not started and not any(worker.alive for worker in workers.values())
 
 
 def test_a_missing_stage_model_is_named(tmp_path):
@@ -203,7 +231,8 @@ def test_served_over_kserve_grpc_with_config_and_statistics_on_both_protocols(pi
     import tritonclient.http as triton_http
 
     path, _ = pipeline
-    server = start_server(fixture_repository_path, "--workflow", str(path))
+    # The server's batching options hold for its workflow too (they were left at the executor's defaults).
+    server = start_server(fixture_repository_path, "--workflow", str(path), "--max-batch-size", "8")
     try:
         grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
         http = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
@@ -233,7 +262,7 @@ def test_served_over_kserve_grpc_with_config_and_statistics_on_both_protocols(pi
             assert config["platform"] == "shoal_workflow" and [int(dim) for dim in config["input"][0]["dims"]] == [3, 128, 128]
             assert config["output"][0]["name"] == "classify"
             # as for a model: the most items one request may carry, and the batches its stages form
-            assert int(config["max_batch_size"]) == 256 and [int(size) for size in config["dynamic_batching"]["preferred_batch_size"]] == [16]
+            assert int(config["max_batch_size"]) == 256 and [int(size) for size in config["dynamic_batching"]["preferred_batch_size"]] == [8]
         # statistics: two requests answered (6 items); the bad ones are the client's, not failures
         for entries in (http.get_inference_statistics("fixture-pipeline")["model_stats"],
                         grpc.get_inference_statistics("fixture-pipeline", as_json=True)["model_stats"]):  # fmt: skip
@@ -431,3 +460,35 @@ def test_a_replacement_that_dies_while_starting_is_retried_by_one_restart_and_le
     assert failing_left == 0 and answered == 2
     assert most_restarts == 1
     assert left == []
+
+
+def test_a_workflow_is_not_ready_while_a_task_has_no_serving_worker(pipeline):
+    """Readiness said 'started' only: with every worker of a task restarting it said ready while
+    every request was a 503."""
+    import os
+    import signal
+
+    path, _ = pipeline
+    deployment, base = load_deployment(path)
+
+    async def run():
+        executor = WorkflowExecutor(deployment, base)
+        await executor.start()
+        try:
+            before = executor.ready
+            for worker in deployment.tasks["classify"].load_shares_rps:
+                os.kill(executor.workers[worker].pid, signal.SIGKILL)
+            for _ in range(100):  # until the deaths are noticed
+                await asyncio.sleep(0.02)
+                if not executor.ready:
+                    break
+            during = executor.ready
+            for _ in range(400):
+                await asyncio.sleep(0.05)
+                if executor.ready:
+                    break
+            return before, during, executor.ready
+        finally:
+            await executor.stop()
+
+    assert asyncio.run(run()) == (True, False, True)

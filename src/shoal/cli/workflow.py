@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.table import Table
 from shoal.cli._app import app
 from shoal.cli._common import JsonOption, RepoOption, console, open_repository, print_json, progress_bar, write_json
 from shoal.core.errors import InvalidInputError
+from shoal.core.models import Device
 
 workflow_app = typer.Typer(help="Deploy a planned multi-stage workflow and run it on worker processes.", no_args_is_help=True)
 app.add_typer(workflow_app, name="workflow")
@@ -31,7 +33,13 @@ def parse_worker(text: str):
         tier = int(parts[2]) if len(parts) > 2 else 0
     except ValueError:
         raise InvalidInputError(f"--worker {text!r}: the price must be a number and the tier an integer") from None
+    if not (math.isfinite(price_usd_per_hour) and price_usd_per_hour >= 0):
+        raise InvalidInputError(f"--worker {text!r}: the price must be a finite number >= 0 (USD per hour)")
     device = ":".join(parts[3:]) if len(parts) > 3 else "cpu"
+    try:
+        Device.parse(device)
+    except ValueError as error:
+        raise InvalidInputError(f"--worker {text!r}: {error}") from None
     return PipelineWorker(name, price_usd_per_hour, tier, device)
 
 
@@ -59,6 +67,8 @@ def deploy_command(
     repository = open_repository(repo)
     if not repository.has_family(family):
         raise InvalidInputError(f"--family {family!r} is not in {repository.root} (run `shoal zoo build-demo` or pass --repo)")
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out}: is a file; give a folder (new or existing) for deployment.json and the stage models")
     workers = [parse_worker(text) for text in (worker or DEFAULT_WORKERS)]
     names = [w.name for w in workers]
     if len(set(names)) != len(names):

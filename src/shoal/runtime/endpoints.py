@@ -115,7 +115,7 @@ class ServedModels:
 
     def is_ready(self, model: str) -> bool:
         if model in self.workflows:
-            return self.workflows[model].started
+            return self.workflows[model].ready
         return self.service.is_ready(model)
 
     def refuse_at_gate(self, model: str) -> bool:

@@ -53,9 +53,12 @@ async def serve_forever(
         from shoal.runtime.workflow import WorkflowExecutor, load_deployment
 
         deployment, base_dir = load_deployment(workflow_deployment)
+        # The server's batching options hold for the workflow's stages too; its workers keep one
+        # thread unless told (the plan's stage latencies were measured with one).
         workflows[deployment.name] = WorkflowExecutor(
             deployment, base_dir, metrics=service.metrics, max_request_items=config.max_request_items, batches_ahead=config.batches_ahead,
-            backend=config.backend, ray_address=config.ray_address,
+            max_batch_size=config.max_batch_size, queue_capacity=config.queue_capacity, intra_op_threads=config.intra_op_threads or 1,
+            shared_memory_bytes=config.shared_memory_bytes, backend=config.backend, ray_address=config.ray_address,
             ray_placement_strategy=config.ray_placement_strategy, loop_monitor=service.loop_monitor,
         )
     await service.start()

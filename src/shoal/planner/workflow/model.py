@@ -12,6 +12,7 @@ Units are part of every name: `_rps` requests per second, `_ms` milliseconds, `_
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from graphlib import CycleError, TopologicalSorter
 from types import MappingProxyType
@@ -53,9 +54,9 @@ class Worker:
     def __post_init__(self) -> None:
         if not self.name:
             raise InvalidInputError("Worker.name is empty: give every worker a name.")
-        if not self.price_usd_per_hour >= 0:
+        if not (self.price_usd_per_hour >= 0 and math.isfinite(self.price_usd_per_hour)):
             raise InvalidInputError(
-                f"Worker {self.name!r}: price_usd_per_hour must be >= 0, got {self.price_usd_per_hour}."
+                f"Worker {self.name!r}: price_usd_per_hour must be a finite number >= 0, got {self.price_usd_per_hour}."
             )
         if self.tier < 0:
             raise InvalidInputError(f"Worker {self.name!r}: tier must be >= 0, got {self.tier}.")

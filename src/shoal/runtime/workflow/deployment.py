@@ -14,13 +14,14 @@ order its inputs are listed. Tasks that feed nothing are the sinks: their output
 
 from __future__ import annotations
 
+import math
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shoal.core.errors import InvalidInputError
-from shoal.core.models import check_name
+from shoal.core.models import Device, check_name
 from shoal.core.serialization import dump_json, load_json
 
 __all__ = ["StageModel", "SourceSpec", "TaskDeployment", "WorkflowDeployment", "load_deployment", "save_deployment"]
@@ -51,7 +52,7 @@ class StageModel(BaseModel):
 
 class SourceSpec(_Model):
     item_shape: tuple[int, ...] = Field(min_length=1, description="one request's tensor, without the batch axis")
-    rate_rps: float = Field(gt=0, description="the injection rate the plan was made for")
+    rate_rps: float = Field(gt=0, allow_inf_nan=False, description="the injection rate the plan was made for")
 
     _positive = field_validator("item_shape")(StageModel._positive.__func__)
 
@@ -66,8 +67,11 @@ class TaskDeployment(_Model):
     @classmethod
     def _shares_positive(cls, value: dict[str, float]) -> dict[str, float]:
         for worker, share in value.items():
-            if not share > 0:
-                raise ValueError(f"the share of worker {worker!r} must be > 0 requests/s, got {share}")
+            if not (share > 0 and math.isfinite(share)):
+                raise ValueError(f"the share of worker {worker!r} must be a finite number > 0 requests/s, got {share}")
+        # The router divides by the sum: shares of 1e308 each would overflow it to infinity.
+        if not math.isfinite(sum(value.values())):
+            raise ValueError("the shares add up past what a float holds; state them in requests/s")
         return value
 
 
@@ -91,11 +95,21 @@ class WorkflowDeployment(_Model):
     sources: dict[str, SourceSpec] = Field(min_length=1)
     tasks: dict[str, TaskDeployment] = Field(min_length=1)
     worker_devices: dict[str, str] = Field(default_factory=dict, description="worker -> device (default cpu)")
-    slo_ms: float = Field(gt=0, description="end-to-end latency objective of one request")
+    slo_ms: float = Field(gt=0, allow_inf_nan=False, description="end-to-end latency objective of one request")
     family: str | None = Field(None, description="a repository family whose validation set the sinks' outputs can be scored on")
     plan: dict = Field(default_factory=dict, description="the planner's JSON answer, kept for reference")
 
     _check_name = field_validator("name")(lambda value: check_name(value, "workflow name"))
+
+    @field_validator("worker_devices")
+    @classmethod
+    def _devices_understood(cls, value: dict[str, str]) -> dict[str, str]:
+        for worker, device in value.items():
+            try:
+                Device.parse(device)
+            except ValueError as error:
+                raise ValueError(f"worker {worker!r}: {error}") from None
+        return value
 
     @model_validator(mode="after")
     def _check_graph(self) -> "WorkflowDeployment":

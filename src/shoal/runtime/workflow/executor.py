@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from shoal.core.errors import InvalidInputError
 from shoal.core.models import Profile
 from shoal.profiler.measure import summarise_latencies
 from shoal.runtime.backend import Worker, WorkerSpec, make_backend, start_replacement
 from shoal.runtime.batch_block import BATCH_SLOTS
-from shoal.runtime.errors import BadRequestError, ModelNotReadyError, OverloadedError, ServingError
+from shoal.runtime.errors import BadRequestError, ModelLoadError, ModelNotReadyError, OverloadedError, ServingError
 from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.scheduler import Scheduler, monotonic_ms
@@ -125,7 +126,7 @@ class WorkflowExecutor:
             for worker in self.deployment.workers:
                 self.workers[worker] = self._new_handle(worker)
             await asyncio.gather(*(handle.start() for handle in self.workers.values()))
-            await asyncio.gather(*(self._load(task_name, worker) for task_name, task in self.deployment.tasks.items() for worker in task.load_shares_rps))
+            await asyncio.gather(*(self._load_at_start(task_name, worker) for task_name, task in self.deployment.tasks.items() for worker in task.load_shares_rps))
         except BaseException:
             await self.stop()
             raise
@@ -135,6 +136,17 @@ class WorkflowExecutor:
             self._loop_monitor_task = asyncio.create_task(self.scheduler.loop_monitor.run(), name=f"workflow-{self.deployment.name}-loop-monitor")
         self._downstream_ms = self._downstream_latency_ms()
         self.started = True
+
+    async def _load_at_start(self, task_name: str, worker: str) -> None:
+        """`_load`, where a stage model ONNX Runtime refuses (a wrong input name, an item shape
+        it does not take, not an ONNX file) is the deployment's error, named as one."""
+        try:
+            await self._load(task_name, worker)
+        except ModelLoadError as error:
+            raise InvalidInputError(
+                f"workflow {self.deployment.name!r}: tasks.{task_name}.model ({self.deployment.tasks[task_name].model.path}) "
+                f"could not be loaded: {error}"
+            ) from None
 
     def _spec(self, worker: str) -> WorkerSpec:
         return WorkerSpec(worker, self.deployment.device_of(worker), self.intra_op_threads)
@@ -154,6 +166,14 @@ class WorkflowExecutor:
             task = asyncio.get_running_loop().create_task(self._restart(handle.worker_id))
             self._restarts.add(task)
             task.add_done_callback(self._restarts.discard)
+
+    @property
+    def ready(self) -> bool:
+        """Started, and every task has a worker serving it: while a task's only workers restart
+        (or could not reload its stage), every request would be a 503."""
+        return self.started and all(
+            any(self._serves(task_name, worker) for worker in task.load_shares_rps) for task_name, task in self.deployment.tasks.items()
+        )
 
     def _serves(self, task_name: str, worker: str) -> bool:
         """The worker is running and holds the task's stage (a replacement that could not load it does not)."""
