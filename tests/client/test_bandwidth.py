@@ -88,3 +88,16 @@ def test_probes_are_asked_for_when_nothing_was_timed_lately_and_grow_when_untime
     estimator.on_ack(500 + first, t + 1.5, t + 1.5 + 0.001 + RTT_S)  # it went through in 1 ms
     second = estimator.probe_bytes(500, t + 2.0)
     assert second > first  # a larger probe (and a higher estimate from the lower bound)
+
+
+def test_a_link_probe_is_due_once_per_interval_when_nothing_is_timed_or_in_flight():
+    estimator = BandwidthEstimator(initial_mbps=1.0, probe_interval_s=1.0)
+    estimator.on_rtt(RTT_S * 1000)
+    end = _idle_frames(estimator, 12.0)  # timed transfers up to `end`
+    assert not estimator.probe_due(end + 0.5)  # a transfer was timed within the interval
+    assert estimator.probe_due(end + 1.5)
+    assert not estimator.probe_due(end + 1.6)  # one per interval
+    estimator.on_send(1000, end + 2.4)
+    assert not estimator.probe_due(end + 2.6)  # its ack will tell
+    estimator.forget(end + 2.4)  # answered without an ack: no longer in flight
+    assert estimator.probe_due(end + 2.7)

@@ -5,6 +5,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 
 from shoal.client.query import QueryClient
 
@@ -37,3 +38,11 @@ def test_one_slow_answer_does_not_leave_the_client_stating_a_hopeless_slo():
             pass
     assert min(stated[1:]) >= 25.0  # never more than half the SLO kept back
     assert answered == 12 and client.overhead_ms < 40.0  # and the estimate recovers from the slow one
+
+
+@pytest.mark.parametrize("slo_ms", [-5.0, 0.0, float("nan"), float("inf")])
+def test_an_slo_that_is_not_a_positive_number_is_refused_before_sending(slo_ms):
+    """Taking the measured overhead off it made it a 1 ms SLO, and the answer a 429."""
+    client = QueryClient("http://127.0.0.1:9")  # nothing is sent
+    with pytest.raises(ValueError, match="slo_ms must be a positive number"):
+        client.infer("demo", np.zeros((1, 3, 16, 16), np.float32), slo_ms=slo_ms)

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from shoal.runtime.edge.protocol import ProtocolError, Register, Report, decode_frame, encode_frame, parse_client_message
+from shoal.runtime.edge.protocol import ProtocolError, Register, Report, decode_frame, encode_frame, frame_seq, parse_client_message
 
 
 def test_frame_round_trip():
@@ -72,3 +72,14 @@ def test_a_message_of_an_odd_type_or_nesting_is_a_protocol_error(text):
     either ended the session with a traceback instead of an error message."""
     with pytest.raises(ProtocolError):
         parse_client_message(text)
+
+
+def test_an_error_about_a_frame_whose_header_fails_validation_still_names_its_seq():
+    """The client matches answers by seq: an error without one left the frame in flight for
+    good (and capped the client's bandwidth estimate with it)."""
+    pixels = np.zeros((3, 8, 8), np.uint8)
+    frame = encode_frame(41, pixels, budget_ms=-70_000)
+    with pytest.raises(ProtocolError, match="budget_ms") as caught:
+        decode_frame(frame, channels=3, max_side_px=64)
+    assert caught.value.seq == 41
+    assert frame_seq(frame) == 41 and frame_seq(b"\x00\x00\x00\x05[1,2]") is None and frame_seq(b"xx") is None

@@ -81,6 +81,7 @@ def test_session_answers_frames_and_survives_bad_messages(edge_server):
         ({"model": "nope"}, "not served"),
         ({"model": "fixture.rf-16"}, "one variant"),
         ({"pin_variant": "fixture.missing"}, "not served"),
+        ({"pin_variant": "fixture"}, "field 'pin_variant': 'fixture' is a family"),  # a KeyError, no answer, before
         ({"slo_ms": 0}, "'slo_ms'"),
     ],
 )

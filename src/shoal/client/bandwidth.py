@@ -121,6 +121,26 @@ class BandwidthEstimator:
         self._probe_pending_until_s = now_s + self.probe_interval_s / 4
         return missing
 
+    def probe_due(self, now_s: float) -> bool:
+        """Whether to send a frame although no input size fits the estimate (the caller sends
+        its smallest): nothing is in flight, no transfer was timed within `probe_interval_s`,
+        and no such probe went out within it. Without it a client that skips every frame sends
+        nothing, learns nothing, and keeps the estimate of a dip's worst moment after the link
+        has come back."""
+        if self._unacked:
+            return False
+        if self._last_informative_s is not None and now_s - self._last_informative_s < self.probe_interval_s:
+            return False
+        if self._probe_pending_until_s is not None and now_s < self._probe_pending_until_s:
+            return False
+        self._probe_pending_until_s = now_s + self.probe_interval_s
+        return True
+
+    def forget(self, sent_s: float) -> None:
+        """A frame sent at `sent_s` was answered without an acknowledgement (an error before the
+        server read it whole): it is no longer in flight, and must not cap the estimate."""
+        self._unacked = collections.deque(entry for entry in self._unacked if entry[0] != sent_s)
+
     def estimate_mbps(self, now_s: float) -> float:
         recent = [s for s in self._samples if now_s - s.at_s <= self.horizon_s]
         if recent:

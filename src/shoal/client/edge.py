@@ -30,7 +30,7 @@ from shoal.client.bandwidth import BandwidthEstimator
 from shoal.client.network import EmulatedLink
 from shoal.planner.edge.backoff import SizeChoice, choose_input_size
 from shoal.planner.edge.live import LadderStep
-from shoal.runtime.edge.protocol import EDGE_PATH, encode_frame
+from shoal.runtime.edge.protocol import EDGE_PATH, MAX_BUDGET_MS, MAX_HEADER_BYTES, MAX_PADDING_BYTES, encode_frame
 from shoal.zoo.preprocess import resize_images
 
 __all__ = ["EdgeClient", "EdgeClientConfig", "FrameRecord", "Outcome", "SessionRefused"]
@@ -40,6 +40,11 @@ Outcome = Literal["on_time", "late", "dropped", "skipped", "error", "unanswered"
 
 class SessionRefused(RuntimeError):
     """The server refused the registration; the message says why."""
+
+
+class SessionClosed(RuntimeError):
+    """The server closed the session while frames were still to be sent; the frames recorded
+    so far are in `EdgeClient.records`, those in flight with the reason."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,17 @@ class EdgeClient:
                 await self._measure_rtt(socket)
                 sidecar = asyncio.create_task(self._report_and_ping(socket))
                 self._started_s = time.monotonic()  # frame times count from the first frame
-                await self._stream(socket, frames, duration_s, senders)
-                await self._drain(receiver)
+                stream = asyncio.create_task(self._stream(socket, frames, duration_s, senders))
+                # The receiver ends when the server closes the socket: streaming on would only
+                # record every later frame as skipped (no acks, so the estimate falls to zero).
+                await asyncio.wait({stream, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                if not stream.done():
+                    stream.cancel()
+                    await asyncio.gather(stream, return_exceptions=True)
+                else:
+                    stream.result()
+                    await self._drain(receiver)
+                closed = _close_reason(socket, receiver) if receiver.done() else None
             finally:
                 if sidecar is not None:
                     sidecar.cancel()
@@ -153,9 +167,11 @@ class EdgeClient:
                 for task in senders:
                     task.cancel()
         for flight in self.state.in_flight.values():
-            flight.record.reason = "no answer before the session ended"
+            flight.record.reason = f"no answer: {closed}" if closed else "no answer before the session ended"
             self._finish(flight.record)
         self.state.in_flight.clear()
+        if closed:
+            raise SessionClosed(closed)
         return self.records
 
     # -- session --------------------------------------------------------------------------------
@@ -248,6 +264,7 @@ class EdgeClient:
                 flight = self.state.in_flight.pop(message["seq"], None)
                 if flight is None:
                     continue
+                self.estimator.forget(flight.queued_s)
                 record = flight.record
                 if kind == "result":
                     record.latency_ms = (now - self._started_s - record.captured_s) * 1000.0
@@ -315,18 +332,29 @@ class EdgeClient:
                 self.uplink.bandwidth_mbps(now) if self.uplink else None,
             )
             seq += 1
+            adaptive = self.config.pin_variant is None and self.config.selection == "plan"
+            link_probe = size == 0 and adaptive and self.estimator.probe_due(now)
+            if link_probe:
+                # Sent anyway, at the smallest size: its acknowledgement times the link. (Its
+                # budget counts its upload at the estimate: the server drops it if that is late.)
+                size = record.input_size = min(step.input_size_px for step in self.state.ladder)
+                record.reason = "sent to measure the link: no input size met the SLO at the estimated bandwidth"
             if size == 0:
                 record.outcome, record.reason = "skipped", "no input size would meet the SLO at the estimated bandwidth"
                 self._finish(record)
                 continue
             pixels = _resize_uint8(image, size)
             age_ms = (now - target) * 1000.0
-            adaptive = self.config.pin_variant is None and self.config.selection == "plan"
-            padding = self.estimator.probe_bytes(pixels.nbytes, now) if adaptive else 0
+            if link_probe:
+                upload_ms = pixels.nbytes * 8 / 1000.0 / record.estimate_mbps
+            padding = self.estimator.probe_bytes(pixels.nbytes, now) if adaptive and not link_probe else 0
+            # The whole frame within what the server takes (its padding and message limits).
+            padding = max(0, min(padding, MAX_PADDING_BYTES - pixels.nbytes - MAX_HEADER_BYTES - 4))
             if padding and padding * 8 / 1000.0 / record.estimate_mbps > slack_ms:
                 padding = 0  # no room for a probe in this frame's SLO
             upload_ms += padding * 8 / 1000.0 / record.estimate_mbps
-            budget_ms = self.config.slo_ms - age_ms - upload_ms - self.estimator.min_rtt_ms
+            # Within what the protocol takes: a budget long past zero is dropped all the same.
+            budget_ms = min(max(self.config.slo_ms - age_ms - upload_ms - self.estimator.min_rtt_ms, -MAX_BUDGET_MS), MAX_BUDGET_MS)
             data = encode_frame(record.seq, pixels, budget_ms, padding)
             self.state.in_flight[record.seq] = _InFlight(record, len(data), now)
             self.estimator.on_send(len(data), now)
@@ -339,7 +367,20 @@ class EdgeClient:
         delay = arrival_s - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        await socket.send(data)
+        try:
+            await socket.send(data)
+        except websockets.ConnectionClosed:
+            pass  # the receiver ends with the socket, and `run` says why
+
+
+def _close_reason(socket, receiver: asyncio.Task) -> str:
+    """Why the session ended under the client, from the socket's close frame."""
+    error = None if receiver.cancelled() else receiver.exception()
+    code = getattr(socket, "close_code", None)
+    reason = getattr(socket, "close_reason", "") or ""
+    if code is None and error is not None:
+        return f"the session failed ({error!r})"
+    return f"the server closed the session (code {code}{': ' + reason if reason else ''})"
 
 
 def _resize_uint8(image: np.ndarray, size: int) -> np.ndarray:

@@ -13,6 +13,7 @@ as raw bytes after a JSON header), so any KServe v2 server works with `infer` fo
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -90,6 +91,10 @@ class QueryClient:
         if images.dtype not in _DATATYPES:
             raise ValueError(f"images must be float32 (scaled to [0, 1]) or uint8, got {images.dtype}")
         parameters: dict = {"priority": priority, "binary_data_output": True}
+        if slo_ms is not None and not (isinstance(slo_ms, (int, float)) and math.isfinite(slo_ms) and slo_ms > 0):
+            # Not left to the server: the overhead below would turn it into a 1 ms SLO, and the
+            # answer into a 429 that invites a retry.
+            raise ValueError(f"slo_ms must be a positive number of milliseconds, got {slo_ms!r}")
         if slo_ms is not None and self.subtract_overhead:
             # At most half the SLO: one slow first answer (a cold connection) once set a 1 ms SLO
             # for good, since only answered requests correct the estimate and none was answered.

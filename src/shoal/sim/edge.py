@@ -363,16 +363,20 @@ def simulate_edge(
             pinned=client.mode != "plan",
             channels=settings.channels,
         )
-        record = FrameRecord(seq, now, choice.input_size_px, None, estimate, client.link.bandwidth_mbps(now))
-        if choice.input_size_px == 0:
+        size_px = choice.input_size_px
+        link_probe = size_px == 0 and client.mode == "plan" and client.estimator.probe_due(now)
+        if link_probe:
+            size_px = min(step.input_size_px for step in ladder)  # as the live client: its ack times the link
+        record = FrameRecord(seq, now, size_px, None, estimate, client.link.bandwidth_mbps(now))
+        if size_px == 0:
             record.outcome, record.reason = "skipped", "no input size would meet the SLO at the estimated bandwidth"
             client.records.append(record)
             return
-        size_bytes = int(raw_frame_kbits(choice.input_size_px, settings.channels) * 125)
-        padding = client.estimator.probe_bytes(size_bytes, now) if client.mode == "plan" else 0
+        size_bytes = int(raw_frame_kbits(size_px, settings.channels) * 125)
+        padding = client.estimator.probe_bytes(size_bytes, now) if client.mode == "plan" and not link_probe else 0
         if padding and padding * 8 / 1000.0 / estimate > choice.slack_ms:
             padding = 0
-        upload_ms = choice.upload_ms + padding * 8 / 1000.0 / estimate
+        upload_ms = (size_bytes * 8 / 1000.0 / estimate if link_probe else choice.upload_ms) + padding * 8 / 1000.0 / estimate
         budget_ms = scenario.slo_ms - upload_ms - client.estimator.min_rtt_ms
         arrival = client.link.reserve(size_bytes + padding, now)
         client.estimator.on_send(size_bytes + padding, now)
@@ -382,7 +386,7 @@ def simulate_edge(
         def at_server() -> None:
             ack_at = engine.now + propagation_s
             engine.at(ack_at, lambda: client.estimator.on_ack(size_bytes + padding, sent_s, ack_at))
-            server.receive(client, record, choice.input_size_px, budget_ms, lambda *answer: deliver(client, *answer))
+            server.receive(client, record, size_px, budget_ms, lambda *answer: deliver(client, *answer))
 
         engine.at(arrival, at_server)
 

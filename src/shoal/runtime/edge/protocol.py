@@ -37,18 +37,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "EDGE_PATH",
+    "MAX_BUDGET_MS",
+    "MAX_HEADER_BYTES",
+    "MAX_PADDING_BYTES",
     "FrameHeader",
     "ProtocolError",
     "Register",
     "Report",
     "decode_frame",
     "encode_frame",
+    "frame_seq",
     "parse_client_message",
 ]
 
 EDGE_PATH = "/v2/shoal/edge"
 _LENGTH = struct.Struct(">I")
 MAX_HEADER_BYTES = 4096
+MAX_BUDGET_MS = 60_000.0
+"""A frame's `budget_ms` lies within +-this (a client clamps what it computes)."""
+MAX_PADDING_BYTES = 16 * 1024 * 1024
 
 
 class ProtocolError(ValueError):
@@ -94,8 +101,8 @@ class Ping(_Message):
 class FrameHeader(_Message):
     seq: int = Field(ge=0)
     shape: tuple[int, int, int]
-    budget_ms: float = Field(gt=-60_000, le=60_000)
-    padding: int = Field(default=0, ge=0, le=16 * 1024 * 1024)
+    budget_ms: float = Field(ge=-MAX_BUDGET_MS, le=MAX_BUDGET_MS)
+    padding: int = Field(default=0, ge=0, le=MAX_PADDING_BYTES)
 
 
 _CLIENT_MESSAGES: dict[str, type[_Message]] = {"register": Register, "report": Report, "ping": Ping}
@@ -137,6 +144,22 @@ def encode_frame(seq: int, pixels: np.ndarray, budget_ms: float, padding: int = 
     return _LENGTH.pack(len(header)) + header + np.ascontiguousarray(pixels).tobytes() + bytes(padding)
 
 
+def frame_seq(data: bytes) -> int | None:
+    """The `seq` of a frame message whose header is JSON with a valid `seq`, even if the rest of
+    it is not valid: an error about the frame then answers it (a client matches answers by seq,
+    and one without would leave the frame in flight for good)."""
+    if len(data) < _LENGTH.size:
+        return None
+    (header_length,) = _LENGTH.unpack_from(data)
+    if not 2 <= header_length <= MAX_HEADER_BYTES or _LENGTH.size + header_length > len(data):
+        return None
+    try:
+        seq = json.loads(data[_LENGTH.size : _LENGTH.size + header_length]).get("seq")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None
+
+
 def decode_frame(data: bytes, *, channels: int, max_side_px: int) -> tuple[FrameHeader, np.ndarray]:
     """Split and check one binary frame message; ProtocolError names what is wrong."""
     if len(data) < _LENGTH.size:
@@ -147,7 +170,7 @@ def decode_frame(data: bytes, *, channels: int, max_side_px: int) -> tuple[Frame
     try:
         header = FrameHeader.model_validate_json(data[_LENGTH.size : _LENGTH.size + header_length])
     except ValidationError as error:
-        raise ProtocolError(f"frame header: {_describe(error)}") from None
+        raise ProtocolError(f"frame header: {_describe(error)}", frame_seq(data)) from None
     c, height, width = header.shape
     if c != channels or height != width or not 1 <= height <= max_side_px:
         raise ProtocolError(f"frame {header.seq}: 'shape' must be [{channels}, S, S] with 1 <= S <= {max_side_px}, got {list(header.shape)}", header.seq)

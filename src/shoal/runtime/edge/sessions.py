@@ -118,6 +118,8 @@ class EdgeSessionManager:
         family, served = self.service.resolve(request.pin_variant or request.model)
         if request.pin_variant is None and served is not None:
             raise ProtocolError(f"field 'model': {request.model!r} is one variant; register with the family {family.name!r}, or pin_variant")
+        if request.pin_variant is not None and served is None:
+            raise ProtocolError(f"field 'pin_variant': {request.pin_variant!r} is a family; pin one of its variants, <family>.<variant>")
         if request.pin_variant is not None and family.name != self.service.resolve(request.model)[0].name:
             raise ProtocolError(f"field 'pin_variant': {request.pin_variant!r} is not a variant of {request.model!r}")
         if request.client in self.sessions:

@@ -15,7 +15,7 @@ import logging
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from shoal.runtime.edge.protocol import EDGE_PATH, Ping, ProtocolError, Register, Report, decode_frame, dumps, parse_client_message
+from shoal.runtime.edge.protocol import EDGE_PATH, Ping, ProtocolError, Register, Report, decode_frame, dumps, frame_seq, parse_client_message
 from shoal.runtime.edge.sessions import EdgeSession, EdgeSessionManager, assignment_message
 from shoal.runtime.errors import ServingError
 
@@ -70,7 +70,10 @@ def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, m
                 data, text = message.get("bytes"), message.get("text")
                 if data is not None:
                     if len(data) > max_message_bytes:
-                        await send({"type": "error", "message": f"frame of {len(data)} bytes exceeds the {max_message_bytes}-byte limit"})
+                        reply = {"type": "error", "message": f"frame of {len(data)} bytes exceeds the {max_message_bytes}-byte limit"}
+                        if (seq := frame_seq(data)) is not None:
+                            reply["seq"] = seq
+                        await send(reply)
                         continue
                     try:
                         header, pixels = decode_frame(data, channels=family.input_channels, max_side_px=family.source_image_px)
