@@ -83,3 +83,13 @@ def test_an_error_about_a_frame_whose_header_fails_validation_still_names_its_se
         decode_frame(frame, channels=3, max_side_px=64)
     assert caught.value.seq == 41
     assert frame_seq(frame) == 41 and frame_seq(b"\x00\x00\x00\x05[1,2]") is None and frame_seq(b"xx") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"type": "report", "bandwidth_mbps": true}', '{"type": "report", "bandwidth_mbps": "12"}', '{"type": "ping", "id": true}'],
+)
+def test_a_number_sent_as_a_string_or_a_boolean_is_refused(text):
+    """Coerced before ("12" -> 12.0, true -> 1): a client bug that passed as a value."""
+    with pytest.raises(ProtocolError, match="Input should be a valid"):
+        parse_client_message(text)
