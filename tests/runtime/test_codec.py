@@ -39,6 +39,14 @@ def _tensor(datatype, data, shape=None, name="x", **parameters):
         (_request(_tensor("FP32", [[1.0, 2.0], [3.0]], shape=[3])), "evenly nested list"),
         (_request(_tensor("FP32", [1.0]), _tensor("FP32", [2.0])), "is given twice"),
         (_request(_tensor("FP32", [1.0]), binary_data_output="yes"), "'binary_data_output' must be true or false"),
+        # These were 500s: a list as a name or datatype, more dimensions than numpy takes.
+        (_request({"name": ["a"], "datatype": "FP32", "shape": [1], "data": [1.0]}), "non-empty string 'name'"),
+        (_request({"name": "x", "datatype": ["FP32"], "shape": [1], "data": [1.0]}), "datatype ['FP32'] is not supported"),
+        (_request(_tensor("FP32", [1.0], shape=[1] * 65)), "has 65 dimensions, more than 32"),
+        # Extensions not served are refused, not silently answered another way.
+        (_request(_tensor("FP32", [1.0], shared_memory_region="r", shared_memory_byte_size=4)), "shared memory is not supported"),
+        (json.dumps({"inputs": [_tensor("FP32", [1.0])], "outputs": [{"name": "y", "parameters": {"classification": 3}}]}).encode(),
+         "'classification'.*is not supported by this server; ask for the raw output"),
     ],
 )
 def test_values_a_datatype_does_not_take_are_refused(body, message):
@@ -111,6 +119,30 @@ def test_grpc_typed_contents_decode_like_raw_contents_and_raw_lengths_are_named_
     assert out[0] == "True"
     assert "outside INT8's range" in out[1]
     assert "raw_input_contents[0] is 20 bytes but shape [2, 3] of FP32 needs 24" in out[2]
+
+
+def test_grpc_inputs_given_twice_or_in_both_forms_are_refused():
+    """The later of two same-named inputs silently won, and typed contents beside raw ones were ignored."""
+    out = _in_fresh_interpreter("""
+        import numpy as np
+        from shoal.runtime.errors import BadRequestError
+        from shoal.runtime.grpc_frontend import decode_grpc_inputs
+        from shoal.runtime.proto import grpc_service_pb2 as pb
+
+        data = np.ones(2, np.float32).tobytes()
+        twice = pb.ModelInferRequest(inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[2])] * 2,
+                                     raw_input_contents=[data, data])
+        both = pb.ModelInferRequest(inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[2])], raw_input_contents=[data])
+        both.inputs[0].contents.fp32_contents.extend([0.0, 0.0])
+        for request in (twice, both):
+            try:
+                decode_grpc_inputs(request)
+                print("decoded")
+            except BadRequestError as error:
+                print(error.message)
+    """).splitlines()
+    assert "is given twice" in out[0]
+    assert "not both" in out[1]
 
 
 def test_uint64_values_past_int64_decode_exactly():

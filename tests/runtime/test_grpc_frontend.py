@@ -162,3 +162,30 @@ def test_model_load_and_unload_need_the_admin_token_and_requests_obey_the_body_l
         assert too_large.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     finally:
         stop_server(server)
+
+
+def test_class_count_is_refused_and_the_index_can_list_only_ready_models(client, server):
+    """tritonclient's class_count (the classification extension, not served) used to be answered
+    with the raw logits; RepositoryIndex(ready=True) listed models that were not ready."""
+    import httpx
+
+    tensor = triton_grpc.InferInput("images", [1, 3, 16, 16], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("fixture.rf-16", [tensor], outputs=[triton_grpc.InferRequestedOutput("logits", class_count=3)])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "class_count" in refused.value.message()
+    client.unload_model("fixture.rf-64")  # one not ready (loaded again below: the server is the session's)
+    everything = client.get_model_repository_index(as_json=True)["models"]
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc  # (its client sends no ready flag)
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        ready = service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True)).models
+    assert {model.state for model in ready} == {"READY"}
+    assert {model.name for model in ready} == {model["name"] for model in everything if model.get("state") == "READY"}
+    over_http = httpx.post(f"{server.url}/v2/repository/index", json={"ready": True}).json()
+    client.load_model("fixture.rf-64")
+    assert "fixture.rf-64" not in {model.name for model in ready} and len(ready) == len(everything) - 1
+    assert {entry["name"] for entry in over_http} == {model.name for model in ready}
+    long_header = httpx.post(f"{server.url}/v2/models/fixture.rf-16/infer", content=b"{}", headers={"Inference-Header-Content-Length": "9" * 5000})
+    assert long_header.status_code == 400  # a 500 (int() past 4,300 digits) before

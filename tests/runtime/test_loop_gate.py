@@ -101,6 +101,7 @@ def test_the_monitor_reads_an_idle_loop_as_idle_and_a_stalled_one_as_saturated_w
 
 def test_service_refuses_by_the_share_of_the_loop_lag_against_the_model_s_recent_slo(fixture_repository_path):
     service = InferenceService(ServeConfig(repository=fixture_repository_path, default_slo_ms=50.0, max_loop_lag_share=0.06))
+    service.variants = dict.fromkeys(["fixture.rf-16", "fixture.rf-32"])  # as start() finds them (no workers needed here)
     service._gate_random = random.Random(7)
     service.scheduler.loop_monitor.busy_share = 1.0
     service.scheduler.loop_monitor.lag_ms = 0.5  # of an SLO of 50 ms, refusals start at 1 ms and are total at 3
@@ -121,10 +122,13 @@ def test_service_refuses_by_the_share_of_the_loop_lag_against_the_model_s_recent
     assert not service.refuse_at_gate("pipeline", workflow_slo_ms=2000.0)
     assert service.refuse_at_gate("pipeline", workflow_slo_ms=50.0)
     assert 'shoal_requests_total{model="pipeline",outcome="shed",variant=""} 1.0' in service.metrics.render().decode()
+    # A name that is no model is not refused, however late the loop: its 404 says more.
+    assert not service.refuse_at_gate("nope")
 
 
 def test_a_share_of_zero_turns_the_gate_off(fixture_repository_path):
     service = InferenceService(ServeConfig(repository=fixture_repository_path, max_loop_lag_share=0.0))
+    service.variants = dict.fromkeys(["fixture.rf-16"])
     service.scheduler.loop_monitor.lag_ms, service.scheduler.loop_monitor.busy_share = 500.0, 1.0
     assert not any(service.refuse_at_gate("fixture.rf-16") for _ in range(100))
 

@@ -760,3 +760,24 @@ def test_a_batch_task_cancelled_before_it_starts_answers_its_requests_and_clears
     books, batches = asyncio.run(scenario())
     assert books == (0, 0.0, 0, 0)
     assert batches == []
+
+
+def test_priority_levels_run_in_triton_s_order_and_unstated_after_every_level():
+    """Triton (and tritonclient's docs): level 1 first, then 2, ...; 0 means none stated. shoal
+    ran higher numbers first, so a client's background level 10 overtook its urgent level 1."""
+    from shoal.runtime.errors import BadRequestError
+    from shoal.runtime.inference_request import requirements
+
+    async def scenario():
+        queue = VariantQueue("v", lambda size: 1.0, 8, 100)
+        now = monotonic_ms()
+        loop = asyncio.get_running_loop()
+        for priority in (0, 10, 1, 2, 0, 1):
+            queue.push(QueuedItem(priority=priority, deadline_ms=now + 1000, arrival_ms=now, predicted_finish_ms=now,
+                                  tensor=np.zeros(1, np.float32), future=loop.create_future()))  # fmt: skip
+        return [item.priority for item in queue.take(6)]
+
+    assert asyncio.run(scenario()) == [1, 1, 2, 10, 0, 0]
+    assert requirements({"priority": 3}, 50.0).priority == 3
+    with pytest.raises(BadRequestError, match="integer >= 0"):
+        requirements({"priority": -1}, 50.0)

@@ -8,6 +8,7 @@ Nothing here is ever unpickled.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
 NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPE_TO_NUMPY.items()}
 
 MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
+MAX_TENSOR_DIMENSIONS = 32
 
 
 @dataclass
@@ -59,6 +61,8 @@ class DecodedRequest:
 def _shape(value: Any, tensor: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in value):
         raise BadRequestError(f"input {tensor!r}: 'shape' must be a list of non-negative integers")
+    if len(value) > MAX_TENSOR_DIMENSIONS:  # numpy's own limit: past it, reshape raises
+        raise BadRequestError(f"input {tensor!r}: 'shape' has {len(value)} dimensions, more than {MAX_TENSOR_DIMENSIONS}")
     # math.prod: exact (numpy's product of large dimensions wraps around int64). Every dimension
     # is bounded too: a zero elsewhere makes the product 0, but numpy cannot take such a shape.
     elements = math.prod(value)
@@ -70,7 +74,7 @@ def _shape(value: Any, tensor: str) -> tuple[int, ...]:
 
 
 def _datatype(value: Any, tensor: str) -> np.dtype:
-    if value not in DATATYPE_TO_NUMPY:
+    if not isinstance(value, str) or value not in DATATYPE_TO_NUMPY:
         raise BadRequestError(
             f"input {tensor!r}: datatype {value!r} is not supported (use one of {', '.join(DATATYPE_TO_NUMPY)})"
         )
@@ -167,6 +171,10 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
         parameters = spec.get("parameters") or {}
         size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
         chunk = None
+        if not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise BadRequestError("every input needs a non-empty string 'name'")
+        if isinstance(parameters, dict):
+            check_no_shared_memory(parameters, f"input {spec['name']!r}")
         if spec.get("name") in inputs:
             raise BadRequestError(f"input {spec.get('name')!r} is given twice; send each input once")
         if size is not None:
@@ -196,6 +204,8 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
             raise BadRequestError("each entry of 'outputs' needs a string 'name'")
         requested.append(output["name"])
         output_parameters = output.get("parameters") or {}
+        if isinstance(output_parameters, dict):
+            check_output_parameters(output_parameters, f"output {output['name']!r}")
         if isinstance(output_parameters, dict) and "binary_data" in output_parameters:
             binary_outputs[output["name"]] = _flag(output_parameters["binary_data"], f"output {output['name']!r}: parameter 'binary_data'")
     request_id = header.get("id", "")
@@ -207,6 +217,23 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
         binary_outputs=binary_outputs,
         binary_by_default=_flag(parameters.get("binary_data_output", False), "parameter 'binary_data_output'"),
     )
+
+
+def check_no_shared_memory(parameters: Mapping[str, Any], what: str) -> None:
+    """Triton's shared-memory extension is not served (nor advertised): a tensor that names a
+    region is refused rather than read from the body or answered in it, where its client does not look."""
+    named = sorted(key for key in parameters if key.startswith("shared_memory_"))
+    if named:
+        raise BadRequestError(f"{what}: {named[0]!r}: shared memory is not supported by this server; send the tensor in the request")
+
+
+def check_output_parameters(parameters: Mapping[str, Any], what: str) -> None:
+    """What an output may ask: `binary_data` only. Triton's classification extension
+    (`classification` / tritonclient's class_count) is not served, and is refused rather than
+    answered with the raw output the client would take for its top classes."""
+    check_no_shared_memory(parameters, what)
+    if "classification" in parameters:
+        raise BadRequestError(f"{what}: 'classification' (class_count) is not supported by this server; ask for the raw output and take its top classes")
 
 
 def _flag(value: Any, what: str) -> bool:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, tensor_from_json
+from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, check_no_shared_memory, check_output_parameters, tensor_from_json
 from shoal.runtime.endpoints import ServedModels, check_admin_authorization
 from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError, ServingError
 from shoal.runtime.proto import grpc_service_pb2 as pb
@@ -86,6 +86,11 @@ def decode_grpc_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     inputs = {}
     for index, tensor in enumerate(request.inputs):
         spec = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if tensor.name in inputs:  # as over HTTP: the later one would silently win
+            raise BadRequestError(f"input {tensor.name!r} is given twice; send each input once")
+        check_no_shared_memory(tensor.parameters, f"input {tensor.name!r}")
+        if raw and tensor.HasField("contents"):  # Triton refuses the pair too
+            raise BadRequestError(f"input {tensor.name!r}: give its values in 'contents' or in raw_input_contents, not both")
         if raw:
             inputs[tensor.name] = tensor_from_json(spec, memoryview(raw[index]), f"raw_input_contents[{index}]")
         else:
@@ -160,6 +165,8 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             raise OverloadedError(GATE_REFUSAL_MESSAGE)
         inputs = decode_grpc_inputs(request)
         parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
+        for output in request.outputs:
+            check_output_parameters(output.parameters, f"output {output.name!r}")
         requested = [output.name for output in request.outputs]
         answer = await self.models.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms)
         response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
@@ -278,7 +285,10 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._guard(context, call)
 
     async def RepositoryIndex(self, request, context):
-        models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in self.service.repository_index()]
+        entries = self.service.repository_index()
+        if request.ready:  # only the models ready now, as the request asks
+            entries = [entry for entry in entries if entry.get("state") == "READY"]
+        models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
         return pb.RepositoryIndexResponse(models=models)
 
     async def RepositoryModelLoad(self, request, context):

@@ -215,7 +215,8 @@ def build_http_app(
         model = versioned_model(request)
         body = await read_body(request)
         header_length = request.headers.get(HEADER_LENGTH)
-        if header_length is not None and not (header_length.isascii() and header_length.isdigit()):  # str.isdigit takes "²"
+        # str.isdigit takes "²"; past 20 digits int() is slow, and past 4,300 it raises.
+        if header_length is not None and not (header_length.isascii() and header_length.isdigit() and len(header_length) <= 20):
             raise BadRequestError(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length[:40]!r}")
         decoded = decode_http_request(body, int(header_length) if header_length is not None else None)
         answer = await models.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms)
@@ -232,7 +233,19 @@ def build_http_app(
         return Response(payload, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(json_length)})
 
     async def repository_index(request: Request) -> Response:
-        return JSONResponse(service.repository_index())
+        entries = service.repository_index()
+        body = await read_body(request) if request.method == "POST" else b""
+        if body.strip():
+            try:
+                query = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                raise BadRequestError('body must be JSON like {"ready": true}') from None
+            ready = query.get("ready", False) if isinstance(query, dict) else None
+            if not isinstance(ready, bool):
+                raise BadRequestError("'ready' must be true or false")
+            if ready:  # only the models ready now, as the request asks
+                entries = [entry for entry in entries if entry["state"] == "READY"]
+        return JSONResponse(entries)
 
     async def load(request: Request) -> Response:
         require_token(request)

@@ -65,8 +65,8 @@ def requirements(parameters: dict[str, Any], default_slo_ms: float) -> StatedReq
             raise BadRequestError("parameter 'slo_ms' must be a positive number of milliseconds")
         slo_ms = min(slo_ms, stated_slo_ms) if timeout_us is not None else stated_slo_ms
     priority = parameters.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise BadRequestError("parameter 'priority' must be an integer (higher runs first)")
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise BadRequestError("parameter 'priority' must be an integer >= 0 (Triton's levels: 1 runs first, then 2, ...; 0 or none after every stated level)")
     min_accuracy = _number(parameters, "min_accuracy")
     if min_accuracy is not None and not 0.0 <= min_accuracy <= 1.0:
         raise BadRequestError("parameter 'min_accuracy' must be a number between 0 and 1")

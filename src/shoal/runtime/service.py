@@ -304,6 +304,8 @@ class InferenceService:
         share = self.config.max_loop_lag_share
         if share <= 0.0:
             return False
+        if workflow_slo_ms is None and model_name not in self.variants and model_name not in self.families:
+            return False  # not a model: its 404 says more than a 429 would (and costs no more)
         if workflow_slo_ms is not None:
             slo_ms = workflow_slo_ms
         else:
@@ -312,9 +314,7 @@ class InferenceService:
         probability = loop_gate_refusal_probability(lag_ms, share * slo_ms, busy_share)
         if probability == 0.0 or (probability < 1.0 and self._gate_random.random() >= probability):
             return False
-        # The name is the client's, unchecked: only the server's own names become labels.
-        known = workflow_slo_ms is not None or model_name in self.variants or model_name in self.families
-        self.metrics.outcome(model_name if known else "", "", "shed")
+        self.metrics.outcome(model_name, "", "shed")
         if model_name in self.variants:  # a failure in the variant's statistics (a family's is not chosen yet)
             self.metrics.variant_statistics(model_name).failed(0.0)
         return True

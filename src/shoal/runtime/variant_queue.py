@@ -25,11 +25,21 @@ __all__ = ["QueuedItem", "VariantQueue"]
 
 _sequence = itertools.count()
 
+UNSTATED_PRIORITY_RANK = 2**63
+"""Where a request that states no priority level (0) queues: after every stated level."""
+
+
+def priority_rank(priority: int) -> int:
+    """Triton's order (its schedule-policy extension): level 1 runs first, then 2, and so on;
+    0, no level stated, after every stated one (as Triton's default level set to the lowest)."""
+    return priority if priority > 0 else UNSTATED_PRIORITY_RANK
+
 
 @dataclass(order=True)
 class QueuedItem:
     sort_key: tuple = field(init=False, repr=False)
     priority: int
+    """Triton's priority level: 1 runs first, then 2, ...; 0 (none stated) after all of them."""
     deadline_ms: float
     arrival_ms: float = field(compare=False)
     predicted_finish_ms: float = field(compare=False)
@@ -38,12 +48,12 @@ class QueuedItem:
     future: asyncio.Future = field(compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.sort_key = (-self.priority, self.deadline_ms, next(_sequence))
+        self.sort_key = (priority_rank(self.priority), self.deadline_ms, next(_sequence))
 
 
 
 class VariantQueue:
-    """Bounded queue of one variant, ordered by (priority desc, deadline asc, arrival).
+    """Bounded queue of one variant, ordered by (priority level, deadline, arrival).
 
     Its latency model is the profile scaled by how slow batches have really been lately: the
     profile is taken on a quiet worker at load time, and on a shared machine the same batch can
