@@ -8,7 +8,7 @@ import json
 from shoal.cli import main
 
 
-def test_bad_options_fail_before_any_work(capsys, fixture_repository_path):
+def test_bad_options_fail_before_any_work(capsys, fixture_repository_path, tmp_path):
     repo = str(fixture_repository_path)
     assert main(["demo", "--repo", repo, "--statics", "some"]) == 2
     assert "--statics 'some'" in capsys.readouterr().err
@@ -24,6 +24,10 @@ def test_bad_options_fail_before_any_work(capsys, fixture_repository_path):
     assert "--ray-placement 'ANYWHERE'" in capsys.readouterr().err
     assert main(["serve", "--repo", repo, "--fault-injection"]) == 2
     assert "--fault-injection needs --admin-token" in capsys.readouterr().err
+    prices = tmp_path / "gpu-prices.yaml"
+    prices.write_text("gpu: 3.06\n")  # no cpu price: every variant served on cpu would be free
+    assert main(["serve", "--repo", repo, "--prices", str(prices)]) == 2
+    assert "no price for 'cpu'" in capsys.readouterr().err
 
 
 def test_planner_bench_runs_on_a_familys_measured_profiles(capsys, writable_repository):

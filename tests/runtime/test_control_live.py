@@ -95,17 +95,23 @@ def test_model_less_selection_does_not_load_back_what_an_operator_unloaded(fixtu
                 first = "unmet"
             loaded_after = sorted(key for key in service.variants if service.scheduler.workers_for(key))
             await service.unload_model("fixture")
+            refusal = None
             try:
                 await service.infer("fixture", {family.input_name: image}, {"slo_ms": 5000}, [])
             except ModelNotReadyError as error:
-                return first, loaded_after, error.message
-            return first, loaded_after, None
+                refusal = error.message
+            # An operator's replica count is a load too: the variant is the family's again
+            # (it stayed marked unloaded, and family queries refused it).
+            await service.set_replicas("fixture.rf-16", 1)
+            again = await service.infer("fixture", {family.input_name: image}, {"slo_ms": 5000}, [])
+            return first, loaded_after, refusal, again.parameters["shoal_variant"]
         finally:
             await service.stop()
 
-    first, loaded_after, refusal = asyncio.run(run())
+    first, loaded_after, refusal, again = asyncio.run(run())
     assert first == "unmet" and "fixture.rf-64" not in loaded_after
     assert refusal is not None and "unloaded by an operator" in refusal
+    assert again == "fixture.rf-16"
 
 
 def test_a_family_named_like_another_family_s_variant_is_refused_at_start_naming_both(fixture_repository_path, tmp_path):

@@ -118,6 +118,9 @@ def serve(
     price_table = ServeConfig.prices_usd_per_hour
     if prices is not None:
         price_table = tuple(read_prices(prices, "--prices").items())
+        kind = parse_device(device).kind
+        if kind not in dict(price_table):  # a missing price would make every variant free
+            raise InvalidInputError(f"--prices {prices}: no price for {kind!r}, the kind of --device {device}; add a '{kind}: usd_per_hour' line")
     config = ServeConfig(
         repository=repository.root,
         device=device,

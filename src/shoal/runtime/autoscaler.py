@@ -55,15 +55,12 @@ class Autoscaler:
         """Plan and apply replica counts; call `observe` first."""
         made: list[AutoscaleDecision] = []
         for family_name, family in self.service.families.items():
-            views = modelless_variants(self.service, family)
+            # An operator's unload holds until an explicit load: planning on such a variant moved
+            # the demand onto it (a scale-up then skipped) and scaled the serving one to 0.
+            views = {key: view for key, view in modelless_variants(self.service, family).items() if key not in self.service.operator_unloaded}
             if not views:
                 continue
-            headroom = self.service.config.admission_headroom  # replicas must keep what admission promises
-            demands = [
-                Demand(f"slo={slo_ms:g}ms,min_accuracy={accuracy:g},max_cost={cost}", Requirements(slo_ms * headroom, accuracy, cost), rate)
-                for (name, slo_ms, accuracy, cost), rate in self.rates_rps.items()
-                if name == family_name
-            ]
+            demands = self._demands(family_name)
             current = {key: count for key, count in self.service.replica_counts().items() if key in views}
             plan = plan_autoscale(
                 demands, list(views.values()), current, self.states.get(family_name, AutoscaleState()), now_s,
@@ -72,11 +69,10 @@ class Autoscaler:
             )
             self.states[family_name] = plan.state
             for decision in plan.decisions:
-                if decision.variant in self.service.operator_unloaded:
-                    continue  # an operator unloaded it; only an explicit load brings it back
-                if decision.to_replicas == 0 and self._still_asked_for(decision.variant):
-                    continue  # the planner sees family demand only; these requests name the variant
-                reached = await self.service.set_replicas(decision.variant, decision.to_replicas)
+                if decision.to_replicas < decision.from_replicas and self._still_asked_for(decision.variant):
+                    # The planner sees family demand only, and not what these requests need.
+                    continue
+                reached = await self.service.set_replicas(decision.variant, decision.to_replicas, by_operator=False)
                 logger.info("autoscaler: %s %s %d -> %d: %s", decision.kind, decision.variant, decision.from_replicas, reached, decision.reason)
                 self.decisions.labels(decision.variant, decision.kind).inc()
                 made.append(decision)
@@ -85,10 +81,26 @@ class Autoscaler:
         self.history.extend(made)
         return made
 
+    def _demands(self, family_name: str) -> list[Demand]:
+        """The family's query classes as the planner's demands, at the budget admission holds
+        them to (replicas must keep what admission promises). A class whose requirements the
+        planner refuses is left out and logged, rather than failing the tick for every family."""
+        headroom = self.service.config.admission_headroom
+        demands = []
+        for (name, slo_ms, accuracy, cost), rate in self.rates_rps.items():
+            if name != family_name:
+                continue
+            try:
+                demands.append(Demand(f"slo={slo_ms:g}ms,min_accuracy={accuracy:g},max_cost={cost}", Requirements(slo_ms * headroom, accuracy, cost), rate))
+            except ValueError as error:
+                logger.warning("autoscaler: query class %s of %s left out: %s", (slo_ms, accuracy, cost), family_name, error)
+        return demands
+
     def _still_asked_for(self, key: str) -> bool:
         """Requests name the variant itself (recently, or queued or chosen for a batch now): it
-        keeps a replica whatever the family's demand, as the controller never unloads under
-        waiting requests."""
+        keeps its replicas whatever the family's demand (scaled up, not down), as the controller
+        never unloads under waiting requests. (What those requests need is not known: their SLOs
+        are not in the family's classes.)"""
         return self.exact_rates_rps.get(key, 0.0) > 0.0 or bool(self.service.scheduler.waiting(key))
 
 

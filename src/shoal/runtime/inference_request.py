@@ -38,7 +38,8 @@ class StatedRequirements:
         down to a quarter octave (clients that subtract their own overhead send a slightly
         different SLO each time, and one class per float would grow without bound)."""
         slo_bucket_ms = 2.0 ** (math.floor(math.log2(self.slo_ms) * 4.0) / 4.0)
-        return (round(slo_bucket_ms, 3), self.min_accuracy, self.max_cost_per_1000_usd)
+        # Four significant digits: rounding to a thousandth of a ms made a tiny SLO a class of 0 ms.
+        return (float(f"{slo_bucket_ms:.4g}"), self.min_accuracy, self.max_cost_per_1000_usd)
 
 
 def _number(parameters: dict[str, Any], name: str) -> float | None:

@@ -271,13 +271,19 @@ class InferenceService:
             self.operator_unloaded.add(key)
             await self.manager.unload(key)
 
-    async def set_replicas(self, model_name: str, replicas: int) -> int:
-        """Run an exact variant on `replicas` workers (0 unloads it); returns the count reached."""
+    async def set_replicas(self, model_name: str, replicas: int, *, by_operator: bool = True) -> int:
+        """Run an exact variant on `replicas` workers (0 unloads it); returns the count reached.
+        An operator's count is a load or an unload as far as `operator_unloaded` goes (the
+        autoscaler's, `by_operator=False`, is not)."""
         _, served = self.resolve(model_name)
         if served is None:
             raise BadRequestError(f"{model_name!r} is a family; replicas are set per variant (<family>.<variant>)")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise BadRequestError("'replicas' must be a non-negative integer")
+        if by_operator and replicas > 0:
+            self.operator_unloaded.discard(served.key)
+        elif by_operator:
+            self.operator_unloaded.add(served.key)
         return await self.manager.set_replicas(served, replicas)
 
     def replica_counts(self) -> dict[str, int]:
