@@ -42,3 +42,11 @@ def test_memory_budget_keeps_the_most_recent_first():
     plan, _ = plan_cache(CacheContext(5.0, variants, 150 * MB), CacheState(last_used_s={"a": 4.0}))
     assert plan.load == ()
     assert plan.unload == ("a",)  # only one variant fits: the one used now
+
+
+def test_the_variant_in_use_stays_loaded_even_alone_past_the_budget():
+    """Unloaded every tick for not fitting (while the worker manager loaded it back for each
+    request), with a smaller neighbour loaded in its place."""
+    variants = family(loaded=("e",), used=("e",))
+    plan, _ = plan_cache(CacheContext(5.0, variants, 50 * MB), CacheState())
+    assert plan.unload == () and plan.load == ()

@@ -144,3 +144,34 @@ def test_a_family_named_like_another_family_s_variant_is_refused_at_start_naming
 
     with pytest.raises(InvalidInputError, match=r"'fixture.rf-16' is taken already by variant 'rf-16' of family 'fixture'"):
         asyncio.run(run())
+
+
+def test_a_family_with_nothing_loaded_gets_a_variant_loaded_by_queries_a_load_does_not_fit(fixture_repository_path):
+    """Every such query was a 429 and nothing ever loaded a variant (refused queries were no
+    variant's use): the controller now loads the variant they would take."""
+    from shoal.runtime.controller import Controller
+    from shoal.runtime.errors import OverloadedError, RequirementsUnmetError
+
+    async def run():
+        config = ServeConfig(repository=fixture_repository_path, num_workers=1, intra_op_threads=1, policy="modelless")
+        service = InferenceService(config)
+        await service.start()  # every variant loaded (and profiled), then
+        for key in service.variants:  # unloaded as the controller does idle ones
+            await service.manager.unload(key)
+        controller = Controller(service, interval_s=1.0, idle_unload_after_s=300.0)
+        family = service.families["fixture"]
+        image = np.zeros((1, 3, 128, 128), dtype=np.uint8)
+        try:
+            try:
+                await service.infer("fixture", {family.input_name: image}, {"slo_ms": 2.0}, [])  # far below a load
+                first = "answered"
+            except (OverloadedError, RequirementsUnmetError) as error:
+                first = type(error).__name__
+            await controller.tick(0.0)
+            return first, sorted(key for key, count in service.replica_counts().items() if count)
+        finally:
+            await service.stop()
+
+    first, loaded = asyncio.run(run())
+    assert first in ("OverloadedError", "RequirementsUnmetError")
+    assert len(loaded) >= 1

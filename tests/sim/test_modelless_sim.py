@@ -72,3 +72,15 @@ def test_the_per_phase_oracle_is_static_provisioning_redone_for_each_phase(resul
     assert static / 3 < oracle < static
     # One application: shoal's planner finds the same cheapest sizing for each phase.
     assert per_phase_oracle_cost_usd(scenario, "shoal") == pytest.approx(oracle)
+
+
+def test_a_phase_without_load_has_no_arrivals_and_the_next_phase_resumes_them():
+    """A multiplier of 0 divided by zero (ZeroDivisionError) when drawing the next arrival."""
+    from shoal.planner.modelless import ModellessVariant, Requirements
+    from shoal.sim.modelless import Application, ModellessScenario, simulate_modelless
+
+    variant = ModellessVariant("v", "t", 0.9, "cpu", 0.4, tuple(5.0 + 2 * batch for batch in range(8)), 50.0)
+    scenario = ModellessScenario(variants=(variant,), applications=(Application("a", "t", Requirements(50.0), 20.0),),
+                                 multipliers=(1, 0, 1), phase_s=2.0, hold_s=1.0)  # fmt: skip
+    result = simulate_modelless(scenario, "shoal")
+    assert 40 <= result.queries <= 120  # two phases of 2 s at 20/s, none in the silent one

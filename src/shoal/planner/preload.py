@@ -4,7 +4,8 @@ Loading a variant costs a session build and warm-up (tens to hundreds of ms), to
 when a request arrives. So the controller keeps loaded what was used recently and preloads
 each used variant's neighbours in its family (the next more accurate and the next faster
 variant), because those are what a policy switches to when load or bandwidth change. The
-memory budget bounds the set; what does not fit is unloaded, least recently used first.
+memory budget bounds the set; what does not fit is unloaded, least recently used first (the
+most recently used variant stays, even alone past the budget).
 
 Pure: `plan_cache(context, state) -> (plan, state)`; the clock is a field of the context.
 """
@@ -83,7 +84,9 @@ def plan_cache(context: CacheContext, state: CacheState) -> tuple[CachePlan, Cac
     kept: list[str] = []
     used_bytes = 0
     for key in wanted:
-        if used_bytes + by_key[key].memory_bytes <= context.memory_budget_bytes:
+        # The most recently used variant stays whatever its size: the worker manager loads it
+        # all the same (evicting the others), so unloading it here made it reload every tick.
+        if used_bytes + by_key[key].memory_bytes <= context.memory_budget_bytes or (hot and key == hot[0]):
             kept.append(key)
             used_bytes += by_key[key].memory_bytes
         else:

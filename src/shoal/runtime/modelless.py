@@ -101,6 +101,17 @@ def raise_unmet(model_name: str, stated: "StatedRequirements", variants: list[Mo
     raise OverloadedError(f"{model_name}: {reason}", retry_after_s=1.0)
 
 
+def _ask_for_a_load(service: "InferenceService", requirements: Requirements, variants: dict[str, ModellessVariant]) -> None:
+    """With nothing of these variants loaded, a query whose SLO a load does not fit is refused,
+    and nothing else would ever load one: count it as demand for the variant it would take
+    loaded, whose use the controller's cache plan then loads (a 429 for good, before)."""
+    if any(service.scheduler.workers_for(key) for key in variants):
+        return
+    wanted = select_variant(requirements, [LiveVariant(view, replicas=1) for view in variants.values()], policy="shoal")
+    if wanted.action != "reject":
+        service.requests_by_variant[wanted.variant] = service.requests_by_variant.get(wanted.variant, 0) + 1
+
+
 async def choose_modelless(service: "InferenceService", model_name: str, family: Family, stated: "StatedRequirements", input_size_px: int, remaining_slo_ms: float) -> "ServedVariant":
     """Pick (and if need be load) the variant that answers this query; raise when none can."""
     variants = modelless_variants(service, family, input_size_px)
@@ -117,6 +128,7 @@ async def choose_modelless(service: "InferenceService", model_name: str, family:
     now_ms = monotonic_ms()
     decision = select_variant(requirements, [_live(service, view, now_ms, stated.priority) for view in variants.values()], policy="shoal")
     if decision.action == "reject":
+        _ask_for_a_load(service, requirements, variants)
         raise_unmet(model_name, stated, list(variants.values()), decision.reason, remaining_slo_ms)
     served = service.variants[decision.variant]
     if decision.action == "load":

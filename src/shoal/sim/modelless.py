@@ -179,6 +179,11 @@ class _Simulation:
     def _schedule_arrival(self, app_index: int) -> None:
         app = self.apps[app_index]
         rate = app.base_rps * self.scenario.multiplier_at(self.engine.now)
+        if rate <= 0.0:  # a silent phase: look again when the next one starts
+            next_phase_s = (self.engine.now // self.scenario.phase_s + 1) * self.scenario.phase_s
+            if next_phase_s < self.scenario.duration_s:
+                self.engine.at(next_phase_s, lambda: self._schedule_arrival(app_index))
+            return
         gap = self.rng.exponential(1.0 / rate)
         next_s = self.engine.now + gap
         if next_s < self.scenario.duration_s:
