@@ -127,3 +127,56 @@ def test_a_refused_add_leaves_the_repository_as_it_was(capsys, fixture_repositor
     shutil.copytree(fixture_repository_path, tmp_path / "copy")
     code, _, err = run_cli(capsys, "zoo", "add", "--repo", str(tmp_path / "copy"), "--family", "fixture", "--variant", "x-32", "--model", str(renamed))
     assert code == 2 and "input is named 'x'" in err and err.count("\n") == 1, err
+
+
+def _model_failing_at_run(path):
+    """Loads, and declares a dynamic batch, but reshapes to a batch of 1: fails on any other."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["images", "conv_w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+             helper.make_node("Reshape", ["p", "shape"], ["f"]), helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"])]  # fmt: skip
+    weights = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "conv_w"),
+               numpy_helper.from_array(rng.normal(size=(4, 10)).astype(np.float32), "fc_w"),
+               numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"), numpy_helper.from_array(np.array([1, -1], np.int64), "shape")]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 10])], weights)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_a_failed_add_never_removes_a_folder_it_did_not_create_and_names_the_failure(capsys, tmp_path):
+    """A folder already named like the new family (holding the user's files, or the very model
+    being added) was written into, and removed whole when the add failed; a model that loads but
+    fails when run ended in ONNX Runtime's traceback."""
+    repo = tmp_path / "repo"
+    (repo / "resnet").mkdir(parents=True)
+    (repo / "resnet" / "precious.txt").write_text("mine")
+    failing = tmp_path / "runfail.onnx"
+    _model_failing_at_run(failing)
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", str(repo), "--family", "resnet", "--variant", "v", "--model", str(failing))
+    assert code == 2 and "exists but holds no family" in err, err
+    assert (repo / "resnet" / "precious.txt").read_text() == "mine"
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", str(repo), "--family", "fresh", "--variant", "v", "--model", str(failing))
+    assert code == 2 and err.startswith("error: variant fresh/v: ONNX Runtime failed on a batch of") and err.count("\n") == 1, err
+    assert not (repo / "fresh").exists()  # the family it created for the failed variant goes again
+
+
+def test_bad_names_files_and_validation_sets_are_one_line_errors(capsys, fixture_repository_path, tmp_path):
+    model_16 = str(fixture_repository_path / "fixture" / "rf-16" / "model.onnx")
+    repo = str(tmp_path / "repo")
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", repo, "--family", "f", "--variant", "v3\n", "--model", model_16)
+    assert code == 2 and "is not a valid name" in err  # "$" matched before the newline
+    (tmp_path / "afile").write_text("")
+    code, _, err = run_cli(capsys, "zoo", "add", "--repo", str(tmp_path / "afile"), "--family", "f", "--variant", "v", "--model", model_16)
+    assert code == 2 and "is a file" in err
+    np.savez(tmp_path / "floats.npz", images=np.zeros((4, 3, 16, 16), np.uint8), labels=np.array([0.5, 1.0, 2.0, 3.0]))
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    for validation, message in (("floats.npz", "'labels' must be integers"), ("one.npy", "is one array")):
+        code, _, err = run_cli(capsys, "zoo", "add", "--repo", repo, "--family", "f", "--variant", "v", "--model", model_16,
+                               "--validation", str(tmp_path / validation))  # fmt: skip
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    (tmp_path / "latin1.yaml").write_bytes(b"\xff\xfe name: x")
+    code, _, err = run_cli(capsys, "plan", "capacity", "--system", str(tmp_path / "latin1.yaml"))
+    assert code == 2 and "is not UTF-8 text" in err, err

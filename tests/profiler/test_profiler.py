@@ -84,5 +84,7 @@ def test_bad_arguments_are_refused(fixture_repository_path):
     args = (repository.model_path("fixture", "rf-16"), repository.load_family("fixture"), repository.load_variant("fixture", "rf-16"), Device.parse("cpu"))
     with pytest.raises(InvalidInputError, match="repeats must be >= 1"):
         profile_variant(*args, repeats=0)
-    with pytest.raises(InvalidInputError, match="batch sizes must be positive"):
+    with pytest.raises(InvalidInputError, match="batch sizes must be integers from 1 to 4096"):
         profile_variant(*args, batch_sizes=[0])
+    with pytest.raises(InvalidInputError, match="batch sizes must be integers from 1 to 4096"):
+        profile_variant(*args, batch_sizes=[10**12])  # its inputs alone: a MemoryError traceback before

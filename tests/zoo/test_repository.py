@@ -137,3 +137,20 @@ def test_validation_set_is_checked_against_the_family(tmp_path):
     assert images.shape == (2, 3, 16, 16) and labels.tolist() == [0, 2]
     with pytest.raises(RepositoryError, match="already exists"):
         repository.create_family(family)
+
+
+def test_a_model_with_its_weights_in_separate_files_is_refused(tmp_path):
+    """Only model.onnx is copied into the repository: such a variant registered, then could not load."""
+    rng = np.random.default_rng(0)
+    model = random_feature_model(16, rng.normal(size=(4, 3, 3, 3)).astype(np.float32), rng.normal(size=(4, 10)).astype(np.float32), np.zeros(10, np.float32))
+    path = tmp_path / "external.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    with pytest.raises(RepositoryError, match="weights are in separate files"):
+        inspect_model(path)
+
+
+def test_a_model_file_named_outside_the_repository_is_refused(writable_repository):
+    variant_file = writable_repository.variant_dir("fixture", "rf-16") / "variant.yaml"
+    variant_file.write_text(variant_file.read_text().replace("model_file: model.onnx", "model_file: ../../../outside.onnx"))
+    with pytest.raises(RepositoryError, match="escapes the repository"):
+        writable_repository.model_path("fixture", "rf-16")

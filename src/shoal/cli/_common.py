@@ -27,7 +27,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 
 def open_repository(repo: Path | None) -> ModelRepository:
-    return ModelRepository(repo or default_repository_path())
+    root = repo or default_repository_path()
+    if root.exists() and not root.is_dir():
+        raise InvalidInputError(f"--repo {root}: is a file; give the repository's folder (created if new)")
+    return ModelRepository(root)
 
 
 def parse_device(name: str) -> Device:
@@ -38,12 +41,14 @@ def parse_device(name: str) -> Device:
 
 
 def parse_batch_sizes(text: str) -> list[int]:
+    from shoal.profiler.measure import MAX_PROFILE_BATCH_SIZE
+
     try:
         sizes = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise InvalidInputError(f"--batch-sizes must be comma-separated integers like 1,2,4,8, got {text!r}") from None
-    if not sizes or sizes[0] < 1:
-        raise InvalidInputError(f"--batch-sizes must be positive integers, got {text!r}")
+    if not sizes or sizes[0] < 1 or sizes[-1] > MAX_PROFILE_BATCH_SIZE:
+        raise InvalidInputError(f"--batch-sizes must be integers from 1 to {MAX_PROFILE_BATCH_SIZE}, got {text!r}")
     return sizes
 
 

@@ -13,8 +13,9 @@ from shoal.cli._app import zoo_app
 from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, progress_bar
 from shoal.core.errors import InvalidInputError
 from shoal.core.models import Family, Variant
+from shoal.core.serialization import describe_validation_error
 from shoal.zoo import DEMO_FAMILY, default_repository_path
-from shoal.zoo.repository import check_signature_matches, inspect_model, load_validation_file
+from shoal.zoo.repository import check_signature_matches, inspect_model, load_validation_file, read_validation_arrays
 
 
 @zoo_app.command("build-demo")
@@ -65,22 +66,18 @@ def add(
     else:
         if signature.output_shape[1] < 2:
             raise InvalidInputError(f"{model}: output {signature.output_name!r} must declare its number of classes to create a family")
-        import numpy as np
-
-        images = labels = None
-        if validation_path:
-            with np.load(validation_path, allow_pickle=False) as archive:
-                if "images" not in archive or "labels" not in archive:
-                    raise InvalidInputError(f"--validation: {validation_path} must hold arrays 'images' and 'labels'")
-                images, labels = archive["images"], archive["labels"].astype("int64")
-        family_spec = Family(
-            name=family,
-            input_name=signature.input_name,
-            input_channels=signature.input_shape[1],
-            output_name=signature.output_name,
-            num_classes=signature.output_shape[1],
-            source_image_px=images.shape[-1] if images is not None else signature.input_size_px,
-        )
+        images, labels = read_validation_arrays(validation_path) if validation_path else (None, None)
+        try:
+            family_spec = Family(
+                name=family,
+                input_name=signature.input_name,
+                input_channels=signature.input_shape[1],
+                output_name=signature.output_name,
+                num_classes=signature.output_shape[1],
+                source_image_px=images.shape[-1] if images is not None else signature.input_size_px,
+            )
+        except ValidationError as error:  # a channel axis left dynamic, images too small, ...
+            raise InvalidInputError(f"--model {model} / --validation: the new family's {describe_validation_error(error)}") from None
         data = (images, labels) if images is not None else None
 
     try:

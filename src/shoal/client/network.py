@@ -92,7 +92,10 @@ def load_trace(spec: str) -> BandwidthTrace:
         path = Path(spec)
         if not path.is_file():
             raise InvalidInputError(f"trace {spec!r} is neither a built-in trace ({', '.join(BUILTIN_TRACES)}) nor a file")
-        text, step_s, name = path.read_text(), 1.0, path.stem
+        try:
+            text, step_s, name = path.read_text(), 1.0, path.stem
+        except (OSError, UnicodeDecodeError) as error:
+            raise InvalidInputError(f"trace {spec!r} cannot be read as text ({type(error).__name__})") from None
     try:
         values = tuple(float(token) for token in text.split())
     except ValueError as error:

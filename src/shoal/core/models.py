@@ -31,7 +31,8 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 def check_name(value: str, what: str) -> str:
     """Return value if it is a safe name, else raise ValueError naming the rule."""
-    if not isinstance(value, str) or not _NAME_RE.match(value) or ".." in value:
+    # fullmatch: with match, '$' also matches before a final newline ("v3\n" passed).
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value:
         raise ValueError(
             f"{what} {value!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit and without '..'"

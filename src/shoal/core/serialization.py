@@ -39,6 +39,10 @@ def _parse(model: type[ModelT], data: object, source: str) -> ModelT:
 def load_yaml(model: type[ModelT], path: Path) -> ModelT:
     try:
         data = yaml.safe_load(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: is nested too deep") from None
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot be read ({error.strerror})") from None
     except yaml.YAMLError as error:
@@ -49,6 +53,10 @@ def load_yaml(model: type[ModelT], path: Path) -> ModelT:
 def load_json(model: type[ModelT], path: Path) -> ModelT:
     try:
         data = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: is nested too deep") from None
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot be read ({error.strerror})") from None
     except json.JSONDecodeError as error:

@@ -83,6 +83,8 @@ def load_grid(path: Path) -> GridSpec:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise InvalidInputError(f"grid file {path} is not valid YAML: {error}") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as error:
+        raise InvalidInputError(f"grid file {path} cannot be read as YAML text ({type(error).__name__})") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"grid file {path} must be a mapping of fields (family, clients, slo_ms, ...)")
     try:

@@ -164,6 +164,10 @@ def load_edge_instance(path: Path | str) -> EdgeInstance:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: is nested too deep") from None
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot be read ({error.strerror}); check the --instance path") from None
     except json.JSONDecodeError as error:

@@ -49,12 +49,14 @@ _REQUIRED_PARTS = ("acceleratorData", "modelData", "serviceClassData", "serverDa
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: is nested too deep") from None
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot be read ({error.strerror or error})") from None
     except json.JSONDecodeError as error:
         raise InvalidInputError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno})") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep to be an Inferno file") from None
 
 
 def _validate(model: type, data: Any, source: str, prefix: str = ""):
@@ -113,12 +115,14 @@ def load_shoal_system(path: Path) -> CapacitySystem:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: is nested too deep") from None
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot be read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         raise InvalidInputError(f"{path}: is not valid YAML ({str(error).splitlines()[0]})") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep to be a capacity file") from None
     return _build(_validate(ShoalCapacityFile, data, str(path)), str(path), path.parent)
 
 

@@ -108,6 +108,10 @@ def _read_config(path: Path | None) -> JellyBeanConfig:
     try:
         data = yaml.safe_load(path.read_text()) or {}
         config = JellyBeanConfig.model_validate(data)
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: is nested too deep") from None
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot be read ({error.strerror}).") from None
     except yaml.YAMLError as error:
@@ -136,6 +140,10 @@ def _rows(path: Path, columns: tuple[str, ...], numeric: tuple[str, ...] = ()) -
     """Rows of a header-less CSV as dicts; numeric columns parsed to float."""
     try:
         text = path.read_text()
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: is nested too deep") from None
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot be read ({error.strerror}).") from None
     rows, stray = [], []
@@ -173,6 +181,10 @@ def _rows(path: Path, columns: tuple[str, ...], numeric: tuple[str, ...] = ()) -
 def _json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: is nested too deep") from None
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot be read ({error.strerror}).") from None
     except json.JSONDecodeError as error:

@@ -73,11 +73,25 @@ def measure_accuracy(
     for start in range(0, len(images_uint8), batch_size):
         chunk = images_uint8[start : start + batch_size].astype(np.float32) * scale
         inputs = resize_images(chunk, variant.input_size_px)
-        (logits,) = session.run([family.output_name], {family.input_name: inputs})
+        (logits,) = _run(session, family, variant, {family.input_name: inputs})
         correct += int((np.argmax(logits, axis=1) == labels[start : start + batch_size]).sum())
         if progress:
             progress(len(chunk))
     return correct / len(images_uint8)
+
+
+MAX_PROFILE_BATCH_SIZE = 4096
+"""Past it a batch of inputs alone can be gigabytes (4096 RGB images at 224 px: 2.5 GB)."""
+
+
+def _run(session, family: Family, variant: Variant, feed: dict) -> list:
+    """One run; a model that loads but fails when it runs (a fixed reshape, a dimension it does
+    not take) is the model's error, named as such, not a traceback."""
+    try:
+        return session.run([family.output_name], feed)
+    except Exception as error:  # ONNX Runtime's own exception types, not a stable API
+        batch = next(iter(feed.values())).shape[0]
+        raise InvalidInputError(f"variant {family.name}/{variant.name}: ONNX Runtime failed on a batch of {batch}: {error}") from None
 
 
 def profile_variant(
@@ -96,8 +110,8 @@ def profile_variant(
     """Measure one variant on one device; `progress` advances once per timed run and per validation image."""
     if repeats < 1 or warmup < 0:
         raise InvalidInputError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    if not batch_sizes or any(size < 1 for size in batch_sizes):
-        raise InvalidInputError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if not batch_sizes or any(not 1 <= size <= MAX_PROFILE_BATCH_SIZE for size in batch_sizes):
+        raise InvalidInputError(f"batch sizes must be integers from 1 to {MAX_PROFILE_BATCH_SIZE}, got {list(batch_sizes)}")
     threads = intra_op_threads or default_intra_op_threads()
     rng = np.random.default_rng(0)
     shape = (family.input_channels, variant.input_size_px, variant.input_size_px)
@@ -105,7 +119,7 @@ def profile_variant(
     memory_before = resident_memory_bytes()
     started = time.perf_counter()
     session = create_session(model_path, device, intra_op_threads=threads)
-    session.run([family.output_name], {family.input_name: rng.random((1, *shape), dtype=np.float32)})
+    _run(session, family, variant, {family.input_name: rng.random((1, *shape), dtype=np.float32)})
     load_time_ms = (time.perf_counter() - started) * 1000.0
     memory_bytes = max(0, resident_memory_bytes() - memory_before)
 
@@ -113,7 +127,7 @@ def profile_variant(
     for batch_size in sorted(set(batch_sizes)):
         feed = {family.input_name: rng.random((batch_size, *shape), dtype=np.float32)}
         for _ in range(warmup):
-            session.run([family.output_name], feed)
+            _run(session, family, variant, feed)
         samples_ms = []
         for _ in range(repeats):
             begin = time.perf_counter()

@@ -70,11 +70,20 @@ def create_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     try:
-        return onnxruntime.InferenceSession(source, sess_options=options, providers=device.onnxruntime_providers)
+        session = onnxruntime.InferenceSession(source, sess_options=options, providers=device.onnxruntime_providers)
     except Exception as error:  # ORT raises several unrelated exception types for bad files
         name = "model bytes" if isinstance(model, bytes) else str(model)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RepositoryError(f"{name} is not a loadable ONNX model: {first_line[:300]}") from None
+    # ONNX Runtime falls back to the CPU when the CUDA provider is installed but cannot start
+    # (no driver, no cuDNN): what runs then is not the device asked for, nor what a profile says.
+    wanted = device.onnxruntime_providers[0]
+    wanted_name = wanted[0] if isinstance(wanted, tuple) else wanted
+    if session.get_providers()[0] != wanted_name:
+        raise DeviceUnavailableError(
+            f"device {device.name!r}: ONNX Runtime fell back to {session.get_providers()[0]} ({wanted_name} did not start; check the driver and cuDNN, or use --device cpu)"
+        )
+    return session
 
 
 def tensor_specs(session: onnxruntime.InferenceSession) -> tuple[list[TensorSpec], list[TensorSpec]]:

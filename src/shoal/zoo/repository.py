@@ -44,13 +44,30 @@ class ModelSignature:
         return self.input_shape[2]
 
 
+def _has_external_data(path: Path) -> bool:
+    """Whether a model keeps tensors in files beside it (ONNX's external data)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX at all: ONNX Runtime's refusal below says so
+        return False
+    return any(uses_external_data(tensor) for tensor in model.graph.initializer)
+
+
 def inspect_model(model_path: Path) -> ModelSignature:
     """Open a model on the CPU and return its signature, refusing anything shoal cannot batch."""
     from shoal.profiler.session import create_session, tensor_specs  # ORT only when needed
 
     path = Path(model_path)
     if not path.is_file():
-        raise RepositoryError(f"model file {path} does not exist")
+        raise RepositoryError(f"model file {path} does not exist" + (" (it is a folder: give the .onnx file)" if path.is_dir() else ""))
+    if _has_external_data(path):
+        raise RepositoryError(
+            f"{path}: its weights are in separate files, which the repository would not copy; "
+            "save the model as one file (onnx.save_model(model, path, save_as_external_data=False))"
+        )
     session = create_session(path, Device.parse("cpu"), intra_op_threads=1)
     inputs, outputs = tensor_specs(session)
     if len(inputs) != 1:
@@ -93,7 +110,8 @@ class ModelRepository:
         return self._inside(_safe(family, "family name"), _safe(variant, "variant name"))
 
     def model_path(self, family: str, variant: str) -> Path:
-        return self.variant_dir(family, variant) / self.load_variant(family, variant).model_file
+        # Inside the variant's folder: a variant.yaml naming ../../elsewhere.onnx is refused.
+        return self._inside(_safe(family, "family name"), _safe(variant, "variant name"), self.load_variant(family, variant).model_file)
 
     def profile_path(self, family: str, variant: str, device: Device) -> Path:
         return self.variant_dir(family, variant) / "profiles" / f"{device.file_stem}.json"
@@ -122,10 +140,19 @@ class ModelRepository:
     ) -> Family:
         if self.has_family(family.name):
             raise RepositoryError(f"family {family.name!r} already exists in {self.root}")
-        directory = self.family_dir(family.name)
-        directory.mkdir(parents=True, exist_ok=True)
         if validation_images is not None:
-            _check_validation(family, validation_images, validation_labels)
+            _check_validation(family, validation_images, validation_labels)  # before anything is written
+        directory = self.family_dir(family.name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            # Never into a folder that is there already: it holds no family.yaml, so it is not
+            # shoal's, and a failed first variant removes the family's folder with everything in it.
+            directory.mkdir()
+        except FileExistsError:
+            raise RepositoryError(
+                f"{directory} exists but holds no family; move it out of the repository or pick another family name"
+            ) from None
+        if validation_images is not None:
             np.savez_compressed(directory / "validation.npz", images=validation_images, labels=validation_labels)
         else:
             family = family.model_copy(update={"validation_file": None})
@@ -264,17 +291,32 @@ def _check_validation(family: Family, images: np.ndarray, labels: np.ndarray | N
 
 def load_validation_file(path: Path, family: Family) -> tuple[np.ndarray, np.ndarray]:
     """Read and check a validation npz (`images` uint8 NCHW at the source size, `labels`)."""
+    images, labels = read_validation_arrays(path)
+    _check_validation(family, images, labels)
+    return images, labels
+
+
+def read_validation_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The `images` and integer `labels` of a validation npz, unchecked against any family (a new
+    family takes its source image size from them); every problem with the file names it."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            images, labels = archive["images"], archive["labels"].astype(np.int64)
+        archive = np.load(path, allow_pickle=False)
+        if isinstance(archive, np.lib.npyio.NpzFile):
+            with archive:
+                images, labels = archive["images"], archive["labels"]
     except FileNotFoundError:
         raise InvalidInputError(f"validation file {path} does not exist") from None
     except KeyError as error:
         raise InvalidInputError(f"validation file {path} has no array {error} (needs 'images' and 'labels')") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise InvalidInputError(f"validation file {path} is not a readable npz archive ({error})") from None
-    _check_validation(family, images, labels)
-    return images, labels
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy holds one array
+        raise InvalidInputError(f"validation file {path} is one array; save 'images' and 'labels' with numpy.savez")
+    if images.ndim != 4:
+        raise InvalidInputError(f"validation file {path}: 'images' must be NCHW (rank 4), found shape {list(images.shape)}")
+    if labels.dtype.kind not in "iu":  # 3.5 would be cut to 3, "cat" would not convert
+        raise InvalidInputError(f"validation file {path}: 'labels' must be integers, found {labels.dtype}")
+    return images, labels.astype(np.int64)
 
 
 def count_parameters(model_path: Path) -> int:
