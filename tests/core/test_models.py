@@ -20,7 +20,7 @@ def make_profile(latencies_ms: dict[int, float]) -> Profile:
     )
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "a..b", "x" * 65, "white space"])
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "a..b", "x" * 65, "white space", "v3\n"])
 def test_unsafe_names_are_refused(name):
     with pytest.raises(ValidationError, match="not a valid name"):
         Variant(name=name, family="demo", input_size_px=32)
@@ -90,3 +90,10 @@ def test_loading_bad_files_names_the_file_and_field(tmp_path):
         load_json(Profile, tmp_path / "p.json")
     with pytest.raises(InvalidInputError, match="cannot be read"):
         load_json(Profile, tmp_path / "missing.json")
+
+
+def test_a_profile_with_an_infinite_latency_is_refused():
+    """JSON files carry no infinity; one read from a file (Python's json takes 'Infinity') was
+    printed back by `zoo list --json` as JSON no other program parses."""
+    with pytest.raises(ValidationError, match="finite number"):
+        LatencyStats(batch_size=1, p50_ms=float("inf"), p95_ms=1.0, p99_ms=1.0, mean_ms=1.0)

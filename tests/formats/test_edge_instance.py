@@ -71,6 +71,7 @@ def test_optional_fields_default():
         (lambda d: d["clients"][0].update(current_variant="x"), r"clients\[0\]\.current_variant: unknown variant 'x'"),
         (lambda d: d.update(workers=[]), r"workers: List should have at least 1 item"),
         (lambda d: d["clients"].append(dict(d["clients"][0])), r"clients\[1\]\.name: 'c' is used twice"),
+        (lambda d: d["clients"][0].update(fps=float("inf")), r"clients\.0\.fps: Input should be a finite number"),  # passed before
     ],
 )
 def test_errors_name_the_field(edit, message):
@@ -91,3 +92,7 @@ def test_file_errors(tmp_path):
     wrong.write_text(json.dumps({"variants": []}))
     with pytest.raises(InvalidInputError, match=r"wrong.json: field variants: List should have at least 1 item"):
         load_edge_instance(wrong)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(InvalidInputError, match=r"latin1.json: is not UTF-8 text"):  # a UnicodeDecodeError traceback before
+        load_edge_instance(latin1)

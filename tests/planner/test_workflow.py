@@ -374,15 +374,19 @@ def test_policy_errors_name_the_fix():
     ({"source_rates_rps": {"S": 0.0}}, r"source_rates_rps\['S'\] must be > 0"),
     ({"latency_ms": {("A", "default", "edge"): 10.0}}, "task 'B' has no profile"),
     ({"worker_link_usd_per_gb": {("edge", "nowhere"): 1.0}}, "names an unknown worker"),
+    # A negative size planned a negative communication cost; infinities reached the MILP.
+    ({"message_bytes": {("S", "A", "default", "default"): -5.0, ("A", "B", "default", "default"): 1.0}}, "must be a finite number >= 0"),
+    ({"source_link_usd_per_gb": {("S", "edge"): float("inf")}}, "must be a finite number >= 0"),
 ])
 def test_invalid_problems_name_the_field(edit, message):
     with pytest.raises(InvalidInputError, match=message):
         two_task_problem(**edit)
 
 
-def test_negative_worker_price_is_refused():
-    with pytest.raises(InvalidInputError, match="price_usd_per_hour must be >= 0"):
-        Worker("w", -1.0)
+def test_negative_or_infinite_worker_price_is_refused():
+    for price in (-1.0, float("inf")):  # infinity reached the MILP, which refused it with a traceback
+        with pytest.raises(InvalidInputError, match="price_usd_per_hour must be a finite number >= 0"):
+            Worker("w", price)
 
 
 # ---- JellyBean's VQA example (shared/anchors/jellybean) -------------------------------------

@@ -41,7 +41,7 @@ def check_name(value: str, what: str) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # files are JSON/YAML: no Infinity/NaN to carry
 
 
 class Device(_Model):

@@ -42,7 +42,7 @@ __all__ = ["EdgeInstanceFile", "parse_edge_instance", "load_edge_instance", "edg
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # files are JSON: no Infinity/NaN to carry
 
 
 LatencyTable = dict[int, float]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shoal.core.errors import InvalidInputError
 from shoal.planner.workflow import (
@@ -66,8 +66,8 @@ class _Section(BaseModel):
 
 
 class _InputSection(_Section):
-    LATENCY_OVERESTIMATE_RATIO: float = 1.0
-    COMM_COST_SCALING_FACTOR: float = 1.0
+    LATENCY_OVERESTIMATE_RATIO: float = Field(1.0, gt=0, allow_inf_nan=False)
+    COMM_COST_SCALING_FACTOR: float = Field(1.0, ge=0, allow_inf_nan=False)
 
 
 class _BeamSection(_Section):
@@ -307,8 +307,8 @@ def read_jellybean_inputs(inputs_dir: Path | str, config_path: Path | str | None
     partition_file = folder / "workers_partition.json"
     if partition_file.is_file():
         partition = _json(partition_file)
-        if not isinstance(partition, list) or not all(isinstance(t, list) for t in partition):
-            raise InvalidInputError(f"{partition_file}: expected a list of tiers, each a list of workers.")
+        if not isinstance(partition, list) or not all(isinstance(t, list) and all(isinstance(w, str) for w in t) for t in partition):
+            raise InvalidInputError(f"{partition_file}: expected a list of tiers, each a list of worker names.")
         for tier, members in enumerate(partition):
             for name in members:
                 if name in tiers:

@@ -222,11 +222,14 @@ def _validate(problem: WorkflowProblem) -> None:
     for u, v in problem.edges:
         if not any(k[0] == u and k[1] == v for k in problem.message_bytes):
             raise InvalidInputError(f"{where}.message_bytes: no size for edge {u!r} -> {v!r}.")
+    for key, size in problem.message_bytes.items():  # a negative size made a negative cost, a plan "cheaper" than free
+        if not (size >= 0 and math.isfinite(size)):
+            raise InvalidInputError(f"{where}.message_bytes[{key!r}] must be a finite number >= 0, got {size}.")
     for table, what in ((problem.source_link_usd_per_gb, "source_link_usd_per_gb"),
                         (problem.worker_link_usd_per_gb, "worker_link_usd_per_gb")):
         for (a, b), price in table.items():
-            if not price >= 0:
-                raise InvalidInputError(f"{where}.{what}[{a!r}, {b!r}] must be >= 0, got {price}.")
+            if not (price >= 0 and math.isfinite(price)):
+                raise InvalidInputError(f"{where}.{what}[{a!r}, {b!r}] must be a finite number >= 0, got {price}.")
             if b not in worker_names or (what.startswith("worker") and a not in worker_names):
                 raise InvalidInputError(f"{where}.{what}: link {a!r} -> {b!r} names an unknown worker.")
     for key, ratio in list(problem.rate_ratios.items()) + list(problem.rate_ratios_per_variant.items()):
