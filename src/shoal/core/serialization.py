@@ -7,6 +7,8 @@ model, becomes one InvalidInputError that names the file and the first bad field
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import TypeVar
 
@@ -66,10 +68,15 @@ def load_json(model: type[ModelT], path: Path) -> ModelT:
 
 def _write_atomically(path: Path, text: str) -> None:
     # Write then rename so that a crash never leaves a half-written file that later fails to load.
+    # The temporary name is the writer's own: two writers of one file (a server profiling while
+    # `shoal profile` runs) would otherwise write into, and rename, each other's file.
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        temporary.write_text(text)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def dump_yaml(value: BaseModel, path: Path) -> None:

@@ -15,6 +15,7 @@ against the family before it is registered.
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,8 @@ class ModelRepository:
         directory = self.family_dir(family)
         if not directory.is_dir():
             return []
-        return sorted(entry.name for entry in directory.iterdir() if (entry / VARIANT_FILE).is_file())
+        # A hidden folder is not a variant: one being removed (`remove_variant`) or written.
+        return sorted(entry.name for entry in directory.iterdir() if not entry.name.startswith(".") and (entry / VARIANT_FILE).is_file())
 
     def load_variant(self, family: str, variant: str) -> Variant:
         path = self.variant_dir(family, variant) / VARIANT_FILE
@@ -228,7 +230,12 @@ class ModelRepository:
 
     def remove_variant(self, family: str, variant: str) -> None:
         self.load_variant(family, variant)
-        shutil.rmtree(self.variant_dir(family, variant))
+        # Out of sight first, in one rename: an interrupted removal leaves no half a variant
+        # (a variant.yaml without its model) for the server to find.
+        directory = self.variant_dir(family, variant)
+        doomed = directory.with_name(f".{directory.name}.removing.{uuid.uuid4().hex[:8]}")
+        directory.rename(doomed)
+        shutil.rmtree(doomed)
 
     # -- profiles ----------------------------------------------------------------------------
     def load_profile(self, family: str, variant: str, device: Device) -> Profile | None:
