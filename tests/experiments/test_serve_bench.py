@@ -136,3 +136,33 @@ def test_without_ray_serve_installed_ray_serve_is_null_with_the_reason(fixture_r
         "goodput_rps": None,
         "error": f"Ray Serve is not installed here ({missing_module} missing): pip install 'ray[serve]' (the `bench` extra, which `make install` installs)",
     }}
+
+
+def test_the_lean_baseline_runs_onnx_runtime_as_shoal_does(fixture_repository_path, monkeypatch):
+    """Same ONNX Runtime settings for every system compared: the lean server left its threads
+    spinning (ONNX Runtime's default), which shoal, the ceiling and the reference turn off."""
+    import onnxruntime
+
+    from shoal.experiments.lean_server import build_lean_app
+
+    made = []
+    real = onnxruntime.InferenceSession
+
+    def recording(path, sess_options=None, **kwargs):
+        made.append(sess_options)
+        return real(path, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    build_lean_app(str(fixture_repository_path / "fixture" / "rf-16" / "model.onnx"), "fixture.rf-16", max_batch_size=8, threads=1)
+    assert made[0].get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_an_overload_point_that_answered_nothing_misses_its_target():
+    """It read 'n/a' (no p99 to compare), as if the point had not run."""
+    from shoal.experiments.serve_bench import _ratios
+
+    ceiling = {"images_per_s": 100.0, "ms_per_image": 10.0}
+    ran = _ratios({"shoal": {"goodput_rps": 50.0, "overhead_p50_ms": 1.0, "overload_p99_ms": None, "overload_goodput_rps": 0.0}}, ceiling, 50.0)
+    assert ran["targets"]["p99 at 2x overload <= SLO"] is False
+    not_run = _ratios({"shoal": {"goodput_rps": 50.0, "overhead_p50_ms": 1.0, "overload_p99_ms": None, "overload_goodput_rps": None}}, ceiling, 50.0)
+    assert not_run["targets"]["p99 at 2x overload <= SLO"] is None

@@ -18,7 +18,7 @@ def bench_serve_command(
         str,
         typer.Option("--model", help="A family (its heaviest variant, plus its lightest unless --quick) or <family>.<variant>."),
     ] = "demo",
-    slo_ms: Annotated[float, typer.Option("--slo-ms", min=0.001, help="Latency SLO of every request.")] = 50.0,
+    slo_ms: Annotated[float, typer.Option("--slo-ms", min=0.001, max=3.6e6, help="Latency SLO of every request.")] = 50.0,
     quick: Annotated[bool, typer.Option("--quick", help="Heaviest variant only, short points (about a minute).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results JSON instead of the summary.")] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder for serve.json, serve.csv and serve.png.")] = Path("benchmarks/results"),
@@ -33,8 +33,8 @@ def bench_serve_command(
     shoal_burst: Annotated[
         bool, typer.Option("--shoal-burst/--no-shoal-burst", help="With several shoal workers: a batch that runs while the others idle uses the whole --threads budget.")
     ] = True,
-    point_s: Annotated[float | None, typer.Option("--point-s", min=0.1, help="Seconds per load point (default 1.5 quick, 5 full).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the Poisson arrivals and the input tensor.")] = 0,
+    point_s: Annotated[float | None, typer.Option("--point-s", min=0.1, max=3600.0, help="Seconds per load point (default 1.5 quick, 5 full).")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the Poisson arrivals and the input tensor.")] = 0,
 ) -> None:
     """Goodput, shed/drop rates and latency of four systems at one SLO, load swept past saturation."""
     from shoal.experiments.serve_bench import BenchConfig, run_serve_bench

@@ -88,6 +88,9 @@ def build_lean_app(model_path: str, model_name: str, *, max_batch_size: int, thr
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # As shoal's workers, the ceiling and the batch-1 reference run it: the same ONNX Runtime
+    # settings for every system compared (spinning threads take the CPU the frontend needs).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     batcher = LeanBatcher(session, input_name, output_name, max_batch_size)

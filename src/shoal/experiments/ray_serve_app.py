@@ -58,6 +58,7 @@ def build_ray_app(
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as every system compared runs it
             self.session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
             self.input_name = self.session.get_inputs()[0].name
             self.output_name = self.session.get_outputs()[0].name
