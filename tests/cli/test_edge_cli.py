@@ -28,6 +28,12 @@ def test_bad_options_fail_before_any_work(capsys, fixture_repository_path, tmp_p
     prices.write_text("gpu: 3.06\n")  # no cpu price: every variant served on cpu would be free
     assert main(["serve", "--repo", repo, "--prices", str(prices)]) == 2
     assert "no price for 'cpu'" in capsys.readouterr().err
+    # Output paths are checked before the run, whose results they would lose at its end.
+    (tmp_path / "afile").write_text("")
+    assert main(["demo", "--repo", repo, "--report-dir", str(tmp_path / "afile")]) == 2
+    assert "--report-dir" in capsys.readouterr().err
+    assert main(["demo", "--repo", repo, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 def test_planner_bench_runs_on_a_familys_measured_profiles(capsys, writable_repository):

@@ -87,3 +87,31 @@ def test_a_session_the_server_closes_ends_the_run_with_the_reason():
     assert elapsed_s < 4.0
     assert any(record.outcome == "on_time" for record in records)
     assert not any(record.outcome == "skipped" for record in records)
+
+
+def test_the_trace_starts_over_with_the_first_frame():
+    """Clients compared on one trace meet the same stretch of it with the same frame: the link's
+    clock started at its creation, so a client that took 1.7 s to connect and register (shoal's
+    first setting, loading its model) met the trace 1.7 s later than the static ones."""
+    now = [100.0]
+    link = EmulatedLink(BandwidthTrace("steps", (10.0, 1.0, 5.0)), offset_s=1.0, clock=lambda: now[0])
+    now[0] += 1.7  # connection and registration
+    link.restart()
+    assert link.trace_time_s() == 1.0 and link.bandwidth_mbps() == 1.0
+    assert link.backlog_ms() == 0.0
+
+
+def test_a_session_closed_early_keeps_its_frames_and_counts_the_rest_as_unanswered():
+    from shoal.experiments.edge_serving import EdgeScenario, _with_frames_never_captured
+
+    scenario = EdgeScenario("f", BandwidthTrace("flat", (10.0,)), (0.0,), fps=10.0, duration_s=1.0)
+    kept = [_answered(seq) for seq in range(3)]
+    records = _with_frames_never_captured(kept, scenario, "SessionClosed: code 1012")
+    assert len(records) == 10 and records[:3] == kept
+    assert all(record.outcome == "unanswered" and "1012" in record.reason for record in records[3:])
+
+
+def _answered(seq):
+    from shoal.client.edge import FrameRecord
+
+    return FrameRecord(seq, seq / 10.0, 16, 0, 10.0, 10.0, outcome="on_time")

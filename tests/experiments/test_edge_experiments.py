@@ -84,6 +84,9 @@ def test_best_static_prefers_accuracy_within_one_percent_misses():
     missing = _run("static:f.large", ["on_time"] * 90 + ["late"] * 10, [True] * 100)
     assert best_static([ok_low, ok_high, missing]).setting == "static:f.mid"
     assert best_static([missing]).setting == "static:f.large"  # none within 1%: the fewest misses
+    # None answered anything (a link that carries no frame): no best one, where the first was starred.
+    silent = [_run(f"static:f.{name}", ["skipped"] * 100, [False] * 100) for name in ("small", "mid")]
+    assert best_static(silent) is None
     summaries = [_run("shoal", ["on_time"] * 100, [True] * 95 + [False] * 5).summary(), ok_high.summary(), missing.summary()]
     assert verdict(summaries) == {
         "shoal_miss_rate_within_1pct": True,

@@ -7,7 +7,9 @@ as the command-line contract in DESIGN.md promises.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 from shoal.cli._app import app, bench_app, plan_app, zoo_app
 from shoal.core.errors import DeviceUnavailableError, ShoalError
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     Typer runs in standalone mode so that usage errors (a missing option, a bad value) are
     printed by typer itself and end in SystemExit with click's status 2.
     """
+    # SIGTERM as Ctrl-C: the commands' `finally` blocks then stop the servers they started,
+    # which live in sessions of their own and outlived a plain SIGTERM (`shoal demo`, experiments).
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
         app(args=argv, standalone_mode=True)
     except ShoalError as error:
@@ -46,4 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_request:
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -33,6 +33,25 @@ def open_repository(repo: Path | None) -> ModelRepository:
     return ModelRepository(root)
 
 
+def check_output_file(path: Path | None, option: str) -> None:
+    """Before a long run, not after it: a results file whose path is a folder (or under a file)
+    would lose the run's results to a traceback at the end."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise InvalidInputError(f"{option} {path}: is a folder; give a file name")
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise InvalidInputError(f"{option} {path}: a part of the path is a file, not a folder")
+
+
+def check_output_folder(path: Path | None, option: str) -> None:
+    """`check_output_file` for a folder the run writes into."""
+    if path is None:
+        return
+    if any(part.exists() and not part.is_dir() for part in (path, *path.parents)):
+        raise InvalidInputError(f"{option} {path}: is (or lies under) a file; give a folder")
+
+
 def parse_device(name: str) -> Device:
     try:
         return Device.parse(name)

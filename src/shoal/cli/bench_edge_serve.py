@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from shoal.cli._app import bench_app
-from shoal.cli._common import RepoOption, console, open_repository, write_json
+from shoal.cli._common import RepoOption, check_output_file, console, open_repository, write_json
 from shoal.core.errors import InvalidInputError
 from shoal.zoo import DEMO_FAMILY
 
@@ -54,6 +54,7 @@ def bench_edge_serve(
     names = [name.strip() for name in traces.split(",") if name.strip()]
     for name in names:
         load_trace(name)
+    check_output_file(out, "--out")
     repository = open_repository(repo)
     if not repository.has_family(family):
         raise InvalidInputError(f"family {family!r} is not in {repository.root} (run `shoal zoo build-demo` and `shoal profile`)")

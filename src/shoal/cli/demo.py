@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from shoal.cli._app import app
-from shoal.cli._common import JsonOption, RepoOption, console, error_console, family_table, open_repository, print_json, profile_with_progress, progress_bar, write_json
+from shoal.cli._common import JsonOption, RepoOption, check_output_file, check_output_folder, console, error_console, family_table, open_repository, print_json, profile_with_progress, progress_bar, write_json
 from shoal.core.errors import InvalidInputError
 from shoal.core.models import Device
 from shoal.zoo import DEMO_FAMILY
@@ -66,6 +66,8 @@ def demo(
     if statics not in ("auto", "all"):
         raise InvalidInputError(f"--statics {statics!r}: use 'auto' or 'all'")
     load_trace(trace)  # a bad trace fails before minutes of building and profiling
+    check_output_file(out, "--out")  # and so does a path the results could not be written to
+    check_output_folder(report_dir, "--report-dir")
     repository = open_repository(repo)
     _ensure_family(repository, repeats)
     table, rows = family_table(repository, DEMO_FAMILY, Device.parse("cpu"))

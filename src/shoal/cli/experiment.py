@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from shoal.cli._app import app
-from shoal.cli._common import JsonOption, RepoOption, console, error_console, open_repository, print_json, progress_bar, write_json
+from shoal.cli._common import JsonOption, RepoOption, check_output_file, check_output_folder, console, error_console, open_repository, print_json, progress_bar, write_json
 from shoal.core.errors import InvalidInputError
 from shoal.zoo import DEMO_FAMILY
 
@@ -62,6 +62,7 @@ def experiment_run(
     from shoal.experiments.grid_runner import write_grid_results
 
     spec = load_grid(grid)
+    check_output_folder(out, "--out")
     repository = open_repository(repo)
     if not repository.has_family(spec.family):
         raise InvalidInputError(f"family {spec.family!r} is not in {repository.root} (run `shoal zoo build-demo` and `shoal profile`)")
@@ -89,7 +90,10 @@ def experiment_validate(
     from shoal.experiments.grid import load_grid
 
     spec = load_grid(grid)
+    check_output_file(out, "--out")
     repository = open_repository(repo)
+    if not repository.has_family(spec.family):
+        raise InvalidInputError(f"family {spec.family!r} is not in {repository.root} (run `shoal zoo build-demo` and `shoal profile`)")
     real = _run_with_progress(spec, repository, simulate=False)
     simulated = _run_with_progress(spec, repository, simulate=True)
     comparisons = []

@@ -126,6 +126,9 @@ def run_command(
             table.add_row(task_name, worker_name, f"{row['planned_share']:.3f}", f"{row['measured_share']:.3f}", str(row["items"]))
     console.print(table)
     latency = result["latency_ms"]
+    if latency["p50"] is None:
+        console.print(f"no request was answered; failures {result['failures'] or 'none'}")
+        return
     console.print(f"latency p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms; within SLO {result['within_slo']:.1%}; failures {result['failures'] or 'none'}")
     if "measured_accuracy" in result:
         console.print(f"accuracy: measured {result['measured_accuracy']:.3f}, planned {result['planned_accuracy']:.3f}")

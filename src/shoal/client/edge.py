@@ -149,6 +149,8 @@ class EdgeClient:
                 await self._measure_rtt(socket)
                 sidecar = asyncio.create_task(self._report_and_ping(socket))
                 self._started_s = time.monotonic()  # frame times count from the first frame
+                if self.uplink is not None:
+                    self.uplink.restart(self._started_s)  # and so does the trace (see EmulatedLink.restart)
                 stream = asyncio.create_task(self._stream(socket, frames, duration_s, senders))
                 # The receiver ends when the server closes the socket: streaming on would only
                 # record every later frame as skipped (no acks, so the estimate falls to zero).
@@ -210,7 +212,8 @@ class EdgeClient:
 
     def _on_assignment(self, message: dict) -> None:
         self.state.assignment = _Assignment(message["variant"], message["input_size"], message["server_ms"], message["served"])
-        self.state.assignments.append((time.monotonic(), message["variant"], message["input_size"]))
+        # Seconds into the run, as the simulator records them (not the machine's uptime).
+        self.state.assignments.append((time.monotonic() - self._started_s, message["variant"], message["input_size"]))
 
     async def _send_text(self, socket, message: dict) -> None:
         data = json.dumps(message)

@@ -129,6 +129,14 @@ class EmulatedLink:
         self.started_s = clock()
         self._free_at_s = self.started_s  # when the last queued message has left the bucket
 
+    def restart(self, now_s: float | None = None) -> None:
+        """Start the trace over at `now_s` (the link's offset in it stays): a client calls it as
+        its first frame goes out, so that every client compared on one trace meets the same
+        stretch of it with the same frame, however long its connection and registration took."""
+        now = self.clock() if now_s is None else now_s
+        self.started_s = now
+        self._free_at_s = max(self._free_at_s, now)
+
     def trace_time_s(self, now_s: float | None = None) -> float:
         return (self.clock() if now_s is None else now_s) - self.started_s + self.offset_s
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shoal.client.edge import EdgeClient, EdgeClientConfig, FrameRecord
+from shoal.client.edge import EdgeClient, EdgeClientConfig, FrameRecord, SessionClosed, SessionRefused
 from shoal.client.network import BandwidthTrace, EmulatedLink
 from shoal.planner.edge.live import raw_frame_kbits
 
@@ -84,6 +84,15 @@ class EdgeRun:
         }
 
 
+def _with_frames_never_captured(records: list[FrameRecord], scenario: "EdgeScenario", reason: str) -> list[FrameRecord]:
+    """A session that ended early: its records, plus one unanswered record per frame of the
+    scenario it never captured (so that its miss rate counts them, as for a client that stayed)."""
+    seen = {record.seq for record in records}
+    expected = math.ceil(scenario.duration_s * scenario.fps)
+    missing = [FrameRecord(seq, seq / scenario.fps, 0, None, 0.0, None, reason=reason) for seq in range(expected) if seq not in seen]
+    return [*records, *missing]
+
+
 def _frame_source(frames: np.ndarray, labels: np.ndarray, start: int) -> Iterator[tuple[np.ndarray, int]]:
     for index in itertools.count(start):
         yield frames[index % len(frames)], int(labels[index % len(frames)])
@@ -127,13 +136,20 @@ async def run_edge_setting(
     stride = max(1, len(frames) // max(1, scenario.clients))
     busy_before = await worker_busy_seconds(url)
     started = time.monotonic()
+    # One client's session ending early (the server closed it, or refused it) keeps the others'
+    # records: its own are kept too, and the frames it never captured count as unanswered.
     results = await asyncio.gather(
-        *(client.run(_frame_source(frames, labels, i * stride), duration_s=scenario.duration_s) for i, client in enumerate(clients))
+        *(client.run(_frame_source(frames, labels, i * stride), duration_s=scenario.duration_s) for i, client in enumerate(clients)),
+        return_exceptions=True,
     )
     busy_after = await worker_busy_seconds(url)
     elapsed = time.monotonic() - started
     run.worker_utilisation = {worker: round((busy_after[worker] - busy_before.get(worker, 0.0)) / elapsed, 4) for worker in busy_after}
     for client, records in zip(clients, results):
+        if isinstance(records, (SessionClosed, SessionRefused)):
+            records = _with_frames_never_captured(client.records, scenario, f"{type(records).__name__}: {records}")
+        elif isinstance(records, BaseException):
+            raise records
         run.records[client.config.name] = sorted(records, key=lambda r: r.seq)
         run.assignments[client.config.name] = list(client.assignments)
     return run

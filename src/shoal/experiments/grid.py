@@ -156,8 +156,8 @@ def row_for(cell: GridCell, policy: str, run: EdgeRun, extra: dict | None = None
 
 def best_static_row(rows: Sequence[dict]) -> dict | None:
     """Among rows of static settings of one cell: the most accurate with misses <= 1%, else
-    the fewest misses."""
-    usable = [r for r in rows if r["frames"]]
+    the fewest misses; none when no static answered a frame (a tie of 100% misses names none)."""
+    usable = [r for r in rows if r["frames"] and r["miss_rate"] < 1.0]
     within = [r for r in usable if r["miss_rate"] <= 0.01 and r["accuracy"] is not None]
     if within:
         return max(within, key=lambda r: r["accuracy"])

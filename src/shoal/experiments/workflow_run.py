@@ -104,10 +104,11 @@ def run_workflow_load(
         "answered": len(answered),
         "failures": failures,
         "throughput_rps": len(answered) / wall_s if wall_s > 0 else 0.0,
+        # None, not 0 ms, when nothing was answered.
         "latency_ms": {
-            "p50": float(np.percentile(answered_latency, 50)),
-            "p99": float(np.percentile(answered_latency, 99)),
-            "max": float(answered_latency.max()),
+            "p50": float(np.percentile(answered_latency, 50)) if answered else None,
+            "p99": float(np.percentile(answered_latency, 99)) if answered else None,
+            "max": float(answered_latency.max()) if answered else None,
         },
         "within_slo": sum(1 for i in answered if latencies_ms[i] <= (slo_ms or deployment.slo_ms)) / requests,
         "traffic": traffic,
