@@ -438,3 +438,19 @@ def test_the_annealing_start_lifts_shoal_where_best_response_stalls():
     alone = plan_edge(instance, "shoal", shoal_options=ShoalOptions(annealing_start=False)).objective
     assert alone < jellyfish - 1e-6
     assert plan_edge(instance, "shoal").objective >= jellyfish - 1e-9
+
+
+def test_a_worker_holding_nothing_loads_a_variant_whose_load_takes_longer_than_the_interval():
+    """Worth 0 for the next interval, such a variant was never planned by shoal or exact: nothing
+    was loaded, and every client stayed unserved for good (jellyfish served them)."""
+    from shoal.planner.edge.live import LiveVariant, build_edge_instance
+
+    variants = [LiveVariant("fam.s", 0.5, 128, 3, {1: 5.0, 4: 12.0}, load_ms=600.0),
+                LiveVariant("fam.l", 0.7, 224, 3, {1: 15.0, 4: 40.0}, load_ms=900.0)]  # fmt: skip
+    workers = [EdgeWorker("w0", "cpu", None, ()), EdgeWorker("w1", "cpu", None, ())]
+    clients = [EdgeClient(f"cam{i}", 150.0, 15, 50.0, 2.0) for i in range(3)]
+    instance = build_edge_instance(variants, workers, clients, server_overhead_ms=2.0, plan_interval_ms=500.0)
+    for policy in ("shoal", "exact"):
+        plan = plan_edge(instance, policy)
+        assert any(decision.variant for decision in plan.workers.values()), policy
+        assert plan.stats["served_fraction"] == 1.0 and plan.objective > 0.0

@@ -454,3 +454,16 @@ def test_vqa_shoal_meets_the_target_and_never_costs_more_than_jellybean(vqa, thr
     assert ours.status == "optimal" and ours.end_to_end_accuracy >= threshold
     if theirs.success:
         assert ours.total_cost_usd_per_hour <= theirs.total_cost_usd_per_hour + 1e-9
+
+
+def test_a_variant_pair_without_a_message_size_is_refused_not_priced_free():
+    """Sizes stated for variant a1 only: a2's traffic was priced at 0 bytes, so the planner
+    chose a2 for its free traffic, and the plan passed every check."""
+    problem = WorkflowProblem(
+        source_rates_rps={"S": 10.0}, edges=(("S", "A"), ("A", "B")), workers=(Worker("e", 1.0, 0), Worker("c", 1.0, 1)),
+        latency_ms={("A", "a1", "e"): 10.0, ("A", "a2", "e"): 10.0, ("B", "default", "c"): 10.0},
+        message_bytes={("S", "A", "default", "default"): 1e5, ("A", "B", "a1", "default"): 1e8}, worker_link_usd_per_gb={("e", "c"): 1.0},
+        accuracy=AccuracySpec(sink="B", target=0.0, table=EndToEndAccuracyTable(("A",), {("a1",): 50.0, ("a2",): 60.0})),
+    )  # fmt: skip
+    with pytest.raises(InvalidInputError, match="no size for edge 'A' -> 'B' with variants 'a2' -> 'default'"):
+        plan_workflow(problem)

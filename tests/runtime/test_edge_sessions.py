@@ -357,3 +357,29 @@ def test_pinned_and_per_query_sessions_are_told_too_and_a_plan_raced_by_an_unloa
     assert "/v2/repository/models/fixture/load" in unserved["pq"][1] and "/v2/repository/models/fixture/load" in unserved["cam"][1]
     assert back == {"cam": True, "pin": True, "pq": True}
     assert set(held.values()) == {0}, held
+
+
+def test_reports_of_sessions_no_plan_includes_do_not_wake_the_planner():
+    """A pinned session is in no plan: each of its reports (four a second) woke the planner
+    for a full replan, whatever its bandwidth; a planned one wakes it when its bandwidth moved."""
+    from shoal.runtime.edge.protocol import Report
+    from shoal.runtime.edge.sessions import EdgeSession, EdgeSessionManager, _FamilyState
+
+    async def scenario():
+        manager = object.__new__(EdgeSessionManager)  # only what report() reads
+        manager._families = {"fam": _FamilyState(planned_mbps={"planned-cam": 20.0})}
+        manager.replan_change, manager._wake = 0.3, asyncio.Event()
+
+        async def send(message):
+            pass
+
+        woken = {}
+        for session, mbps in ((EdgeSession("pinned-cam", "fam", 100, 15, 20.0, 1.0, "fam.small", send), 20.0),
+                              (EdgeSession("planned-cam", "fam", 100, 15, 20.0, 1.0, None, send), 20.0),
+                              (EdgeSession("planned-cam", "fam", 100, 15, 20.0, 1.0, None, send), 5.0)):  # fmt: skip
+            manager._wake.clear()
+            manager.report(session, Report(type="report", bandwidth_mbps=mbps, rtt_ms=1.0))
+            woken[(session.name, mbps)] = manager._wake.is_set()
+        return woken
+
+    assert asyncio.run(scenario()) == {("pinned-cam", 20.0): False, ("planned-cam", 20.0): False, ("planned-cam", 5.0): True}

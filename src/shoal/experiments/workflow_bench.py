@@ -38,12 +38,14 @@ TOLERANCE_USD_PER_HOUR = 1e-4
 
 # (name, options, reference total $/h, where the reference comes from)
 REFERENCE_OPTIMA: tuple[tuple[str, PlanOptions, float, str], ...] = (
-    ("jellybean_rules", PlanOptions(), 7.4852,
+    # 6.242 + 1.2430184, not the 7.4852 SOURCE.md prints (a slip: the benchmark then marked the
+    # exact optimum, 7.4850184, as missing it by 1.8e-4).
+    ("jellybean_rules", PlanOptions(), 7.4850184,
      "exact optimum under JellyBean's rules (SOURCE.md: compute 6.242 + communication 1.2430184)"),
     ("shared_workers", PlanOptions(shared_workers=True), 7.0115, "--shared-workers"),
     ("no_tier_rule", PlanOptions(tier_rule=False), 5.5489, "--no-tier-rule (SOURCE.md: 5.5488981)"),
-    ("no_tier_rule_shared_workers", PlanOptions(tier_rule=False, shared_workers=True), 5.3300,
-     "--no-tier-rule --shared-workers"),
+    ("no_tier_rule_shared_workers", PlanOptions(tier_rule=False, shared_workers=True), 5.3296433,
+     "--no-tier-rule --shared-workers (routes chosen freely; proportional routing costs 5.3300415)"),
 )
 EXTRA_OPTIONS: tuple[tuple[str, PlanOptions], ...] = (
     ("fractional_billing", PlanOptions(billing="fractional")),

@@ -265,9 +265,17 @@ def switch_ms(worker: EdgeWorker, variant: EdgeVariant) -> float:
     return variant.load_ms
 
 
+MIN_SWITCH_FACTOR = 0.01
+"""What a switch that takes the whole plan interval or longer is still worth: the worker serves
+from the intervals after it. At 0, a worker holding nothing was worth nothing with any variant
+whose load takes an interval (500 ms by default), so shoal and exact planned no variant, nothing
+was loaded, and every client stayed unserved for good."""
+
+
 def switch_factor(worker: EdgeWorker, variant: EdgeVariant, settings: EdgeSettings) -> float:
-    """Fraction of the next plan interval the worker serves after switching to `variant`."""
-    return max(0.0, 1.0 - switch_ms(worker, variant) / settings.plan_interval_ms)
+    """Fraction of the next plan interval the worker serves after switching to `variant`
+    (`MIN_SWITCH_FACTOR` at least)."""
+    return max(MIN_SWITCH_FACTOR, 1.0 - switch_ms(worker, variant) / settings.plan_interval_ms)
 
 
 def _check_positive(value: float, where: str) -> None:

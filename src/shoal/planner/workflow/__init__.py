@@ -21,7 +21,7 @@ from shoal.planner.workflow.accuracy import (
     TaskAccuracyProfile,
     end_to_end_accuracy,
 )
-from shoal.planner.workflow.costing import PlacementCost, evaluate_placement, resolve
+from shoal.planner.workflow.costing import PlacementCost, check_message_sizes, evaluate_placement, resolve
 from shoal.planner.workflow.jellybean import JellyBeanSettings, plan_jellybean
 from shoal.planner.workflow.milp import plan_exact
 from shoal.planner.workflow.model import (
@@ -65,6 +65,7 @@ def plan_workflow(
 ) -> WorkflowPlan:
     """Plan the workflow with `policy`; `options` relax JellyBean's rules (shoal only)."""
     options = options or PlanOptions()
+    check_message_sizes(problem)
     if policy == "shoal":
         return plan_exact(problem, options)
     if policy == "jellybean":

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from shoal.core.errors import InvalidInputError
 from shoal.planner.workflow.model import DEFAULT_VARIANT, PlanOptions, Route, WorkflowProblem
 
 __all__ = [
@@ -59,6 +60,20 @@ def _variant_keyed(table: Mapping, u: str, v: str, u_variant: str, v_variant: st
         if key in table:
             return table[key]
     return None
+
+
+def check_message_sizes(problem: WorkflowProblem) -> None:
+    """Every edge has a message size for every pair of variants its ends can run (exact, or by
+    a `default` row). Without one, `resolve` priced that pair's traffic at 0 bytes: free, so the
+    planner preferred the very variants whose sizes were not stated."""
+    for u, v in problem.edges:
+        for u_variant in problem.variants(u) or (DEFAULT_VARIANT,):
+            for v_variant in problem.variants(v) or (DEFAULT_VARIANT,):
+                if _variant_keyed(problem.message_bytes, u, v, u_variant, v_variant) is None:
+                    raise InvalidInputError(
+                        f"WorkflowProblem.message_bytes: no size for edge {u!r} -> {v!r} with variants {u_variant!r} -> {v_variant!r}; "
+                        f"add that row or a {DEFAULT_VARIANT!r} one"
+                    )
 
 
 def resolve(problem: WorkflowProblem, assignment: Mapping[str, str]) -> ResolvedWorkflow:

@@ -154,9 +154,11 @@ class EdgeSessionManager:
     def report(self, session: EdgeSession, report: Report) -> None:
         session.bandwidth_mbps = report.bandwidth_mbps
         session.rtt_ms = report.rtt_ms
+        # Only a session a plan was made with can make it stale. A pinned or per-query session is
+        # in none (and a family with no variant to plan with has none): comparing against no
+        # plan woke the planner on each of their reports, four times a second per client.
         planned = self._families.get(session.family, _FamilyState()).planned_mbps
-        last = {session.name: planned[session.name]} if session.name in planned else {}
-        if needs_replan(last, {session.name: report.bandwidth_mbps}, self.replan_change):
+        if session.name in planned and needs_replan({session.name: planned[session.name]}, {session.name: report.bandwidth_mbps}, self.replan_change):
             self._wake.set()
 
     # -- frames ---------------------------------------------------------------------------------
