@@ -458,6 +458,11 @@ def _run_server_group(systems: list[str], target: BenchTarget, config: BenchConf
                 try:
                     outcome = _execute(requests[system], servers[system], generator, reference)
                     requests[system] = plans[system].send(outcome)
+                    # A point and the idle check after it are one step: the other system's next
+                    # point waits until this one has worked off its backlog (interleaved, the
+                    # other system measured first and this one idled after).
+                    while requests[system][0] == "idle":
+                        requests[system] = plans[system].send(_execute(requests[system], servers[system], generator, reference))
                 except StopIteration as finished:
                     results[system] = {**finished.value, "startup_s": startup_s[system]}
                     del requests[system]
