@@ -33,7 +33,7 @@ from shoal.planner.edge.live import LadderStep
 from shoal.runtime.edge.protocol import EDGE_PATH, MAX_BUDGET_MS, MAX_HEADER_BYTES, MAX_PADDING_BYTES, encode_frame
 from shoal.zoo.preprocess import resize_images
 
-__all__ = ["EdgeClient", "EdgeClientConfig", "FrameRecord", "Outcome", "SessionRefused"]
+__all__ = ["EdgeClient", "EdgeClientConfig", "FrameRecord", "Outcome", "SessionClosed", "SessionRefused"]
 
 Outcome = Literal["on_time", "late", "dropped", "skipped", "error", "unanswered"]
 
