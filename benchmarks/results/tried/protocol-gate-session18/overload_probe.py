@@ -2,7 +2,7 @@
 import json, re, sys, tempfile, threading, time
 from pathlib import Path
 import httpx
-sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # benchmarks/, for ab_servers
 from ab_servers import ab_parser, cpu_s, child_pids, parse_trees, warmed_up_servers
 from shoal.client.loadgen import LoadGenerator, summarise
 
