@@ -104,3 +104,17 @@ def test_bench_on_a_tiny_grid_writes_results(anchors_dir, tmp_path):
     assert sweep["shoal_le_jellybean_everywhere"] is True
     assert sweep["jellybean_failed"] == [[58.4, 40.0]] and sweep["shoal_infeasible"] == [[58.4, 40.0]]
     assert "shoal <= jellybean everywhere: True" in summary_text(results)
+
+
+def test_what_the_solver_prints_to_descriptor_1_goes_to_stderr_not_into_the_json(capfd):
+    """HiGHS printed a debug line straight to file descriptor 1 on some instances, into the
+    command's JSON output."""
+    import os
+
+    from shoal.cli.plan_workflow import _solver_output_to_stderr
+
+    with _solver_output_to_stderr():
+        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution\n")
+    os.write(1, b"{}\n")
+    captured = capfd.readouterr()
+    assert captured.out == "{}\n" and "HighsMipSolverData" in captured.err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import warnings
 from enum import Enum
@@ -23,6 +25,22 @@ class _Policy(str, Enum):
 class _Billing(str, Enum):
     whole = "whole"
     fractional = "fractional"
+
+
+@contextlib.contextmanager
+def _solver_output_to_stderr():
+    """HiGHS, inside SciPy, sometimes prints a debug line straight to file descriptor 1 while it
+    solves (seen on generated instances): this command's stdout is JSON, so while the planner
+    runs, descriptor 1 is stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
@@ -85,7 +103,8 @@ def plan_workflow_command(
                           billing=billing.value)
     if policy is _Policy.jellybean and loaded.jellybean is None:
         raise InvalidInputError(loaded.jellybean_error or "the jellybean baseline settings are invalid.")
-    plan = plan_workflow(problem, policy.value, options, jellybean=loaded.jellybean)
+    with _solver_output_to_stderr():
+        plan = plan_workflow(problem, policy.value, options, jellybean=loaded.jellybean)
     if not plan.success:
         raise InvalidInputError(f"no plan ({plan.status}): {plan.message}")
     output = plan.to_json_dict()
