@@ -365,3 +365,20 @@ def test_a_target_the_model_cannot_have_is_a_reason_not_an_exception():
     )
     allocation = plan_capacity(system, solver="greedy").allocations[0]
     assert allocation.status == "unserved" and "itl" in allocation.reason
+
+
+def test_an_idle_server_kept_at_its_minimum_is_unserved_when_its_target_cannot_be_met():
+    """With no load it was reported served at its minimum replicas, whatever its target; at
+    1 req/s the same server was unserved."""
+    def system(rate_rps):
+        return CapacitySystem(
+            accelerators=(AcceleratorSpec("cpu8", "cpu", 1.0),),
+            models=(ModelPerf("resnet", "cpu8", 8, BatchLatencyTable(((1, 20.0), (4, 50.0), (8, 90.0)))),),
+            service_classes=(ServiceClass("gold", 0, (ModelTarget("resnet", latency_ms=5.0),)),),  # below any batch's time
+            servers=(ServerSpec("s1", "gold", "resnet", ServerLoad(rate_rps), min_replicas=1),),
+            capacity_by_type={"cpu": 4},
+        )
+
+    for rate_rps in (0.0, 1.0):
+        allocation = plan_capacity(system(rate_rps), solver="greedy").allocations[0]
+        assert allocation.status == "unserved" and "target missed" in allocation.reason, rate_rps

@@ -159,9 +159,18 @@ def _candidate(
         )
 
     if total_rate_rps == 0 or (perf.generation != "profile" and load.avg_out_tokens == 0):
-        # No traffic: keep the minimum replicas, with the latencies of an idle server.
+        # No traffic: keep the minimum replicas, with the latencies of an idle server, if the
+        # accelerator meets the targets at all (it was reported served when it could not).
         rate_star = 0.0
-        idle = analyze(model, rate_range_rps(model)[0], max_queue_size=queue_size) if server.min_replicas else None
+        if not server.min_replicas:
+            return build(0, None)
+        try:
+            sizing = max_arrival_rate(model, _targets(target), max_queue_size=queue_size)
+            idle = analyze(model, rate_range_rps(model)[0], max_queue_size=queue_size)
+        except ValueError as error:
+            return f"{accelerator.name}: {error}"
+        if sizing.status != "ok":
+            return f"{accelerator.name}: {sizing.missed.removesuffix('_ms')} target missed even at the lowest load"
         return build(server.min_replicas, idle)
 
     try:
