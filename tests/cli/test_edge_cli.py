@@ -46,3 +46,36 @@ def test_planner_bench_runs_on_a_familys_measured_profiles(capsys, writable_repo
     summary = json.loads(capsys.readouterr().out)
     assert {"shoal", "jellyfish"} <= set(summary)
     assert 0.0 < summary["shoal"]["mean_ratio_to_exact"] <= 1.0 + 1e-9
+
+
+def test_sigterm_to_a_command_runs_its_cleanup_and_exits_143(tmp_path):
+    """SIGTERM used to end a command without its `finally` blocks (the demo left `shoal serve`
+    running); it is now an interrupt, and the exit status still says terminated (128 + 15)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = tmp_path / "slow_command.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from shoal.cli import main
+        from shoal.cli._app import app
+
+        @app.command("sleep-for-test")
+        def sleep_for_test() -> None:
+            try:
+                print("ready", flush=True)
+                time.sleep(30)
+            finally:
+                open({str(tmp_path / "cleaned")!r}, "w").close()
+
+        sys.exit(main(["sleep-for-test"]))
+    """))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 143
+    assert (tmp_path / "cleaned").exists()

@@ -154,3 +154,14 @@ def test_a_model_file_named_outside_the_repository_is_refused(writable_repositor
     variant_file.write_text(variant_file.read_text().replace("model_file: model.onnx", "model_file: ../../../outside.onnx"))
     with pytest.raises(RepositoryError, match="escapes the repository"):
         writable_repository.model_path("fixture", "rf-16")
+
+
+def test_a_model_file_that_is_a_symlink_to_elsewhere_is_still_served(writable_repository, tmp_path):
+    """The check is on the path as written: a repository whose model files link to a shared
+    store keeps working (the resolved path is outside the repository)."""
+    model = writable_repository.model_path("fixture", "rf-16")
+    outside = tmp_path / "store" / "rf-16.onnx"
+    outside.parent.mkdir()
+    model.rename(outside)
+    model.symlink_to(outside)
+    assert writable_repository.model_path("fixture", "rf-16") == model

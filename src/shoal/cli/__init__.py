@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     # SIGTERM as Ctrl-C: the commands' `finally` blocks then stop the servers they started,
     # which live in sessions of their own and outlived a plain SIGTERM (`shoal demo`, experiments).
+    global _terminated
+    _terminated = False
     previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
         app(args=argv, standalone_mode=True)
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1 if isinstance(error, DeviceUnavailableError) else 2
     except SystemExit as exit_request:
+        if _terminated:  # click turned it into "Aborted!" and 1: a terminated process says so
+            return 128 + signal.SIGTERM
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     finally:
@@ -57,5 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_terminated = False
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
     raise KeyboardInterrupt(f"signal {signum}")

@@ -90,11 +90,13 @@ def add(
     repository.check_absent(family, variant)
     if new_family:  # its validation set is checked here
         family_spec = repository.create_family(family_spec, *(data or (None, None)))
+    from shoal.profiler.measure import DEFAULT_BATCH_SIZES
     from shoal.profiler.session import available_devices
     from shoal.zoo.register import measure_and_add
 
     try:
-        stored, _ = measure_and_add(repository, family_spec, spec, model, available_devices(), data, accuracy_threads=None)
+        stored, _ = measure_and_add(repository, family_spec, spec, model, available_devices(), data,
+                                    profile_batch_sizes=DEFAULT_BATCH_SIZES, accuracy_threads=None)
     except BaseException:
         if new_family:  # its first variant failed: the family goes too
             shutil.rmtree(repository.family_dir(family), ignore_errors=True)

@@ -155,13 +155,15 @@ class EdgeClient:
                 # The receiver ends when the server closes the socket: streaming on would only
                 # record every later frame as skipped (no acks, so the estimate falls to zero).
                 await asyncio.wait({stream, receiver}, return_when=asyncio.FIRST_COMPLETED)
-                if not stream.done():
+                cut_short = not stream.done()
+                if cut_short:
                     stream.cancel()
                     await asyncio.gather(stream, return_exceptions=True)
                 else:
                     stream.result()
                     await self._drain(receiver)
-                closed = _close_reason(socket, receiver) if receiver.done() else None
+                # A close after every frame was sent and answered ends nothing early.
+                closed = _close_reason(socket, receiver) if receiver.done() and (cut_short or self.state.in_flight) else None
             finally:
                 if sidecar is not None:
                     sidecar.cancel()

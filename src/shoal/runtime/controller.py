@@ -43,7 +43,8 @@ class Controller:
     def observe(self, now_s: float) -> CacheContext:
         usages = []
         for key, served in self.service.variants.items():
-            total = self.service.requests_by_variant.get(key, 0)
+            # Queries refused for want of a loaded variant are use too (`modelless._ask_for_a_load`).
+            total = self.service.requests_by_variant.get(key, 0) + self.service.refused_demand_by_variant.get(key, 0)
             try:
                 model_bytes = os.path.getsize(served.model_path)
             except OSError:  # removed from the repository under the running server (`shoal zoo remove`)

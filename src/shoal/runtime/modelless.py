@@ -104,12 +104,12 @@ def raise_unmet(model_name: str, stated: "StatedRequirements", variants: list[Mo
 def _ask_for_a_load(service: "InferenceService", requirements: Requirements, variants: dict[str, ModellessVariant]) -> None:
     """With nothing of these variants loaded, a query whose SLO a load does not fit is refused,
     and nothing else would ever load one: count it as demand for the variant it would take
-    loaded, whose use the controller's cache plan then loads (a 429 for good, before)."""
+    loaded, which the controller's cache plan counts as use and loads (a 429 for good, before)."""
     if any(service.scheduler.workers_for(key) for key in variants):
         return
     wanted = select_variant(requirements, [LiveVariant(view, replicas=1) for view in variants.values()], policy="shoal")
-    if wanted.action != "reject":
-        service.requests_by_variant[wanted.variant] = service.requests_by_variant.get(wanted.variant, 0) + 1
+    if wanted.action != "reject":  # its own count: the arrival rates must not see refused queries as served ones
+        service.refused_demand_by_variant[wanted.variant] = service.refused_demand_by_variant.get(wanted.variant, 0) + 1
 
 
 async def choose_modelless(service: "InferenceService", model_name: str, family: Family, stated: "StatedRequirements", input_size_px: int, remaining_slo_ms: float) -> "ServedVariant":

@@ -98,6 +98,7 @@ class InferenceService:
         self.variants: dict[str, ServedVariant] = {}  # key -> variant
         self.manager = WorkerManager(config, self.scheduler, self.metrics, self._on_variant_loaded)
         self.requests_by_variant: dict[str, int] = {}  # items admitted per variant, read by the controller
+        self.refused_demand_by_variant: dict[str, int] = {}  # model-less queries refused with nothing loaded (`_ask_for_a_load`)
         self.requests_by_class: dict[tuple, int] = {}  # items per (family, requirements), for the autoscaler
         self.requests_by_exact_variant: dict[str, int] = {}  # items asked of a variant by its own name, for the autoscaler
         self.arrival_rps_by_variant: dict[str, float] = {}  # kept by the controller, read by model-less selection

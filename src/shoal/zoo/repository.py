@@ -14,6 +14,7 @@ against the family before it is registered.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -111,8 +112,12 @@ class ModelRepository:
         return self._inside(_safe(family, "family name"), _safe(variant, "variant name"))
 
     def model_path(self, family: str, variant: str) -> Path:
-        # Inside the variant's folder: a variant.yaml naming ../../elsewhere.onnx is refused.
-        return self._inside(_safe(family, "family name"), _safe(variant, "variant name"), self.load_variant(family, variant).model_file)
+        # Inside the repository, as written (a variant.yaml naming ../../elsewhere.onnx is
+        # refused), not as resolved: a model file that is a symlink to elsewhere stays allowed.
+        path = Path(os.path.normpath(self.variant_dir(family, variant) / self.load_variant(family, variant).model_file))
+        if self.root not in path.parents:
+            raise RepositoryError(f"model_file of {family}/{variant} escapes the repository {self.root}")
+        return path
 
     def profile_path(self, family: str, variant: str, device: Device) -> Path:
         return self.variant_dir(family, variant) / "profiles" / f"{device.file_stem}.json"
