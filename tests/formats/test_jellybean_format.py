@@ -93,7 +93,7 @@ def test_an_explicit_config_and_its_unknown_options(copy, tmp_path):
     ("logical_graph.csv", "ReadImage,ExtractImageFeature,VQA\n", r"line 1 has 3 fields, expected 2 \(u, v\)"),
     ("input_injection_rates.csv", "ReadImage,40\nReadSpeech,40,,\n", "line 2 has 4 fields"),
     ("accuracy_requirement.json", '{"sink": "VQA"}', "accuracy_requirement.json: field threshold: Field required"),
-    ("accuracy_requirement.json", "{sink", "accuracy_requirement.json: not valid JSON"),
+    ("accuracy_requirement.json", "{sink", "accuracy_requirement.json: is not valid JSON"),
     ("workers_partition.json", '[["workflow-compute-cpu-1"]]', r"workers_partition.json: workers \[.*\] are in no tier"),
     ("execution_profile.csv", "VQA,workflow-compute-tpu-9,default,4.0\n", "field 'worker': worker 'workflow-compute-tpu-9' is not in workers_specs.csv"),
     ("message_sizes.csv", "ReadImage,ExtractImageFeature,default,default,1.0\n", "no size for edge 'ReadSpeech' -> 'SpeechRecognition'"),

@@ -424,5 +424,5 @@ def test_a_failed_replica_read_changes_nothing_and_keeps_the_pending_scale_down(
 def test_a_binary_control_file_is_named_not_a_traceback(tmp_path):
     path = tmp_path / "control.yaml"
     path.write_bytes(b"\xff\xfe\x00binary")
-    with pytest.raises(InvalidInputError, match="is not a text file"):
+    with pytest.raises(InvalidInputError, match="--base-system .*: is not UTF-8 text"):
         load_control_file(path)

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from shoal.core.errors import InvalidInputError
 from shoal.core.models import Device
+from shoal.core.serialization import read_yaml_file
 from shoal.zoo import ModelRepository, default_repository_path
 
 console = Console()
@@ -162,9 +162,9 @@ def profile_with_progress(repository: ModelRepository, family: str, device: Devi
 def read_prices(path: Path, option: str = "--prices") -> dict[str, float]:
     """A YAML price table `device: usd_per_hour`; errors name the option and the fix."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise InvalidInputError(f"{option} {path}: cannot be read as YAML ({error})") from None
+        data = read_yaml_file(path)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{option} {error}") from None
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for k, v in data.items()
     ):

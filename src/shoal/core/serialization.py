@@ -10,14 +10,17 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from shoal.core.errors import InvalidInputError
 
-__all__ = ["dump_json", "dump_yaml", "load_json", "load_yaml", "describe_validation_error"]
+__all__ = [
+    "describe_validation_error", "dump_json", "dump_yaml", "load_json", "load_yaml", "read_json_file", "read_text_file",
+    "read_yaml_file",
+]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -38,32 +41,46 @@ def _parse(model: type[ModelT], data: object, source: str) -> ModelT:
         ) from None
 
 
-def load_yaml(model: type[ModelT], path: Path) -> ModelT:
+def read_text_file(path: Path, *, fix: str = "") -> str:
+    """The text of `path`. A file that cannot be read or is not UTF-8 is one InvalidInputError
+    naming it; `fix` (e.g. "; check the --instance path") follows the reason it cannot be read."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        return Path(path).read_text()
     except UnicodeDecodeError:
         raise InvalidInputError(f"{path}: is not UTF-8 text") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep") from None
     except OSError as error:
-        raise InvalidInputError(f"{path}: cannot be read ({error.strerror})") from None
+        raise InvalidInputError(f"{path}: cannot be read ({error.strerror or error}){fix}") from None
+
+
+def read_json_file(path: Path, *, fix: str = "") -> Any:
+    """The JSON document in `path`, before any model sees it: every reader of a user's file
+    (the data model, Inferno's and JellyBean's formats, edge instances) fails the same way."""
+    text = read_text_file(path, fix=fix)
+    try:
+        return json.loads(text)
+    except RecursionError:  # json's C decoder recurses per level of nesting
+        raise InvalidInputError(f"{path}: is nested too deep") from None
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def read_yaml_file(path: Path, *, fix: str = "") -> Any:
+    """The YAML document in `path` (JSON is YAML too), as `read_json_file`."""
+    text = read_text_file(path, fix=fix)
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:  # PyYAML's composer recurses per level of nesting
+        raise InvalidInputError(f"{path}: is nested too deep") from None
     except yaml.YAMLError as error:
         raise InvalidInputError(f"{path}: is not valid YAML ({str(error).splitlines()[0]})") from None
-    return _parse(model, data, str(path))
+
+
+def load_yaml(model: type[ModelT], path: Path) -> ModelT:
+    return _parse(model, read_yaml_file(path), str(path))
 
 
 def load_json(model: type[ModelT], path: Path) -> ModelT:
-    try:
-        data = json.loads(Path(path).read_text())
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep") from None
-    except OSError as error:
-        raise InvalidInputError(f"{path}: cannot be read ({error.strerror})") from None
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno})") from None
-    return _parse(model, data, str(path))
+    return _parse(model, read_json_file(path), str(path))
 
 
 def _write_atomically(path: Path, text: str) -> None:

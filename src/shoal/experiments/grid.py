@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shoal.client.network import load_trace, trace_offsets
 from shoal.core.errors import InvalidInputError
+from shoal.core.serialization import read_yaml_file
 from shoal.experiments.edge_serving import EdgeRun, EdgeScenario, StaticCandidate, choose_statics
 
 __all__ = ["GridSpec", "GridCell", "POLICIES", "load_grid", "cells", "resolve_statics", "row_for"]
@@ -80,11 +80,9 @@ def load_grid(path: Path) -> GridSpec:
     if not path.is_file():
         raise InvalidInputError(f"grid file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise InvalidInputError(f"grid file {path} is not valid YAML: {error}") from None
-    except (OSError, UnicodeDecodeError, RecursionError) as error:
-        raise InvalidInputError(f"grid file {path} cannot be read as YAML text ({type(error).__name__})") from None
+        data = read_yaml_file(path) or {}
+    except InvalidInputError as error:
+        raise InvalidInputError(f"grid file {error}") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"grid file {path} must be a mapping of fields (family, clients, slo_ms, ...)")
     try:

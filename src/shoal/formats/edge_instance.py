@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shoal.core.errors import InvalidInputError
-from shoal.core.serialization import describe_validation_error
+from shoal.core.serialization import describe_validation_error, read_json_file
 from shoal.planner.edge.model import (
     EdgeClient,
     EdgeInstance,
@@ -162,16 +162,7 @@ def parse_edge_instance(data: Any, source: str = "instance") -> EdgeInstance:
 
 def load_edge_instance(path: Path | str) -> EdgeInstance:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep") from None
-    except OSError as error:
-        raise InvalidInputError(f"{path}: cannot be read ({error.strerror}); check the --instance path") from None
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno})") from None
+    data = read_json_file(path, fix="; check the --instance path")
     return parse_edge_instance(data, str(path))
 
 

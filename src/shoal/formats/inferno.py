@@ -20,15 +20,13 @@ Every problem is one `InvalidInputError` naming the file and the field.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from shoal.core.errors import InvalidInputError
-from shoal.core.serialization import describe_validation_error
+from shoal.core.serialization import describe_validation_error, read_json_file, read_yaml_file
 from shoal.formats.inferno_schema import PART_MODELS, InfernoSystemFile, ShoalCapacityFile
 from shoal.planner.capacity import CapacityPlan, CapacitySystem
 
@@ -44,19 +42,6 @@ PART_FILES: dict[str, str] = {
     "optimizerData": "optimizer-data.json",
 }
 _REQUIRED_PARTS = ("acceleratorData", "modelData", "serviceClassData", "serverData")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep") from None
-    except OSError as error:
-        raise InvalidInputError(f"{path}: cannot be read ({error.strerror or error})") from None
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
 def _validate(model: type, data: Any, source: str, prefix: str = ""):
@@ -97,11 +82,11 @@ def load_inferno_system(path: Path) -> CapacitySystem:
         for part, file_name in PART_FILES.items():
             file = path / file_name
             if file.is_file():
-                data = _read_json(file)
+                data = read_json_file(file)
                 _validate(PART_MODELS[part], data, str(file))  # errors name this file and its field
                 parts[part] = data
         return _build(_validate(InfernoSystemFile, {"system": parts}, str(path)), str(path), path)
-    data = _read_json(path)
+    data = read_json_file(path)
     if not isinstance(data, dict) or not any(str(key).casefold() == "system" for key in data):
         raise InvalidInputError(
             f"{path}: field system: missing; a system-data.json holds {{\"system\": {{\"acceleratorData\": ...}}}} "
@@ -113,16 +98,7 @@ def load_inferno_system(path: Path) -> CapacitySystem:
 def load_shoal_system(path: Path) -> CapacitySystem:
     """shoal's own capacity YAML (units in names; DNN profiles allowed)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep") from None
-    except OSError as error:
-        raise InvalidInputError(f"{path}: cannot be read ({error.strerror or error})") from None
-    except yaml.YAMLError as error:
-        raise InvalidInputError(f"{path}: is not valid YAML ({str(error).splitlines()[0]})") from None
+    data = read_yaml_file(path)
     return _build(_validate(ShoalCapacityFile, data, str(path)), str(path), path.parent)
 
 

@@ -23,16 +23,15 @@ tolerated with a warning. Every other problem raises InvalidInputError naming fi
 from __future__ import annotations
 
 import csv
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shoal.core.errors import InvalidInputError
+from shoal.core.serialization import read_json_file, read_text_file, read_yaml_file
 from shoal.planner.workflow import (
     AccuracySample,
     AccuracySpec,
@@ -105,17 +104,9 @@ class JellyBeanConfig(_Section):
 def _read_config(path: Path | None) -> JellyBeanConfig:
     if path is None:
         return JellyBeanConfig()
+    data = read_yaml_file(path) or {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
         config = JellyBeanConfig.model_validate(data)
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep") from None
-    except OSError as error:
-        raise InvalidInputError(f"{path}: cannot be read ({error.strerror}).") from None
-    except yaml.YAMLError as error:
-        raise InvalidInputError(f"{path}: not valid YAML ({error}).") from None
     except ValidationError as error:
         raise InvalidInputError(f"{path}: {_first_error(error)}.") from None
     for section in (config, config.INPUT, config.BEAM_SEARCH, config.WORKER_ASSIGNMENT):
@@ -138,14 +129,7 @@ def _first_error(error: ValidationError) -> str:
 
 def _rows(path: Path, columns: tuple[str, ...], numeric: tuple[str, ...] = ()) -> list[dict]:
     """Rows of a header-less CSV as dicts; numeric columns parsed to float."""
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep") from None
-    except OSError as error:
-        raise InvalidInputError(f"{path}: cannot be read ({error.strerror}).") from None
+    text = read_text_file(path)
     rows, stray = [], []
     for line_no, fields in enumerate(csv.reader(text.splitlines()), start=1):
         fields = [f.strip() for f in fields]
@@ -176,19 +160,6 @@ def _rows(path: Path, columns: tuple[str, ...], numeric: tuple[str, ...] = ()) -
             "(JellyBean's own pandas reader rejects this file)", InputFormatWarning, stacklevel=3,
         )
     return rows
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{path}: is not UTF-8 text") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep") from None
-    except OSError as error:
-        raise InvalidInputError(f"{path}: cannot be read ({error.strerror}).") from None
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}).") from None
 
 
 class _Requirement(BaseModel):
@@ -232,7 +203,7 @@ class _AccuracyProfiles(BaseModel):
 
 def _validated(model: type[BaseModel], path: Path) -> Any:
     try:
-        return model.model_validate(_json(path))
+        return model.model_validate(read_json_file(path))
     except ValidationError as error:
         raise InvalidInputError(f"{path}: {_first_error(error)}.") from None
 
@@ -306,7 +277,7 @@ def read_jellybean_inputs(inputs_dir: Path | str, config_path: Path | str | None
     tiers: dict[str, int] = {}
     partition_file = folder / "workers_partition.json"
     if partition_file.is_file():
-        partition = _json(partition_file)
+        partition = read_json_file(partition_file)
         if not isinstance(partition, list) or not all(isinstance(t, list) and all(isinstance(w, str) for w in t) for t in partition):
             raise InvalidInputError(f"{partition_file}: expected a list of tiers, each a list of worker names.")
         for tier, members in enumerate(partition):

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shoal.core.errors import InvalidInputError
-from shoal.core.serialization import describe_validation_error
+from shoal.core.serialization import describe_validation_error, read_yaml_file
 from shoal.formats.inferno import PART_FILES, load_system
 from shoal.formats.inferno_schema import InfernoSystemFile, ShoalCapacityFile
 from shoal.planner.capacity import CapacitySystem
@@ -88,15 +88,9 @@ def load_control_file(path: Path) -> ControlSpec:
     """Read a control file (YAML or JSON); every problem names the file and the field."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise InvalidInputError(f"--base-system {path}: cannot be read ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"--base-system {path}: is not a text file (give the YAML or JSON control file)") from None
-    except yaml.YAMLError as error:
-        raise InvalidInputError(f"{path}: is not valid YAML or JSON ({str(error).splitlines()[0]})") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path}: is nested too deep to be a control file") from None
+        data = read_yaml_file(path)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"--base-system {error} (give the YAML or JSON control file)") from None
     try:
         document = _ControlFile.model_validate(data)
     except ValidationError as error:
