@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.client.bandwidth import BandwidthEstimator
+from shoal.client.bandwidth import BandwidthEstimator, FrameSend, frame_to_send
 
 RTT_S = 0.010
 
@@ -101,3 +101,29 @@ def test_a_link_probe_is_due_once_per_interval_when_nothing_is_timed_or_in_fligh
     assert not estimator.probe_due(end + 2.6)  # its ack will tell
     estimator.forget(end + 2.4)  # answered without an ack: no longer in flight
     assert estimator.probe_due(end + 2.7)
+
+
+def _send(estimator, **overrides):
+    arguments = dict(chosen_size_px=64, chosen_upload_ms=1.0, slack_ms=100.0, smallest_size_px=16, frame_bytes=lambda px: 3 * px * px,
+                     estimate_mbps=100.0, adaptive=True, now_s=0.0, max_message_bytes=10**6)  # fmt: skip
+    return frame_to_send(estimator, **{**arguments, **overrides})
+
+
+def test_a_frame_no_size_fits_goes_out_at_the_smallest_size_once_per_probe_interval():
+    estimator = BandwidthEstimator(initial_mbps=1.0)
+    skipped = dict(chosen_size_px=0, chosen_upload_ms=0.0, slack_ms=0.0, estimate_mbps=1.0)
+    assert _send(estimator, **skipped) == FrameSend(16, 3 * 16 * 16 * 8 / 1000.0, 0, True)  # its upload at the estimate
+    assert _send(estimator, **skipped, now_s=0.5) == FrameSend(0, 0.0, 0, False)
+    assert _send(estimator, **skipped, now_s=1.5).link_probe
+    # A pinned (or per-query) client follows no plan: it neither probes nor pads.
+    assert _send(BandwidthEstimator(initial_mbps=1.0), **skipped, adaptive=False) == FrameSend(0, 0.0, 0, False)
+    assert _send(BandwidthEstimator(initial_mbps=100.0), adaptive=False) == FrameSend(64, 1.0, 0, False)
+
+
+def test_probe_padding_fits_the_message_limit_and_the_frames_slack():
+    # Nothing timed yet: the estimator asks for a probe of 2 x 4 ms at 100 Mbit/s, 100 kB.
+    padded = _send(BandwidthEstimator(initial_mbps=100.0))
+    assert padded.padding_bytes == 100_000 - 3 * 64 * 64
+    assert padded.upload_ms == pytest.approx(1.0 + padded.padding_bytes * 8 / 1000.0 / 100.0)
+    assert _send(BandwidthEstimator(initial_mbps=100.0), max_message_bytes=50_000).padding_bytes == 50_000 - 3 * 64 * 64
+    assert _send(BandwidthEstimator(initial_mbps=100.0), slack_ms=5.0) == FrameSend(64, 1.0, 0, False)  # 7 ms of padding

@@ -15,6 +15,7 @@ import websockets
 from shoal.client.edge import EdgeClient, EdgeClientConfig, SessionClosed
 from shoal.client.network import BandwidthTrace, EmulatedLink
 from shoal.runtime.edge.protocol import decode_frame
+from shoal.runtime.edge.websocket import MAX_MESSAGE_BYTES
 
 from shoal.experiments.server_process import free_port
 
@@ -24,7 +25,10 @@ LADDER = [{"input_size": 16, "variant": "f.small", "accuracy": 0.5, "server_ms":
 
 def scripted_server(close_after_s: float | None = None):
     """Registers the client on the ladder, acknowledges and answers every frame at once,
-    answers pings; closes the session (1001) after `close_after_s` if given."""
+    answers pings; closes the session (1001) after `close_after_s` if given. Serve it with
+    `max_size=MAX_MESSAGE_BYTES`, as shoal's server: over loopback the estimate reaches hundreds
+    of Mbit/s and a probe's padding megabytes (websockets' default limit, 1 MiB, closed the
+    session with 1009 in about one run of five)."""
 
     async def handler(socket):
         await socket.recv()
@@ -59,7 +63,7 @@ def test_a_planned_client_measures_the_link_again_after_a_dip_that_skipped_every
     port = free_port()
 
     async def scenario():
-        async with websockets.serve(scripted_server(), "127.0.0.1", port):
+        async with websockets.serve(scripted_server(), "127.0.0.1", port, max_size=MAX_MESSAGE_BYTES):
             link = EmulatedLink(trace, propagation_ms=2.0)
             client = EdgeClient(EdgeClientConfig("c", f"ws://127.0.0.1:{port}", "f", slo_ms=100.0, fps=10.0, initial_bandwidth_mbps=20.0), uplink=link)
             return await client.run(frames(), duration_s=7.0)
@@ -76,7 +80,7 @@ def test_a_session_the_server_closes_ends_the_run_with_the_reason():
     port = free_port()
 
     async def scenario():
-        async with websockets.serve(scripted_server(close_after_s=1.0), "127.0.0.1", port):
+        async with websockets.serve(scripted_server(close_after_s=1.0), "127.0.0.1", port, max_size=MAX_MESSAGE_BYTES):
             client = EdgeClient(EdgeClientConfig("c", f"ws://127.0.0.1:{port}", "f", slo_ms=100.0, fps=10.0, initial_bandwidth_mbps=10.0))
             started = time.monotonic()
             with pytest.raises(SessionClosed, match=r"code 1001: server going away"):

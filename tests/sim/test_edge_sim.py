@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+from unittest import mock
+
 import pytest
 
 from shoal.client.network import BandwidthTrace
@@ -82,10 +86,19 @@ def test_the_simulator_plans_with_the_shared_planner():
 
 
 def test_same_seed_same_result_and_bad_settings_are_refused():
+    """With the planner's measured time as its delay, one seed gave different runs whenever
+    this machine's load changed a plan's timing; a fixed `planning_ms` makes the run a function
+    of the seed."""
     scenario = _scenario(DIPPING, duration_s=8.0)
-    first = simulate_edge(scenario, VARIANTS, "shoal", SimSettings(seed=3))[0].summary()
-    second = simulate_edge(scenario, VARIANTS, "shoal", SimSettings(seed=3))[0].summary()
-    assert first == second
+    first, _ = simulate_edge(scenario, VARIANTS, "shoal", SimSettings(seed=3, planning_ms=2.0))
+    slow_clock = itertools.count(0.0, 0.05)  # every plan takes 50 ms of this machine's time
+    with mock.patch.object(time, "perf_counter", lambda: next(slow_clock)):
+        second, _ = simulate_edge(scenario, VARIANTS, "shoal", SimSettings(seed=3, planning_ms=2.0))
+    assert first.summary() == second.summary() and first.assignments == second.assignments
+    with pytest.raises(ValueError, match="planning_ms -1"):
+        simulate_edge(scenario, VARIANTS, "shoal", SimSettings(planning_ms=-1.0))
+    with pytest.raises(ValueError, match="duration_s 0"):
+        simulate_edge(_scenario(DIPPING, duration_s=0.0), VARIANTS, "shoal")
     with pytest.raises(ValueError, match="no variant"):
         simulate_edge(scenario, VARIANTS, "static:f.missing")
     with pytest.raises(ValueError, match="use shoal"):

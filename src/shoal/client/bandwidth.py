@@ -31,9 +31,10 @@ earlier than the acknowledgement would.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["BandwidthEstimator"]
+__all__ = ["BandwidthEstimator", "FrameSend", "frame_to_send"]
 
 
 @dataclass
@@ -162,3 +163,51 @@ class BandwidthEstimator:
             if waited_s > self.min_informative_s and bits / waited_s / 1e6 < self._last_estimate_mbps:
                 return bits / waited_s / 1e6  # not remembered: the ack will tell the real rate
         return self._last_estimate_mbps
+
+
+@dataclass(frozen=True)
+class FrameSend:
+    """What goes out for one frame once its size is chosen (`shoal.planner.edge.backoff`)."""
+
+    input_size_px: int
+    """0: the frame is skipped."""
+    upload_ms: float
+    """Predicted at the estimate, the probe padding included."""
+    padding_bytes: int
+    link_probe: bool
+    """No size met the SLO, but the frame goes out at the smallest size so that its
+    acknowledgement times the link (`BandwidthEstimator.probe_due`)."""
+
+
+def frame_to_send(
+    estimator: BandwidthEstimator,
+    *,
+    chosen_size_px: int,
+    chosen_upload_ms: float,
+    slack_ms: float,
+    smallest_size_px: int,
+    frame_bytes: Callable[[int], int],
+    estimate_mbps: float,
+    adaptive: bool,
+    now_s: float,
+    max_message_bytes: int,
+) -> FrameSend:
+    """The size, padding and predicted upload of one frame: a link probe in place of a skip, or
+    probe padding where the SLO leaves room for it (never past `max_message_bytes`, what the
+    server accepts). One function for the live client and the simulator, so that the simulator
+    probes as the client does. `adaptive`: the client follows plans (a pinned or per-query
+    client neither probes nor pads)."""
+    size_px, upload_ms = chosen_size_px, chosen_upload_ms
+    link_probe = size_px == 0 and adaptive and estimator.probe_due(now_s)
+    if link_probe:
+        size_px = smallest_size_px
+    if size_px == 0:
+        return FrameSend(0, 0.0, 0, False)
+    size_bytes = frame_bytes(size_px)
+    if link_probe:  # the chosen upload was for no frame at all
+        upload_ms = size_bytes * 8 / 1000.0 / estimate_mbps
+    padding = estimator.probe_bytes(size_bytes, now_s) if adaptive and not link_probe else 0
+    padding = max(0, min(padding, max_message_bytes - size_bytes))
+    if padding and padding * 8 / 1000.0 / estimate_mbps > slack_ms:
+        padding = 0  # no room for a probe in this frame's SLO
+    return FrameSend(size_px, upload_ms + padding * 8 / 1000.0 / estimate_mbps, padding, link_probe)

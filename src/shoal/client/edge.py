@@ -26,16 +26,20 @@ from typing import Literal
 import numpy as np
 import websockets
 
-from shoal.client.bandwidth import BandwidthEstimator
+from shoal.client.bandwidth import BandwidthEstimator, frame_to_send
 from shoal.client.network import EmulatedLink
 from shoal.planner.edge.backoff import SizeChoice, choose_input_size
 from shoal.planner.edge.live import LadderStep
 from shoal.runtime.edge.protocol import EDGE_PATH, MAX_BUDGET_MS, MAX_HEADER_BYTES, MAX_PADDING_BYTES, encode_frame
 from shoal.zoo.preprocess import resize_images
 
-__all__ = ["EdgeClient", "EdgeClientConfig", "FrameRecord", "Outcome", "SessionClosed", "SessionRefused"]
+__all__ = ["MAX_FRAME_BYTES", "EdgeClient", "EdgeClientConfig", "FrameRecord", "Outcome", "SessionClosed", "SessionRefused"]
 
 Outcome = Literal["on_time", "late", "dropped", "skipped", "error", "unanswered"]
+
+MAX_FRAME_BYTES = MAX_PADDING_BYTES - MAX_HEADER_BYTES - 4
+"""A frame's pixels and probe padding together, so that the whole message stays within what the
+server takes (its padding and message limits)."""
 
 
 class SessionRefused(RuntimeError):
@@ -337,12 +341,18 @@ class EdgeClient:
                 self.uplink.bandwidth_mbps(now) if self.uplink else None,
             )
             seq += 1
-            adaptive = self.config.pin_variant is None and self.config.selection == "plan"
-            link_probe = size == 0 and adaptive and self.estimator.probe_due(now)
-            if link_probe:
+            send = frame_to_send(
+                self.estimator, chosen_size_px=size, chosen_upload_ms=upload_ms, slack_ms=slack_ms,
+                smallest_size_px=min(step.input_size_px for step in self.state.ladder),
+                frame_bytes=lambda size_px: image.size // (image.shape[-2] * image.shape[-1]) * size_px * size_px,
+                estimate_mbps=record.estimate_mbps, adaptive=self.config.pin_variant is None and self.config.selection == "plan",
+                now_s=now, max_message_bytes=MAX_FRAME_BYTES,
+            )  # fmt: skip
+            size, upload_ms, padding = send.input_size_px, send.upload_ms, send.padding_bytes
+            if send.link_probe:
                 # Sent anyway, at the smallest size: its acknowledgement times the link. (Its
                 # budget counts its upload at the estimate: the server drops it if that is late.)
-                size = record.input_size = min(step.input_size_px for step in self.state.ladder)
+                record.input_size = size
                 record.reason = "sent to measure the link: no input size met the SLO at the estimated bandwidth"
             if size == 0:
                 record.outcome, record.reason = "skipped", "no input size would meet the SLO at the estimated bandwidth"
@@ -350,14 +360,6 @@ class EdgeClient:
                 continue
             pixels = _resize_uint8(image, size)
             age_ms = (now - target) * 1000.0
-            if link_probe:
-                upload_ms = pixels.nbytes * 8 / 1000.0 / record.estimate_mbps
-            padding = self.estimator.probe_bytes(pixels.nbytes, now) if adaptive and not link_probe else 0
-            # The whole frame within what the server takes (its padding and message limits).
-            padding = max(0, min(padding, MAX_PADDING_BYTES - pixels.nbytes - MAX_HEADER_BYTES - 4))
-            if padding and padding * 8 / 1000.0 / record.estimate_mbps > slack_ms:
-                padding = 0  # no room for a probe in this frame's SLO
-            upload_ms += padding * 8 / 1000.0 / record.estimate_mbps
             # Within what the protocol takes: a budget long past zero is dropped all the same.
             budget_ms = min(max(self.config.slo_ms - age_ms - upload_ms - self.estimator.min_rtt_ms, -MAX_BUDGET_MS), MAX_BUDGET_MS)
             data = encode_frame(record.seq, pixels, budget_ms, padding)

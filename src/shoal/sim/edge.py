@@ -16,20 +16,23 @@ samples at that batch size; a frame is correct when its own uniform draw falls b
 serving variant's accuracy (one draw per client and frame, the same under every policy and
 variant: common random numbers, so that two policies serving a frame with the same variant
 agree on it, and a more accurate variant is right wherever a less accurate one is); the server adds a fixed `server_overhead_ms` (decode, dispatch) split before and
-after the batch; acknowledgements and results cross the downlink in `propagation_ms`.
+after the batch; acknowledgements and results cross the downlink in `propagation_ms`; a plan
+reaches the clients after the time the planner took here, or after `SimSettings.planning_ms`
+(when not fixed, the one source of run-to-run differences under one seed).
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shoal.client.bandwidth import BandwidthEstimator
-from shoal.client.edge import FrameRecord
+from shoal.client.bandwidth import BandwidthEstimator, frame_to_send
+from shoal.client.edge import MAX_FRAME_BYTES, FrameRecord
 from shoal.client.network import EmulatedLink
 from shoal.experiments.edge_serving import EdgeRun, EdgeScenario
 from shoal.planner.batching import ADMITTED_WINDOW, admission_finish_ms, admitted_per_ms, decide_batch
@@ -74,6 +77,11 @@ class SimSettings:
     source_px: int = 128
     channels: int = 3
     seed: int = 0
+    planning_ms: float | None = None
+    """How long a plan takes to reach the clients, in simulated time, beside its propagation.
+    None: as long as the planner took here (what the live controller's clients see, but it
+    varies with this machine's load, so one seed can give different runs); a number: that,
+    every plan, so that one seed gives one result."""
 
 
 @dataclass
@@ -162,10 +170,11 @@ class _Server:
         )
         started = time.perf_counter()
         plan = plan_edge(instance, self.policy)  # type: ignore[arg-type]
-        # Planning takes as long in simulated time as it took here: its decisions reach the
-        # clients that much later, as they would from the live controller.
-        planning_s = time.perf_counter() - started
-        self.planning_wall_s += planning_s
+        wall_s = time.perf_counter() - started
+        self.planning_wall_s += wall_s
+        # Unless told otherwise, planning takes as long in simulated time as it took here: its
+        # decisions reach the clients that much later, as they would from the live controller.
+        planning_s = wall_s if self.settings.planning_ms is None else self.settings.planning_ms / 1000.0
         self._planner_free_at_s = self.engine.now + planning_s
         self.plans += 1
         self.planned_mbps = {c.name: c.bandwidth_reported_mbps for c in planned}
@@ -295,6 +304,10 @@ def simulate_edge(
     are shared) and engine statistics."""
     if not variants:
         raise ValueError("simulate_edge needs at least one variant")
+    if not (math.isfinite(scenario.duration_s) and scenario.duration_s > 0):
+        raise ValueError(f"duration_s {scenario.duration_s!r}: give a positive number of seconds to simulate")
+    if settings.planning_ms is not None and not (math.isfinite(settings.planning_ms) and settings.planning_ms >= 0):
+        raise ValueError(f"planning_ms {settings.planning_ms!r}: give a delay >= 0 in milliseconds, or None for the planner's own time")
     rng = random.Random(settings.seed)
     engine = Engine()
     policy = "jellyfish" if setting == "jellyfish" else "shoal"
@@ -363,20 +376,19 @@ def simulate_edge(
             pinned=client.mode != "plan",
             channels=settings.channels,
         )
-        size_px = choice.input_size_px
-        link_probe = size_px == 0 and client.mode == "plan" and client.estimator.probe_due(now)
-        if link_probe:
-            size_px = min(step.input_size_px for step in ladder)  # as the live client: its ack times the link
+        send = frame_to_send(
+            client.estimator, chosen_size_px=choice.input_size_px, chosen_upload_ms=choice.upload_ms, slack_ms=choice.slack_ms,
+            smallest_size_px=min(step.input_size_px for step in ladder),
+            frame_bytes=lambda size: int(raw_frame_kbits(size, settings.channels) * 125),
+            estimate_mbps=estimate, adaptive=client.mode == "plan", now_s=now, max_message_bytes=MAX_FRAME_BYTES,
+        )  # fmt: skip
+        size_px, upload_ms, padding = send.input_size_px, send.upload_ms, send.padding_bytes
         record = FrameRecord(seq, now, size_px, None, estimate, client.link.bandwidth_mbps(now))
         if size_px == 0:
             record.outcome, record.reason = "skipped", "no input size would meet the SLO at the estimated bandwidth"
             client.records.append(record)
             return
         size_bytes = int(raw_frame_kbits(size_px, settings.channels) * 125)
-        padding = client.estimator.probe_bytes(size_bytes, now) if client.mode == "plan" and not link_probe else 0
-        if padding and padding * 8 / 1000.0 / estimate > choice.slack_ms:
-            padding = 0
-        upload_ms = (size_bytes * 8 / 1000.0 / estimate if link_probe else choice.upload_ms) + padding * 8 / 1000.0 / estimate
         budget_ms = scenario.slo_ms - upload_ms - client.estimator.min_rtt_ms
         arrival = client.link.reserve(size_bytes + padding, now)
         client.estimator.on_send(size_bytes + padding, now)
