@@ -340,6 +340,28 @@ def test_traffic_without_output_tokens_is_unserved_with_a_reason_not_planned_awa
     assert allocation.status == "unserved" and "avgOutTokens is 0" in allocation.reason
 
 
+@pytest.mark.parametrize("token_model_first", [True, False])
+@pytest.mark.parametrize("solver", ["greedy", "milp"])
+def test_a_model_profiled_on_one_accelerator_and_token_modelled_on_another_is_sized_on_the_profile(token_model_first, solver):
+    """Without avgOutTokens only the profiled accelerator can size the load. Whether the server
+    was a token model was read from its first entry: listed second, the token model's entry was
+    planned as 'no traffic' (0 replicas, cost 0, served); listed first, the server was refused."""
+    profile = ModelPerf("resnet", "cpu8", 8, BatchLatencyTable(((1, 20.0), (4, 50.0), (8, 90.0))))
+    token_model = ModelPerf("resnet", "A100", 8, DecodePrefillParams(10, 0.1, 10, 0.01))
+    system = CapacitySystem(
+        (AcceleratorSpec("cpu8", "cpu", 5), AcceleratorSpec("A100", "A100", 40)),
+        (token_model, profile) if token_model_first else (profile, token_model),
+        (ServiceClass("Gold", 1, (ModelTarget("resnet", latency_ms=200),)),),
+        (ServerSpec("vision", "Gold", "resnet", ServerLoad(300.0)),),
+        {"cpu": 64, "A100": 8},
+    )
+    allocation = plan_capacity(system, solver=solver).allocation("vision")
+    assert (allocation.status, allocation.accelerator) == ("served", "cpu8")
+    (candidate,) = build_candidates(system)["vision"]  # none on the A100 without output tokens
+    assert candidate.accelerator == "cpu8" and allocation.num_replicas == candidate.num_replicas
+    assert allocation.num_replicas * candidate.max_rate_per_replica_rps >= 300 and allocation.cost_cents_per_hour > 0
+
+
 @pytest.mark.parametrize(
     "changes, reason",
     [

@@ -125,6 +125,12 @@ def _candidate(
     """The candidate on one accelerator, or a short reason why there is none."""
     if perf.params is None:
         return f"{accelerator.name}: no performance parameters yet"
+    load = server.load
+    if load.arrival_rate_rps > 0 and perf.generation != "profile" and load.avg_out_tokens == 0:
+        # Every request of a token model generates a token at least: zero is a missing or
+        # misspelt field (Inferno's avgOutTokens), which would otherwise plan no replicas. Per
+        # entry: the same model may have a profile (no tokens needed) on another accelerator.
+        return f"{accelerator.name}: arrival rate {load.arrival_rate_rps:g}/s but avgOutTokens is 0: state the mean output tokens per request"
     batch = _batch_limit(server, perf)
     queue_size = (
         server.max_queue_size if server.max_queue_size is not None
@@ -140,7 +146,6 @@ def _candidate(
     except ValueError as error:
         return f"{accelerator.name}: {error}"
     units_per_replica = perf.accelerators_per_replica * accelerator.multiplicity
-    load = server.load
     total_rate_rps = load.arrival_rate_rps
     if target.tokens_per_s and load.avg_out_tokens > 0:
         total_rate_rps = target.tokens_per_s / load.avg_out_tokens
@@ -158,7 +163,7 @@ def _candidate(
             latency_ms=metrics.latency_ms if metrics else None,
         )
 
-    if total_rate_rps == 0 or (perf.generation != "profile" and load.avg_out_tokens == 0):
+    if total_rate_rps == 0:
         # No traffic: keep the minimum replicas, with the latencies of an idle server, if the
         # accelerator meets the targets at all (it was reported served when it could not).
         rate_star = 0.0
@@ -204,14 +209,7 @@ def _server_candidates(system: CapacitySystem, server: ServerSpec) -> tuple[tupl
         perfs = [perf for perf in perfs if perf.accelerator == server.current.accelerator]
         if not perfs:
             return (), f"keep_accelerator is set but model {server.model!r} has no data on {server.current.accelerator!r}"
-    load = server.load
-    if load.arrival_rate_rps > 0 and perfs[0].generation != "profile" and load.avg_out_tokens == 0:
-        # Every request of a token model generates a token at least: zero is a missing or
-        # misspelt field (Inferno's avgOutTokens), which would otherwise plan no replicas.
-        return (), f"arrival rate {load.arrival_rate_rps:g}/s but avgOutTokens is 0: state the mean output tokens per request"
-    if server.min_replicas == 0 and (
-        load.arrival_rate_rps == 0 or (perfs[0].generation != "profile" and load.avg_out_tokens == 0)
-    ):
+    if server.min_replicas == 0 and server.load.arrival_rate_rps == 0:
         # No traffic and no minimum: nothing to allocate, whichever accelerator.
         idle = Candidate(
             server=server.name, accelerator="", accelerator_type="", num_replicas=0, units_per_replica=0,
