@@ -362,6 +362,27 @@ def test_a_model_profiled_on_one_accelerator_and_token_modelled_on_another_is_si
     assert allocation.num_replicas * candidate.max_rate_per_replica_rps >= 300 and allocation.cost_cents_per_hour > 0
 
 
+@pytest.mark.parametrize("solver", ["greedy", "milp"])
+def test_an_unlimited_pool_gives_what_a_large_enough_pool_gives(solver):
+    """Unlimited used to take the lowest Inferno value whatever the solver: staying on X (40)
+    was 'optimal' for the MILP, whose limited-pool answer moves to Y (37)."""
+    model = DecodePrefillParams(20, 0.4, 100, 0.01)
+    current = CurrentAllocation("X", 1, 40.0)
+    system = CapacitySystem(
+        (AcceleratorSpec("X", "X", 40), AcceleratorSpec("Y", "Y", 37)),
+        (ModelPerf("m", "X", 16, model), ModelPerf("m", "Y", 16, model)),
+        (ServiceClass("Gold", 0, (ModelTarget("m", itl_ms=50, ttft_ms=3000),)),),
+        (ServerSpec("s", "Gold", "m", ServerLoad(2.0, 128, 256), current=current),),
+        {"X": 100, "Y": 100},
+    )
+    unlimited = plan_capacity(system, solver=solver, unlimited=True).allocation("s")
+    limited = plan_capacity(system, solver=solver, unlimited=False).allocation("s")
+    assert (unlimited.accelerator, unlimited.num_replicas, unlimited.cost_cents_per_hour) == (
+        limited.accelerator, limited.num_replicas, limited.cost_cents_per_hour)
+    # Greedy values the move (Inferno's transition cost): it stays; the MILP takes the cheaper.
+    assert unlimited.accelerator == ("X" if solver == "greedy" else "Y")
+
+
 @pytest.mark.parametrize(
     "changes, reason",
     [

@@ -94,7 +94,7 @@ def plan_capacity(
     if candidates is None:
         candidates = build_candidates(system)
     if system.options.unlimited:
-        return make_plan(system, candidates, solve_unlimited(candidates), solver=solver,
+        return make_plan(system, candidates, solve_unlimited(candidates, "value" if solver == "greedy" else "cost"), solver=solver,
                          status="optimal", unlimited=True)
     if solver == "greedy":
         return make_plan(system, candidates, solve_greedy(system, candidates), solver=solver,

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, MutableMapping
 
-from shoal.planner.capacity.candidates import CandidateSet
+from shoal.planner.capacity.candidates import CandidateSet, candidate_order
 from shoal.planner.capacity.model import Candidate, CapacitySystem
 from shoal.planner.capacity.saturation import Assignment, Waiting, share_remaining
 
@@ -54,12 +54,18 @@ def server_priorities(system: CapacitySystem) -> dict[str, int]:
     return {s.name: priorities.get(s.service_class, 0) for s in system.servers}
 
 
-def solve_unlimited(candidates: CandidateSet) -> dict[str, Assignment]:
-    """Unlimited pool: every server takes its lowest-value candidate."""
-    return {
-        server: Assignment(options[0], options[0].num_replicas)
+def solve_unlimited(candidates: CandidateSet, objective: str = "value") -> dict[str, Assignment]:
+    """Unlimited pool: every server takes its best candidate by the solver's own objective:
+    Inferno's value (the cost of moving from the current allocation, so staying put can beat a
+    slightly cheaper move) for greedy, the cost alone for the MILP, whose limited-pool answer
+    minimises cost; so that a large enough pool gives the same plan as no limit."""
+    if objective not in ("value", "cost"):
+        raise ValueError(f"objective {objective!r} is unknown: use value or cost")
+    chosen = {
+        server: options[0] if objective == "value" else min(options, key=lambda c: (c.cost_cents_per_hour, candidate_order(c)))
         for server, options in candidates.by_server.items() if options
     }
+    return {server: Assignment(candidate, candidate.num_replicas) for server, candidate in chosen.items()}
 
 
 def _allocate(entries: list[_Entry], pool: MutableMapping[str, int], result: dict[str, Assignment]) -> list[_Entry]:
