@@ -87,6 +87,15 @@ def test_generation_detection(small_dir, anchors_dir, tmp_path):
          "flat alpha/beta are the G0 performance model"),
         ("serviceclass-data.json", lambda d: d["serviceClasses"][0]["modelTargets"][0].update({"slo-ttft": 0, "slo-ttw": 500}),
          "field serviceClasses.0.modelTargets.0: Value error, slo-ttw"),
+        # Beside the fields shoal reads, G0's were ignored silently.
+        ("serviceclass-data.json", lambda d: d["serviceClasses"][0]["modelTargets"][0].update({"slo-ttw": 1}),
+         "field serviceClasses.0.modelTargets.0: Value error, slo-ttw"),
+        ("model-data.json", lambda d: d["models"][0].update(alpha=999), "flat alpha/beta are the G0 performance model"),
+        # 1e400 is valid JSON for infinity; the planner then dropped the accelerator with a reason in its own terms.
+        ("model-data.json", lambda d: d["models"][0]["decodeParms"].update(alpha=float("inf")),
+         "field models.0.decodeParms.alpha: Input should be a finite number"),
+        ("server-data.json", lambda d: d["servers"][0]["currentAlloc"]["load"].update(arrivalRate=float("inf")),
+         "field servers.0.currentAlloc.load.arrivalRate: Input should be a finite number"),
         ("optimizer-data.json", lambda d: d["optimizer"].update(saturationPolicy="Fair"),
          "field optimizer.saturationPolicy: Input should be 'None', 'PriorityExhaustive'"),
         ("server-data.json", lambda d: d["servers"][0].update(NAME="dup"), "keys 'name' and 'NAME' differ only in case"),
@@ -183,9 +192,17 @@ def test_shoal_yaml_with_every_kind_of_model(shoal_yaml):
          "give exactly one of decode+prefill (G1), iteration (G2), batch_latency_ms or profile, not iteration and batch_latency_ms"),
         ("arrival_rate_rps: 300", "arrival_rate_rps: -3", "field servers.2.arrival_rate_rps: Input should be greater than or equal to 0"),
         ("profile: resnet-cuda-0.json", "profile: missing.json", "missing.json: cannot be read"),
+        ("batch_latency_ms: {1: 20, 4: 50, 8: 90}", "batch_latency_ms: {1: 20, 4: .inf, 8: 90}",
+         "field models.2.batch_latency_ms.4: Input should be a finite number"),
+        ("{alpha_ms: 10.6,", "{alpha_ms: .nan,", "field models.1.iteration.alpha_ms: Input should be a finite number"),
+        # A profile file's latencies are held to what an inline table is (a 0 made the server unserved).
+        ("profile: resnet-cuda-0.json", "profile: zero.json", "zero.json: the mean latency of batch 1 must be > 0 ms"),
     ],
 )
 def test_shoal_yaml_errors_name_the_field(shoal_yaml, old, new, message):
+    profile = Profile(family="demo", variant="resnet", device="cuda:0", load_time_ms=5.0, batches={
+        1: LatencyStats(batch_size=1, p50_ms=0.0, p95_ms=0.0, p99_ms=0.0, mean_ms=0.0)})
+    (shoal_yaml.parent / "zero.json").write_text(profile.model_dump_json())
     shoal_yaml.write_text(SHOAL_YAML.replace(old, new))
     with pytest.raises(InvalidInputError) as error:
         load_system(shoal_yaml)

@@ -88,3 +88,18 @@ def test_bad_arguments_are_refused(fixture_repository_path):
         profile_variant(*args, batch_sizes=[0])
     with pytest.raises(InvalidInputError, match="batch sizes must be integers from 1 to 4096"):
         profile_variant(*args, batch_sizes=[10**12])  # its inputs alone: a MemoryError traceback before
+    # Each intra-op thread is an OS thread: 100,000 of them used up the machine before a kill.
+    with pytest.raises(InvalidInputError, match="intra_op_threads 100000: give 0 .* to 1024"):
+        create_session(args[0], Device.parse("cpu"), intra_op_threads=100_000)
+
+
+def test_thread_and_worker_counts_past_any_machine_are_refused_at_the_command_line(capsys, fixture_repository_path):
+    from shoal.cli import main
+
+    repo = str(fixture_repository_path)
+    for command in (["profile", "--repo", repo, "--family", "fixture", "--threads", "100000"],
+                    ["serve", "--repo", repo, "--threads", "100000"],
+                    ["serve", "--repo", repo, "--workers", "100000"],
+                    ["serve", "--repo", repo, "--workers", "2", "--burst-threads", "5000"]):  # fmt: skip
+        assert main(command) == 2, command
+        assert f"Invalid value for '{command[-2]}'" in capsys.readouterr().err

@@ -10,13 +10,14 @@ import typer
 from shoal.cli._app import bench_app
 from shoal.cli._common import error_console, print_json, progress_bar, write_json
 from shoal.core.errors import InvalidInputError
+from shoal.profiler.session import MAX_WORKER_PROCESSES
 
 
 @bench_app.command("ray")
 def bench_ray_command(
     quick: Annotated[bool, typer.Option("--quick", help="8 s per backend instead of 30 s.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results JSON.")] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=MAX_WORKER_PROCESSES)] = 2,
     out: Annotated[Path, typer.Option("--out", help="Results JSON.")] = Path("benchmarks/results/ray.json"),
 ) -> None:
     """The same closed-loop workload on `--backend local` and `--backend ray`, same workers."""

@@ -9,6 +9,7 @@ import typer
 
 from shoal.cli._app import bench_app
 from shoal.cli._common import RepoOption, error_console, open_repository, print_json, progress_bar
+from shoal.profiler.session import MAX_INTRA_OP_THREADS
 
 
 @bench_app.command("serve")
@@ -26,7 +27,7 @@ def bench_serve_command(
         str, typer.Option("--systems", help="Comma-separated subset of shoal,lean_http,ray_serve,onnxruntime.")
     ] = "shoal,lean_http,ray_serve,onnxruntime",
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=1024, help="Same for every system.")] = 32,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads, same for every system.")] = 2,
+    threads: Annotated[int, typer.Option("--threads", min=1, max=MAX_INTRA_OP_THREADS, help="ONNX Runtime intra-op threads, same for every system.")] = 2,
     shoal_workers: Annotated[
         int, typer.Option("--shoal-workers", min=0, help="shoal's worker processes, sharing the --threads budget (0: one per thread; 1: one worker with all of them).")
     ] = 0,

@@ -9,7 +9,7 @@ import typer
 from shoal.cli._app import app
 from shoal.cli._common import JsonOption, RepoOption, console, family_table, open_repository, parse_batch_sizes, parse_device, print_json, profile_with_progress
 from shoal.core.errors import InvalidInputError
-from shoal.profiler.session import check_device
+from shoal.profiler.session import MAX_INTRA_OP_THREADS, check_device
 from shoal.zoo import DEMO_FAMILY
 
 
@@ -21,7 +21,7 @@ def profile(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda:N.")] = "cpu",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,2,4,8,16",
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per batch size.")] = 30,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="Intra-op threads (0: all cores).")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=0, max=MAX_INTRA_OP_THREADS, help="Intra-op threads (0: all cores).")] = 0,
     json_output: JsonOption = False,
 ) -> None:
     """Latency per batch size, load time, memory and accuracy; writes profiles/<device>.json per variant."""

@@ -12,6 +12,7 @@ from shoal.cli._app import app
 from shoal.cli._common import RepoOption, open_repository, parse_device, read_prices
 from shoal.core.errors import InvalidInputError
 from shoal.planner.serving_policy import make_policy
+from shoal.profiler.session import MAX_INTRA_OP_THREADS, MAX_WORKER_PROCESSES
 
 
 @app.command("serve")
@@ -30,11 +31,11 @@ def serve(
     ] = "PACK",
     policy: Annotated[str, typer.Option("--policy", help="shoal | modelless | fastest-meeting-slo | static:<family>.<variant>")] = "shoal",
     device: Annotated[str, typer.Option("--device", help="cpu or cuda:N")] = "cpu",
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="Intra-op threads per worker (0: cores / workers).")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=MAX_WORKER_PROCESSES, help="Worker processes.")] = 1,
+    threads: Annotated[int, typer.Option("--threads", min=0, max=MAX_INTRA_OP_THREADS, help="Intra-op threads per worker (0: cores / workers).")] = 0,
     burst_threads: Annotated[
         int,
-        typer.Option("--burst-threads", min=0, help="CPU workers also hold a session with this many threads, used by a batch that runs while every other worker is idle (0: off; local backend).")
+        typer.Option("--burst-threads", min=0, max=MAX_INTRA_OP_THREADS, help="CPU workers also hold a session with this many threads, used by a batch that runs while every other worker is idle (0: off; local backend).")
     ] = 0,
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, max=1024)] = 32,
     queue_capacity: Annotated[int, typer.Option("--queue-capacity", min=1, help="Pending requests per variant before 429.")] = 1024,

@@ -8,11 +8,13 @@ frozen `CapacitySystem`, converting units (Inferno's arrival rate is per minute)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shoal.core.errors import InvalidInputError
 from shoal.core.models import Profile
 from shoal.core.serialization import load_json
 from shoal.planner.capacity import (
@@ -39,7 +41,7 @@ __all__ = ["PART_MODELS", "InfernoSystemFile", "ShoalCapacityFile"]
 
 
 class _Inferno(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -112,10 +114,10 @@ class _InfModel(_Inferno):
         if g1 and (self.decodeParms is None or self.prefillParms is None):
             missing = "prefillParms" if self.prefillParms is None else "decodeParms"
             raise ValueError(f"G1 parameters need both decodeParms and prefillParms: add {missing}")
-        if not g1 and self.perfParms is None and (self.alpha is not None or self.beta is not None):
+        if self.alpha is not None or self.beta is not None:  # beside G1/G2 too: it would be ignored silently
             raise ValueError(
                 "flat alpha/beta are the G0 performance model, which shoal does not read: "
-                "give decodeParms {alpha, beta} and prefillParms {gamma, delta} (G1) or perfParms (G2)"
+                "give decodeParms {alpha, beta} and prefillParms {gamma, delta} (G1) or perfParms (G2), and drop them"
             )
         return self
 
@@ -148,9 +150,9 @@ class _InfTarget(_Inferno):
 
     @model_validator(mode="after")
     def _no_waiting_target(self) -> "_InfTarget":
-        if self.slo_ttw is not None and not self.slo_ttft:
+        if self.slo_ttw is not None:  # beside slo-ttft too: it would be ignored silently
             raise ValueError(
-                "slo-ttw (G0 waiting-time target) is not read by shoal: give slo-ttft, the time to first token in ms"
+                "slo-ttw (G0 waiting-time target) is not read by shoal: give slo-ttft, the time to first token in ms, and drop slo-ttw"
             )
         return self
 
@@ -269,7 +271,7 @@ class InfernoSystemFile(_Inferno):
 
 
 class _Shoal(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _YAccelerator(_Shoal):
@@ -336,8 +338,12 @@ class _YModel(_Shoal):
         else:
             table = self.batch_latency_ms
             if table is None:
-                profile = load_json(Profile, (base / str(self.profile)))
-                table = profile.monotone_latency_ms(self.profile_percentile)
+                path = base / str(self.profile)
+                table = load_json(Profile, path).monotone_latency_ms(self.profile_percentile)
+                # As an inline table's: a latency of 0 (or not a number) cannot size a server.
+                bad = sorted(batch for batch, latency_ms in table.items() if not (math.isfinite(latency_ms) and latency_ms > 0))
+                if bad:
+                    raise InvalidInputError(f"{path}: the {self.profile_percentile} latency of batch {bad[0]} must be > 0 ms")
             params = BatchLatencyTable(tuple(sorted((int(k), float(v)) for k, v in table.items())))
         top = self.max_batch_size or (max(k for k, _ in params.latency_ms_by_batch)
                                       if isinstance(params, BatchLatencyTable) else 1)

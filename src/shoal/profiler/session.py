@@ -12,10 +12,16 @@ from pathlib import Path
 
 import onnxruntime
 
-from shoal.core.errors import DeviceUnavailableError, RepositoryError
+from shoal.core.errors import DeviceUnavailableError, InvalidInputError, RepositoryError
 from shoal.core.models import Device, TensorSpec
 
-__all__ = ["available_devices", "create_session", "default_intra_op_threads", "tensor_specs"]
+__all__ = ["MAX_INTRA_OP_THREADS", "MAX_WORKER_PROCESSES", "available_devices", "create_session", "default_intra_op_threads", "tensor_specs"]
+
+MAX_INTRA_OP_THREADS = 1024
+"""More threads than any machine has cores: each is an OS thread with its own stack, and
+`--threads 100000` used up the machine's memory and thread limit before the kernel killed it."""
+MAX_WORKER_PROCESSES = 256
+"""Worker processes one server starts (each a process with its own sessions and shared memory)."""
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -58,6 +64,8 @@ def create_session(
 ) -> onnxruntime.InferenceSession:
     """Open an inference session for a model file (or its bytes) on the given device."""
     check_device(device)
+    if intra_op_threads is not None and not 0 <= intra_op_threads <= MAX_INTRA_OP_THREADS:
+        raise InvalidInputError(f"intra_op_threads {intra_op_threads}: give 0 (every core) to {MAX_INTRA_OP_THREADS}")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
     options.inter_op_num_threads = 1
