@@ -77,6 +77,9 @@ def test_an_unreachable_target_is_one_line_and_exit_2(capsys, inputs):
     (["--inputs", "/nonexistent/folder"], "error: --inputs /nonexistent/folder: not a folder"),
     (["--rate-rps", "0"], "error: --rate-rps must be > 0"),
     (["--policy", "jellybean", "--shared-workers"], "error: policy 'jellybean' follows JellyBean's own rules only"),
+    # `shoal workflow deploy` takes a fraction: 0.56 here planned the least accurate variants.
+    (["--accuracy-target", "0.56"], "error: --accuracy-target 0.56 reads as a fraction, but nodes_accuracy_profiles.json gives accuracies in percent"),
+    (["--accuracy-target", "nan"], "error: --accuracy-target nan: give a number"),
 ])
 def test_bad_input_is_exit_2(capsys, inputs, argv, message):
     if "--inputs" not in argv:

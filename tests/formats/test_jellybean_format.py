@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -101,6 +102,43 @@ def test_an_explicit_config_and_its_unknown_options(copy, tmp_path):
 ])
 def test_errors_name_the_file_and_the_field(copy, file, text, message):
     (copy / file).write_text(text)
+    with pytest.raises(InvalidInputError, match=message):
+        read_quietly(copy)
+
+
+@pytest.mark.parametrize("file, old, new, message", [
+    # A second row for the same key won silently (the rate of the last line, the last latency).
+    ("input_injection_rates.csv", "ReadImage,40\n", "ReadImage,40\nReadImage,1\n",
+     r"input_injection_rates.csv: line 2 repeats line 1 \(source = 'ReadImage'\); keep one"),
+    # A misspelt edge kept its ratio at 1.
+    ("throughput_normalization_ratios.csv", "ReadSpeech,SpeechRecognition,1.0", "ReadSpeech,SpeechRecogniton,2.0",
+     r"throughput_normalization_ratios.csv: line 2: ReadSpeech -> SpeechRecogniton is not an edge of logical_graph.csv"),
+    # The planner's own checks named no file.
+    ("workers_specs.csv", "workflow-compute-cpu-1,0.096", "workflow-compute-cpu-1,-5",
+     r"workers_specs.csv: Worker 'workflow-compute-cpu-1': price_usd_per_hour must be"),
+])
+def test_repeated_rows_unknown_edges_and_bad_workers_name_the_file(copy, file, old, new, message):
+    path = copy / file
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(InvalidInputError, match=message):
+        read_quietly(copy)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["end_to_end_profile"]["acc_profile"].append({"variants": ["resnet18", "wav2vec2-large-960h-lv60-self"], "accuracy": 10}),
+     r"nodes_accuracy_profiles.json: end_to_end_profile.acc_profile.\d+: variants \['resnet18', 'wav2vec2-large-960h-lv60-self'\] are listed twice"),
+    # 1e400 parses as infinity: the plan's JSON then said "end_to_end_accuracy": Infinity.
+    (lambda d: d["end_to_end_profile"]["acc_profile"][0].update(accuracy=float("inf")),
+     r"nodes_accuracy_profiles.json: field end_to_end_profile.acc_profile.0.accuracy: Input should be a finite number"),
+    (lambda d: d["end_to_end_profile"]["acc_profile"][0].update(variants=["resnet18"]),
+     r"nodes_accuracy_profiles.json: .*row \('resnet18',\) has 1 variants for 2 tasks"),
+])
+def test_accuracy_profile_errors_name_the_file(copy, tmp_path, change, message):
+    path = tmp_path / "derived" / "nodes_accuracy_profiles.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
     with pytest.raises(InvalidInputError, match=message):
         read_quietly(copy)
 

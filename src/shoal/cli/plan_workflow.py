@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -76,7 +77,7 @@ def plan_workflow_command(
         _Billing, typer.Option("--billing", help="whole workers (JellyBean) or price x utilisation.")
     ] = _Billing.whole,
     accuracy_target: Annotated[
-        float | None, typer.Option("--accuracy-target", help="Override accuracy_requirement.json's threshold.",
+        float | None, typer.Option("--accuracy-target", help="Override accuracy_requirement.json's threshold, in the accuracy file's units (JellyBean's: percent).",
                                    show_default=False),
     ] = None,
     rate_rps: Annotated[
@@ -94,7 +95,7 @@ def plan_workflow_command(
     _print_warnings(caught)
     problem = loaded.problem
     if accuracy_target is not None:
-        problem = problem.with_accuracy_target(accuracy_target)
+        problem = problem.with_accuracy_target(_checked_accuracy_target(accuracy_target, problem, loaded.accuracy_path))
     if rate_rps is not None:
         if not rate_rps > 0:
             raise InvalidInputError(f"--rate-rps must be > 0, got {rate_rps}.")
@@ -136,3 +137,18 @@ def bench_workflow_command(
     else:
         print(summary_text(results))
         print(f"results written to {out}")
+
+
+def _checked_accuracy_target(target: float, problem, accuracy_path: Path) -> float:
+    """`--accuracy-target` in the accuracy file's units. `shoal workflow deploy` takes a fraction,
+    so 0.56 here, against a table in percent, planned the cheapest (least accurate) variants."""
+    if not math.isfinite(target):
+        raise InvalidInputError(f"--accuracy-target {target}: give a number in the accuracy file's units")
+    table = problem.accuracy.table
+    values = list(table.accuracy_by_variants.values()) if table is not None else []
+    if values and target <= 1.0 < min(values):
+        raise InvalidInputError(
+            f"--accuracy-target {target:g} reads as a fraction, but {accuracy_path.name} gives accuracies in percent "
+            f"({min(values):g} to {max(values):g}): give e.g. {100 * target:g}"
+        )
+    return target

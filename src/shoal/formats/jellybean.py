@@ -163,19 +163,19 @@ def _rows(path: Path, columns: tuple[str, ...], numeric: tuple[str, ...] = ()) -
 
 
 class _Requirement(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sink: str
     threshold: float
 
 
 class _Sample(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     inputs_acc: list[float]
     output_acc: float
 
 
 class _OperatorProfile(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     op_name: str
     inputs: list[str] | None = None
     acc_profile: dict[str, list[_Sample]]
@@ -184,7 +184,7 @@ class _OperatorProfile(BaseModel):
 
 
 class _TableRow(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     variants: list[str]
     accuracy: float
 
@@ -224,23 +224,43 @@ def _accuracy_path(inputs_dir: Path, given: Path | None) -> Path:
 
 def _accuracy_spec(path: Path, sink: str, threshold: float) -> AccuracySpec:
     data = _validated(_AccuracyProfiles, path)
-    table = None
-    if data.end_to_end_profile is not None:
-        e2e = data.end_to_end_profile
-        table = EndToEndAccuracyTable(
-            tasks=tuple(e2e.operators),
-            accuracy_by_variants={tuple(r.variants): r.accuracy for r in e2e.acc_profile},
-        )
-    profiles = {
-        p.op_name: TaskAccuracyProfile(
-            task=p.op_name, inputs=tuple(p.inputs or ()), weight=p.weight,
-            samples_by_variant={v: tuple(AccuracySample(tuple(s.inputs_acc), s.output_acc) for s in ss)
-                                for v, ss in p.acc_profile.items()},
-            cost_proxy_by_variant=p.cost_profile,
-        )
-        for p in data.per_operator_profiles
-    }
-    return AccuracySpec(sink=sink, target=threshold, table=table, task_profiles=profiles)
+    try:
+        table = None
+        if data.end_to_end_profile is not None:
+            e2e = data.end_to_end_profile
+            accuracy_by_variants: dict[tuple[str, ...], float] = {}
+            for index, row in enumerate(e2e.acc_profile):
+                if tuple(row.variants) in accuracy_by_variants:  # the later one won silently
+                    raise InvalidInputError(f"end_to_end_profile.acc_profile.{index}: variants {row.variants} are listed twice")
+                accuracy_by_variants[tuple(row.variants)] = row.accuracy
+            table = EndToEndAccuracyTable(tasks=tuple(e2e.operators), accuracy_by_variants=accuracy_by_variants)
+        profiles = {
+            p.op_name: TaskAccuracyProfile(
+                task=p.op_name, inputs=tuple(p.inputs or ()), weight=p.weight,
+                samples_by_variant={v: tuple(AccuracySample(tuple(s.inputs_acc), s.output_acc) for s in ss)
+                                    for v, ss in p.acc_profile.items()},
+                cost_proxy_by_variant=p.cost_profile,
+            )
+            for p in data.per_operator_profiles
+        }
+        return AccuracySpec(sink=sink, target=threshold, table=table, task_profiles=profiles)
+    except InvalidInputError as error:  # the planner's own checks name no file
+        raise InvalidInputError(f"{path}: {error}") from None
+
+
+def _keyed(rows: list[dict], path: Path, key: tuple[str, ...], value: str, scale: float = 1.0) -> dict:
+    """Rows as {key fields: value}. A key given twice is an error naming both lines: the later
+    row used to win silently (a second rate line for a source halved the plan's load)."""
+    result: dict = {}
+    first_line: dict = {}
+    for row in rows:
+        row_key = tuple(row[field] for field in key)
+        row_key = row_key[0] if len(key) == 1 else row_key
+        if row_key in result:
+            raise InvalidInputError(f"{path}: line {row['_line']} repeats line {first_line[row_key]} ({', '.join(key)} = {row_key!r}); keep one")
+        result[row_key] = row[value] * scale
+        first_line[row_key] = row["_line"]
+    return result
 
 
 # ---- the folder --------------------------------------------------------------------------
@@ -292,7 +312,10 @@ def read_jellybean_inputs(inputs_dir: Path | str, config_path: Path | str | None
         warnings.warn(f"{partition_file} is missing: every worker is in tier 0 (JellyBean would "
                       "partition them by min-cut, which shoal does not reproduce)",
                       InputFormatWarning, stacklevel=2)
-    workers = tuple(Worker(r["worker"], r["price"], tiers.get(r["worker"], 0)) for r in specs)
+    try:
+        workers = tuple(Worker(r["worker"], r["price"], tiers.get(r["worker"], 0)) for r in specs)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{folder / 'workers_specs.csv'}: {error}") from None
 
     def optional(name: str, columns: tuple[str, ...], numeric: tuple[str, ...]) -> list[dict]:
         path = folder / name
@@ -313,6 +336,11 @@ def read_jellybean_inputs(inputs_dir: Path | str, config_path: Path | str | None
     accuracy_file = _accuracy_path(folder, Path(accuracy_path) if accuracy_path else None)
     accuracy = _accuracy_spec(accuracy_file, requirement.sink, requirement.threshold)
 
+    graph_edges = {(r["u"], r["v"]) for r in edges}
+    for name, rows in (("throughput_normalization_ratios.csv", ratios), ("throughput_normalization_ratios_per_variant.csv", ratios_pv)):
+        for row in rows:
+            if (row["u"], row["v"]) not in graph_edges:  # a misspelt edge left its ratio at 1 silently
+                raise InvalidInputError(f"{folder / name}: line {row['_line']}: {row['u']} -> {row['v']} is not an edge of logical_graph.csv")
     known = {w.name for w in workers}
     for name, rows, fields in (("workers_workers_link.csv", links, ("worker_a", "worker_b")),
                                ("sources_workers_link.csv", source_links, ("worker",)),
@@ -322,24 +350,18 @@ def read_jellybean_inputs(inputs_dir: Path | str, config_path: Path | str | None
                 if row[f] not in known:
                     raise InvalidInputError(f"{folder / name}: line {row['_line']}, field {f!r}: "
                                             f"worker {row[f]!r} is not in workers_specs.csv.")
+    keyed = dict(
+        source_rates_rps=_keyed(rates, folder / "input_injection_rates.csv", ("source",), "rate"),
+        latency_ms=_keyed(profile, folder / "execution_profile.csv", ("task", "variant", "worker"), "latency_ms", latency_scale),
+        message_bytes=_keyed(sizes, folder / "message_sizes.csv", ("u", "v", "u_variant", "v_variant"), "size_kb", BYTES_PER_KB),
+        source_link_usd_per_gb=_keyed(source_links, folder / "sources_workers_link.csv", ("source", "worker"), "price", price_scale),
+        worker_link_usd_per_gb=_keyed(links, folder / "workers_workers_link.csv", ("worker_a", "worker_b"), "price", price_scale),
+        rate_ratios=_keyed(ratios, folder / "throughput_normalization_ratios.csv", ("u", "v"), "ratio"),
+        rate_ratios_per_variant=_keyed(ratios_pv, folder / "throughput_normalization_ratios_per_variant.csv",
+                                       ("u", "v", "u_variant", "v_variant"), "ratio"),
+    )
     try:
-        problem = WorkflowProblem(
-            source_rates_rps={r["source"]: r["rate"] for r in rates},
-            edges=tuple((r["u"], r["v"]) for r in edges),
-            workers=workers,
-            latency_ms={(r["task"], r["variant"], r["worker"]): r["latency_ms"] * latency_scale
-                        for r in profile},
-            message_bytes={(r["u"], r["v"], r["u_variant"], r["v_variant"]): r["size_kb"] * BYTES_PER_KB
-                           for r in sizes},
-            accuracy=accuracy,
-            source_link_usd_per_gb={(r["source"], r["worker"]): r["price"] * price_scale
-                                    for r in source_links},
-            worker_link_usd_per_gb={(r["worker_a"], r["worker_b"]): r["price"] * price_scale
-                                    for r in links},
-            rate_ratios={(r["u"], r["v"]): r["ratio"] for r in ratios},
-            rate_ratios_per_variant={(r["u"], r["v"], r["u_variant"], r["v_variant"]): r["ratio"]
-                                     for r in ratios_pv},
-        )
+        problem = WorkflowProblem(edges=tuple((r["u"], r["v"]) for r in edges), workers=workers, accuracy=accuracy, **keyed)
     except InvalidInputError as error:
         raise InvalidInputError(f"{folder}: {error}") from None
     try:
