@@ -62,3 +62,11 @@ def test_missing_path_and_bad_solver(capsys, tmp_path):
 def test_bench_command_is_registered(capsys):
     assert main(["bench", "planner", "capacity", "--help"]) == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_help_shows_the_kubernetes_defaults(capsys, monkeypatch):
+    # Rich read "[default: ...]" in the help text as markup and printed nothing of it.
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["plan", "capacity", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "namespace [default: default]" in out and "Deployment [default: shoal.ai/server]" in out

@@ -58,11 +58,11 @@ def plan_capacity_command(
         typer.Option("--kubeconfig", help="--serve: apply the patches with the kubernetes client.", show_default=False),
     ] = None,
     namespace: Annotated[
-        str | None, typer.Option("--namespace", help="--serve: Kubernetes namespace [default: default].", show_default=False)
+        str | None, typer.Option("--namespace", help="--serve: Kubernetes namespace \\[default: default].", show_default=False)
     ] = None,
     label: Annotated[
         str | None,
-        typer.Option("--label", help="--serve: label key selecting a server's Deployment [default: shoal.ai/server].",
+        typer.Option("--label", help="--serve: label key selecting a server's Deployment \\[default: shoal.ai/server].",
                      show_default=False),
     ] = None,
 ) -> None:
