@@ -77,6 +77,14 @@ def test_constant_rate_chain_is_mm1k():
     assert metrics.throughput_rps == pytest.approx(0.7 * (1 - p[-1]))
 
 
+@pytest.mark.parametrize("arrival_rate_rps", [1e12, 1e15, 1e17, 1e20])
+def test_far_past_saturation_the_server_still_serves_its_own_rate(arrival_rate_rps):
+    # lambda * (1 - blocking) cancelled: throughput 1.11 at 1e15 rps, a ZeroDivisionError at 1e17.
+    metrics = solve_queue(arrival_rate_rps, [1.0], max_queue_size=0)
+    assert metrics.throughput_rps == pytest.approx(1.0, rel=1e-9)
+    assert metrics.avg_response_time_ms == pytest.approx(1000.0, rel=1e-9)
+
+
 def test_littles_law_and_wait_plus_service():
     model = DecodePrefillModel(alpha_ms=20, beta_ms=0.4, gamma_ms=160, delta_ms=0.0128,
                                avg_in_tokens=128, avg_out_tokens=1024, max_batch_size=16)

@@ -84,3 +84,28 @@ def test_a_phase_without_load_has_no_arrivals_and_the_next_phase_resumes_them():
                                  multipliers=(1, 0, 1), phase_s=2.0, hold_s=1.0)  # fmt: skip
     result = simulate_modelless(scenario, "shoal")
     assert 40 <= result.queries <= 120  # two phases of 2 s at 20/s, none in the silent one
+
+
+def test_idle_applications_and_silent_phases_cost_nothing_under_static_sizing():
+    """Sizing static provisioning for zero load raised 'no variant can meet ... at any load'."""
+    from shoal.sim.modelless import per_phase_oracle_cost_usd
+
+    busy = variant("v", 5.0, 2.0, 0.4, "cpu", load_ms=50.0)
+    app = Application("a", "task", Requirements(50.0), 20.0)
+    silent_middle = ModellessScenario(variants=(busy,), applications=(app,), multipliers=(1, 0, 1), phase_s=2.0, hold_s=1.0)
+    loud_only = ModellessScenario(variants=(busy,), applications=(app,), multipliers=(1, 1), phase_s=2.0, hold_s=1.0)
+    loud_cost_usd = per_phase_oracle_cost_usd(loud_only, "static")
+    assert loud_cost_usd > 0 and per_phase_oracle_cost_usd(silent_middle, "static") == pytest.approx(loud_cost_usd)
+    idle_app = Application("idle", "task", Requirements(50.0), 0.0)
+    with_idle = ModellessScenario(variants=(busy,), applications=(app, idle_app), multipliers=(1, 2), phase_s=2.0, hold_s=1.0)
+    without = ModellessScenario(variants=(busy,), applications=(app,), multipliers=(1, 2), phase_s=2.0, hold_s=1.0)
+    assert simulate_modelless(with_idle, "static_peak").cost_usd == pytest.approx(simulate_modelless(without, "static_peak").cost_usd)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(multipliers=()), "multipliers"), (dict(multipliers=(1, float("nan"))), "multipliers"), (dict(phase_s=0.0), "phase_s"),
+])
+def test_a_scenario_without_phases_is_refused(changes, message):
+    # No multipliers: an IndexError (shoal, infaas) or 'max() arg is an empty sequence' (static_peak).
+    with pytest.raises(ValueError, match=message):
+        ModellessScenario(variants=(variant("v", 5.0, 2.0, 0.4, "cpu"),), applications=(), **changes)

@@ -365,6 +365,7 @@ class _Chain:
         self._log_rate_sums = np.concatenate(([0.0], np.cumsum(np.log(per_state))))
         self._n = np.arange(capacity + 1, dtype=float)
         self._in_service = np.minimum(self._n, self.max_batch_size)
+        self._departure_rates_per_ms = np.concatenate(([0.0], per_state))  # by state; none from an empty system
         self.rates_per_ms = rates
 
     def solve(self, arrival_rate_per_ms: float) -> QueueMetrics:
@@ -378,7 +379,10 @@ class _Chain:
         num_in_system = float(self._n @ p)
         num_in_service = float(self._in_service @ p)
         blocking = float(p[-1])
-        throughput = arrival_rate_per_ms * (1.0 - blocking)
+        # What leaves, not lambda * (1 - blocking): equal by the balance equations, but the
+        # difference cancels when blocking is near 1 (throughput 1.11 instead of 1 at 1e15 rps,
+        # then a division by zero).
+        throughput = float(self._departure_rates_per_ms @ p)
         response = num_in_system / throughput
         service = num_in_service / throughput
         return QueueMetrics(

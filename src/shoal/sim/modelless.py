@@ -24,6 +24,7 @@ A query violates its SLO when it is answered late, dropped or refused.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -61,6 +62,12 @@ class ModellessScenario:
     latency_noise_sigma: float = 0.05
     rate_smoothing: float = 0.6
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.multipliers or not all(math.isfinite(m) and m >= 0 for m in self.multipliers):
+            raise ValueError(f"multipliers {self.multipliers!r}: give one finite load multiplier >= 0 per phase, at least one")
+        if not (math.isfinite(self.phase_s) and self.phase_s > 0):
+            raise ValueError(f"phase_s {self.phase_s!r}: give a phase length > 0 s")
 
     @property
     def duration_s(self) -> float:
@@ -384,13 +391,17 @@ class _Simulation:
 
 
 def _cheapest_for(variants: Sequence[ModellessVariant], requirements: Requirements, rate_rps: float, slack: float) -> tuple[ModellessVariant, int]:
-    """Static provisioning: the variant meeting the requirements that carries `rate_rps` cheapest."""
+    """Static provisioning: the variant meeting the requirements that carries `rate_rps` cheapest.
+    An idle application (rate 0: a silent phase, or no base load) gets no replicas of the variant
+    that would serve it."""
+    idle = rate_rps <= 0
+    sizing_rps = 1e-9 if idle else rate_rps  # which variants the planner would serve it with at all
     options = []
     for variant in variants:
-        plan = plan_autoscale([Demand("static", requirements, rate_rps)], [variant], {}, AutoscaleState(), 0.0, slack=slack)
+        plan = plan_autoscale([Demand("static", requirements, sizing_rps)], [variant], {}, AutoscaleState(), 0.0, slack=slack)
         count = plan.replicas[variant.name]
         if count and capacity_at_slo_rps(variant, requirements.slo_ms) > 0:
-            options.append((count * variant.price_usd_per_hour, -variant.accuracy, variant.name, variant, count))
+            options.append((0 if idle else count * variant.price_usd_per_hour, -variant.accuracy, variant.name, variant, 0 if idle else count))
     if not options:
         raise ValueError(f"no variant can meet {requirements} at any load")
     _, _, _, variant, count = min(options, key=lambda option: option[:3])
