@@ -72,6 +72,11 @@ def test_optional_fields_default():
         (lambda d: d.update(workers=[]), r"workers: List should have at least 1 item"),
         (lambda d: d["clients"].append(dict(d["clients"][0])), r"clients\[1\]\.name: 'c' is used twice"),
         (lambda d: d["clients"][0].update(fps=float("inf")), r"clients\.0\.fps: Input should be a finite number"),  # passed before
+        # These were accepted: one batch size with the later latency, a worker planned with the default (CPU) latencies.
+        (lambda d: d["variants"][0].update(latency_ms={"01": 3, "1": 4}), r"batch size 1 is given twice \('01' and '1'\)"),
+        (lambda d: (d["variants"][0].update(latency_ms_by_device={"cuda": {"1": 2.0}}), d["workers"][0].update(device="cuda:0")),
+         r"workers\[0\]\.device: 'cuda:0' has no latency table, but 'cuda' does"),
+        (lambda d: d["workers"][0].update(device=""), r"workers\.0\.device: String should have at least 1 character"),
     ],
 )
 def test_errors_name_the_field(edit, message):

@@ -425,3 +425,9 @@ def test_an_idle_server_kept_at_its_minimum_is_unserved_when_its_target_cannot_b
     for rate_rps in (0.0, 1.0):
         allocation = plan_capacity(system(rate_rps), solver="greedy").allocations[0]
         assert allocation.status == "unserved" and "target missed" in allocation.reason, rate_rps
+
+
+def test_a_service_class_with_two_targets_for_one_model_is_refused():
+    # The first one won silently: a file's later, stricter ITL target was never planned for.
+    with pytest.raises(ValueError, match="service class 'Gold' has two targets for model 'm': keep one"):
+        ServiceClass("Gold", 0, (ModelTarget("m", itl_ms=40), ModelTarget("m", itl_ms=21)))

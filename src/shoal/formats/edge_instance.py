@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from shoal.core.errors import InvalidInputError
 from shoal.core.serialization import describe_validation_error, read_json_file
@@ -45,7 +45,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # files are JSON: no Infinity/NaN to carry
 
 
-LatencyTable = dict[int, float]
+def _no_repeated_batch_sizes(table: Any) -> Any:
+    """Before pydantic turns keys into ints: "1" and "01" would become one batch size, the later
+    latency winning silently."""
+    if isinstance(table, dict):
+        seen: dict[int, str] = {}
+        for key in table:
+            try:
+                batch = int(key)
+            except (TypeError, ValueError):
+                continue  # pydantic names it
+            if batch in seen:
+                raise ValueError(f"batch size {batch} is given twice ({seen[batch]!r} and {key!r})")
+            seen[batch] = key
+    return table
+
+
+LatencyTable = Annotated[dict[int, float], BeforeValidator(_no_repeated_batch_sizes)]
 
 
 def _check_table(table: dict[int, float]) -> dict[int, float]:
@@ -88,7 +104,7 @@ class VariantFile(_Strict):
 class WorkerFile(_Strict):
     name: str = Field(min_length=1)
     loaded_variant: str | None = None
-    device: str = "cpu"
+    device: str = Field("cpu", min_length=1)
     cached_variants: list[str] = Field(default_factory=list)
 
 
@@ -140,6 +156,10 @@ class EdgeInstanceFile(_Strict):
         return EdgeInstance(variants, workers, clients, settings)
 
 
+def _device_kind(device: str) -> str:
+    return device.split(":", 1)[0].strip().casefold()
+
+
 def parse_edge_instance(data: Any, source: str = "instance") -> EdgeInstance:
     """Validate already-decoded JSON; errors name `source` and the first bad field."""
     try:
@@ -151,6 +171,15 @@ def parse_edge_instance(data: Any, source: str = "instance") -> EdgeInstance:
         validate_instance(instance)
     except InvalidInputError as error:
         raise InvalidInputError(f"{source}: field {error}") from None
+    tabled = {device for variant in instance.variants for device in variant.latency_ms_by_device}
+    for index, worker in enumerate(instance.workers):
+        near = [device for device in tabled if device != worker.device and _device_kind(device) == _device_kind(worker.device)]
+        if worker.device not in tabled and near:
+            # A worker on "CUDA" or "cuda:0" beside tables for "cuda" would plan with the default latencies.
+            raise InvalidInputError(
+                f"{source}: field workers[{index}].device: {worker.device!r} has no latency table, but {near[0]!r} does; "
+                "write the device as the tables do"
+            )
     names = {variant.name for variant in instance.variants}
     for index, client in enumerate(instance.clients):
         if client.current_variant is not None and client.current_variant not in names:

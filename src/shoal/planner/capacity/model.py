@@ -162,6 +162,12 @@ class ServiceClass:
     priority: int
     targets: tuple[ModelTarget, ...] = ()
 
+    def __post_init__(self) -> None:
+        models = [target.model for target in self.targets]
+        repeated = sorted({model for model in models if models.count(model) > 1})
+        # The first target used to win silently, whichever the file meant.
+        _require(not repeated, f"service class {self.name!r} has two targets for model {repeated[0]!r}: keep one" if repeated else "")
+
     def target_for(self, model: str) -> ModelTarget | None:
         for target in self.targets:
             if target.model == model:
