@@ -100,3 +100,42 @@ def test_a_variant_every_class_left_goes_once_its_replacement_serves():
     assert served.replicas == {"on-cpu": 0, "on-gpu": 1}
     (out,) = served.decisions
     assert out.kind == "vertical-out" and "moved to on-gpu" in out.reason
+
+
+def test_a_class_moves_at_most_once_per_hold_when_its_rate_wobbles_across_a_replica_step():
+    """600 <-> 650 req/s moves a ceil() step (A: 3 replicas vs B: 1), so each side was more than
+    the switch margin cheaper in turn: the class swapped every tick, loading and unloading 3
+    replicas each time (the move back skipped the hold as a vertical move)."""
+    cheap_slow = ModellessVariant("A", "t", 0.8, "cpu", 0.5, (4.0,), 100.0)
+    dear_fast = ModellessVariant("B", "t", 0.8, "gpu", 1.0, (1.5,), 100.0)
+    current: dict[str, int] = {}
+    state = AutoscaleState()
+    assignments = []
+    for tick in range(12):
+        rate_rps = 600.0 if tick % 2 == 0 else 650.0
+        plan = plan_autoscale([Demand("c", Requirements(45.0), rate_rps)], [cheap_slow, dear_fast], current, state, float(tick),
+                              hold_s=30.0, ready_replicas=current)  # fmt: skip
+        assignments.append(plan.assignment["c"])
+        current, state = dict(plan.replicas), plan.state
+    moves = sum(1 for before, after in zip(assignments, assignments[1:]) if before != after)
+    assert moves <= 1, assignments
+    assert current[assignments[-1]] >= 1
+
+
+def test_a_class_whose_slo_only_batch_1_meets_keeps_its_variant():
+    """SLO 15 ms, batch-1 latency 10 ms: under load a request may wait a batch out (2 x 10 > 15),
+    so no variant was allowed, and the one serving the class was scaled to 0 after the hold."""
+    variant = ModellessVariant("v", "t", 0.9, "cpu", 1.0, (10.0, 12.0, 14.0, 16.0), 100.0)
+    demand = [Demand("c", Requirements(slo_ms=15.0), 20.0)]
+    plan = plan_autoscale(demand, [variant], {"v": 1}, AutoscaleState(), 0.0, hold_s=10.0)
+    plan = plan_autoscale(demand, [variant], {"v": 1}, plan.state, 11.0, hold_s=10.0)
+    assert plan.replicas["v"] == 1 and plan.assignment == {"c": "v"}
+    from_zero = plan_autoscale(demand, [variant], {"v": 0}, AutoscaleState(), 0.0)
+    assert from_zero.replicas["v"] == 1
+    # Sized by batch-1 throughput (100 req/s a replica) rather than not at all.
+    busy = plan_autoscale([Demand("c", Requirements(slo_ms=15.0), 250.0)], [variant], {}, AutoscaleState(), 0.0)
+    assert busy.replicas["v"] == 3
+    # A variant that meets the SLO under load is still preferred over one that meets it only alone.
+    fast = ModellessVariant("fast", "t", 0.9, "cpu", 5.0, (2.0, 3.0), 100.0)
+    both = plan_autoscale(demand, [variant, fast], {}, AutoscaleState(), 0.0)
+    assert both.assignment == {"c": "fast"}

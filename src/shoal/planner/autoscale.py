@@ -68,6 +68,9 @@ class AutoscaleState:
     """Per query class: the variant provisioned for it last time (shoal)."""
     moved_from: Mapping[str, str] = field(default_factory=dict)
     """Per query class that moved: the variant it left, while that one still has replicas."""
+    moved_at_s: Mapping[str, float] = field(default_factory=dict)
+    """Per query class: when it last moved to another variant. It stays put for `hold_s` after:
+    a rate wobbling across a replica step made the cheaper side swap every tick."""
 
 
 @dataclass(frozen=True)
@@ -79,20 +82,26 @@ class ScalePlan:
     """Query class -> the variant the plan provisions for it (shoal only)."""
 
 
-def _allowed(variant: ModellessVariant, requirements: Requirements) -> bool:
+def _options(variants: Sequence[ModellessVariant], requirements: Requirements) -> list[ModellessVariant]:
+    """The variants a class may be provisioned on: within its accuracy and cost limits, and able
+    to meet its SLO under load (twice a batch's latency fits). Failing that, those that meet it
+    at least alone (batch 1 within the SLO), which `select_variant` serves: without them such a
+    class had no variant, and the one serving it was scaled to 0."""
     cap = requirements.max_cost_per_1000_usd
-    return (
-        variant.accuracy >= requirements.min_accuracy - 1e-12
-        and (cap is None or cost_per_1000_usd(variant) <= cap + 1e-12)
-        and capacity_at_slo_rps(variant, requirements.slo_ms) > 0
-    )
+    within = [
+        v for v in variants
+        if v.accuracy >= requirements.min_accuracy - 1e-12 and (cap is None or cost_per_1000_usd(v) <= cap + 1e-12)
+    ]
+    under_load = [v for v in within if capacity_at_slo_rps(v, requirements.slo_ms) > 0]
+    return under_load or [v for v in within if v.batch_latency_ms(1) <= requirements.slo_ms]
 
 
 def _pool_replicas(variant: ModellessVariant, members: Sequence[Demand], slack: float) -> int:
     if not members:
         return 0
     rate = sum(d.arrival_rps for d in members)
-    capacity = capacity_at_slo_rps(variant, min(d.requirements.slo_ms for d in members))
+    # Best effort for an SLO under twice the batch-1 latency: batch-1 throughput.
+    capacity = capacity_at_slo_rps(variant, min(d.requirements.slo_ms for d in members)) or 1000.0 / variant.batch_latency_ms(1)
     return max(1, math.ceil(rate * slack / capacity - 1e-9))
 
 
@@ -103,10 +112,11 @@ def _shoal_targets(
     previous: Mapping[str, str],
     slack: float,
     switch_margin: float,
+    settled: frozenset[str] = frozenset(),
 ):
     by_name = {v.name: v for v in variants}
     active = [d for d in demands if d.arrival_rps > 0]
-    options = {d.name: [v for v in variants if _allowed(v, d.requirements)] for d in active}
+    options = {d.name: _options(variants, d.requirements) for d in active}
 
     def total_cost(assignment: Mapping[str, str]) -> float:
         cost = 0.0
@@ -134,7 +144,7 @@ def _shoal_targets(
     while improved:  # move a class (onto another class's variant, or another device) when clearly cheaper
         improved = False
         for demand in active:
-            if demand.name not in assignment:
+            if demand.name not in assignment or demand.name in settled:
                 continue
             best_cost = total_cost(assignment)
             for variant in options[demand.name]:
@@ -184,8 +194,10 @@ def plan_autoscale(
     if slack < 1.0:
         raise ValueError(f"slack must be >= 1, got {slack}")
     assignment: dict[str, str] = {}
+    moved_at = {name: at_s for name, at_s in state.moved_at_s.items() if now_s - at_s < hold_s}
     if policy == "shoal":
-        wanted, assignment = _shoal_targets(demands, variants, current_replicas, state.assignment, slack, switch_margin)
+        settled = frozenset(name for name in moved_at if state.assignment.get(name) is not None)
+        wanted, assignment = _shoal_targets(demands, variants, current_replicas, state.assignment, slack, switch_margin, settled)
     elif policy == "infaas":
         wanted = _infaas_targets(variants, current_replicas, arrival_by_variant or {})
     else:
@@ -200,6 +212,7 @@ def plan_autoscale(
         previous = state.assignment.get(demand_name)
         if previous is not None and previous != variant_name:
             moved_from[demand_name] = previous
+            moved_at[demand_name] = now_s
     for variant in variants:
         name, now = variant.name, current_replicas.get(variant.name, 0)
         target = wanted.get(name, 0)
@@ -233,4 +246,4 @@ def plan_autoscale(
         else:
             replicas[name] = now
     moved_from = {d: v for d, v in moved_from.items() if replicas.get(v, 0) > 0}
-    return ScalePlan(replicas, tuple(decisions), AutoscaleState(below_since, assignment, moved_from), assignment)
+    return ScalePlan(replicas, tuple(decisions), AutoscaleState(below_since, assignment, moved_from, moved_at), assignment)

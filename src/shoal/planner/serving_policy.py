@@ -89,7 +89,12 @@ def _nothing_fits(query: Query, options: Sequence[VariantOption]) -> Selection:
     if not accurate:
         best = max(o.accuracy for o in sized)
         return Selection(None, f"no loaded variant reaches min_accuracy {query.min_accuracy:.3f} (best: {best:.3f})")
-    fastest = min(o.predicted_latency_ms for o in accurate)
+    cap = query.max_cost_per_1000_usd
+    affordable = [o for o in accurate if cap is None or o.cost_per_1000_usd <= cap]
+    if not affordable:  # it used to blame the SLO
+        cheapest = min(o.cost_per_1000_usd for o in accurate)
+        return Selection(None, f"no loaded variant is within max_cost_per_1000_usd {cap:g} (cheapest: {cheapest:.3g})")
+    fastest = min(o.predicted_latency_ms for o in affordable)
     return Selection(None, f"no variant meets the {query.slo_ms:.0f} ms SLO at the current load (fastest: {fastest:.1f} ms)")
 
 
