@@ -195,15 +195,26 @@ def test_workers_the_cluster_cannot_host_are_refused_as_a_whole():
     import ray
     from ray.util.placement_group import placement_group_table
 
-    from shoal.runtime.errors import WorkerFailedError
+    from shoal.core.errors import DeviceUnavailableError
     from shoal.runtime.ray_backend import ensure_ray, reserve_placement_group, worker_resources
 
     assert worker_resources("cuda:0", 2, "a100") == {"CPU": 2.0, "GPU": 1.0, "a100": 1.0}
-    ensure_ray(None, local_cpus=2)
+    assert not ray.is_initialized()
+
+    def shoals_handler(signum, frame):  # stands for the CLI's (stop the workers, exit 143)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, shoals_handler)
+    try:
+        ensure_ray(None, local_cpus=2)
+        # Ray's own handler exited at once, skipping shoal's shutdown.
+        assert signal.getsignal(signal.SIGTERM) is shoals_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     try:
         # one bundle fits, the second asks for a device type no node has: nothing may stay reserved
         bundles = [worker_resources("cpu", 1), worker_resources("cpu", 1, "tpu-v9")]
-        with pytest.raises(WorkerFailedError, match="cannot place 2 workers"):
+        with pytest.raises(DeviceUnavailableError, match="cannot place 2 workers"):
             asyncio.run(reserve_placement_group(bundles, timeout_s=2.0))
         tables = placement_group_table().values()
         assert tables and all(table["state"] == "REMOVED" for table in tables)  # the attempt was withdrawn
@@ -360,3 +371,19 @@ def test_a_start_that_is_cancelled_kills_its_actor(monkeypatch):
 
     handle = asyncio.run(scenario())
     assert len(killed) == 1 and not handle.alive
+
+
+def test_a_cluster_address_nothing_answers_fails_at_once_with_its_name():
+    """Ray retried a GCS that was not there for minutes, deaf to SIGTERM meanwhile."""
+    from shoal.core.errors import DeviceUnavailableError, InvalidInputError
+    from shoal.experiments.server_process import free_port
+    from shoal.runtime.ray_backend import ensure_ray
+
+    port = free_port()  # nothing listens on it
+    started = time.monotonic()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(DeviceUnavailableError, match=f"--address {address}: cannot reach the Ray cluster"):
+            ensure_ray(address)
+    assert time.monotonic() - started < 20.0
+    with pytest.raises(InvalidInputError, match="give auto, host:port or ray://host:port"):
+        ensure_ray("somewhere")

@@ -275,6 +275,18 @@ def test_served_over_kserve_grpc_with_config_and_statistics_on_both_protocols(pi
         stop_server(server)
 
 
+def test_stage_actors_on_ray_ask_for_the_device_resource_the_server_was_given(pipeline):
+    # `--ray-device-resource` reached the model workers but not the workflow's stage actors,
+    # which could land on nodes without the accelerator their plan was made for.
+    from shoal.runtime.ray_backend import worker_resources
+
+    path, _ = pipeline
+    deployment, base = load_deployment(path)
+    executor = WorkflowExecutor(deployment, base, backend="ray", ray_device_resource="a100")  # Ray starts only at start()
+    assert executor.backend.device_resource == "a100"
+    assert worker_resources("cpu", 1, executor.backend.device_resource) == {"CPU": 1.0, "a100": 1.0}
+
+
 def test_inputs_are_checked_before_anything_runs(pipeline):
     path, _ = pipeline
     deployment, base = load_deployment(path)

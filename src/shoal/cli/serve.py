@@ -12,7 +12,7 @@ from shoal.cli._app import app
 from shoal.cli._common import RepoOption, open_repository, parse_device, read_prices
 from shoal.core.errors import InvalidInputError
 from shoal.planner.serving_policy import make_policy
-from shoal.profiler.session import MAX_INTRA_OP_THREADS, MAX_WORKER_PROCESSES
+from shoal.profiler.session import MAX_INTRA_OP_THREADS, MAX_WORKER_PROCESSES, check_device
 
 
 @app.command("serve")
@@ -22,7 +22,7 @@ def serve(
     http_port: Annotated[int, typer.Option("--http-port", min=1, max=65535)] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="0 disables gRPC.")] = 8001,
     backend: Annotated[str, typer.Option("--backend", help="local (worker processes on this machine) or ray (Ray actors).")] = "local",
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster to join (auto, ray://host:port); default: start a local one.", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster to join (auto, host:port, ray://host:port); default: start a new local one.", show_default=False)] = None,
     ray_device_resource: Annotated[
         str | None, typer.Option("--ray-device-resource", help="Custom Ray resource every worker actor requires, e.g. the accelerator type of the profiles.", show_default=False)
     ] = None,
@@ -109,6 +109,8 @@ def serve(
         make_policy(policy)
     except ValueError as error:
         raise InvalidInputError(f"--policy: {error}") from None
+    if backend == "ray" and address is None:  # a local Ray instance has this machine's devices only
+        check_device(parse_device(device))  # (it waited 120 s to place a GPU worker that could never start)
     parse_device(device)
     if edge_policy not in ("shoal", "jellyfish", "exact"):
         raise InvalidInputError(f"--edge-policy {edge_policy!r}: use one of shoal, jellyfish, exact")

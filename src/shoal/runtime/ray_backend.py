@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from shoal.core.errors import DeviceUnavailableError, InvalidInputError
 from shoal.runtime.backend import WorkerSpec, counted_load
 from shoal.runtime.batch_block import DEFAULT_BLOCK_BYTES, BatchBlock
 from shoal.runtime.errors import ModelLoadError, WorkerFailedError
@@ -55,18 +56,52 @@ logger = logging.getLogger(__name__)
 
 
 def ensure_ray(address: str | None = None, *, local_cpus: int | None = None) -> None:
-    """Connect to a cluster (`auto`, `ray://host:port`) or start a local one, once per process.
+    """Connect to a cluster (`auto`, `host:port`, `ray://host:port`) or start a local one, once
+    per process; a cluster that cannot be reached is a `DeviceUnavailableError` naming it.
 
     A local instance is given at least `local_cpus` logical CPUs (Ray counts them, it does not
-    pin), so `--workers N` actors of one CPU each always fit on this machine.
+    pin), so `--workers N` actors of one CPU each always fit on this machine. It is always a new
+    one (Ray's "local"): Ray's own default joins the cluster in $RAY_ADDRESS or the one a `ray
+    start` left on this machine, which refuses a CPU count and failed the start.
     """
     import os
+    import signal
+    import threading
 
     import ray
 
-    if not ray.is_initialized():
-        cpus = max(os.cpu_count() or 1, local_cpus or 0) if address is None else None
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if ray.is_initialized():
+        return
+    if address is not None:
+        _check_reachable(address)
+    cpus = max(os.cpu_count() or 1, local_cpus or 0) if address is None else None
+    # Ray installs its own SIGTERM handler, which exits at once: shoal's (stop the workers,
+    # answer what is in flight, exit 143) is put back.
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm_handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        ray.init(address=address or "local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, TimeoutError) as error:
+        raise DeviceUnavailableError(f"--address {address}: cannot reach the Ray cluster ({error})") from None
+    finally:
+        if main_thread and sigterm_handler is not None:
+            signal.signal(signal.SIGTERM, sigterm_handler)
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A `host:port` (or `ray://host:port`) that nothing answers fails now: Ray retries a GCS
+    that is not there for minutes, deaf to SIGTERM while it does."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidInputError(f"--address {address!r}: give auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise DeviceUnavailableError(f"--address {address}: cannot reach the Ray cluster ({error.strerror or error})") from None
 
 
 def worker_resources(device: str, intra_op_threads: int, device_resource: str | None = None) -> dict[str, float]:
@@ -105,7 +140,7 @@ async def reserve_placement_group(bundles: Sequence[dict[str, float]], *, strate
         await asyncio.wait_for(group.ready(), timeout_s)
     except TimeoutError:
         remove_placement_group(group)
-        raise WorkerFailedError(
+        raise DeviceUnavailableError(
             f"the Ray cluster cannot place {len(bundles)} workers {list(bundles)} with strategy {strategy} within "
             f"{timeout_s:.0f} s (available: {ray.available_resources()}); add nodes or resources, or lower --workers"
         ) from None

@@ -59,7 +59,8 @@ async def serve_forever(
             deployment, base_dir, metrics=service.metrics, max_request_items=config.max_request_items, batches_ahead=config.batches_ahead,
             max_batch_size=config.max_batch_size, queue_capacity=config.queue_capacity, intra_op_threads=config.intra_op_threads or 1,
             shared_memory_bytes=config.shared_memory_bytes, backend=config.backend, ray_address=config.ray_address,
-            ray_placement_strategy=config.ray_placement_strategy, loop_monitor=service.loop_monitor,
+            ray_placement_strategy=config.ray_placement_strategy, ray_device_resource=config.ray_device_resource,
+            loop_monitor=service.loop_monitor,
         )
     await service.start()
     try:

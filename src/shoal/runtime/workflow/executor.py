@@ -80,6 +80,7 @@ class WorkflowExecutor:
         backend: str = "local",
         ray_address: str | None = None,
         ray_placement_strategy: str = "PACK",
+        ray_device_resource: str | None = None,
         loop_monitor: LoopMonitor | None = None,
     ):
         """`loop_monitor`: the readings of the event loop the workflow is served on, where
@@ -94,7 +95,7 @@ class WorkflowExecutor:
         self.intra_op_threads = intra_op_threads
         self.shared_memory_bytes = shared_memory_bytes
         self.backend = make_backend(backend, shared_memory_bytes=shared_memory_bytes, ray_address=ray_address,
-                                    ray_placement_strategy=ray_placement_strategy)
+                                    ray_placement_strategy=ray_placement_strategy, ray_device_resource=ray_device_resource)
         # The loop's readings: send-ahead stops on a saturated loop, and its lag enters every prediction.
         self._owns_loop_monitor = loop_monitor is None
         self.scheduler = Scheduler(self.metrics, batches_ahead=batches_ahead, loop_monitor=loop_monitor)
