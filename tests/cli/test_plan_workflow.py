@@ -121,3 +121,9 @@ def test_what_the_solver_prints_to_descriptor_1_goes_to_stderr_not_into_the_json
     os.write(1, b"{}\n")
     captured = capfd.readouterr()
     assert captured.out == "{}\n" and "HighsMipSolverData" in captured.err
+
+
+def test_an_accuracy_target_of_0_is_no_floor_in_either_unit(capsys, inputs):
+    # The check for a fraction given against a table in percent refused 0 too.
+    code, out, _ = run(capsys, "plan", "workflow", "--inputs", inputs, "--accuracy-target", "0")
+    assert code == 0 and json.loads(out)["status"] == "optimal"

@@ -86,6 +86,18 @@ def test_errors_name_the_field(edit, message):
         parse_edge_instance(data, "my.json")
 
 
+def test_a_worker_on_another_card_of_a_tabled_kind_keeps_the_default_latencies():
+    # Only a near miss of a table's own name is an error: cuda:1 beside a table for cuda:0 is another card.
+    data = minimal()
+    data["variants"][0]["latency_ms_by_device"] = {"cuda:0": {"1": 2.0}}
+    data["workers"][0]["device"] = "cuda:1"
+    instance = parse_edge_instance(data)
+    assert instance.variants[0].latency_table("cuda:1") == instance.variants[0].latency_ms
+    data["workers"][0]["device"] = "CUDA:0"
+    with pytest.raises(InvalidInputError, match=r"'CUDA:0' has no latency table, but 'cuda:0' does"):
+        parse_edge_instance(data)
+
+
 def test_file_errors(tmp_path):
     with pytest.raises(InvalidInputError, match="cannot be read .*check the --instance path"):
         load_edge_instance(tmp_path / "missing.json")

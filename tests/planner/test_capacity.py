@@ -352,7 +352,7 @@ def test_a_model_profiled_on_one_accelerator_and_token_modelled_on_another_is_si
         (AcceleratorSpec("cpu8", "cpu", 5), AcceleratorSpec("A100", "A100", 40)),
         (token_model, profile) if token_model_first else (profile, token_model),
         (ServiceClass("Gold", 1, (ModelTarget("resnet", latency_ms=200),)),),
-        (ServerSpec("vision", "Gold", "resnet", ServerLoad(300.0)),),
+        (ServerSpec("vision", "Gold", "resnet", ServerLoad(300.0, avg_in_tokens=128)),),  # only avgOutTokens missing
         {"cpu": 64, "A100": 8},
     )
     allocation = plan_capacity(system, solver=solver).allocation("vision")

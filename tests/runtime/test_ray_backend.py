@@ -385,5 +385,8 @@ def test_a_cluster_address_nothing_answers_fails_at_once_with_its_name():
         with pytest.raises(DeviceUnavailableError, match=f"--address {address}: cannot reach the Ray cluster"):
             ensure_ray(address)
     assert time.monotonic() - started < 20.0
-    with pytest.raises(InvalidInputError, match="give auto, host:port or ray://host:port"):
+    with pytest.raises(InvalidInputError, match="give auto, local, host:port or ray://host:port"):
         ensure_ray("somewhere")
+    # An IPv6 host is written in brackets; "local" is Ray's word for a new instance.
+    with pytest.raises(DeviceUnavailableError, match=r"--address \[::1\]:\d+: cannot reach the Ray cluster"):
+        ensure_ray(f"[::1]:{port}")

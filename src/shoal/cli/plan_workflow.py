@@ -146,7 +146,7 @@ def _checked_accuracy_target(target: float, problem, accuracy_path: Path) -> flo
         raise InvalidInputError(f"--accuracy-target {target}: give a number in the accuracy file's units")
     table = problem.accuracy.table
     values = list(table.accuracy_by_variants.values()) if table is not None else []
-    if values and target <= 1.0 < min(values):
+    if values and 0.0 < target < 1.0 < min(values):  # 0 (no floor) reads the same in either unit
         raise InvalidInputError(
             f"--accuracy-target {target:g} reads as a fraction, but {accuracy_path.name} gives accuracies in percent "
             f"({min(values):g} to {max(values):g}): give e.g. {100 * target:g}"

@@ -173,7 +173,10 @@ def parse_edge_instance(data: Any, source: str = "instance") -> EdgeInstance:
         raise InvalidInputError(f"{source}: field {error}") from None
     tabled = {device for variant in instance.variants for device in variant.latency_ms_by_device}
     for index, worker in enumerate(instance.workers):
-        near = [device for device in tabled if device != worker.device and _device_kind(device) == _device_kind(worker.device)]
+        near = [
+            device for device in tabled
+            if device.casefold() == worker.device.casefold() or device.casefold() == _device_kind(worker.device)
+        ]
         if worker.device not in tabled and near:
             # A worker on "CUDA" or "cuda:0" beside tables for "cuda" would plan with the default latencies.
             raise InvalidInputError(

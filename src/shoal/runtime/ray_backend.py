@@ -93,11 +93,12 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     that is not there for minutes, deaf to SIGTERM while it does."""
     import socket
 
-    if address == "auto":
+    if address in ("auto", "local"):  # Ray's own words: the cluster recorded here, a new instance
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # an IPv6 host is written [::1]:port
     if not host or not port.isdigit():
-        raise InvalidInputError(f"--address {address!r}: give auto, host:port or ray://host:port")
+        raise InvalidInputError(f"--address {address!r}: give auto, local, host:port or ray://host:port")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as error:
