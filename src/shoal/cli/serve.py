@@ -22,7 +22,7 @@ def serve(
     http_port: Annotated[int, typer.Option("--http-port", min=1, max=65535)] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="0 disables gRPC.")] = 8001,
     backend: Annotated[str, typer.Option("--backend", help="local (worker processes on this machine) or ray (Ray actors).")] = "local",
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster to join (auto, host:port, ray://host:port); default: start a new local one.", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster to join (auto, host:port, ray://host:port); default (or local): start a new local one.", show_default=False)] = None,
     ray_device_resource: Annotated[
         str | None, typer.Option("--ray-device-resource", help="Custom Ray resource every worker actor requires, e.g. the accelerator type of the profiles.", show_default=False)
     ] = None,
