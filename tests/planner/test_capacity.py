@@ -431,3 +431,23 @@ def test_a_service_class_with_two_targets_for_one_model_is_refused():
     # The first one won silently: a file's later, stricter ITL target was never planned for.
     with pytest.raises(ValueError, match="service class 'Gold' has two targets for model 'm': keep one"):
         ServiceClass("Gold", 0, (ModelTarget("m", itl_ms=40), ModelTarget("m", itl_ms=21)))
+
+
+@pytest.mark.parametrize("max_queue_size, replicas, blocking", [(0, 3, 0.25), (None, 2, 0.0)])
+def test_a_served_plan_says_what_share_of_its_load_full_queues_refuse(max_queue_size, replicas, blocking):
+    """Replicas are sized by the latency target alone (as Inferno's): with no queue, 3 replicas
+    at 33 req/s each meet 20 ms but refuse a quarter of the load, which the plan did not say."""
+    from shoal.formats.inferno import solution_json
+
+    system = CapacitySystem(
+        (AcceleratorSpec("cpu", "cpu", 5),),
+        (ModelPerf("r", "cpu", 1, BatchLatencyTable(((1, 10.0),))),),
+        (ServiceClass("c", 0, (ModelTarget("r", latency_ms=20.0),)),),
+        (ServerSpec("s", "c", "r", ServerLoad(100.0), max_queue_size=max_queue_size),),
+        {"cpu": 100},
+    )
+    plan = plan_capacity(system)
+    allocation = plan.allocation("s")
+    assert (allocation.status, allocation.num_replicas) == ("served", replicas)
+    assert allocation.blocking_probability == pytest.approx(blocking, abs=1e-3)
+    assert solution_json(plan)["allocations"]["s"]["blockingProbability"] == pytest.approx(blocking, abs=1e-3)

@@ -148,6 +148,8 @@ def solution_json(plan: CapacityPlan) -> dict[str, Any]:
         }
         if allocation.generation == "profile":
             entry["latencyAverage"] = _round(allocation.latency_ms)
+        if allocation.blocking_probability is not None:
+            entry["blockingProbability"] = _round(allocation.blocking_probability)
         entry["status"] = allocation.status
         entry["requiredReplicas"] = allocation.required_replicas
         entry["generation"] = allocation.generation

@@ -56,8 +56,9 @@ def make_plan(
             units=assignment.units, max_batch_size=candidate.max_batch_size,
             cost_cents_per_hour=cost, itl_ms=candidate.itl_ms, ttft_ms=candidate.ttft_ms,
             latency_ms=candidate.latency_ms, generation=candidate.generation,
+            blocking_probability=candidate.blocking_probability,
             reason=(f"saturated: {assignment.num_replicas} of {candidate.num_replicas} replicas; "
-                    "the latencies shown assume all of them") if partial else "",
+                    "the latencies and blocking shown assume all of them") if partial else "",
         ))
     return CapacityPlan(
         solver=solver,

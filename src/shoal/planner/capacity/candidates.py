@@ -161,6 +161,7 @@ def _candidate(
             generation=model.generation, max_rate_per_replica_rps=rate_star,
             itl_ms=metrics.itl_ms if metrics else None, ttft_ms=metrics.ttft_ms if metrics else None,
             latency_ms=metrics.latency_ms if metrics else None,
+            blocking_probability=metrics.queue.blocking_probability if metrics else None,
         )
 
     if total_rate_rps == 0:

@@ -286,6 +286,8 @@ class Candidate:
     itl_ms: float | None = None
     ttft_ms: float | None = None
     latency_ms: float | None = None
+    blocking_probability: float | None = None
+    """Share of the arrivals a replica refuses at the planned rate, its queue being full."""
 
     @property
     def units(self) -> int:
@@ -319,6 +321,10 @@ class ServerAllocation:
     latency_ms: float | None = None
     generation: Generation | None = None
     reason: str = ""
+    blocking_probability: float | None = None
+    """Share of the load refused because a replica's queue is full, at the planned replicas
+    (Inferno sizes replicas by latency targets alone, so a small queue or a loose target can
+    leave a served plan refusing part of its load; this says how much)."""
 
 
 @dataclass(frozen=True)
