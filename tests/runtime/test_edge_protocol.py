@@ -93,3 +93,30 @@ def test_a_number_sent_as_a_string_or_a_boolean_is_refused(text):
     """Coerced before ("12" -> 12.0, true -> 1): a client bug that passed as a value."""
     with pytest.raises(ProtocolError, match="Input should be a valid"):
         parse_client_message(text)
+
+
+def test_a_text_message_longer_than_any_client_message_is_refused_unread():
+    # A 16 MiB ping took the shared event loop 2.4 s to parse; every other session waited.
+    from shoal.runtime.edge.protocol import MAX_TEXT_MESSAGE_CHARS
+
+    ping = json.dumps({"type": "ping", "id": 1})
+    assert parse_client_message(ping + " " * (MAX_TEXT_MESSAGE_CHARS - len(ping))).type == "ping"
+    with pytest.raises(ProtocolError, match=f"longer than the {MAX_TEXT_MESSAGE_CHARS}"):
+        parse_client_message('{"type": "ping", "id": [' + "[]," * MAX_TEXT_MESSAGE_CHARS + "[]]}")
+
+
+def test_a_report_may_leave_out_its_round_trip_time():
+    assert parse_client_message('{"type": "report", "bandwidth_mbps": 5}').rtt_ms is None
+
+
+def test_frames_beyond_the_registered_rate_are_refused_but_jitter_passes():
+    from shoal.runtime.edge.websocket import FrameAllowance
+
+    one_fps = FrameAllowance(1.0, now_s=0.0)
+    assert [one_fps.take(0.0) for _ in range(3)] == [True, True, False]  # a burst of two
+    assert one_fps.take(0.5) is False and one_fps.take(0.9) is True  # then 1.25 a second
+    streaming = FrameAllowance(15.0, now_s=0.0)
+    sent = [streaming.take(t / 15.0 + (0.03 if t % 2 else 0.0)) for t in range(150)]  # 10 s at 15 fps, jittered
+    assert all(sent)
+    flood = FrameAllowance(1.0, now_s=0.0)
+    assert sum(flood.take(t / 400.0) for t in range(400)) <= 4  # 400 frames in a second from a 1 fps session

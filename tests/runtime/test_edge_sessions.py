@@ -383,3 +383,111 @@ def test_reports_of_sessions_no_plan_includes_do_not_wake_the_planner():
         return woken
 
     assert asyncio.run(scenario()) == {("pinned-cam", 20.0): False, ("planned-cam", 20.0): False, ("planned-cam", 5.0): True}
+
+
+def test_a_frame_s_budget_is_held_to_its_session_s_slo_and_a_report_without_rtt_keeps_the_last():
+    """A budget of 60 s on a 100 ms session queued its frames on a deadline no session
+    registered, ahead of other sessions' (all of another client's frames were dropped)."""
+    from types import SimpleNamespace
+
+    from shoal.runtime.edge.protocol import FrameHeader, Report
+    from shoal.runtime.edge.sessions import EdgeSession, EdgeSessionManager
+    from shoal.runtime.errors import DeadlineExceededError
+
+    asked = []
+
+    async def infer(model, inputs, parameters, outputs):
+        asked.append(parameters["slo_ms"])
+        raise DeadlineExceededError("too late")
+
+    async def send(message):
+        pass
+
+    manager = object.__new__(EdgeSessionManager)  # only what serve_frame and report read
+    manager.service = SimpleNamespace(families={"fam": SimpleNamespace(input_name="images")}, infer=infer)
+    manager._families, manager._wake, manager.replan_change = {}, asyncio.Event(), 0.3
+    session = EdgeSession("cam", "fam", 100.0, 15.0, 20.0, 7.0, "fam.small", send)
+    pixels = np.zeros((3, 4, 4), np.uint8)
+    for budget_ms, expected_ms in ((60_000.0, 100.0), (40.0, 40.0)):
+        reply = asyncio.run(manager.serve_frame(session, FrameHeader(seq=1, shape=(3, 4, 4), budget_ms=budget_ms), pixels))
+        assert reply["type"] == "dropped" and asked[-1] == expected_ms
+    manager.report(session, Report(bandwidth_mbps=5.0))  # its rtt_ms read as 0 ms
+    assert session.rtt_ms == 7.0 and session.bandwidth_mbps == 5.0
+
+
+def test_the_planner_remembers_the_bandwidths_it_planned_with_and_forgets_a_family_left_empty(fixture_repository_path):
+    """A report that came while a plan was made was taken as planned for (the recorded bandwidth
+    was the session's current one), so a jump back never re-planned; and a family's last
+    bandwidths outlived its sessions, so a pinned session reusing a name woke the planner."""
+    from shoal.runtime.edge.protocol import Register, Report
+    from shoal.runtime.edge.sessions import EdgeSessionManager
+    from shoal.runtime.service import InferenceService
+    from shoal.runtime.worker_manager import ServeConfig
+
+    async def ignore(message):
+        pass
+
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, num_workers=1, intra_op_threads=1))
+        await service.start()
+        manager = EdgeSessionManager(service)
+        try:
+            cam, _ = manager.register(Register(client="cam", model="fixture", slo_ms=100, fps=15, bandwidth_mbps=50, rtt_ms=1), ignore)
+            await manager.replan()
+            manager.report(cam, Report(bandwidth_mbps=2.0, rtt_ms=1))
+            manager._wake.clear()
+            real_plan = manager._planner.plan
+
+            async def plan_while_the_link_recovers(instance, policy):
+                made = await real_plan(instance, policy)
+                manager.report(cam, Report(bandwidth_mbps=50.0, rtt_ms=1))
+                return made
+
+            manager._planner.plan = plan_while_the_link_recovers
+            await manager.replan()
+            planned = dict(manager._families["fixture"].planned_mbps)
+            manager._wake.clear()
+            manager.report(cam, Report(bandwidth_mbps=50.0, rtt_ms=1))  # the next report, at the recovered rate
+            woken_by_recovery = manager._wake.is_set()
+            manager._planner.plan = real_plan
+            manager.unregister(cam)
+            await manager.replan()
+            forgotten = "fixture" not in manager._families
+            pinned, _ = manager.register(
+                Register(client="cam", model="fixture", pin_variant="fixture.rf-16", slo_ms=100, fps=15, bandwidth_mbps=50, rtt_ms=1), ignore
+            )
+            manager._wake.clear()
+            manager.report(pinned, Report(bandwidth_mbps=5.0, rtt_ms=1))
+            return planned, woken_by_recovery, forgotten, manager._wake.is_set()
+        finally:
+            manager.close()
+            await service.stop()
+
+    planned, woken_by_recovery, forgotten, pinned_woke = asyncio.run(scenario())
+    assert planned == {"cam": 2.0} and woken_by_recovery
+    assert forgotten and not pinned_woke
+
+
+def test_reports_that_wake_the_planner_every_10_ms_do_not_replan_every_10_ms():
+    """A client alternating its reported bandwidth every 10 ms got 175 plans in 3.5 s, each
+    flipping other sessions' variants; an early plan now waits for what else arrives."""
+    from shoal.runtime.edge.sessions import EdgeSessionManager
+
+    async def scenario():
+        manager = object.__new__(EdgeSessionManager)  # only what run() reads
+        manager.interval_s, manager._wake = 10.0, asyncio.Event()
+        plans = []
+
+        async def replan():
+            plans.append(asyncio.get_running_loop().time())
+
+        manager.replan = replan
+        runner = asyncio.create_task(manager.run())
+        for _ in range(50):  # 0.5 s of reports, each a bandwidth jump
+            manager._wake.set()
+            await asyncio.sleep(0.01)
+        runner.cancel()
+        return len(plans)
+
+    plans = asyncio.run(scenario())
+    assert 1 <= plans <= 0.5 / EdgeSessionManager.MIN_REPLAN_GAP_S + 1

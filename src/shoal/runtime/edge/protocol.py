@@ -40,6 +40,7 @@ __all__ = [
     "MAX_BUDGET_MS",
     "MAX_HEADER_BYTES",
     "MAX_PADDING_BYTES",
+    "MAX_TEXT_MESSAGE_CHARS",
     "FrameHeader",
     "ProtocolError",
     "Register",
@@ -56,6 +57,9 @@ MAX_HEADER_BYTES = 4096
 MAX_BUDGET_MS = 60_000.0
 """A frame's `budget_ms` lies within +-this (a client clamps what it computes)."""
 MAX_PADDING_BYTES = 16 * 1024 * 1024
+MAX_TEXT_MESSAGE_CHARS = 64 * 1024
+"""Register, report and ping messages are well under 1 KB; a longer text message is refused
+before it is parsed, on the event loop every session shares."""
 
 
 class ProtocolError(ValueError):
@@ -90,7 +94,8 @@ class Register(_Message):
 class Report(_Message):
     type: str = "report"
     bandwidth_mbps: float = Field(gt=0, le=100_000)
-    rtt_ms: float = Field(default=0.0, ge=0, le=60_000)
+    rtt_ms: float | None = Field(default=None, ge=0, le=60_000)
+    """None: not measured since the last report (the session keeps its last one)."""
 
 
 class Ping(_Message):
@@ -116,6 +121,8 @@ def _describe(error: ValidationError) -> str:
 
 def parse_client_message(text: str) -> _Message:
     """Parse one text message from a client; ProtocolError names what is wrong."""
+    if len(text) > MAX_TEXT_MESSAGE_CHARS:  # refused unread: parsing 16 MiB took the event loop 2.4 s
+        raise ProtocolError(f"a text message of {len(text)} characters is longer than the {MAX_TEXT_MESSAGE_CHARS} a client message needs")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

@@ -92,6 +92,10 @@ class _FamilyState:
 
 
 class EdgeSessionManager:
+    MIN_REPLAN_GAP_S = 0.05
+    """An early plan (a session came or left, a bandwidth jumped) waits this long for what else
+    arrives, so that reports cannot make the planner re-plan every session back to back."""
+
     def __init__(
         self,
         service: InferenceService,
@@ -153,7 +157,8 @@ class EdgeSessionManager:
 
     def report(self, session: EdgeSession, report: Report) -> None:
         session.bandwidth_mbps = report.bandwidth_mbps
-        session.rtt_ms = report.rtt_ms
+        if report.rtt_ms is not None:  # a report without it keeps the last one (it read as 0 ms)
+            session.rtt_ms = report.rtt_ms
         # Only a session a plan was made with can make it stale. A pinned or per-query session is
         # in none (and a family with no variant to plan with has none): comparing against no
         # plan woke the planner on each of their reports, four times a second per client.
@@ -167,6 +172,9 @@ class EdgeSessionManager:
         received = time.perf_counter()
         if header.budget_ms <= 0:
             return {"type": "dropped", "seq": header.seq, "reason": "no time left for the server (budget_ms <= 0)"}
+        # What is left of the session's SLO cannot exceed the SLO: a larger budget would queue
+        # the frame ahead of other sessions' on a deadline the session never registered.
+        budget_ms = min(header.budget_ms, session.slo_ms)
         instruction = session.instruction
         side = pixels.shape[-1]
         if session.pinned_variant:
@@ -179,7 +187,7 @@ class EdgeSessionManager:
             model = session.family  # a backed-off or stale size: the family policy picks a variant that takes it
         family = self.service.families[session.family]
         try:
-            result = await self.service.infer(model, {family.input_name: pixels[None]}, {"slo_ms": header.budget_ms}, [])
+            result = await self.service.infer(model, {family.input_name: pixels[None]}, {"slo_ms": budget_ms}, [])
         except (DeadlineExceededError, OverloadedError) as error:  # too late now, or admission says it will be
             return {"type": "dropped", "seq": header.seq, "reason": error.message}
         except ServingError as error:
@@ -241,6 +249,10 @@ class EdgeSessionManager:
                 by_family.setdefault(session.family, []).append(session)
             else:
                 self._check_fixed(session)
+        for family in set(self._families) - set(by_family):
+            # Its last planned session left: a later one with a departed client's name must not
+            # be compared with that client's bandwidth, nor planned with its workers' variants.
+            del self._families[family]
         for family, sessions in by_family.items():
             await self._replan_family(family, sessions)
 
@@ -277,16 +289,17 @@ class EdgeSessionManager:
             for name in sorted(self.service.manager.workers)
         ]
         overhead_ms = self.server_overhead_ms
-        instance = build_edge_instance(
-            variants, workers, [s.live() for s in sessions], server_overhead_ms=overhead_ms, plan_interval_ms=self.interval_s * 1000.0
-        )
+        planned_with = [s.live() for s in sessions]
+        instance = build_edge_instance(variants, workers, planned_with, server_overhead_ms=overhead_ms, plan_interval_ms=self.interval_s * 1000.0)
         plan = await self._planner.plan(instance, self.policy)
         if {decision.variant for decision in plan.workers.values()} & self.service.operator_unloaded:
             # An operator unloaded a planned variant while this plan was made: acting on it would
             # load that variant back. Plan again at once, without it.
             self._wake.set()
             return
-        state.planned_mbps = {s.name: s.bandwidth_mbps for s in sessions}
+        # The bandwidths the plan was made with: a report that came while it was made is compared
+        # with these, and wakes the planner again if it moved (it was taken as planned for).
+        state.planned_mbps = {client.name: client.bandwidth_mbps for client in planned_with}
         state.worker_variants = {name: decision.variant for name, decision in plan.workers.items()}
         for key in {decision.variant for decision in plan.workers.values() if decision.variant}:
             if not self.service.scheduler.workers_for(key):
@@ -327,6 +340,11 @@ class EdgeSessionManager:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
             except TimeoutError:
                 pass
+            else:
+                # Woken early (a session came, left, or its bandwidth jumped): let what else
+                # arrives meanwhile join this plan. Without a gap, a client alternating its
+                # reported bandwidth every 10 ms re-planned everyone's assignments each time.
+                await asyncio.sleep(min(self.MIN_REPLAN_GAP_S, self.interval_s))
             self._wake.clear()
             try:
                 await self.replan()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -24,6 +25,27 @@ __all__ = ["edge_route"]
 logger = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
+
+
+class FrameAllowance:
+    """A session's frames at its registered rate: a token bucket refilled at 1.25 x `fps` and
+    holding a second of frames (at least 2), so that jitter and a burst after a stall pass while
+    a client that registered 1 fps cannot stream 400 frames a second and crowd every other
+    session's frames out of the workers (a reviewer's flood dropped all of another client's)."""
+
+    def __init__(self, fps: float, now_s: float):
+        self.rate_per_s = 1.25 * fps
+        self.capacity = max(2.0, fps)
+        self.tokens = self.capacity
+        self.updated_s = now_s
+
+    def take(self, now_s: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now_s - self.updated_s) * self.rate_per_s)
+        self.updated_s = now_s
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -48,6 +70,7 @@ def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, m
             session = await _register(websocket, manager, send)
             if session is None:
                 return
+            allowance = FrameAllowance(session.fps, time.monotonic())
             assignments = asyncio.create_task(session.deliver(), name=f"edge-assignments-{session.name}")
             assignments.add_done_callback(lambda task: task.cancelled() or task.exception())  # a closed socket ends it: expected
             family = manager.service.families[session.family]
@@ -84,6 +107,9 @@ def edge_route(manager: EdgeSessionManager, *, max_frames_in_flight: int = 64, m
                         await send(reply)
                         continue
                     await send({"type": "ack", "seq": header.seq})
+                    if not allowance.take(time.monotonic()):
+                        await send({"type": "dropped", "seq": header.seq, "reason": f"frames arrive faster than the registered {session.fps:g} fps"})
+                        continue
                     if len(in_flight) >= max_frames_in_flight:
                         await send({"type": "dropped", "seq": header.seq, "reason": f"more than {max_frames_in_flight} frames in flight"})
                         continue
