@@ -79,3 +79,9 @@ def test_sigterm_to_a_command_runs_its_cleanup_and_exits_143(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 143
     assert (tmp_path / "cleaned").exists()
+
+
+def test_a_local_ray_instance_is_checked_for_the_device_before_ray_starts(capsys, fixture_repository_path):
+    # Without --address the actors run on this machine: a GPU it lacks waited 120 s for a placement.
+    assert main(["serve", "--repo", str(fixture_repository_path), "--backend", "ray", "--device", "cuda:0"]) == 1
+    assert "device 'cuda:0' is not available" in capsys.readouterr().err
