@@ -104,3 +104,12 @@ def test_admitted_rate_is_the_recent_intervals_over_the_time_since_the_first_of_
     assert admitted_per_ms([0.0, 1.0, 2.0, 3.0], 3.0) == pytest.approx(1.0)
     assert admitted_per_ms([0.0, 1.0, 2.0, 3.0], 30.0) == pytest.approx(0.1)  # a pause lowers it at once
     assert admitted_per_ms([10.0, 10.0, 10.0], 10.0) == pytest.approx(2.0)  # never over less than 1 ms
+
+
+def test_a_batch_meets_the_earliest_deadline_in_it_wherever_it_is_queued():
+    # Several priority levels: a more urgent level's loose deadline heads the queue. The batch
+    # was sized by it alone, and the tight deadlines queued behind it were missed.
+    latency = lambda size: 5.0 * size  # noqa: E731
+    assert decide_batch([100.0, 12.0, 12.0, 12.0], 0.0, latency, 4).batch_size == 2
+    assert decide_batch([12.0, 100.0, 100.0, 100.0], 0.0, latency, 4).batch_size == 2  # sorted: as before
+    assert decide_batch([100.0, 100.0, 40.0], 0.0, latency, 4).batch_size == 3

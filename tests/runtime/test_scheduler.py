@@ -781,3 +781,28 @@ def test_priority_levels_run_in_triton_s_order_and_unstated_after_every_level():
     assert requirements({"priority": 3}, 50.0).priority == 3
     with pytest.raises(BadRequestError, match="integer >= 0"):
         requirements({"priority": -1}, 50.0)
+
+
+def test_an_expired_request_behind_a_more_urgent_level_is_answered_while_that_level_keeps_coming():
+    """Expiry looked only at the head of the queue, where a stream of level-1 requests stood: an
+    unstated-priority request past its deadline waited unanswered as long as the stream lasted,
+    and counted in the queue admission predicts with."""
+    async def scenario():
+        scheduler = Scheduler(ServingMetrics())
+        scheduler.add_queue(VariantQueue("v", lambda size: 10.0, 1, 1000))
+        scheduler.attach_worker(FakeWorker("w", 10.0))
+        await asyncio.sleep(0)
+        urgent = [scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 10_000, priority=1)]
+        await asyncio.sleep(0.005)
+        background = scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 60, priority=0)
+        for _ in range(60):  # 300 ms of level-1 requests, two per batch time
+            urgent.append(scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 10_000, priority=1))
+            await asyncio.sleep(0.005)
+        answered_meanwhile = background.done()
+        await scheduler.close()
+        for future in urgent:  # answered, or refused at the close
+            future.exception()
+        return answered_meanwhile, background
+
+    answered_meanwhile, background = asyncio.run(scenario())
+    assert answered_meanwhile and isinstance(background.exception(), DeadlineExceededError)

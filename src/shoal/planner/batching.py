@@ -9,6 +9,7 @@ for more. The runtime's worker loop and the simulator call the same function.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,8 +38,11 @@ def decide_batch(
 ) -> BatchDecision:
     """Pick the largest batch whose predicted finish meets the earliest deadline in it.
 
-    `deadlines_ms` must be sorted ascending (earliest deadline first). Because the batch is taken
-    from the head, its earliest deadline is its first one, so one check covers the whole batch.
+    `deadlines_ms` are in queue order, which is deadline order within one priority level. The
+    expired are counted from the head (a queue holding several levels removes its expired ones
+    elsewhere first); a batch of b is checked against the earliest of its b deadlines, which in a
+    deadline-ordered queue is its first (a batch sized by a more urgent level's loose deadline
+    made the tight ones of the level after it late).
     With `max_queue_delay_ms` > 0 a partial batch may wait for more arrivals, but only as long
     as the earliest deadline still allows running a full batch afterwards.
 
@@ -56,14 +60,15 @@ def decide_batch(
     remaining = len(deadlines_ms) - num_expired
     if remaining == 0:
         return BatchDecision(num_expired, 0)
-    earliest_ms = deadlines_ms[num_expired]
+    # earliest_by_size[b - 1]: the earliest deadline among the first b (the head's when sorted)
+    earliest_by_size = list(itertools.accumulate(deadlines_ms[num_expired : num_expired + min(remaining, max_batch_size)], min))
     batch_size = 1
     for candidate in range(min(remaining, max_batch_size), 1, -1):
-        if now_ms + batch_latency_ms(candidate) <= earliest_ms:
+        if now_ms + batch_latency_ms(candidate) <= earliest_by_size[candidate - 1]:
             batch_size = candidate
             break
     if max_queue_delay_ms > 0 and batch_size == remaining and remaining < max_batch_size:
-        slack_ms = earliest_ms - now_ms - batch_latency_ms(max_batch_size)
+        slack_ms = earliest_by_size[-1] - now_ms - batch_latency_ms(max_batch_size)
         wait_ms = min(max_queue_delay_ms, slack_ms)
         if wait_ms > 0:
             return BatchDecision(num_expired, 0, wait_ms)

@@ -216,13 +216,18 @@ class Scheduler:
                 continue
             # A batch sent ahead starts when the one before it ends.
             start_ms = max(now, sent[-1].finish_ms) if sent else now
+            # Several priority levels: the queue is in deadline order only within each, so what
+            # expired is taken from wherever it is (from the head, by `decide_batch`, otherwise).
+            expired_elsewhere = (
+                queue.take_expired(start_ms + self.loop_monitor.lag_ms + queue.batch_latency_ms(1)) if queue.holds_several_levels else []
+            )
             window = queue.items[: queue.max_batch_size * 2]
             # As at admission: the answer reaches the client only when the event loop gets to it.
             decision = decide_batch(
                 [item.deadline_ms for item in window], start_ms + self.loop_monitor.lag_ms, queue.tail_batch_latency_ms, queue.max_batch_size,
                 max_queue_delay_ms=self.max_queue_delay_ms, expiry_latency_ms=queue.batch_latency_ms,
             )
-            expired = queue.take(decision.num_expired)
+            expired = expired_elsewhere + queue.take(decision.num_expired)
             for item in expired:
                 _fail(item.future, DeadlineExceededError(f"dropped: deadline cannot be met ({queue.key} was {now - item.arrival_ms:.1f} ms in queue)"))
             # The worst mispredictions: had they run alone then, they would have finished this late.

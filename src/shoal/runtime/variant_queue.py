@@ -166,6 +166,21 @@ class VariantQueue:
         """How fast requests have been admitted lately (per ms): how fast a waiting batch grows."""
         return admitted_per_ms(self._admitted_ms, now_ms)
 
+    @property
+    def holds_several_levels(self) -> bool:
+        """Whether items of more than one priority level are queued: deadline order then holds
+        only within each level, and an expired item need not be at the head."""
+        return bool(self.items) and self.items[0].sort_key[0] != self.items[-1].sort_key[0]
+
+    def take_expired(self, before_ms: float) -> list[QueuedItem]:
+        """Remove the items, wherever they are, whose deadline is before `before_ms` (those not
+        answered already). Behind a more urgent level's traffic an expired item was never at
+        the head to be dropped: it waited unanswered for as long as that traffic lasted."""
+        expired = [item for item in self.items if item.deadline_ms < before_ms]
+        if expired:
+            self.items = [item for item in self.items if item.deadline_ms >= before_ms]
+        return [item for item in expired if not item.future.done()]
+
     def take(self, count: int) -> list[QueuedItem]:
         """The first `count` items, less those already answered: a request whose client went away
         (or one of whose other items was refused) cancels its items, and running them would only
