@@ -806,3 +806,27 @@ def test_an_expired_request_behind_a_more_urgent_level_is_answered_while_that_le
 
     answered_meanwhile, background = asyncio.run(scenario())
     assert answered_meanwhile and isinstance(background.exception(), DeadlineExceededError)
+
+
+def test_a_queue_never_forms_batches_larger_than_a_worker_s_shared_memory_slot(fixture_repository_path):
+    """`--max-batch-size 256` of 128 px images: a batch of 48 MB against a 32 MB slot failed every
+    request in it ('exceeds the worker's shared block')."""
+    from shoal.runtime.batch_block import BATCH_SLOTS, items_per_batch
+    from shoal.runtime.service import InferenceService
+    from shoal.runtime.worker_manager import ServeConfig
+
+    assert items_per_batch(BATCH_SLOTS * 2 * 4 * 3 * 64 * 64 * 10, (3, 64, 64)) == 10
+    slot_for_10_items_of_64_px = BATCH_SLOTS * 2 * 4 * 3 * 64 * 64 * 10
+
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, max_batch_size=256, preload=(),
+                                               shared_memory_bytes=slot_for_10_items_of_64_px))  # fmt: skip
+        await service.start()
+        try:
+            return {key: (served.variant.input_size_px, service.scheduler.queues[key].max_batch_size) for key, served in service.variants.items()}
+        finally:
+            await service.stop()
+
+    caps = asyncio.run(scenario())
+    assert caps and all(cap == min(256, items_per_batch(slot_for_10_items_of_64_px, (3, px, px))) for px, cap in caps.values())
+    assert any(cap == 10 for px, cap in caps.values() if px == 64)

@@ -12,13 +12,14 @@ The process that creates the block owns it and unlinks it; the other side only a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-__all__ = ["BATCH_SLOTS", "DEFAULT_BLOCK_BYTES", "BatchBlock"]
+__all__ = ["BATCH_SLOTS", "DEFAULT_BLOCK_BYTES", "BatchBlock", "items_per_batch"]
 
 BATCH_SLOTS = 2
 """Batches a block holds at once: the one a worker runs and the one sent ahead of it. Both
@@ -27,6 +28,13 @@ sides derive the layout from it, so it is a constant rather than an argument."""
 DEFAULT_BLOCK_BYTES = BATCH_SLOTS * 64 * 1024 * 1024
 """A worker's block unless told otherwise: 32 MiB of inputs per batch (a batch of 160 RGB
 images at 128 px). Pages are only backed once written, so the unused part costs no memory."""
+
+
+def items_per_batch(block_bytes: int, item_shape: Sequence[int]) -> int:
+    """The most float32 items of `item_shape` one batch of a block of `block_bytes` holds (at
+    least 1): the cap on a queue's batches, since a larger batch fails every request in it."""
+    item_bytes = 4 * math.prod(item_shape)
+    return max(1, (block_bytes // BATCH_SLOTS // 2) // max(1, item_bytes))
 
 
 class BatchBlock:

@@ -23,6 +23,7 @@ from shoal.core.models import Device, Family, Profile, Variant
 from shoal.profiler.measure import summarise_latencies
 from shoal.planner.batching import loop_gate_refusal_probability
 from shoal.planner.serving_policy import Policy, Query, Selection, VariantOption, make_policy
+from shoal.runtime.batch_block import items_per_batch
 from shoal.runtime.errors import BadRequestError, DeadlineExceededError, ModelNotFoundError, ModelNotReadyError, OverloadedError
 from shoal.runtime.inference_request import check_input, preprocess, requirements
 from shoal.runtime.loop_monitor import LoopMonitor
@@ -121,9 +122,7 @@ class InferenceService:
                 )
                 self._check_unique_name(served.key)
                 self.variants[served.key] = served
-                self.scheduler.add_queue(
-                    VariantQueue(served.key, served.batch_latency_ms, self.config.max_batch_size, self.config.queue_capacity)
-                )
+                self.scheduler.add_queue(self._new_queue(served))
         await self.manager.start()
         self._lag_task = asyncio.create_task(self.loop_monitor.run(), name="loop-monitor")
         preload = self.config.preload if self.config.preload is not None else tuple(self.variants)
@@ -131,6 +130,13 @@ class InferenceService:
             await self.load_model(name)
         self.manager.serving = True  # later loads leave the other workers serving
         self.started = True
+
+    def _new_queue(self, served: ServedVariant) -> VariantQueue:
+        # No batch larger than a worker's shared-memory slot holds: `--max-batch-size 256` of
+        # 128 px images failed every request of such a batch.
+        item_shape = (served.family.input_channels, served.variant.input_size_px, served.variant.input_size_px)
+        max_batch_size = min(self.config.max_batch_size, items_per_batch(self.config.shared_memory_bytes, item_shape))
+        return VariantQueue(served.key, served.batch_latency_ms, max_batch_size, self.config.queue_capacity)
 
     async def stop(self) -> None:
         self.started = False
@@ -253,7 +259,7 @@ class InferenceService:
         family = self.families[family_name]
         served = ServedVariant(family, variant, str(self.repository.model_path(family_name, variant.name)), repository_profile=profiles[0])
         self.variants[served.key] = served
-        self.scheduler.add_queue(VariantQueue(served.key, served.batch_latency_ms, self.config.max_batch_size, self.config.queue_capacity))
+        self.scheduler.add_queue(self._new_queue(served))
         logger.info("registered %s (accuracy %.4f)", served.key, variant.accuracy)
         return {"model": served.key, "accuracy": variant.accuracy, "input_size_px": variant.input_size_px,
                 "latency_ms_batch_1": profiles[0].batch_latency_ms(1, "p50"), "device": self.config.device}

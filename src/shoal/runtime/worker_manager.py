@@ -335,6 +335,10 @@ class WorkerManager:
                     await self._load_on(handle, self._variants[key])
                 except Exception:  # serve what did load; the controller loads the rest where it is wanted
                     logger.exception("worker %s: could not reload %s after its restart", worker_id, key)
+                if key not in self._variants:
+                    # Unloaded while it was reloaded here: the unload found the replacement not
+                    # holding it yet, and the reload brought it back against the operator's word.
+                    await self._unload_from(handle, key)
         self.scheduler.attach_worker(handle)
         for key in keys:
             self._show_loaded(key)
