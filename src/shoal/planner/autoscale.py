@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shoal.planner.modelless import ModellessVariant, Requirements, capacity_at_slo_rps, cost_per_1000_usd
+from shoal.planner.modelless import ModellessVariant, Requirements, capacity_at_slo_rps, within_limits
 
 __all__ = ["AutoscaleDecision", "AutoscaleState", "Demand", "ScalePlan", "plan_autoscale", "smooth_rate"]
 
@@ -87,11 +87,7 @@ def _options(variants: Sequence[ModellessVariant], requirements: Requirements) -
     to meet its SLO under load (twice a batch's latency fits). Failing that, those that meet it
     at least alone (batch 1 within the SLO), which `select_variant` serves: without them such a
     class had no variant, and the one serving it was scaled to 0."""
-    cap = requirements.max_cost_per_1000_usd
-    within = [
-        v for v in variants
-        if v.accuracy >= requirements.min_accuracy - 1e-12 and (cap is None or cost_per_1000_usd(v) <= cap + 1e-12)
-    ]
+    within = [v for v in variants if within_limits(v, requirements)]
     under_load = [v for v in within if capacity_at_slo_rps(v, requirements.slo_ms) > 0]
     return under_load or [v for v in within if v.batch_latency_ms(1) <= requirements.slo_ms]
 

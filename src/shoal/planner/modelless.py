@@ -51,6 +51,7 @@ __all__ = [
     "predicted_latency_ms",
     "replica_finish_ms",
     "select_variant",
+    "within_limits",
 ]
 
 
@@ -222,7 +223,8 @@ class SelectionDecision:
     alternatives: tuple[Alternative, ...] = ()
 
 
-def _within_limits(variant: ModellessVariant, requirements: Requirements) -> bool:
+def within_limits(variant: ModellessVariant, requirements: Requirements) -> bool:
+    """Within the query's accuracy floor and price cap (variant selection and autoscaling alike)."""
     cap = requirements.max_cost_per_1000_usd
     return variant.accuracy >= requirements.min_accuracy - 1e-12 and (cap is None or cost_per_1000_usd(variant) <= cap + 1e-12)
 
@@ -236,7 +238,7 @@ def select_variant(
     interference_factor: float = 1.5,
 ) -> SelectionDecision:
     states = {live.variant.name: classify_state(live, overload_factor=overload_factor, interference_factor=interference_factor) for live in variants}
-    allowed = [live for live in variants if _within_limits(live.variant, requirements)]
+    allowed = [live for live in variants if within_limits(live.variant, requirements)]
 
     def by_cost(live: LiveVariant):
         return (cost_per_1000_usd(live.variant), -live.variant.accuracy, live.variant.name)
@@ -287,7 +289,7 @@ def _refusal_reason(requirements: Requirements, variants: Sequence[LiveVariant])
     if not accurate:
         best = max(live.variant.accuracy for live in variants)
         return f"no variant reaches min_accuracy {requirements.min_accuracy:g} (best: {best:g})"
-    if not [live for live in accurate if _within_limits(live.variant, requirements)]:
+    if not [live for live in accurate if within_limits(live.variant, requirements)]:
         cheapest = min(cost_per_1000_usd(live.variant) for live in accurate)
         return f"no accurate-enough variant costs at most {requirements.max_cost_per_1000_usd:g} $ per 1000 queries (cheapest: {cheapest:.4g})"
     return f"no variant within the limits can answer within {requirements.slo_ms:g} ms now (busy, or its load time does not fit)"
@@ -300,7 +302,7 @@ def alternatives(requirements: Requirements, variants: Sequence[ModellessVariant
     def option(relax, value, variant):
         return Alternative(relax, value, variant.name, variant.accuracy, cost_per_1000_usd(variant), variant.batch_latency_ms(1))
 
-    slo_candidates = [v for v in variants if _within_limits(v, requirements)]
+    slo_candidates = [v for v in variants if within_limits(v, requirements)]
     if slo_candidates:
         fastest = min(slo_candidates, key=lambda v: (v.batch_latency_ms(1), cost_per_1000_usd(v)))
         if fastest.batch_latency_ms(1) > requirements.slo_ms:

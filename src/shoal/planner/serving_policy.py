@@ -58,6 +58,10 @@ class Policy(Protocol):
     def select(self, query: Query, options: Sequence[VariantOption]) -> Selection: ...
 
 
+def _affordable(query: Query, option: VariantOption) -> bool:
+    return query.max_cost_per_1000_usd is None or option.cost_per_1000_usd <= query.max_cost_per_1000_usd
+
+
 def _candidates(query: Query, options: Sequence[VariantOption]) -> list[VariantOption]:
     return [
         option
@@ -65,7 +69,7 @@ def _candidates(query: Query, options: Sequence[VariantOption]) -> list[VariantO
         if option.loaded
         and (query.input_size_px is None or option.input_size_px <= query.input_size_px)
         and option.accuracy >= query.min_accuracy
-        and (query.max_cost_per_1000_usd is None or option.cost_per_1000_usd <= query.max_cost_per_1000_usd)
+        and _affordable(query, option)
     ]
 
 
@@ -89,11 +93,10 @@ def _nothing_fits(query: Query, options: Sequence[VariantOption]) -> Selection:
     if not accurate:
         best = max(o.accuracy for o in sized)
         return Selection(None, f"no loaded variant reaches min_accuracy {query.min_accuracy:.3f} (best: {best:.3f})")
-    cap = query.max_cost_per_1000_usd
-    affordable = [o for o in accurate if cap is None or o.cost_per_1000_usd <= cap]
+    affordable = [o for o in accurate if _affordable(query, o)]
     if not affordable:  # it used to blame the SLO
         cheapest = min(o.cost_per_1000_usd for o in accurate)
-        return Selection(None, f"no loaded variant is within max_cost_per_1000_usd {cap:g} (cheapest: {cheapest:.3g})")
+        return Selection(None, f"no loaded variant is within max_cost_per_1000_usd {query.max_cost_per_1000_usd:g} (cheapest: {cheapest:.3g})")
     fastest = min(o.predicted_latency_ms for o in affordable)
     return Selection(None, f"no variant meets the {query.slo_ms:.0f} ms SLO at the current load (fastest: {fastest:.1f} ms)")
 

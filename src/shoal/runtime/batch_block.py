@@ -33,8 +33,12 @@ images at 128 px). Pages are only backed once written, so the unused part costs 
 def items_per_batch(block_bytes: int, item_shape: Sequence[int]) -> int:
     """The most float32 items of `item_shape` one batch of a block of `block_bytes` holds (at
     least 1): the cap on a queue's batches, since a larger batch fails every request in it."""
-    item_bytes = 4 * math.prod(item_shape)
-    return max(1, (block_bytes // BATCH_SLOTS // 2) // max(1, item_bytes))
+    return max(1, _side_bytes(block_bytes) // max(1, 4 * math.prod(item_shape)))
+
+
+def _side_bytes(block_bytes: int) -> int:
+    """A batch's room for its inputs (or its outputs): half of one of the block's slots."""
+    return block_bytes // BATCH_SLOTS // 2
 
 
 class BatchBlock:
@@ -75,7 +79,7 @@ class BatchBlock:
     @property
     def side_bytes(self) -> int:
         """The most bytes of inputs (or of outputs) one batch may have."""
-        return self.slot_bytes // 2
+        return _side_bytes(self.size_bytes)
 
     def _offset(self, slot: int, outputs: bool) -> int:
         if not 0 <= slot < BATCH_SLOTS:

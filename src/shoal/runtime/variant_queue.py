@@ -176,9 +176,11 @@ class VariantQueue:
         """Remove the items, wherever they are, whose deadline is before `before_ms` (those not
         answered already). Behind a more urgent level's traffic an expired item was never at
         the head to be dropped: it waited unanswered for as long as that traffic lasted."""
-        expired = [item for item in self.items if item.deadline_ms < before_ms]
-        if expired:
-            self.items = [item for item in self.items if item.deadline_ms >= before_ms]
+        kept: list[QueuedItem] = []
+        expired: list[QueuedItem] = []
+        for item in self.items:
+            (expired if item.deadline_ms < before_ms else kept).append(item)
+        self.items = kept  # still in queue order
         return [item for item in expired if not item.future.done()]
 
     def take(self, count: int) -> list[QueuedItem]:

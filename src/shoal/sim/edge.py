@@ -376,10 +376,13 @@ def simulate_edge(
             pinned=client.mode != "plan",
             channels=settings.channels,
         )
+        def frame_bytes(size: int) -> int:
+            return int(raw_frame_kbits(size, settings.channels) * 125)
+
         send = frame_to_send(
             client.estimator, chosen_size_px=choice.input_size_px, chosen_upload_ms=choice.upload_ms, slack_ms=choice.slack_ms,
             smallest_size_px=min(step.input_size_px for step in ladder),
-            frame_bytes=lambda size: int(raw_frame_kbits(size, settings.channels) * 125),
+            frame_bytes=frame_bytes,
             estimate_mbps=estimate, adaptive=client.mode == "plan", now_s=now, max_message_bytes=MAX_FRAME_BYTES,
         )  # fmt: skip
         size_px, upload_ms, padding = send.input_size_px, send.upload_ms, send.padding_bytes
@@ -388,7 +391,7 @@ def simulate_edge(
             record.outcome, record.reason = "skipped", "no input size would meet the SLO at the estimated bandwidth"
             client.records.append(record)
             return
-        size_bytes = int(raw_frame_kbits(size_px, settings.channels) * 125)
+        size_bytes = frame_bytes(size_px)
         budget_ms = scenario.slo_ms - upload_ms - client.estimator.min_rtt_ms
         arrival = client.link.reserve(size_bytes + padding, now)
         client.estimator.on_send(size_bytes + padding, now)
