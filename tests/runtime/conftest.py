@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from shoal.experiments.server_process import child_pids, free_port, wait_until_ready
+from shoal.experiments.server_process import child_pids, free_port, wait_for_ready_line, wait_until_ready
 
 
 @dataclass
@@ -20,6 +21,7 @@ class RunningServer:
     http_port: int
     grpc_port: int
     repository: Path
+    log_path: Path
 
     @property
     def url(self) -> str:
@@ -29,24 +31,39 @@ class RunningServer:
         """Child processes of the server that are shoal workers (read from /proc)."""
         return child_pids(self.process.pid, worker_processes_only=True)
 
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
 
 def start_server(repository: Path, *extra: str, timeout_s: float = 60.0) -> RunningServer:
-    http_port, grpc_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", str(http_port), "--grpc-port", str(grpc_port), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    server = RunningServer(process, http_port, grpc_port, repository)
-    state = wait_until_ready(process, server.url, timeout_s)
-    if state == "exited":
-        raise RuntimeError(f"server exited early:\n{process.stdout.read()}")
-    if state == "timeout":
-        process.kill()
-        raise RuntimeError("server did not become ready in time")
-    return server
+    """`shoal serve` with HTTP on a port it picks (read from its ready line) and gRPC on a free
+    port; started again on another gRPC port if one was taken meanwhile."""
+    for _ in range(3):
+        grpc_port = free_port()
+        descriptor, name = tempfile.mkstemp(prefix="shoal-serve-", suffix=".log")
+        os.close(descriptor)
+        log_path = Path(name)
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", "0", "--grpc-port", str(grpc_port), *extra],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        ready = wait_for_ready_line(process, log_path, timeout_s)
+        if ready == "exited" and f"--grpc-port {grpc_port}: cannot listen" in log_path.read_text():
+            continue
+        if ready == "exited":
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
+        if ready == "timeout":
+            process.kill()
+            raise RuntimeError("server did not become ready in time")
+        server = RunningServer(process, ready[0], grpc_port, repository, log_path)
+        if wait_until_ready(process, server.url, timeout_s) != "ready":
+            process.kill()
+            raise RuntimeError(f"server printed its ready line but was not ready:\n{server.output()}")
+        return server
+    raise RuntimeError(f"three free gRPC ports in a row were taken before the server bound them:\n{log_path.read_text()}")
 
 
 def stop_server(server: RunningServer) -> str:
@@ -56,7 +73,10 @@ def stop_server(server: RunningServer) -> str:
             server.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.process.kill()
-    return server.process.stdout.read()
+            server.process.wait()
+    output = server.output()
+    server.log_path.unlink(missing_ok=True)
+    return output
 
 
 @pytest.fixture(scope="session")

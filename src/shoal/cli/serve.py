@@ -19,7 +19,7 @@ from shoal.profiler.session import MAX_INTRA_OP_THREADS, MAX_WORKER_PROCESSES, c
 def serve(
     repo: RepoOption = None,
     host: Annotated[str, typer.Option("--host", help="Bind address (127.0.0.1 unless you mean to expose it).")] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option("--http-port", min=1, max=65535)] = 8000,
+    http_port: Annotated[int, typer.Option("--http-port", min=0, max=65535, help="0 picks a free port (the ready line on stderr names it).")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="0 disables gRPC.")] = 8001,
     backend: Annotated[str, typer.Option("--backend", help="local (worker processes on this machine) or ray (Ray actors).")] = "local",
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster to join (auto, host:port, ray://host:port); default (or local): start a new local one.", show_default=False)] = None,

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import random
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "child_pids", "free_port", "scrape_metric", "start_server_process", "wait_until_ready"]
+__all__ = ["READY_LINE", "ServerProcess", "child_pids", "free_port", "scrape_metric", "start_server_process", "wait_for_ready_line", "wait_until_ready"]
 
 
 def child_pids(parent_pid: int, *, worker_processes_only: bool = False) -> list[int]:
@@ -49,9 +51,46 @@ def scrape_metric(url: str, sample: str, **labels: str) -> float:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now, taken below the kernel's ephemeral range where it can.
+
+    Outgoing connections take their local ports from the ephemeral range, so a port found there
+    (as binding port 0 finds one) can be taken by any client between this call and the server's
+    bind: a CI run lost a test to that. Below the range only another listener can take it.
+    """
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    candidates = range(max(1024, ephemeral_low - 16384), ephemeral_low)
+    for _ in range(64 if len(candidates) >= 1024 else 0):
+        port = random.choice(candidates)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+READY_LINE = re.compile(r"HTTP on http://(?:\[[^\]]*\]|[^\s:/]+):(\d+)(?:, gRPC on (?:\[[^\]]*\]|[^\s:]+):(\d+))?")
+"""The line `shoal serve` prints on stderr once it serves; it names the ports it listens on."""
+
+
+def wait_for_ready_line(process: subprocess.Popen, log_path: Path, timeout_s: float) -> tuple[int, int | None] | str:
+    """Poll `log_path` (where the server's stderr goes) for its ready line: the HTTP port and the
+    gRPC port (None without gRPC) it names, or "exited" (the process died) or "timeout"."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = READY_LINE.search(log_path.read_text(errors="replace")) if log_path.exists() else None
+        if found:
+            return int(found.group(1)), int(found.group(2)) if found.group(2) else None
+        if process.poll() is not None:
+            return "exited"
+        time.sleep(0.1)
+    return "timeout"
 
 
 @dataclass
@@ -72,23 +111,30 @@ class ServerProcess:
 def start_server_process(
     repository: Path, *extra: str, timeout_s: float = 120.0, log_path: Path | None = None, env: dict[str, str] | None = None
 ) -> ServerProcess:
-    """Start `shoal serve` on a free port and wait until it reports ready (its output goes to
-    `log_path`, or nowhere; `env` replaces the environment, e.g. to serve another source tree)."""
-    port = free_port()
-    log = open(log_path or os.devnull, "w")  # noqa: SIM115 - owned by the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", str(port), "--grpc-port", "0", *extra],
-        stdout=log,
-        stderr=log,
-        env=env,
-    )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}")
-    state = wait_until_ready(process, server.url, timeout_s)
-    if state == "exited":
-        raise RuntimeError(f"shoal serve exited with status {process.returncode} before it was ready")
-    if state == "timeout":
-        server.stop()
+    """Start `shoal serve` on a port the system picks and wait until it reports ready (its output
+    goes to `log_path`, or nowhere; `env` replaces the environment, e.g. to serve another source
+    tree)."""
+    with tempfile.TemporaryDirectory(prefix="shoal-serve-") as scratch:
+        # Without a log the output still goes to a file until the ready line names the port.
+        output_path = log_path or Path(scratch) / "server.log"
+        with open(output_path, "w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", "0", "--grpc-port", "0", *extra],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        ready = wait_for_ready_line(process, output_path, timeout_s)
+        last_output = output_path.read_text(errors="replace")[-2000:] if ready == "exited" else ""
+    if ready == "exited":
+        raise RuntimeError(f"shoal serve exited with status {process.returncode} before it was ready:\n{last_output}")
+    if ready == "timeout":
+        ServerProcess(process, "").stop()
         raise RuntimeError(f"shoal serve was not ready after {timeout_s:.0f} s")
+    server = ServerProcess(process, f"http://127.0.0.1:{ready[0]}")
+    if wait_until_ready(process, server.url, timeout_s) != "ready":
+        server.stop()
+        raise RuntimeError(f"shoal serve printed its ready line but {server.url}/v2/health/ready did not answer 200 within {timeout_s:.0f} s")
     return server
 
 

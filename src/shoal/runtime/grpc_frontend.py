@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
+from shoal.core.errors import InvalidInputError
 from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, check_no_shared_memory, check_output_parameters, tensor_from_json
 from shoal.runtime.endpoints import ServedModels, check_admin_authorization
 from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError, ServingError
@@ -38,7 +39,7 @@ from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor
 
-__all__ = ["start_grpc_server"]
+__all__ = ["bind_grpc_server"]
 
 logger = logging.getLogger(__name__)
 STREAM_MAX_PENDING = 128
@@ -308,22 +309,36 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._guard(context, call)
 
 
-async def start_grpc_server(
+def bind_grpc_server(
     service: InferenceService, *, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024, workflows: Mapping[str, WorkflowExecutor] | None = None,
     admin_token: str | None = None,
-) -> grpc.aio.Server:
-    """Serve `service`'s models and the served `workflows` (by their deployment names) over gRPC.
-    `max_message_bytes` bounds a request as the HTTP frontend's body limit does (answers may be
-    as large as the default, 64 MiB); `admin_token` guards model load and unload as over HTTP."""
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server for `service`'s models and the served `workflows` (by their deployment names),
+    bound to `port` (0: one the system picks) but not started; returns it with the bound port.
+
+    Binding is separate from starting so that the server can take its port before the workers
+    load: a port in use is then an error within a second. `max_message_bytes` bounds a request as
+    the HTTP frontend's body limit does (answers may be as large as the default, 64 MiB);
+    `admin_token` guards model load and unload as over HTTP.
+    """
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max(max_message_bytes, 64 * 1024 * 1024))]  # fmt: skip
+                 ("grpc.max_send_message_length", max(max_message_bytes, 64 * 1024 * 1024)),
+                 # gRPC's default SO_REUSEPORT let a second server bind a port a running one
+                 # held, and the kernel then split the connections between the two servers.
+                 ("grpc.so_reuseport", 0)]  # fmt: skip
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(service, ServedModels(service, workflows), admin_token), server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise OSError(f"cannot bind gRPC to {host}:{port}")
-    await server.start()
-    return server
+    try:
+        bound_port = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    except RuntimeError:  # gRPC does not say why; these are the two causes a user can fix
+        bound_port = 0
+    if bound_port == 0:
+        raise InvalidInputError(
+            f"--grpc-port {port}: cannot listen on {host}:{port} (the port is in use, or --host is not an address of this machine); "
+            "stop what holds the port or choose another one (0 disables gRPC)"
+        )
+    return server, bound_port
 
 
 assert set(_CONTENT_FIELDS) <= set(DATATYPE_TO_NUMPY)

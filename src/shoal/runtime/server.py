@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from shoal.runtime.service import InferenceService
 from shoal.runtime.supervisor import Supervisor
 from shoal.runtime.worker_manager import ServeConfig
 
-__all__ = ["run_server", "serve_forever"]
+__all__ = ["bind_http_socket", "run_server", "serve_forever"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +64,34 @@ async def serve_forever(
             ray_placement_strategy=config.ray_placement_strategy, ray_device_resource=config.ray_device_resource,
             loop_monitor=service.loop_monitor,
         )
-    await service.start()
+    # The ports are taken before anything slow starts: a port in use is one clear error within a
+    # second, not a traceback after the workers loaded their models.
+    http_socket = bind_http_socket(host, http_port)
+    grpc_server = None
     try:
-        for name, executor in workflows.items():
-            if name in service.model_names():
-                raise InvalidInputError(f"workflow name {name!r} is also a model of the repository; rename the workflow in its deployment file")
-            await executor.start()
+        if grpc_port:
+            from shoal.runtime.grpc_frontend import bind_grpc_server
+
+            grpc_server, grpc_port = bind_grpc_server(service, host=host, port=grpc_port, workflows=workflows, max_message_bytes=max_body_bytes,
+                                                      admin_token=admin_token)
     except BaseException:
-        await _stop_all(service, workflows)
+        http_socket.close()
+        raise
+    http_port = http_socket.getsockname()[1]
+    try:
+        await service.start()
+        try:
+            for name, executor in workflows.items():
+                if name in service.model_names():
+                    raise InvalidInputError(f"workflow name {name!r} is also a model of the repository; rename the workflow in its deployment file")
+                await executor.start()
+        except BaseException:
+            await _stop_all(service, workflows)
+            raise
+    except BaseException:  # an embedding process that goes on must get its ports back
+        http_socket.close()
+        if grpc_server is not None:
+            await grpc_server.stop(grace=None)
         raise
     supervisor = Supervisor(service.metrics.registry)
     controller = Controller(service, interval_s=control_interval_s, idle_unload_after_s=idle_unload_after_s)
@@ -88,23 +110,16 @@ async def serve_forever(
                        # X-Forwarded-* per request only cost CPU on the loop.
                        proxy_headers=False, http=one_write_protocol() or "auto", ws_max_size=WEBSOCKET_MAX_BYTES)
     )
-    grpc_server = None
     http_task: asyncio.Task | None = None
     try:  # whatever ends serving (a signal, a frontend that fails to start, an error), stop everything
-        if grpc_port:
-            try:
-                from shoal.runtime.grpc_frontend import start_grpc_server
-            except ImportError:  # the gRPC frontend is optional until its module exists
-                start_grpc_server = None
-            if start_grpc_server is not None:
-                grpc_server = await start_grpc_server(service, host=host, port=grpc_port, workflows=workflows, max_message_bytes=max_body_bytes,
-                                                        admin_token=admin_token)
+        if grpc_server is not None:
+            await grpc_server.start()
         stop = stop_event or asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         http_server.install_signal_handlers = lambda: None  # signals are handled here, for all frontends
-        http_task = asyncio.create_task(http_server.serve())
+        http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
         while not http_server.started and not http_task.done():
             await asyncio.sleep(0.01)
         if http_task.done():
@@ -118,9 +133,11 @@ async def serve_forever(
         gc.collect()
         gc.freeze()
         service.metrics.gc_frozen_objects.set(gc.get_freeze_count())
-        grpc_text = f", gRPC on {host}:{grpc_port}" if grpc_server else ""
+        url_host = f"[{host}]" if ":" in host else host
+        grpc_text = f", gRPC on {url_host}:{grpc_port}" if grpc_server else ""
         workflow_text = "".join(f", workflow {name!r}" for name in workflows)
-        print(f"shoal serving {len(service.variants)} variants{workflow_text}: HTTP on http://{host}:{http_port}{grpc_text}", file=sys.stderr, flush=True)
+        # Harnesses that start the server on port 0 read the ports from this line.
+        print(f"shoal serving {len(service.variants)} variants{workflow_text}: HTTP on http://{url_host}:{http_port}{grpc_text}", file=sys.stderr, flush=True)
         await stop.wait()
         logger.info("shutting down")
     finally:
@@ -133,6 +150,29 @@ async def serve_forever(
         await _stop_all(service, workflows)
         if http_task is not None and not http_task.done():
             await http_task
+        http_socket.close()
+
+
+def bind_http_socket(host: str, port: int) -> socket.socket:
+    """The HTTP frontend's listening socket on `host`:`port` (0: a port the system picks), bound
+    now; a port in use or a `host` that is not this machine's is an InvalidInputError naming the
+    option to change."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        raise InvalidInputError(f"--host {host!r}: {error.strerror}; give an address or name of this machine (127.0.0.1, 0.0.0.0, ::)") from None
+    listening = socket.socket(family, kind, protocol)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart may reuse a port in TIME_WAIT
+    try:
+        listening.bind(address)
+    except OSError as error:
+        listening.close()
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise InvalidInputError(f"--host {host!r}: not an address of this machine ({error.strerror}); give one of its addresses, or 0.0.0.0 for all") from None
+        raise InvalidInputError(
+            f"--http-port {port}: cannot listen on {host}:{port}: {error.strerror}; stop what holds the port or choose another one (0 picks a free one)"
+        ) from None
+    return listening
 
 
 async def _stop_all(service: InferenceService, workflows: dict) -> None:
