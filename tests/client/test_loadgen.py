@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -28,12 +22,7 @@ from shoal.client.loadgen import (
     poisson_schedule,
     summarise,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from shoal.experiments.server_process import free_port, start_server_process
 
 
 def _spec(**overrides) -> LoadSpec:
@@ -164,7 +153,7 @@ def test_every_request_to_a_closed_port_is_recorded_as_a_client_error():
     import asyncio
     import gc
 
-    spec = _spec(url=f"http://127.0.0.1:{_free_port()}", rate_rps=100.0, duration_s=0.3, drain_timeout_s=1.0)
+    spec = _spec(url=f"http://127.0.0.1:{free_port()}", rate_rps=100.0, duration_s=0.3, drain_timeout_s=1.0)
     collector_during_run = []
 
     async def run_and_look():
@@ -186,7 +175,7 @@ def test_closed_loop_clients_pause_after_a_refused_connection_rather_than_spin()
     from shoal.client import loadgen
 
     pause_s = getattr(loadgen, "CLOSED_LOOP_ERROR_PAUSE_S", 0.01)  # the same bound checked on code without the pause
-    spec = _spec(url=f"http://127.0.0.1:{_free_port()}", mode="closed", concurrency=4, rate_rps=None, duration_s=0.5, drain_timeout_s=1.0)
+    spec = _spec(url=f"http://127.0.0.1:{free_port()}", mode="closed", concurrency=4, rate_rps=None, duration_s=0.5, drain_timeout_s=1.0)
     stats = summarise(asyncio.run(generate_load(spec)))
     most = 4 * (0.5 / pause_s + 1)
     assert 0 < stats.num_requests <= most and stats.num_client_errors == stats.num_requests
@@ -194,36 +183,9 @@ def test_closed_loop_clients_pause_after_a_refused_connection_rather_than_spin()
 
 @pytest.fixture(scope="module")
 def shoal_server(fixture_repository_path):
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shoal", "serve", "--repo", str(fixture_repository_path), "--http-port", str(port), "--grpc-port", "0",
-         "--workers", "1", "--threads", "1", "--preload", "fixture.rf-16"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60.0
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"shoal serve exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1.0) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("shoal serve did not become ready")
-        time.sleep(0.2)
-    yield url
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    server = start_server_process(fixture_repository_path, "--workers", "1", "--threads", "1", "--preload", "fixture.rf-16", timeout_s=60.0)
+    yield server.url
+    server.stop()
 
 
 def _outcomes(url: str) -> dict[str, float]:

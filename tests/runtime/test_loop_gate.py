@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import threading
 import time
 
@@ -26,7 +25,7 @@ from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import InferenceService
 from shoal.runtime.worker_manager import ServeConfig
 
-from .conftest import start_server, stop_server  # noqa: TID252
+from .conftest import free_port, start_server, stop_server  # noqa: TID252
 
 
 def test_refusal_share_is_none_up_to_a_third_then_rises_to_all():
@@ -176,12 +175,6 @@ def test_a_saturated_server_refuses_inference_at_the_gate_and_stays_healthy(fixt
         stop_server(server)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_a_refused_request_is_answered_429_unread_and_its_connection_serves_the_next(tmp_path):
     """A real uvicorn server, one keep-alive connection: a refused request's 1 MB body is never
     read by the application, yet the next request on the same connection is parsed correctly."""
@@ -201,7 +194,7 @@ def test_a_refused_request_is_answered_429_unread_and_its_connection_serves_the_
         assert model == "demo"
         return refusing.is_set()
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(InferFastPath(infer, other, refuse), host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
