@@ -508,3 +508,51 @@ def test_a_workflow_is_not_ready_while_a_task_has_no_serving_worker(pipeline):
             await executor.stop()
 
     assert asyncio.run(run()) == (True, False, True)
+
+
+def test_a_request_given_up_leaves_no_item_in_the_stage_queues(pipeline):
+    """A workflow request cancelled (its client went away) while its items wait behind another
+    request's on busy workers: they leave the stage queues at once rather than hold places until
+    a worker comes back for a batch and skips them."""
+    import os
+    import signal
+
+    path, _ = pipeline
+    deployment, base = load_deployment(path)
+    images = np.zeros((256, 3, 128, 128), dtype=np.uint8)
+
+    def queued(executor) -> list:
+        return [item for queue in executor.scheduler.queues.values() for item in queue.items]
+
+    async def run():
+        executor = WorkflowExecutor(deployment, base, max_batch_size=4)
+        await executor.start()
+        pids = [handle.pid for handle in executor.workers.values()]
+        try:
+            ahead = asyncio.ensure_future(executor.infer({"camera": images}, slo_ms=60_000))
+            for _ in range(2000):
+                await asyncio.sleep(0.001)
+                if len(queued(executor)) >= 64:
+                    break
+            given_up = asyncio.ensure_future(executor.infer({"camera": images[:32]}, slo_ms=90_000))  # queued behind `ahead`
+            for _ in range(20):
+                await asyncio.sleep(0.001)
+            for pid in pids:  # every worker busy with `ahead` for as long as this takes
+                os.kill(pid, signal.SIGSTOP)
+            queued_before = len(queued(executor))
+            given_up.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await given_up
+            await asyncio.sleep(0.05)  # the stage tasks take their cancellation
+            left = queued(executor)
+            cancelled_left = sum(item.future.cancelled() for item in left)
+            ahead.cancel()
+            return queued_before, len(left), cancelled_left
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+            await executor.stop()
+
+    queued_before, queued_after, cancelled_left = asyncio.run(run())
+    assert cancelled_left == 0
+    assert queued_after <= queued_before - 32 and queued_after > 0  # `ahead`'s items still wait

@@ -342,6 +342,15 @@ class Scheduler:
         for worker in self.workers_for(key):
             self._wakeups[worker.worker_id].set()
 
+    def withdraw(self, key: str, futures: list[asyncio.Future]) -> None:
+        """Take the items of `futures` out of `key`'s queue, for a request that gave them up (refused
+        part-way through its items, or its client went away). Left queued until a batch took and
+        skipped them, they counted against the queue's capacity and lengthened the drain admission
+        predicted for every request after them: one refused 8-item request could shed the next ones."""
+        queue = self.queues.get(key)
+        if queue is not None and futures:
+            queue.withdraw(set(futures))
+
     def fail_unserved(self, key: str) -> None:
         """Answer every request queued for `key` with ModelNotReadyError if no worker holds the
         variant any more: nothing would take them. Called by whatever unloads it from a worker

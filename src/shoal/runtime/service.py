@@ -415,6 +415,7 @@ class InferenceService:
         except OverloadedError:
             for future in futures:
                 future.cancel()
+            self.scheduler.withdraw(served.key, futures)
             self.metrics.outcome(model_name, served.key, "shed", monotonic_ms() - arrival_ms)
             raise
         self.metrics.child(self.metrics.request_inputs, served.key).inc(len(futures))
@@ -428,6 +429,9 @@ class InferenceService:
         except (asyncio.CancelledError, Exception) as error:
             for future in futures:
                 future.cancel()
+            # Cancelled ones may still be queued (gather cancels them when the client goes away);
+            # one answered or failed has left the queue.
+            self.scheduler.withdraw(served.key, [future for future in futures if future.cancelled()])
             if isinstance(error, asyncio.CancelledError):
                 outcome = "cancelled"
             else:

@@ -183,6 +183,10 @@ class VariantQueue:
         self.items = kept  # still in queue order
         return [item for item in expired if not item.future.done()]
 
+    def withdraw(self, futures: set[asyncio.Future]) -> None:
+        """Remove the items whose futures are in `futures` (given up by their requests)."""
+        self.items = [item for item in self.items if item.future not in futures]
+
     def take(self, count: int) -> list[QueuedItem]:
         """The first `count` items, less those already answered: a request whose client went away
         (or one of whose other items was refused) cancels its items, and running them would only

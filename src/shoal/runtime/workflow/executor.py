@@ -338,7 +338,11 @@ class WorkflowExecutor:
             admit_by_ms = deadline_ms - self._downstream_ms.get(task_name, 0.0)
             future = self.scheduler.submit(queue_key(task_name, worker), np.ascontiguousarray(tensor), deadline_ms, priority, admit_by_ms=admit_by_ms)
             self.items_by_route[task_name][worker] += 1  # counted once admitted
-            output, queue_ms, compute_ms, _ = await future
+            try:
+                output, queue_ms, compute_ms, _ = await future
+            except asyncio.CancelledError:  # the request was given up: its item must not hold a place
+                self.scheduler.withdraw(queue_key(task_name, worker), [future])
+                raise
             timings[task_name] = (queue_ms, compute_ms)
             return output
 
