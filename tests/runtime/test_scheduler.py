@@ -541,9 +541,10 @@ def test_requests_overtaken_by_urgent_ones_do_not_make_admission_stricter_for_th
         urgent = [scheduler.submit("v", np.zeros(1, np.float32), now + 10_000, priority=5) for _ in range(25)]
         await asyncio.gather(*routine, *urgent)
         later = monotonic_ms()
-        # the routine ones finished ~100 ms later than predicted (overtaken); the urgent ones early
-        assert queue.admission_error_ms(later, priority=0) > 50.0
-        assert queue.admission_error_ms(later, priority=5) == 0.0
+        # The routine ones finished ~100 ms (25 urgent batches) later than predicted, overtaken;
+        # the urgent ones only by the fake worker's own drift (each sleep overruns a little),
+        # which the routine ones carry too.
+        assert queue.admission_error_ms(later, priority=0) - queue.admission_error_ms(later, priority=5) > 50.0
         blocker = scheduler.submit("v", np.zeros(1, np.float32), later + 10_000)  # the worker is busy again
         await asyncio.sleep(0.002)
         waiting = scheduler.submit("v", np.zeros(1, np.float32), later + 10_000)  # and one is queued
@@ -830,3 +831,38 @@ def test_a_queue_never_forms_batches_larger_than_a_worker_s_shared_memory_slot(f
     caps = asyncio.run(scenario())
     assert caps and all(cap == min(256, items_per_batch(slot_for_10_items_of_64_px, (3, px, px))) for px, cap in caps.values())
     assert any(cap == 10 for px, cap in caps.values() if px == 64)
+
+
+def test_admission_holds_an_urgent_request_only_to_the_queue_that_runs_before_it():
+    """A backlog of unstated-priority requests that fills the next 200 ms does not refuse a
+    level-1 request with 60 ms to go: it runs before all of them. A routine request with the
+    same deadline is still refused, and the urgent one is answered in time."""
+
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=10.0, max_batch=1)
+        now = monotonic_ms()
+        routine = [scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(20)]
+        await asyncio.sleep(0.002)  # the first is running
+        with pytest.raises(OverloadedError):
+            scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 60)
+        submitted_ms = monotonic_ms()
+        urgent = scheduler.submit("v", np.zeros(1, np.float32), submitted_ms + 60, priority=1)
+        await urgent
+        answered_after_ms = monotonic_ms() - submitted_ms
+        await asyncio.gather(*routine)
+        await scheduler.close()
+        return answered_after_ms
+
+    assert asyncio.run(scenario()) < 60.0
+
+
+def test_the_items_ahead_of_a_level_count_its_own_and_the_more_urgent_levels():
+    queue = VariantQueue("v", lambda size: 1.0, 1, 100)
+    loop = asyncio.new_event_loop()
+    try:
+        for priority in (0, 0, 2, 1, 0, 2, 3):
+            queue.push(QueuedItem(priority=priority, deadline_ms=1000.0, arrival_ms=0.0, predicted_finish_ms=0.0,
+                                  tensor=np.zeros(1, np.float32), future=loop.create_future()))  # fmt: skip
+    finally:
+        loop.close()
+    assert [queue.items_ahead_of(priority) for priority in (1, 2, 3, 4, 0)] == [1, 3, 4, 4, 7]

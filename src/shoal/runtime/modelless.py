@@ -80,7 +80,7 @@ def _live(service: "InferenceService", variant: ModellessVariant, now_ms: float,
         arrival_rps=service.arrival_rps_by_variant.get(variant.name, 0.0),
         measured_latency_ms=measured,
         admission_margin_ms=service.scheduler.admission_margin_ms(variant.name, now_ms, priority) if replicas else 0.0,
-        predicted_finish_ms=service.scheduler.predicted_finish_ms(variant.name, now_ms) if replicas else None,
+        predicted_finish_ms=service.scheduler.predicted_finish_ms(variant.name, now_ms, priority) if replicas else None,
     )
 
 

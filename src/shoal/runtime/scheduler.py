@@ -101,11 +101,14 @@ class Scheduler:
         return [worker for worker in self.workers if worker.alive and key in worker.loaded_variants]
 
     # -- admission ------------------------------------------------------------------------------
-    def predicted_finish_ms(self, key: str, now_ms: float) -> float:
-        """Predicted completion delay of a request for `key` admitted now (inf when nothing serves it).
+    def predicted_finish_ms(self, key: str, now_ms: float, priority: int = 0) -> float:
+        """Predicted completion delay of a request for `key` and `priority` admitted now (inf when
+        nothing serves it).
 
-        The queue's drain plus the event loop's lag: a saturated loop delays the answer too
-        (socket, parsing, encoding), by about its lag."""
+        The drain of the part of the queue that runs before it (every item of its priority level
+        or a more urgent one: a level-1 request is not held to the backlog of unstated ones it
+        overtakes) plus the event loop's lag: a saturated loop delays the answer too (socket,
+        parsing, encoding), by about its lag."""
         queue = self.queues[key]
         workers = self.workers_for(key)
         if not workers:
@@ -115,7 +118,7 @@ class Scheduler:
         serving = [worker for worker in workers if not worker.loading] or workers
         busy_ms = [max(0.0, worker.busy_until_ms - now_ms) for worker in serving]
         return self.loop_monitor.lag_ms + admission_finish_ms(
-            len(queue), busy_ms, queue.batch_latency_ms, queue.max_batch_size, arrivals_per_ms=queue.admission_rate_per_ms(now_ms)
+            queue.items_ahead_of(priority), busy_ms, queue.batch_latency_ms, queue.max_batch_size, arrivals_per_ms=queue.admission_rate_per_ms(now_ms)
         )
 
     def admission_margin_ms(self, key: str, now_ms: float, priority: int = 0) -> float:
@@ -155,7 +158,7 @@ class Scheduler:
         now = monotonic_ms()
         if len(queue) >= queue.capacity:
             raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
-        predicted_finish_ms = now + self.predicted_finish_ms(key, now)
+        predicted_finish_ms = now + self.predicted_finish_ms(key, now, priority)
         if predicted_finish_ms + self.admission_margin_ms(key, now, priority) > (deadline_ms if admit_by_ms is None else admit_by_ms):
             raise OverloadedError(
                 f"{key!r} cannot answer within the deadline at the current load", retry_after_s=self._retry_after_s(queue)

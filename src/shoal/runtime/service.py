@@ -356,7 +356,7 @@ class InferenceService:
                     loaded=loaded,
                     # As admission sees it: the learnt error comes on top of the prediction.
                     predicted_latency_ms=(
-                        self.scheduler.predicted_finish_ms(key, now) + self.scheduler.admission_margin_ms(key, now, priority)
+                        self.scheduler.predicted_finish_ms(key, now, priority) + self.scheduler.admission_margin_ms(key, now, priority)
                         if loaded else float("inf")
                     ),
                     cost_per_1000_usd=variant_cost_per_1000_usd(self, served),

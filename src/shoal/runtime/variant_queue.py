@@ -183,6 +183,15 @@ class VariantQueue:
         self.items = kept  # still in queue order
         return [item for item in expired if not item.future.done()]
 
+    def items_ahead_of(self, priority: int) -> int:
+        """How many queued items run before a request of `priority` queued now, at the latest:
+        those of its level and of more urgent ones (within a level an earlier deadline may
+        overtake, but admission keeps its promise to the items admitted before)."""
+        rank = priority_rank(priority)
+        if not self.items or self.items[-1].sort_key[0] <= rank:  # nearly always: one level queued
+            return len(self.items)
+        return bisect.bisect_right(self.items, (rank, math.inf), key=lambda item: item.sort_key)
+
     def withdraw(self, futures: set[asyncio.Future]) -> None:
         """Remove the items whose futures are in `futures` (given up by their requests)."""
         self.items = [item for item in self.items if item.future not in futures]
