@@ -866,3 +866,24 @@ def test_the_items_ahead_of_a_level_count_its_own_and_the_more_urgent_levels():
     finally:
         loop.close()
     assert [queue.items_ahead_of(priority) for priority in (1, 2, 3, 4, 0)] == [1, 3, 4, 4, 7]
+
+
+def test_a_request_that_overtakes_everything_queued_is_not_charged_the_margin():
+    """The learnt margin covers waiting behind others; an urgent request with only less urgent
+    ones queued heads the queue, as one arriving at an empty queue does."""
+
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=10.0, max_batch=1)
+        queue = scheduler.queues["v"]
+        now = monotonic_ms()
+        queue.observe_finishes([30.0] * 40, now, priority=1)
+        queue.observe_finishes([30.0] * 40, now, priority=0)
+        routine = [scheduler.submit("v", np.zeros(1, np.float32), now + 10_000) for _ in range(5)]
+        await asyncio.sleep(0.002)  # one runs, four wait
+        margins = scheduler.admission_margin_ms("v", monotonic_ms(), priority=1), scheduler.admission_margin_ms("v", monotonic_ms(), priority=0)
+        await asyncio.gather(*routine)
+        await scheduler.close()
+        return margins
+
+    urgent_margin, routine_margin = asyncio.run(scenario())
+    assert urgent_margin == 0.0 and routine_margin == pytest.approx(30.0)

@@ -124,7 +124,7 @@ class Scheduler:
     def admission_margin_ms(self, key: str, now_ms: float, priority: int = 0) -> float:
         """What admission adds to the predicted finish of a request for `key` queued now: the
         error learnt for its priority (`VariantQueue.admission_error_ms`), except for a request
-        that heads the queue.
+        that heads the queue (nothing of its level or a more urgent one queued).
 
         Most of the error is time spent waiting behind other requests, which a request at the
         head does not do: the next worker to free takes it, and that worker's batch is sized to
@@ -133,7 +133,8 @@ class Scheduler:
         heavy demo variant, 3-4% without the margin there); admitting it also keeps fresh errors
         coming after a slow spell."""
         queue = self.queues[key]
-        return 0.0 if not queue.items and self._next_free_worker_takes(key) else queue.admission_error_ms(now_ms, priority)
+        heads_the_queue = queue.items_ahead_of(priority) == 0  # less urgent items queued do not count
+        return 0.0 if heads_the_queue and self._next_free_worker_takes(key) else queue.admission_error_ms(now_ms, priority)
 
     def _next_free_worker_takes(self, key: str) -> bool:
         """A worker for `key` is not loading and has nothing queued for any other variant it holds,
