@@ -148,3 +148,35 @@ def test_a_cancelled_request_and_a_gate_refusal_count_as_failures(fixture_reposi
     entry, text = asyncio.run(scenario())
     assert entry["inference_stats"]["fail"]["count"] == 2 and entry["inference_stats"]["success"]["count"] == 0
     assert 'outcome="cancelled",variant="fixture.rf-16"} 1.0' in text
+
+
+def test_the_model_config_names_the_batch_sizes_the_shared_memory_slots_allow(fixture_repository_path):
+    """A worker's slot holds fewer large images than `--max-batch-size`: the config's preferred
+    batch size is the batch really formed (it said `--max-batch-size` whatever the slot held)."""
+    import asyncio
+
+    from shoal.runtime.batch_block import BATCH_SLOTS
+    from shoal.runtime.endpoints import ServedModels
+    from shoal.runtime.service import InferenceService
+    from shoal.runtime.worker_manager import ServeConfig
+
+    # Room for 10 float32 items of 3x16x16 per batch (a slot's input half).
+    block_bytes = BATCH_SLOTS * 2 * 10 * 4 * 3 * 16 * 16
+
+    async def scenario():
+        service = InferenceService(ServeConfig(repository=fixture_repository_path, preload=(), max_batch_size=32, shared_memory_bytes=block_bytes))
+
+        async def no_processes() -> None:
+            return None
+
+        service.manager.start = no_processes
+        await service.start()
+        served = ServedModels(service)
+        sizes = {name: served.config(name)["dynamic_batching"]["preferred_batch_size"] for name in ("fixture.rf-16", "fixture")}
+        caps = {key: queue.max_batch_size for key, queue in service.scheduler.queues.items()}
+        await service.stop()
+        return sizes, caps
+
+    sizes, caps = asyncio.run(scenario())
+    assert sizes["fixture.rf-16"] == [10] == [caps["fixture.rf-16"]]
+    assert sizes["fixture"] == sorted(set(caps.values())) and len(sizes["fixture"]) > 1 and max(sizes["fixture"]) <= 10

@@ -94,7 +94,8 @@ class ServedModels:
         ModelConfig): what `tritonclient`'s `get_model_config` users read the batch limit and
         the tensors from. A variant's or family's batch limit is the items one request may carry
         (`ServeConfig.max_request_items`; a family, model-less, takes the full-size frames it
-        resizes), and the batches its batchers form are the preferred size; a workflow's tensors
+        resizes), and the largest batches its batchers form (a family: each of its variants') are
+        the preferred sizes; a workflow's tensors
         are its sources and sinks, its limits the same two (its stages' batchers form the batches)."""
         workflow = self.workflows.get(model)
         if workflow is not None:
@@ -103,7 +104,7 @@ class ServedModels:
         config = self.service.config
         return triton_config(model, self.service.model_metadata(model), max_batch_size=config.max_request_items,
                              max_queue_delay_ms=config.max_queue_delay_ms, input_format="FORMAT_NCHW",
-                             preferred_batch_sizes=(config.max_batch_size,))  # fmt: skip
+                             preferred_batch_sizes=tuple(self.service.batch_sizes(model)))  # fmt: skip
 
     def statistics(self, model: str = "") -> list[dict[str, Any]]:
         """Triton's `model_stats` for `model`, or ("") for every variant and workflow served."""

@@ -194,6 +194,14 @@ class InferenceService:
             "outputs": [{"name": family.output_name, "datatype": "FP32", "shape": [-1, family.num_classes]}],
         }
 
+    def batch_sizes(self, model_name: str) -> list[int]:
+        """The largest batch each variant behind `model_name` is run in (one for a variant, one
+        per distinct size for a family): `--max-batch-size`, or less where a worker's
+        shared-memory slot holds fewer items of the variant's input size."""
+        family, served = self.resolve(model_name)
+        keys = [served.key] if served else [key for key, other in self.variants.items() if other.family.name == family.name]
+        return sorted({self.scheduler.queues[key].max_batch_size for key in keys})
+
     @staticmethod
     def check_version(model_name: str, version: str | None) -> None:
         """Every model has one version, "1" (what metadata lists); a path or request naming
