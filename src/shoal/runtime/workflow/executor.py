@@ -341,7 +341,9 @@ class WorkflowExecutor:
             try:
                 output, queue_ms, compute_ms, _ = await future
             except asyncio.CancelledError:  # the request was given up: its item must not hold a place
-                self.scheduler.withdraw(queue_key(task_name, worker), [future])
+                # in whichever of the task's queues it waits now (`_hand_over` moves items)
+                for other in task.load_shares_rps:
+                    self.scheduler.withdraw(queue_key(task_name, other), [future])
                 raise
             timings[task_name] = (queue_ms, compute_ms)
             return output
