@@ -51,19 +51,19 @@ def start_server(repository: Path, *extra: str, timeout_s: float = 60.0) -> Runn
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         ready = wait_for_ready_line(process, log_path, timeout_s)
-        if ready == "exited" and f"--grpc-port {grpc_port}: cannot listen" in log_path.read_text():
+        if isinstance(ready, tuple):
+            server = RunningServer(process, ready[0], grpc_port, repository, log_path)
+            if wait_until_ready(process, server.url, timeout_s) == "ready":
+                return server
+        output = log_path.read_text(errors="replace")
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log_path.unlink(missing_ok=True)
+        if ready == "exited" and f"--grpc-port {grpc_port}: cannot listen" in output:
             continue
-        if ready == "exited":
-            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
-        if ready == "timeout":
-            process.kill()
-            raise RuntimeError("server did not become ready in time")
-        server = RunningServer(process, ready[0], grpc_port, repository, log_path)
-        if wait_until_ready(process, server.url, timeout_s) != "ready":
-            process.kill()
-            raise RuntimeError(f"server printed its ready line but was not ready:\n{server.output()}")
-        return server
-    raise RuntimeError(f"three free gRPC ports in a row were taken before the server bound them:\n{log_path.read_text()}")
+        raise RuntimeError(f"server did not become ready ({ready if isinstance(ready, str) else 'ready line, no health'}):\n{output}")
+    raise RuntimeError(f"three free gRPC ports in a row were taken before the server bound them:\n{output}")
 
 
 def stop_server(server: RunningServer) -> str:

@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from shoal.core.errors import InvalidInputError
 from shoal.experiments.server_process import READY_LINE, free_port, start_server_process
+from shoal.runtime.server import bind_http_socket
 
 
 def _serve(repository: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -74,3 +77,47 @@ def test_free_ports_come_from_below_the_ephemeral_range():
     ports = {free_port() for _ in range(20)}
     assert all(1024 <= port < ephemeral_low for port in ports)
     assert len(ports) > 1
+
+
+def test_a_port_is_held_from_the_moment_it_is_bound():
+    # Bound but not listening, a second socket could bind the same port, and under uvloop the
+    # listen that then failed raised nothing: the server announced a port another one held.
+    first = bind_http_socket("127.0.0.1", 0)
+    try:
+        port = first.getsockname()[1]
+        with pytest.raises(InvalidInputError, match=f"--http-port {port}: cannot listen"):
+            bind_http_socket("127.0.0.1", port)
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize(("host", "bound"), [("", "0.0.0.0"), ("localhost", "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_hosts_bind_as_uvicorn_bound_them(host, bound):
+    listening = bind_http_socket(host, 0)
+    try:
+        assert listening.getsockname()[0] == bound
+    finally:
+        listening.close()
+
+
+def test_one_port_for_http_and_grpc_is_refused_by_name(fixture_repository_path):
+    port = free_port()
+    finished, _ = _serve(fixture_repository_path, "--http-port", str(port), "--grpc-port", str(port))
+    assert finished.returncode == 2
+    assert f"error: --grpc-port {port}: cannot listen" in finished.stderr
+
+
+def test_the_ready_line_is_read_whole_or_not_at_all():
+    line = "shoal serving 3 variants, workflow 'odd: HTTP on http://x:1': HTTP on http://[::1]:41377, gRPC on [::1]:8001\n"
+    assert READY_LINE.search(line).groups() == ("41377", "8001")
+    assert READY_LINE.search(line[:-4]) is None  # a line half written: no port 413
+
+
+def test_a_server_started_without_a_log_keeps_its_output_until_it_stops(fixture_repository_path):
+    server = start_server_process(fixture_repository_path)
+    scratch = Path(server.scratch.name)
+    try:
+        assert READY_LINE.search((scratch / "server.log").read_text())
+    finally:
+        server.stop()
+    assert not scratch.exists()

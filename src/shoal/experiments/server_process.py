@@ -75,7 +75,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-READY_LINE = re.compile(r"HTTP on http://(?:\[[^\]]*\]|[^\s:/]+):(\d+)(?:, gRPC on (?:\[[^\]]*\]|[^\s:]+):(\d+))?")
+READY_LINE = re.compile(r"^shoal serving [^\n]*: HTTP on http://(?:\[[^\]]*\]|[^\s:/]+):(\d+)(?:, gRPC on (?:\[[^\]]*\]|[^\s:]+):(\d+))?\n", re.M)
 """The line `shoal serve` prints on stderr once it serves; it names the ports it listens on."""
 
 
@@ -97,6 +97,8 @@ def wait_for_ready_line(process: subprocess.Popen, log_path: Path, timeout_s: fl
 class ServerProcess:
     process: subprocess.Popen
     url: str
+    scratch: tempfile.TemporaryDirectory | None = None
+    """Holds the server's output when the caller asked for no log (removed at `stop`)."""
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -106,32 +108,35 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.scratch is not None:
+            self.scratch.cleanup()
 
 
 def start_server_process(
     repository: Path, *extra: str, timeout_s: float = 120.0, log_path: Path | None = None, env: dict[str, str] | None = None
 ) -> ServerProcess:
     """Start `shoal serve` on a port the system picks and wait until it reports ready (its output
-    goes to `log_path`, or nowhere; `env` replaces the environment, e.g. to serve another source
-    tree)."""
-    with tempfile.TemporaryDirectory(prefix="shoal-serve-") as scratch:
-        # Without a log the output still goes to a file until the ready line names the port.
-        output_path = log_path or Path(scratch) / "server.log"
-        with open(output_path, "w") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", "0", "--grpc-port", "0", *extra],
-                stdout=log,
-                stderr=log,
-                env=env,
-            )
-        ready = wait_for_ready_line(process, output_path, timeout_s)
-        last_output = output_path.read_text(errors="replace")[-2000:] if ready == "exited" else ""
-    if ready == "exited":
-        raise RuntimeError(f"shoal serve exited with status {process.returncode} before it was ready:\n{last_output}")
-    if ready == "timeout":
-        ServerProcess(process, "").stop()
-        raise RuntimeError(f"shoal serve was not ready after {timeout_s:.0f} s")
-    server = ServerProcess(process, f"http://127.0.0.1:{ready[0]}")
+    goes to `log_path`, or to a scratch file removed when it stops; `env` replaces the
+    environment, e.g. to serve another source tree)."""
+    # The output goes to a file either way: the ready line in it names the port.
+    scratch = None if log_path else tempfile.TemporaryDirectory(prefix="shoal-serve-")
+    output_path = log_path or Path(scratch.name) / "server.log"
+    with open(output_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", "0", "--grpc-port", "0", *extra],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+    server = ServerProcess(process, "", scratch)
+    ready = wait_for_ready_line(process, output_path, timeout_s)
+    if isinstance(ready, str):
+        last_output = output_path.read_text(errors="replace")[-2000:]
+        server.stop()
+        if ready == "exited":
+            raise RuntimeError(f"shoal serve exited with status {process.returncode} before it was ready:\n{last_output}")
+        raise RuntimeError(f"shoal serve was not ready after {timeout_s:.0f} s:\n{last_output}")
+    server.url = f"http://127.0.0.1:{ready[0]}"
     if wait_until_ready(process, server.url, timeout_s) != "ready":
         server.stop()
         raise RuntimeError(f"shoal serve printed its ready line but {server.url}/v2/health/ready did not answer 200 within {timeout_s:.0f} s")

@@ -49,6 +49,7 @@ async def serve_forever(
     from shoal.runtime.edge.sessions import EdgeSessionManager
     from shoal.runtime.edge.websocket import WEBSOCKET_MAX_BYTES, edge_route
 
+    host = host or "0.0.0.0"  # uvicorn took "" for every interface; gRPC refused it
     service = InferenceService(config)
     workflows = {}
     if workflow_deployment is not None:
@@ -153,18 +154,30 @@ async def serve_forever(
         http_socket.close()
 
 
+HTTP_BACKLOG = 2048
+"""Connections the kernel queues before the server accepts them (uvicorn's default)."""
+
+
 def bind_http_socket(host: str, port: int) -> socket.socket:
-    """The HTTP frontend's listening socket on `host`:`port` (0: a port the system picks), bound
-    now; a port in use or a `host` that is not this machine's is an InvalidInputError naming the
-    option to change."""
+    """The HTTP frontend's listening socket on `host`:`port` (0: a port the system picks),
+    listening now; a port in use or a `host` that is not this machine's is an InvalidInputError
+    naming the option to change.
+
+    It listens at once rather than when uvicorn starts: two sockets may bind one port while
+    neither listens, and under uvloop a listen that then fails raised nothing, so the server
+    printed its ready line for a port another process held."""
     try:
-        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise InvalidInputError(f"--host {host!r}: {error.strerror}; give an address or name of this machine (127.0.0.1, 0.0.0.0, ::)") from None
+    # IPv4 first unless the host is an IPv6 address, as uvicorn chose: `localhost` resolves to
+    # ::1 first on many systems, and clients of 127.0.0.1 would then find nothing.
+    family, kind, protocol, _, address = min(addresses, key=lambda found: found[0] != (socket.AF_INET6 if ":" in host else socket.AF_INET))
     listening = socket.socket(family, kind, protocol)
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart may reuse a port in TIME_WAIT
     try:
         listening.bind(address)
+        listening.listen(HTTP_BACKLOG)
     except OSError as error:
         listening.close()
         if error.errno == errno.EADDRNOTAVAIL:
