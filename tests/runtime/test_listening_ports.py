@@ -115,8 +115,8 @@ def test_the_ready_line_is_read_whole_or_not_at_all():
 
 def test_a_server_started_without_a_log_keeps_its_output_until_it_stops(fixture_repository_path):
     server = start_server_process(fixture_repository_path)
-    scratch = Path(server.scratch.name)
     try:
+        scratch = Path(server.scratch.name)
         assert READY_LINE.search((scratch / "server.log").read_text())
     finally:
         server.stop()
