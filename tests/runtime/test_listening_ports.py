@@ -13,7 +13,7 @@ import pytest
 
 from shoal.core.errors import InvalidInputError
 from shoal.experiments.server_process import READY_LINE, free_port, start_server_process
-from shoal.runtime.server import bind_http_socket
+from shoal.runtime.sockets import bind_http_socket
 
 
 def _serve(repository: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -121,3 +121,12 @@ def test_a_server_started_without_a_log_keeps_its_output_until_it_stops(fixture_
     finally:
         server.stop()
     assert not scratch.exists()
+
+
+def test_the_capacity_loop_takes_its_port_before_it_says_where_it_serves():
+    with _held_port() as holder:
+        port = holder.getsockname()[1]
+        finished = subprocess.run([sys.executable, "-m", "shoal", "plan", "capacity", "--serve", "--port", str(port)],
+                                  capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert finished.returncode == 2
+    assert finished.stderr.startswith(f"error: --port {port}: cannot listen on 127.0.0.1:{port}"), finished.stderr

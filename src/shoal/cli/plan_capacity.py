@@ -34,7 +34,7 @@ def plan_capacity_command(
         bool, typer.Option("--serve", help="Run the control loop service (POST /optimize, GET /invoke); see docs/capacity.md.")
     ] = False,
     host: Annotated[str, typer.Option("--host", help="--serve: bind address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="--serve: HTTP port.")] = 8080,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="--serve: HTTP port (0 picks a free one, named on stderr).")] = 8080,
     runtime_url: Annotated[
         str | None, typer.Option("--runtime-url", help="--serve: the shoal runtime to collect from (http://host:port).")
     ] = None,

@@ -68,6 +68,7 @@ from shoal.runtime.capacity_inputs import (
 )
 from shoal.runtime.errors import PayloadTooLargeError
 from shoal.runtime.http_body import read_limited_body
+from shoal.runtime.sockets import bind_http_socket
 
 __all__ = [
     "CapacityLoop",
@@ -398,7 +399,13 @@ def run_control_service(
     loop = CapacityLoop(spec=spec, runtime_url=runtime_url, actuator=actuator, solver=solver, unlimited=unlimited,
                         client=client)
     app = build_app(loop, interval_s=interval_s if spec is not None else None)
+    # The port is taken before the line below says where the loop serves: one in use is an
+    # `error:` line, not that line followed by uvicorn's.
+    listening = bind_http_socket(host, port, port_option="--port")
     what = f"every {interval_s:g} s and on GET /invoke" if spec is not None and interval_s else "on GET /invoke"
     cycles = f"; cycles {what}, actuator {actuator.name}" if spec is not None and actuator else "; POST /optimize only"
-    print(f"shoal capacity loop on http://{host}:{port}{cycles}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    print(f"shoal capacity loop on http://{host}:{listening.getsockname()[1]}{cycles}", file=sys.stderr, flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listening])
+    finally:
+        listening.close()
