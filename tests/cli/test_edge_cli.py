@@ -85,3 +85,73 @@ def test_a_local_ray_instance_is_checked_for_the_device_before_ray_starts(capsys
     # Without --address the actors run on this machine: a GPU it lacks waited 120 s for a placement.
     assert main(["serve", "--repo", str(fixture_repository_path), "--backend", "ray", "--device", "cuda:0"]) == 1
     assert "device 'cuda:0' is not available" in capsys.readouterr().err
+
+
+def test_output_paths_that_cannot_be_written_fail_before_any_work(capsys, fixture_repository_path):
+    repo = str(fixture_repository_path)
+    # /proc takes no new files, even from root: the run's results would be lost at its end
+    assert main(["demo", "--repo", repo, "--no-serve", "--out", "/proc/shoal-results.json"]) == 2
+    assert "--out /proc/shoal-results.json: cannot write there" in capsys.readouterr().err
+    assert main(["demo", "--repo", repo, "--report-dir", "/proc/shoal-report"]) == 2
+    assert "--report-dir /proc/shoal-report: cannot write there" in capsys.readouterr().err
+    assert main(["demo", "--repo", repo, "--duration-s", "inf"]) == 2  # a range error, before any work
+    assert main(["bench", "edge-serve", "--repo", repo, "--slo-ms", "1e12"]) == 2
+
+
+def test_one_report_folder_holds_one_run_at_a_time(tmp_path):
+    from shoal.core.errors import InvalidInputError
+    from shoal.experiments.edge_live import _report_lock
+
+    with _report_lock(tmp_path):
+        try:
+            with _report_lock(tmp_path):
+                raise AssertionError("a second run got the folder")
+        except InvalidInputError as error:
+            assert "another run is writing its report there" in str(error)
+    with _report_lock(tmp_path):  # free again once the first run is done
+        pass
+
+
+def test_sigterm_while_a_server_starts_leaves_no_server_behind(tmp_path, fixture_repository_path):
+    """The demo's SIGTERM (an interrupt in shoal's CLI) arriving while `shoal serve` starts: the
+    server it started was left running for good."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from shoal.experiments.server_process import child_pids
+
+    script = tmp_path / "start_server.py"
+    script.write_text(textwrap.dedent(f"""
+        import signal, sys
+        from pathlib import Path
+        from shoal.experiments.server_process import start_server_process
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupt)
+        try:
+            start_server_process(Path({str(fixture_repository_path)!r}), "--preload", "fixture.rf-64", timeout_s=120)
+        except KeyboardInterrupt:
+            sys.exit(143)
+    """))
+    process = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 30
+    while not child_pids(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (server_pid,) = child_pids(process.pid)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    time.sleep(0.2)
+    try:
+        os.kill(server_pid, 0)
+        alive = open(f"/proc/{server_pid}/stat").read().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        alive = False
+    if alive:
+        os.kill(server_pid, signal.SIGKILL)
+    assert not alive

@@ -12,7 +12,7 @@ import sys
 import threading
 
 from shoal.cli._app import app, bench_app, plan_app, zoo_app
-from shoal.core.errors import DeviceUnavailableError, ShoalError
+from shoal.core.errors import DeviceUnavailableError, ProcessFailedError, ShoalError
 
 # Importing a command module registers its commands on the apps above.
 from shoal.cli import demo as _demo  # noqa: F401,E402
@@ -35,7 +35,7 @@ __all__ = ["app", "bench_app", "main", "plan_app", "zoo_app"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; shoal's own errors become `error: ...` on stderr with exit status 2 (1 for devices).
+    """Run the CLI; shoal's own errors become `error: ...` on stderr with exit status 2 (1 for devices and failed processes).
 
     Typer runs in standalone mode so that usage errors (a missing option, a bad value) are
     printed by typer itself and end in SystemExit with click's status 2.
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, standalone_mode=True)
     except ShoalError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1 if isinstance(error, DeviceUnavailableError) else 2
+        return 1 if isinstance(error, (DeviceUnavailableError, ProcessFailedError)) else 2
     except SystemExit as exit_request:
         if _terminated:  # click turned it into "Aborted!" and 1: a terminated process says so
             return 128 + signal.SIGTERM

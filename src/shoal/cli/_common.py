@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,22 +35,34 @@ def open_repository(repo: Path | None) -> ModelRepository:
 
 
 def check_output_file(path: Path | None, option: str) -> None:
-    """Before a long run, not after it: a results file whose path is a folder (or under a file)
-    would lose the run's results to a traceback at the end."""
+    """Before a long run, not after it: a results file whose path is a folder, lies under a
+    file, or cannot be written would lose the run's results to a traceback at the end. Creates
+    the file's folder."""
     if path is None:
         return
     if path.is_dir():
         raise InvalidInputError(f"{option} {path}: is a folder; give a file name")
     if any(parent.exists() and not parent.is_dir() for parent in path.parents):
         raise InvalidInputError(f"{option} {path}: a part of the path is a file, not a folder")
+    _check_writable_folder(path.parent, option, path)
 
 
 def check_output_folder(path: Path | None, option: str) -> None:
-    """`check_output_file` for a folder the run writes into."""
+    """`check_output_file` for a folder the run writes into (created now)."""
     if path is None:
         return
     if any(part.exists() and not part.is_dir() for part in (path, *path.parents)):
         raise InvalidInputError(f"{option} {path}: is (or lies under) a file; give a folder")
+    _check_writable_folder(path, option, path)
+
+
+def _check_writable_folder(folder: Path, option: str, given: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InvalidInputError(f"{option} {given}: cannot write there ({error.strerror}); give a path in a folder you may write to") from None
 
 
 def parse_device(name: str) -> Device:

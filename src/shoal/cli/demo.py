@@ -51,8 +51,8 @@ def demo(
     trace: Annotated[str, typer.Option("--trace", help="Uplink bandwidth trace: lte, wifi, synthetic, or a file of Mbit/s per second.")] = "lte",
     clients: Annotated[int, typer.Option("--clients", min=1, max=64, help="Emulated edge clients.")] = 4,
     fps: Annotated[float, typer.Option("--fps", min=0.1, max=120.0, help="Frames per second per client.")] = 15.0,
-    slo_ms: Annotated[float, typer.Option("--slo-ms", min=1.0, help="End-to-end SLO (upload + queue + compute + download).")] = 100.0,
-    duration_s: Annotated[float, typer.Option("--duration-s", min=1.0, help="Seconds of streaming per compared setting.")] = 50.0,
+    slo_ms: Annotated[float, typer.Option("--slo-ms", min=1.0, max=60_000.0, help="End-to-end SLO (upload + queue + compute + download).")] = 100.0,
+    duration_s: Annotated[float, typer.Option("--duration-s", min=1.0, max=86_400.0, help="Seconds of streaming per compared setting (at most a day).")] = 50.0,
     statics: Annotated[str, typer.Option("--statics", help="Static baselines to run: 'auto' (the predicted best and its neighbours) or 'all'.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seeds the clients' start points in the trace.")] = 1,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where the report goes (default ./shoal-report).")] = None,
@@ -67,7 +67,9 @@ def demo(
         raise InvalidInputError(f"--statics {statics!r}: use 'auto' or 'all'")
     load_trace(trace)  # a bad trace fails before minutes of building and profiling
     check_output_file(out, "--out")  # and so does a path the results could not be written to
-    check_output_folder(report_dir, "--report-dir")
+    report_dir = report_dir or Path.cwd() / "shoal-report"
+    if serve:
+        check_output_folder(report_dir, "--report-dir")
     repository = open_repository(repo)
     _ensure_family(repository, repeats)
     table, rows = family_table(repository, DEMO_FAMILY, Device.parse("cpu"))
@@ -79,7 +81,7 @@ def demo(
 
         comparison = compare_on_trace(
             repository, DEMO_FAMILY, trace=trace, clients=clients, fps=fps, slo_ms=slo_ms, duration_s=duration_s, seed=seed, statics=statics,
-            report_dir=report_dir or Path.cwd() / "shoal-report", console=error_console if json_output else console,
+            report_dir=report_dir, console=error_console if json_output else console,
         )
         best = comparison["best_static"]
         result["shoal"] = _headline(comparison["shoal"])

@@ -5,18 +5,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import websockets
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from shoal.client.edge import FrameRecord
 from shoal.client.network import load_trace, trace_offsets
+from shoal.core.errors import InvalidInputError, ProcessFailedError
 from shoal.core.models import Device, Profile, Variant
 from shoal.experiments import code_version
 from shoal.experiments.edge_serving import EdgeRun, EdgeScenario, StaticCandidate, choose_statics, run_edge_setting
@@ -131,6 +135,18 @@ def run_settings(
     return result
 
 
+@contextlib.contextmanager
+def _report_lock(report_dir: Path) -> Iterator[None]:
+    """Hold `report_dir` for one run: a second run there would overwrite the first one's server
+    log (where its server's port is read from) and mix the two reports."""
+    with open(report_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidInputError(f"{report_dir}: another run is writing its report there; wait for it, or give this run another folder (--report-dir, or --out for bench)") from None
+        yield
+
+
 def compare_on_trace(
     repository: ModelRepository,
     family: str,
@@ -159,15 +175,21 @@ def compare_on_trace(
     settings = ["shoal", *(f"static:{c.variant}" for c in sorted(chosen, key=lambda c: -c.accuracy))]
     frames, labels = repository.load_validation(family)
     report_dir.mkdir(parents=True, exist_ok=True)
-    console.print(
-        f"starting shoal serve on {repository.root}; {clients} clients at {fps:g} fps, SLO {slo_ms:g} ms, trace {trace}, "
-        f"{duration_s:g} s per setting: {', '.join(settings)}"
-    )
-    server = start_server_process(repository.root, "--idle-unload-s", "100000", "--grpc-port", "0", log_path=report_dir / "server.log")
-    try:
-        comparison = run_settings(server.url, settings, scenario, frames, labels, console)
-    finally:
-        server.stop()
+    with _report_lock(report_dir):
+        console.print(
+            f"starting shoal serve on {repository.root}; {clients} clients at {fps:g} fps, SLO {slo_ms:g} ms, trace {trace}, "
+            f"{duration_s:g} s per setting: {', '.join(settings)}"
+        )
+        log_path = report_dir / "server.log"
+        server = start_server_process(repository.root, "--idle-unload-s", "100000", "--grpc-port", "0", log_path=log_path)
+        try:
+            comparison = run_settings(server.url, settings, scenario, frames, labels, console)
+        except (OSError, websockets.exceptions.WebSocketException) as error:
+            if server.process.poll() is None:
+                raise
+            raise ProcessFailedError(f"shoal serve exited with status {server.process.returncode} during the run ({error}); its log is {log_path}") from None
+        finally:
+            server.stop()
     configuration = {
         "family": family, "trace": trace, "clients": clients, "fps": fps, "slo_ms": slo_ms, "duration_s": duration_s,
         "trace_offsets_s": [round(o, 2) for o in scenario.offsets_s], "settings": settings, "version": code_version(),

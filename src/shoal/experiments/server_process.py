@@ -132,7 +132,11 @@ def start_server_process(
                 env=env,
             )
         server = ServerProcess(process, "", scratch)
-        ready = wait_for_ready_line(process, output_path, timeout_s)
+        try:
+            ready = wait_for_ready_line(process, output_path, timeout_s)
+        except BaseException:  # Ctrl-C or SIGTERM (as KeyboardInterrupt) while it starts: not left behind
+            server.stop()
+            raise
         if not (ready == "exited" and http_port == "0" and "'--http-port'" in output_path.read_text(errors="replace")):
             break
     if isinstance(ready, str):
@@ -142,7 +146,12 @@ def start_server_process(
             raise RuntimeError(f"shoal serve exited with status {process.returncode} before it was ready:\n{last_output}")
         raise RuntimeError(f"shoal serve was not ready after {timeout_s:.0f} s:\n{last_output}")
     server.url = f"http://127.0.0.1:{ready[0]}"
-    if wait_until_ready(process, server.url, timeout_s) != "ready":
+    try:
+        healthy = wait_until_ready(process, server.url, timeout_s) == "ready"
+    except BaseException:
+        server.stop()
+        raise
+    if not healthy:
         server.stop()
         raise RuntimeError(f"shoal serve printed its ready line but {server.url}/v2/health/ready did not answer 200 within {timeout_s:.0f} s")
     return server
