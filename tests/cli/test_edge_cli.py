@@ -155,3 +155,32 @@ def test_sigterm_while_a_server_starts_leaves_no_server_behind(tmp_path, fixture
     if alive:
         os.kill(server_pid, signal.SIGKILL)
     assert not alive
+
+
+def test_output_checks_create_nothing(tmp_path):
+    from shoal.cli._common import check_output_file, check_output_folder
+
+    check_output_file(tmp_path / "new" / "deeper" / "results.json", "--out")
+    check_output_folder(tmp_path / "reports" / "run-1", "--report-dir")
+    assert list(tmp_path.iterdir()) == []  # the run makes its folders when it writes
+
+
+def test_a_report_folder_lock_leaves_nothing_in_the_folder(tmp_path):
+    from shoal.experiments.edge_live import _report_lock
+
+    with _report_lock(tmp_path):
+        pass
+    assert list(tmp_path.iterdir()) == []  # a lock file would end up in reports kept in git
+
+
+def test_a_server_that_fails_to_start_is_a_process_error_not_a_traceback(tmp_path):
+    from shoal.core.errors import ProcessFailedError
+    from shoal.experiments.server_process import start_server_process
+
+    (tmp_path / "not-a-repository").write_text("")
+    try:
+        start_server_process(tmp_path / "not-a-repository", timeout_s=60)
+    except ProcessFailedError as error:  # the CLI prints it as one line, exit 1
+        assert isinstance(error, RuntimeError) and "exited with status 2" in str(error) and "--repo" in str(error)
+    else:
+        raise AssertionError("a server on a file for a repository started")

@@ -130,3 +130,22 @@ def test_the_capacity_loop_takes_its_port_before_it_says_where_it_serves():
                                   capture_output=True, text=True, timeout=60)  # fmt: skip
     assert finished.returncode == 2
     assert finished.stderr.startswith(f"error: --port {port}: cannot listen on 127.0.0.1:{port}"), finished.stderr
+
+
+def test_the_capacity_loop_stops_on_ctrl_c_with_status_0_and_on_sigterm_with_143():
+    import signal
+
+    for sent, expected in ((signal.SIGINT, 0), (signal.SIGTERM, 143)):
+        process = subprocess.Popen([sys.executable, "-m", "shoal", "plan", "capacity", "--serve", "--port", "0"],
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            line = process.stderr.readline()
+            assert line.startswith("shoal capacity loop on http://127.0.0.1:"), line
+            port = int(line.split("127.0.0.1:")[1].split(";")[0])
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+            process.send_signal(sent)
+            assert process.wait(timeout=30) == expected, sent
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

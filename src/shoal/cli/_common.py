@@ -37,29 +37,31 @@ def open_repository(repo: Path | None) -> ModelRepository:
 def check_output_file(path: Path | None, option: str) -> None:
     """Before a long run, not after it: a results file whose path is a folder, lies under a
     file, or cannot be written would lose the run's results to a traceback at the end. Creates
-    the file's folder."""
+    nothing (the run makes the folders when it writes)."""
     if path is None:
         return
     if path.is_dir():
         raise InvalidInputError(f"{option} {path}: is a folder; give a file name")
     if any(parent.exists() and not parent.is_dir() for parent in path.parents):
         raise InvalidInputError(f"{option} {path}: a part of the path is a file, not a folder")
-    _check_writable_folder(path.parent, option, path)
+    _check_writable(path.parent, option, path)
 
 
 def check_output_folder(path: Path | None, option: str) -> None:
-    """`check_output_file` for a folder the run writes into (created now)."""
+    """`check_output_file` for a folder the run writes into."""
     if path is None:
         return
     if any(part.exists() and not part.is_dir() for part in (path, *path.parents)):
         raise InvalidInputError(f"{option} {path}: is (or lies under) a file; give a folder")
-    _check_writable_folder(path, option, path)
+    _check_writable(path, option, path)
 
 
-def _check_writable_folder(folder: Path, option: str, given: Path) -> None:
+def _check_writable(folder: Path, option: str, given: Path) -> None:
+    """A file can be made in `folder`, or (where it does not exist yet) in its nearest existing
+    ancestor, which is where the run's first folder will be made."""
+    existing = next(candidate for candidate in (folder, *folder.parents) if candidate.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise InvalidInputError(f"{option} {given}: cannot write there ({error.strerror}); give a path in a folder you may write to") from None

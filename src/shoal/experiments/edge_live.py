@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import os
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -138,13 +139,19 @@ def run_settings(
 @contextlib.contextmanager
 def _report_lock(report_dir: Path) -> Iterator[None]:
     """Hold `report_dir` for one run: a second run there would overwrite the first one's server
-    log (where its server's port is read from) and mix the two reports."""
-    with open(report_dir / ".lock", "w") as lock:
+    log (where its server's port is read from) and mix the two reports. The folder itself is
+    locked, so nothing is left in it (a lock file would end up in reports kept in git)."""
+    import fcntl  # POSIX only, like the rest of the serving stack
+
+    descriptor = os.open(report_dir, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InvalidInputError(f"{report_dir}: another run is writing its report there; wait for it, or give this run another folder (--report-dir, or --out for bench)") from None
         yield
+    finally:
+        os.close(descriptor)
 
 
 def compare_on_trace(
@@ -185,14 +192,17 @@ def compare_on_trace(
         try:
             comparison = run_settings(server.url, settings, scenario, frames, labels, console)
         except (OSError, websockets.exceptions.WebSocketException) as error:
-            if server.process.poll() is None:
-                raise
+            try:  # a dead server's sockets close before its exit status can be collected
+                server.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                raise error from None
             raise ProcessFailedError(f"shoal serve exited with status {server.process.returncode} during the run ({error}); its log is {log_path}") from None
         finally:
             server.stop()
-    configuration = {
-        "family": family, "trace": trace, "clients": clients, "fps": fps, "slo_ms": slo_ms, "duration_s": duration_s,
-        "trace_offsets_s": [round(o, 2) for o in scenario.offsets_s], "settings": settings, "version": code_version(),
-    }
-    report = write_edge_report(report_dir, comparison.runs, variants=profiles, title=f"shoal: {clients} edge clients over the {trace} trace", configuration=configuration)
+        configuration = {
+            "family": family, "trace": trace, "clients": clients, "fps": fps, "slo_ms": slo_ms, "duration_s": duration_s,
+            "trace_offsets_s": [round(o, 2) for o in scenario.offsets_s], "settings": settings, "version": code_version(),
+        }
+        report = write_edge_report(report_dir, comparison.runs, variants=profiles, title=f"shoal: {clients} edge clients over the {trace} trace",
+                                   configuration=configuration)  # fmt: skip
     return {"runs": comparison.runs, "shoal": comparison.shoal, "best_static": best_static(comparison.runs), "report": report, "configuration": configuration}

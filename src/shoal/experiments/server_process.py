@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from shoal.core.errors import ProcessFailedError
+
 __all__ = ["READY_LINE", "ServerProcess", "child_pids", "free_port", "scrape_metric", "start_server_process", "wait_for_ready_line", "wait_until_ready"]
 
 
@@ -143,8 +145,8 @@ def start_server_process(
         last_output = output_path.read_text(errors="replace")[-2000:]
         server.stop()
         if ready == "exited":
-            raise RuntimeError(f"shoal serve exited with status {process.returncode} before it was ready:\n{last_output}")
-        raise RuntimeError(f"shoal serve was not ready after {timeout_s:.0f} s:\n{last_output}")
+            raise ProcessFailedError(f"shoal serve exited with status {process.returncode} before it was ready:\n{last_output}")
+        raise ProcessFailedError(f"shoal serve was not ready after {timeout_s:.0f} s:\n{last_output}")
     server.url = f"http://127.0.0.1:{ready[0]}"
     try:
         healthy = wait_until_ready(process, server.url, timeout_s) == "ready"
@@ -153,7 +155,7 @@ def start_server_process(
         raise
     if not healthy:
         server.stop()
-        raise RuntimeError(f"shoal serve printed its ready line but {server.url}/v2/health/ready did not answer 200 within {timeout_s:.0f} s")
+        raise ProcessFailedError(f"shoal serve printed its ready line but {server.url}/v2/health/ready did not answer 200 within {timeout_s:.0f} s")
     return server
 
 

@@ -388,6 +388,9 @@ def run_control_service(
     if interval_s < 0:
         raise InvalidInputError(f"--interval-s must be >= 0 (0: only GET /invoke runs cycles), got {interval_s}")
     spec = load_control_file(base_system) if base_system is not None else None
+    # The port is taken before anything else is set up or printed: one in use is an `error:`
+    # line, not the address the loop would serve on followed by uvicorn's error.
+    listening = bind_http_socket(host, port, port_option="--port")
     client = httpx.AsyncClient()  # one connection pool for collecting and actuating
     actuator: ReplicaActuator | None = None
     if kubernetes:
@@ -399,13 +402,16 @@ def run_control_service(
     loop = CapacityLoop(spec=spec, runtime_url=runtime_url, actuator=actuator, solver=solver, unlimited=unlimited,
                         client=client)
     app = build_app(loop, interval_s=interval_s if spec is not None else None)
-    # The port is taken before the line below says where the loop serves: one in use is an
-    # `error:` line, not that line followed by uvicorn's.
-    listening = bind_http_socket(host, port, port_option="--port")
     what = f"every {interval_s:g} s and on GET /invoke" if spec is not None and interval_s else "on GET /invoke"
     cycles = f"; cycles {what}, actuator {actuator.name}" if spec is not None and actuator else "; POST /optimize only"
-    print(f"shoal capacity loop on http://{host}:{listening.getsockname()[1]}{cycles}", file=sys.stderr, flush=True)
+    shown_host = f"[{host}]" if ":" in host else host or "0.0.0.0"
+    print(f"shoal capacity loop on http://{shown_host}:{listening.getsockname()[1]}{cycles}", file=sys.stderr, flush=True)
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listening])
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C (a bare interrupt) stops the loop as uvicorn.run took it, exit 0; shoal's CLI
+        # turns SIGTERM into an interrupt naming the signal, which must still end in 143.
+        if interrupt.args:
+            raise
     finally:
         listening.close()

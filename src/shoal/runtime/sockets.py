@@ -35,6 +35,8 @@ def bind_http_socket(host: str, port: int, *, port_option: str = "--http-port") 
         listening.listen(HTTP_BACKLOG)
     except OSError as error:
         listening.close()
+        if error.errno == errno.EACCES:
+            raise InvalidInputError(f"{port_option} {port}: this user may not listen on ports below 1024 ({error.strerror}); choose one above 1023 (0 picks a free one)") from None
         if error.errno == errno.EADDRNOTAVAIL:
             raise InvalidInputError(f"--host {host!r}: not an address of this machine ({error.strerror}); give one of its addresses, or 0.0.0.0 for all") from None
         raise InvalidInputError(
