@@ -45,8 +45,9 @@ def _tensor(datatype, data, shape=None, name="x", **parameters):
         (_request(_tensor("FP32", [1.0], shape=[1] * 65)), "has 65 dimensions, more than 32"),
         # Extensions not served are refused, not silently answered another way.
         (_request(_tensor("FP32", [1.0], shared_memory_region="r", shared_memory_byte_size=4)), "shared memory is not supported"),
-        (json.dumps({"inputs": [_tensor("FP32", [1.0])], "outputs": [{"name": "y", "parameters": {"classification": 3}}]}).encode(),
-         "'classification'.*is not supported by this server; ask for the raw output"),
+        # Triton's classification extension takes a whole number of classes, at least one.
+        *((json.dumps({"inputs": [_tensor("FP32", [1.0])], "outputs": [{"name": "y", "parameters": {"classification": count}}]}).encode(),
+           "parameter 'classification' must be a whole number >= 1") for count in (0, True, "3", 2.5)),
     ],
 )
 def test_values_a_datatype_does_not_take_are_refused(body, message):

@@ -4,6 +4,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 
@@ -164,16 +165,46 @@ def test_model_load_and_unload_need_the_admin_token_and_requests_obey_the_body_l
         stop_server(server)
 
 
-def test_class_count_is_refused_and_the_index_can_list_only_ready_models(client, server):
-    """tritonclient's class_count (the classification extension, not served) used to be answered
-    with the raw logits; RepositoryIndex(ready=True) listed models that were not ready."""
+def _top_indices(logits: np.ndarray, count: int) -> list[list[int]]:
+    return [list(np.argsort(-row, kind="stable")[:count]) for row in logits]
+
+
+def _parsed(classes: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
+    """The indices and values of a classification output's `<value>:<index>` strings."""
+    # bytes from binary answers; tritonclient gives str for JSON ones
+    split = [[(element.decode() if isinstance(element, bytes) else element).split(":") for element in row] for row in classes]
+    return [[int(index) for _, index, *_ in row] for row in split], np.array([[float(value) for value, *_ in row] for row in split])
+
+
+def test_class_count_answers_the_top_classes_over_grpc_and_http(client, server):
+    """Triton's classification extension (tritonclient's class_count): each item's highest
+    logits as `<value>:<index>` strings, highest first; it used to be refused."""
+    images = np.random.default_rng(5).random((2, 3, 16, 16), dtype=np.float32)
+    tensor = triton_grpc.InferInput("images", [2, 3, 16, 16], "FP32")
+    tensor.set_data_from_numpy(images)
+    logits = client.infer("fixture.rf-16", [tensor], outputs=[triton_grpc.InferRequestedOutput("logits")]).as_numpy("logits")
+    classes = client.infer("fixture.rf-16", [tensor], outputs=[triton_grpc.InferRequestedOutput("logits", class_count=3)]).as_numpy("logits")
+    assert classes.shape == (2, 3)
+    indices, values = _parsed(classes)
+    assert indices == _top_indices(logits, 3)
+    np.testing.assert_allclose(values, np.take_along_axis(logits, np.array(indices), axis=1), atol=1e-5)
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    http_tensor = triton_http.InferInput("images", [2, 3, 16, 16], "FP32")
+    http_tensor.set_data_from_numpy(images)
+    for binary in (True, False):
+        answer = http.infer("fixture.rf-16", [http_tensor], outputs=[triton_http.InferRequestedOutput("logits", binary_data=binary, class_count=2)])
+        assert _parsed(answer.as_numpy("logits"))[0] == _top_indices(logits, 2), binary
+        assert answer.get_output("logits")["datatype"] == "BYTES"
+    # More classes than the model has: every class, in order
+    everything = client.infer("fixture.rf-16", [tensor], outputs=[triton_grpc.InferRequestedOutput("logits", class_count=1000)]).as_numpy("logits")
+    assert _parsed(everything)[0] == _top_indices(logits, logits.shape[1])
+    assert "classification" in http.get_server_metadata()["extensions"]
+
+
+def test_the_index_can_list_only_ready_models(client, server):
+    """RepositoryIndex(ready=True) listed models that were not ready."""
     import httpx
 
-    tensor = triton_grpc.InferInput("images", [1, 3, 16, 16], "FP32")
-    tensor.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
-    with pytest.raises(InferenceServerException) as refused:
-        client.infer("fixture.rf-16", [tensor], outputs=[triton_grpc.InferRequestedOutput("logits", class_count=3)])
-    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "class_count" in refused.value.message()
     client.unload_model("fixture.rf-64")  # one not ready (loaded again below: the server is the session's)
     everything = client.get_model_repository_index(as_json=True)["models"]
     import grpc

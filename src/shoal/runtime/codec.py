@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from shoal.runtime.classification import classification_count, serialize_bytes_tensor
 from shoal.runtime.errors import BadRequestError, PayloadTooLargeError
 
 __all__ = [
@@ -56,6 +57,8 @@ class DecodedRequest:
     requested_outputs: list[str] = field(default_factory=list)
     binary_outputs: dict[str, bool] = field(default_factory=dict)
     binary_by_default: bool = False
+    classifications: dict[str, int] = field(default_factory=dict)
+    """Outputs to answer as their top classes (Triton's classification extension), with how many."""
 
 
 def _shape(value: Any, tensor: str) -> tuple[int, ...]:
@@ -198,14 +201,16 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
     outputs = header.get("outputs") or []
     if not isinstance(outputs, list):
         raise BadRequestError("'outputs' must be a list")
-    requested, binary_outputs = [], {}
+    requested, binary_outputs, classifications = [], {}, {}
     for output in outputs:
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise BadRequestError("each entry of 'outputs' needs a string 'name'")
         requested.append(output["name"])
         output_parameters = output.get("parameters") or {}
         if isinstance(output_parameters, dict):
-            check_output_parameters(output_parameters, f"output {output['name']!r}")
+            count = check_output_parameters(output_parameters, f"output {output['name']!r}")
+            if count is not None:
+                classifications[output["name"]] = count
         if isinstance(output_parameters, dict) and "binary_data" in output_parameters:
             binary_outputs[output["name"]] = _flag(output_parameters["binary_data"], f"output {output['name']!r}: parameter 'binary_data'")
     request_id = header.get("id", "")
@@ -216,6 +221,7 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
         requested_outputs=requested,
         binary_outputs=binary_outputs,
         binary_by_default=_flag(parameters.get("binary_data_output", False), "parameter 'binary_data_output'"),
+        classifications=classifications,
     )
 
 
@@ -227,13 +233,13 @@ def check_no_shared_memory(parameters: Mapping[str, Any], what: str) -> None:
         raise BadRequestError(f"{what}: {named[0]!r}: shared memory is not supported by this server; send the tensor in the request")
 
 
-def check_output_parameters(parameters: Mapping[str, Any], what: str) -> None:
-    """What an output may ask: `binary_data` only. Triton's classification extension
-    (`classification` / tritonclient's class_count) is not served, and is refused rather than
-    answered with the raw output the client would take for its top classes."""
+def check_output_parameters(parameters: Mapping[str, Any], what: str) -> int | None:
+    """What an output may ask: `binary_data`, and `classification` (Triton's classification
+    extension: its top N classes instead of the tensor), whose count is returned (None: the tensor)."""
     check_no_shared_memory(parameters, what)
-    if "classification" in parameters:
-        raise BadRequestError(f"{what}: 'classification' (class_count) is not supported by this server; ask for the raw output and take its top classes")
+    if "classification" not in parameters:
+        return None
+    return classification_count(parameters["classification"], what)
 
 
 def _flag(value: Any, what: str) -> bool:
@@ -255,16 +261,17 @@ def encode_http_response(
     """Encode a response; returns (body, json header length when any output is binary)."""
     entries, chunks = [], []
     for name, array in outputs.items():
-        datatype = NUMPY_TO_DATATYPE.get(array.dtype)
+        strings = array.dtype == object  # BYTES: a classification's strings
+        datatype = "BYTES" if strings else NUMPY_TO_DATATYPE.get(array.dtype)
         if datatype is None:
             raise TypeError(f"output {name!r} has unsupported dtype {array.dtype}")
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary_outputs.get(name, binary_by_default):
-            raw = np.ascontiguousarray(array).tobytes()
+            raw = serialize_bytes_tensor(array) if strings else np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = [element.decode() for element in array.ravel()] if strings else array.ravel().tolist()
         entries.append(entry)
     header = {"model_name": model_name, "model_version": model_version, "outputs": entries, "parameters": parameters}
     if request_id:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shoal.runtime.classification import top_classes
 from shoal.runtime.errors import BadRequestError, UnauthorizedError
 from shoal.runtime.inference_request import requirements
 from shoal.runtime.scheduler import monotonic_ms
@@ -132,12 +133,15 @@ class ServedModels:
 
     async def infer(
         self, model: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], requested_outputs: list[str], *, received_ms: float,
+        classifications: Mapping[str, int] | None = None,
     ) -> Answer:
-        """One request that passed the gate (`refuse_at_gate`); `received_ms` is when the frontend got it."""
+        """One request that passed the gate (`refuse_at_gate`); `received_ms` is when the frontend
+        got it. `classifications`: outputs to answer as their top classes, and how many."""
         workflow = self.workflows.get(model)
         if workflow is None:
             result = await self.service.infer(model, inputs, parameters, requested_outputs, received_ms=received_ms, gated=True)
-            return Answer({result.output_name: result.outputs}, result.parameters)
+            answer = Answer({result.output_name: result.outputs}, result.parameters)
+            return self._classified(answer, classifications, self.service.resolve(model)[0].class_names) if classifications else answer
         unknown = [name for name in requested_outputs if name not in workflow.sinks]
         if unknown:
             raise BadRequestError(f"output {unknown[0]!r} does not exist; workflow {model!r} has outputs {sorted(workflow.sinks)}")
@@ -154,4 +158,13 @@ class ServedModels:
         items = next(iter(result.outputs.values())).shape[0]
         statistics.answered(items, result.queue_ms, result.compute_ms, monotonic_ms() - received_ms)
         statistics.last_inference_ms = int(time.time() * 1000)
-        return Answer(outputs, {"shoal_workflow_ms": round(result.latency_ms, 3)})
+        answer = Answer(outputs, {"shoal_workflow_ms": round(result.latency_ms, 3)})
+        return self._classified(answer, classifications, ()) if classifications else answer
+
+    @staticmethod
+    def _classified(answer: Answer, classifications: Mapping[str, int], labels: Sequence[str]) -> Answer:
+        """`answer` with the outputs named in `classifications` as their top classes."""
+        for name, count in classifications.items():
+            if name in answer.outputs:
+                answer.outputs[name] = top_classes(answer.outputs[name], count, labels)
+        return answer

@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 
 from shoal.core.errors import InvalidInputError
+from shoal.runtime.classification import serialize_bytes_tensor
 from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, check_no_shared_memory, check_output_parameters, tensor_from_json
 from shoal.runtime.endpoints import ServedModels, check_admin_authorization
 from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError, ServingError
@@ -166,12 +167,20 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             raise OverloadedError(GATE_REFUSAL_MESSAGE)
         inputs = decode_grpc_inputs(request)
         parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
+        classifications = {}
         for output in request.outputs:
-            check_output_parameters(output.parameters, f"output {output.name!r}")
+            values = {key: _parameter_value(value) for key, value in output.parameters.items()}
+            count = check_output_parameters(values, f"output {output.name!r}")
+            if count is not None:
+                classifications[output.name] = count
         requested = [output.name for output in request.outputs]
-        answer = await self.models.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms)
+        answer = await self.models.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms, classifications=classifications)
         response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
         for name, array in answer.outputs.items():
+            if array.dtype == object:  # BYTES: a classification's strings
+                response.outputs.add(name=name, datatype="BYTES", shape=list(array.shape))
+                response.raw_output_contents.append(serialize_bytes_tensor(array))
+                continue
             outputs = np.ascontiguousarray(array)
             response.outputs.add(name=name, datatype=NUMPY_TO_DATATYPE[outputs.dtype], shape=list(outputs.shape))
             response.raw_output_contents.append(outputs.tobytes())

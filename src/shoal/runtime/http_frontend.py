@@ -219,7 +219,8 @@ def build_http_app(
         if header_length is not None and not (header_length.isascii() and header_length.isdigit() and len(header_length) <= 20):
             raise BadRequestError(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length[:40]!r}")
         decoded = decode_http_request(body, int(header_length) if header_length is not None else None)
-        answer = await models.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms)
+        answer = await models.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms,
+                                    classifications=decoded.classifications)
         payload, json_length = encode_http_response(
             model,
             answer.outputs,

@@ -210,7 +210,7 @@ class InferenceService:
             raise ModelNotFoundError(f"model {model_name!r} has no version {version!r}: shoal serves version \"1\" of each model (or name none)")
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "shoal", "version": __version__, "extensions": ["binary_tensor_data", "model_repository", "parameters", "statistics"]}
+        return {"name": "shoal", "version": __version__, "extensions": ["binary_tensor_data", "classification", "model_repository", "parameters", "statistics"]}
 
     def model_statistics(self, model_name: str = "") -> list[dict[str, Any]]:
         """Triton's `model_stats` for a variant, for each variant of a family, or ("") for every
