@@ -28,3 +28,9 @@ def test_a_bytes_tensor_is_serialised_with_little_endian_lengths():
 def test_a_count_is_a_whole_number_of_at_least_one(count):
     with pytest.raises(BadRequestError, match="'classification' must be a whole number >= 1"):
         classification_count(count, "output 'logits'")
+
+
+def test_classes_past_the_family_s_names_have_no_label_and_unsigned_scores_rank_by_value():
+    scores = np.array([[0.1, 0.9, 0.5, 0.7]], np.float32)  # wider than the three names
+    assert top_classes(scores, 2, ["a", "b", "c"]).tolist() == [[b"0.900000:1:b", b"0.700000:3"]]
+    assert top_classes(np.array([[0, 1, 2, 200]], np.uint8), 2).tolist() == [[b"200.000000:3", b"2.000000:2"]]

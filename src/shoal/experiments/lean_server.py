@@ -112,6 +112,8 @@ def build_lean_app(model_path: str, model_name: str, *, max_batch_size: int, thr
         header_length = request.headers.get(HEADER_LENGTH)
         try:
             decoded = decode_http_request(body, int(header_length) if header_length else None)
+            if decoded.classifications:  # a baseline without it: refused, not answered with the raw scores
+                raise ValueError("'classification' (class_count) is not served by this baseline server")
             tensor = decoded.inputs[input_name]
         except (ServingError, KeyError, ValueError) as error:
             return JSONResponse({"error": str(error)}, status_code=400)

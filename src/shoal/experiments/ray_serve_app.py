@@ -86,6 +86,8 @@ def build_ray_app(
             header_length = request.headers.get(HEADER_LENGTH)
             try:
                 decoded = decode_http_request(body, int(header_length) if header_length else None)
+                if decoded.classifications:  # a baseline without it: refused, not answered with the raw scores
+                    raise ValueError("'classification' (class_count) is not served by this baseline server")
                 tensor = np.ascontiguousarray(decoded.inputs[self.input_name], dtype=np.float32)
             except (ServingError, KeyError, ValueError) as error:
                 return JSONResponse({"error": str(error)}, status_code=400)

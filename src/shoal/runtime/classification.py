@@ -34,12 +34,14 @@ def top_classes(scores: np.ndarray, count: int, labels: Sequence[str] = ()) -> n
     Triton prints it (six decimals)."""
     rows = scores.reshape(scores.shape[0], -1)
     count = min(count, rows.shape[1])
-    order = np.argsort(-rows, axis=1, kind="stable")[:, :count]
+    # Negated in float64: in an unsigned or boolean dtype, negating does not reverse the order.
+    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
     answered = np.empty((rows.shape[0], count), dtype=object)
     for item, indices in enumerate(order):
         for rank, index in enumerate(indices):
             text = f"{float(rows[item, index]):f}:{index}"
-            answered[item, rank] = (f"{text}:{labels[index]}" if labels else text).encode()
+            # A class past the family's names (an output wider than num_classes) has no label, as in Triton.
+            answered[item, rank] = (f"{text}:{labels[index]}" if index < len(labels) else text).encode()
     return answered
 
 
