@@ -22,7 +22,7 @@ def test_a_stream_whose_client_does_not_read_stops_being_read():
         class Models:
             def check(self, *args): pass
             def refuse_at_gate(self, *args): return False
-            async def infer(self, name, inputs, parameters, requested, received_ms=None):
+            async def infer(self, name, inputs, parameters, requested, received_ms=None, classifications=None):
                 return Answer({"y": np.zeros(4, np.float32)}, {})
 
         pulled = [0]
