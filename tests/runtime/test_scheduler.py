@@ -894,3 +894,27 @@ def test_a_request_that_overtakes_everything_queued_is_not_charged_the_margin():
 
     urgent_margin, routine_margin = asyncio.run(scenario())
     assert urgent_margin == 0.0 and routine_margin == pytest.approx(30.0)
+
+
+def test_a_full_queue_takes_a_more_urgent_request_in_place_of_the_least_urgent():
+    """Background requests fill the queue: a level-1 request takes the place of the last of them
+    (which is answered 429 at once), while one more background request is still refused."""
+
+    async def scenario():
+        scheduler, worker = make_scheduler(batch_ms=50.0, capacity=4, max_batch=1)
+        now = monotonic_ms()
+        background = [scheduler.submit("v", np.zeros(1, np.float32), now + 60_000)]
+        await asyncio.sleep(0.01)  # it runs (for 50 ms); four more fill the queue
+        background += [scheduler.submit("v", np.full(1, float(i), np.float32), now + 60_000) for i in range(1, 5)]
+        with pytest.raises(OverloadedError, match="is full"):
+            scheduler.submit("v", np.zeros(1, np.float32), monotonic_ms() + 60_000)
+        urgent = scheduler.submit("v", np.full(1, 99.0, np.float32), monotonic_ms() + 60_000, priority=1)
+        outcomes = await asyncio.gather(*background, return_exceptions=True)
+        answer = await urgent
+        await scheduler.close()
+        return outcomes, float(answer[0][0]), worker.batches
+
+    outcomes, urgent_answer, batches = asyncio.run(scenario())
+    assert [isinstance(outcome, OverloadedError) for outcome in outcomes] == [False, False, False, False, True]
+    assert "more urgent request took this one's place" in str(outcomes[-1])
+    assert urgent_answer == 99.0 and sum(batches) == 5

@@ -26,7 +26,7 @@ from shoal.runtime.batch_block import BATCH_SLOTS
 from shoal.runtime.errors import DeadlineExceededError, ModelNotReadyError, OverloadedError, ServingError, WorkerFailedError
 from shoal.runtime.loop_monitor import LoopMonitor, monotonic_ms
 from shoal.runtime.metrics import ServingMetrics
-from shoal.runtime.variant_queue import QueuedItem, VariantQueue
+from shoal.runtime.variant_queue import QueuedItem, VariantQueue, priority_rank
 from shoal.runtime.worker_handle import WorkerHandle
 
 __all__ = ["Scheduler", "monotonic_ms"]  # monotonic_ms: the clock of every deadline
@@ -157,13 +157,23 @@ class Scheduler:
             raise _shutting_down()
         queue = self.queues[key]
         now = monotonic_ms()
+        # A full queue takes a request only in place of a less urgent one (the last queued, which
+        # runs last): background work filling the queue must not lock out a more urgent level.
+        displaced = None
         if len(queue) >= queue.capacity:
-            raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
+            displaced = queue.items[-1] if queue.items and queue.items[-1].sort_key[0] > priority_rank(priority) else None
+            if displaced is None:
+                raise OverloadedError(f"queue of {key!r} is full ({queue.capacity} requests)", retry_after_s=self._retry_after_s(queue))
         predicted_finish_ms = now + self.predicted_finish_ms(key, now, priority)
         if predicted_finish_ms + self.admission_margin_ms(key, now, priority) > (deadline_ms if admit_by_ms is None else admit_by_ms):
             raise OverloadedError(
                 f"{key!r} cannot answer within the deadline at the current load", retry_after_s=self._retry_after_s(queue)
             )
+        if displaced is not None:
+            queue.items.pop()
+            _fail(displaced.future, OverloadedError(
+                f"queue of {key!r} is full ({queue.capacity} requests) and a more urgent request took this one's place; retry later",
+                retry_after_s=self._retry_after_s(queue)))  # fmt: skip
         future = asyncio.get_running_loop().create_future()
         queue.push(QueuedItem(priority=priority, deadline_ms=deadline_ms, arrival_ms=now, predicted_finish_ms=predicted_finish_ms, tensor=tensor, future=future))
         for worker in self.workers_for(key):
