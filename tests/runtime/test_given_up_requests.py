@@ -85,3 +85,26 @@ def test_a_request_whose_client_went_away_leaves_the_queue(fixture_repository_pa
     queued_before, queued_after, finish_before_ms, finish_after_ms = asyncio.run(scenario())
     assert queued_before == 2 and queued_after == 0
     assert finish_after_ms < finish_before_ms
+
+
+def test_a_request_whose_place_goes_to_a_more_urgent_one_is_answered_429_and_counted_shed(fixture_repository_path):
+    async def scenario():
+        service = await _service_on_a_slow_fake_worker(fixture_repository_path, queue_capacity=2)
+        running = _infer(service, 1)
+        await asyncio.sleep(0.05)
+        background = [_infer(service, 1) for _ in range(2)]  # the queue is full now
+        await asyncio.sleep(0.01)
+        urgent = asyncio.create_task(service.infer(KEY, {"images": np.zeros((1, 3, 16, 16), np.float32)}, {"slo_ms": 60_000, "priority": 1}, []))
+        await asyncio.sleep(0.01)
+        displaced = background[-1]
+        outcome = displaced.exception() if displaced.done() else None
+        shed = service.metrics.registry.get_sample_value("shoal_requests_total", {"model": KEY, "variant": KEY, "outcome": "shed"})
+        for task in (running, *background, urgent):
+            task.cancel()
+        await asyncio.gather(running, *background, urgent, return_exceptions=True)
+        await service.stop()
+        return outcome, shed
+
+    outcome, shed = asyncio.run(scenario())
+    assert isinstance(outcome, OverloadedError) and "more urgent request took this one's place" in str(outcome)
+    assert shed == 1.0

@@ -442,6 +442,8 @@ class InferenceService:
             self.scheduler.withdraw(served.key, [future for future in futures if future.cancelled()])
             if isinstance(error, asyncio.CancelledError):
                 outcome = "cancelled"
+            elif isinstance(error, OverloadedError):  # refused after all: its place went to a more urgent request
+                outcome = "shed"
             else:
                 outcome = "dropped" if isinstance(error, DeadlineExceededError) else "failure"
             self.metrics.outcome(model_name, served.key, outcome, monotonic_ms() - arrival_ms)
