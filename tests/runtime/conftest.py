@@ -37,7 +37,8 @@ class RunningServer:
 
 def start_server(repository: Path, *extra: str, timeout_s: float = 60.0) -> RunningServer:
     """`shoal serve` with HTTP on a port it picks (read from its ready line) and gRPC on a free
-    port; started again on another gRPC port if one was taken meanwhile."""
+    port; started again (up to 3 times) if that gRPC port was taken meanwhile or Ray's local
+    node did not start in time."""
     for _ in range(3):
         grpc_port = free_port()
         descriptor, name = tempfile.mkstemp(prefix="shoal-serve-", suffix=".log")
@@ -62,8 +63,13 @@ def start_server(repository: Path, *extra: str, timeout_s: float = 60.0) -> Runn
         log_path.unlink(missing_ok=True)
         if ready == "exited" and f"--grpc-port {grpc_port}: cannot listen" in output:
             continue
+        # Ray's local node gives its raylet a fixed 30 s to register; on a loaded 2-core machine
+        # it once did not (1 full-suite run of 5 here, every Ray test of the module lost): a
+        # second start is the test's retry, not a result about shoal.
+        if ready == "exited" and "node timed out during startup" in output:
+            continue
         raise RuntimeError(f"server did not become ready ({ready if isinstance(ready, str) else 'ready line, no health'}):\n{output}")
-    raise RuntimeError(f"three free gRPC ports in a row were taken before the server bound them:\n{output}")
+    raise RuntimeError(f"three starts in a row failed on a taken gRPC port or a slow Ray node:\n{output}")
 
 
 def stop_server(server: RunningServer) -> str:
