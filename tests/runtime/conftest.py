@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from shoal.experiments.server_process import child_pids, free_port, wait_for_ready_line, wait_until_ready
+from shoal.core.errors import ProcessFailedError
+from shoal.experiments.server_process import child_pids, free_port, start_server_process
 
 
 @dataclass
@@ -36,39 +36,29 @@ class RunningServer:
 
 
 def start_server(repository: Path, *extra: str, timeout_s: float = 60.0) -> RunningServer:
-    """`shoal serve` with HTTP on a port it picks (read from its ready line) and gRPC on a free
-    port; started again (up to 3 times) if that gRPC port was taken meanwhile or Ray's local
-    node did not start in time."""
+    """`shoal serve` (through the benchmarks' `start_server_process`) with HTTP on a port it picks
+    and gRPC on a free port; started again (up to 3 times) if that gRPC port was taken meanwhile
+    or Ray's local node did not start in time. Its output stays in a file for `stop_server`."""
     for _ in range(3):
         grpc_port = free_port()
         descriptor, name = tempfile.mkstemp(prefix="shoal-serve-", suffix=".log")
         os.close(descriptor)
         log_path = Path(name)
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "shoal", "serve", "--repo", str(repository), "--http-port", "0", "--grpc-port", str(grpc_port), *extra],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        ready = wait_for_ready_line(process, log_path, timeout_s)
-        if isinstance(ready, tuple):
-            server = RunningServer(process, ready[0], grpc_port, repository, log_path)
-            if wait_until_ready(process, server.url, timeout_s) == "ready":
-                return server
-        output = log_path.read_text(errors="replace")
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log_path.unlink(missing_ok=True)
-        if ready == "exited" and f"--grpc-port {grpc_port}: cannot listen" in output:
-            continue
-        # Ray's local node gives its raylet a fixed 30 s to register; on a loaded 2-core machine
-        # it once did not (1 full-suite run of 5 here, every Ray test of the module lost): a
-        # second start is the test's retry, not a result about shoal.
-        if ready == "exited" and "node timed out during startup" in output:
-            continue
-        raise RuntimeError(f"server did not become ready ({ready if isinstance(ready, str) else 'ready line, no health'}):\n{output}")
+        try:
+            started = start_server_process(repository, "--grpc-port", str(grpc_port), *extra, timeout_s=timeout_s, log_path=log_path,
+                                           env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        except ProcessFailedError as error:
+            output = str(error)
+            log_path.unlink(missing_ok=True)
+            if f"--grpc-port {grpc_port}: cannot listen" in output:
+                continue
+            # Ray's local node gives its raylet a fixed 30 s to register; on a loaded 2-core
+            # machine it once did not (1 full-suite run of 5 here, every Ray test of the module
+            # lost): a second start is the test's retry, not a result about shoal.
+            if "node timed out during startup" in output:
+                continue
+            raise
+        return RunningServer(started.process, int(started.url.rsplit(":", 1)[1]), grpc_port, repository, log_path)
     raise RuntimeError(f"three starts in a row failed on a taken gRPC port or a slow Ray node:\n{output}")
 
 

@@ -109,9 +109,9 @@ def serve(
         make_policy(policy)
     except ValueError as error:
         raise InvalidInputError(f"--policy: {error}") from None
+    parsed_device = parse_device(device)
     if backend == "ray" and address is None:  # a local Ray instance has this machine's devices only
-        check_device(parse_device(device))  # (it waited 120 s to place a GPU worker that could never start)
-    parse_device(device)
+        check_device(parsed_device)  # (it waited 120 s to place a GPU worker that could never start)
     if edge_policy not in ("shoal", "jellyfish", "exact"):
         raise InvalidInputError(f"--edge-policy {edge_policy!r}: use one of shoal, jellyfish, exact")
     if workflow is not None:
@@ -121,7 +121,7 @@ def serve(
     price_table = ServeConfig.prices_usd_per_hour
     if prices is not None:
         price_table = tuple(read_prices(prices, "--prices").items())
-        kind = parse_device(device).kind
+        kind = parsed_device.kind
         if kind not in dict(price_table):  # a missing price would make every variant free
             raise InvalidInputError(f"--prices {prices}: no price for {kind!r}, the kind of --device {device}; add a '{kind}: usd_per_hour' line")
     config = ServeConfig(

@@ -68,7 +68,7 @@ from shoal.runtime.capacity_inputs import (
 )
 from shoal.runtime.errors import PayloadTooLargeError
 from shoal.runtime.http_body import read_limited_body
-from shoal.runtime.sockets import bind_http_socket
+from shoal.runtime.sockets import bind_http_socket, host_in_url
 
 __all__ = [
     "CapacityLoop",
@@ -404,8 +404,7 @@ def run_control_service(
     app = build_app(loop, interval_s=interval_s if spec is not None else None)
     what = f"every {interval_s:g} s and on GET /invoke" if spec is not None and interval_s else "on GET /invoke"
     cycles = f"; cycles {what}, actuator {actuator.name}" if spec is not None and actuator else "; POST /optimize only"
-    shown_host = f"[{host}]" if ":" in host else host or "0.0.0.0"
-    print(f"shoal capacity loop on http://{shown_host}:{listening.getsockname()[1]}{cycles}", file=sys.stderr, flush=True)
+    print(f"shoal capacity loop on http://{host_in_url(host)}:{listening.getsockname()[1]}{cycles}", file=sys.stderr, flush=True)
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listening])
     except KeyboardInterrupt as interrupt:

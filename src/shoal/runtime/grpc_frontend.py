@@ -36,6 +36,7 @@ from shoal.runtime.proto import grpc_service_pb2 as pb
 from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
+from shoal.runtime.sockets import host_in_url
 
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor
@@ -339,7 +340,7 @@ def bind_grpc_server(
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(service, ServedModels(service, workflows), admin_token), server)
     try:
-        bound_port = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        bound_port = server.add_insecure_port(f"{host_in_url(host)}:{port}")
     except RuntimeError:  # gRPC does not say why; these are the two causes a user can fix
         bound_port = 0
     if bound_port == 0:

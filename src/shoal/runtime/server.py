@@ -16,7 +16,7 @@ from shoal.runtime.faults import fault_route
 from shoal.runtime.http_frontend import build_http_app
 from shoal.runtime.http_protocol import one_write_protocol
 from shoal.runtime.service import InferenceService
-from shoal.runtime.sockets import bind_http_socket
+from shoal.runtime.sockets import bind_http_socket, host_in_url
 from shoal.runtime.supervisor import Supervisor
 from shoal.runtime.worker_manager import ServeConfig
 
@@ -133,11 +133,10 @@ async def serve_forever(
         gc.collect()
         gc.freeze()
         service.metrics.gc_frozen_objects.set(gc.get_freeze_count())
-        url_host = f"[{host}]" if ":" in host else host
-        grpc_text = f", gRPC on {url_host}:{grpc_port}" if grpc_server else ""
+        grpc_text = f", gRPC on {host_in_url(host)}:{grpc_port}" if grpc_server else ""
         workflow_text = "".join(f", workflow {name!r}" for name in workflows)
         # Harnesses that start the server on port 0 read the ports from this line.
-        print(f"shoal serving {len(service.variants)} variants{workflow_text}: HTTP on http://{url_host}:{http_port}{grpc_text}", file=sys.stderr, flush=True)
+        print(f"shoal serving {len(service.variants)} variants{workflow_text}: HTTP on http://{host_in_url(host)}:{http_port}{grpc_text}", file=sys.stderr, flush=True)
         await stop.wait()
         logger.info("shutting down")
     finally:

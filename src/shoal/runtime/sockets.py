@@ -7,7 +7,7 @@ import socket
 
 from shoal.core.errors import InvalidInputError
 
-__all__ = ["HTTP_BACKLOG", "bind_http_socket"]
+__all__ = ["HTTP_BACKLOG", "bind_http_socket", "host_in_url"]
 
 HTTP_BACKLOG = 2048
 """Connections the kernel queues before the server accepts them (uvicorn's default)."""
@@ -43,3 +43,9 @@ def bind_http_socket(host: str, port: int, *, port_option: str = "--http-port") 
             f"{port_option} {port}: cannot listen on {host}:{port}: {error.strerror}; stop what holds the port or choose another one (0 picks a free one)"
         ) from None
     return listening
+
+
+def host_in_url(host: str) -> str:
+    """`host` as a URL or a gRPC target writes it: an IPv6 address in brackets, "" (every
+    interface) as 0.0.0.0."""
+    return f"[{host}]" if ":" in host else host or "0.0.0.0"
