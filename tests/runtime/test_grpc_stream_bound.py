@@ -12,6 +12,7 @@ def test_a_stream_whose_client_does_not_read_stops_being_read():
     code = textwrap.dedent(
         """
         import asyncio, json
+        from types import SimpleNamespace
         import numpy as np
         from shoal.runtime.endpoints import Answer
         from shoal.runtime import grpc_frontend
@@ -36,7 +37,7 @@ def test_a_stream_whose_client_does_not_read_stops_being_read():
                 yield request
 
         async def main():
-            stream = _Servicer(None, Models()).ModelStreamInfer(requests(), None)
+            stream = _Servicer(SimpleNamespace(shared_memory=None), Models()).ModelStreamInfer(requests(), None)
             first = await stream.__anext__()  # then the client reads nothing for a while
             await asyncio.sleep(0.5)
             held = pulled[0]

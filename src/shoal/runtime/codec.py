@@ -17,6 +17,7 @@ import orjson
 
 from shoal.runtime.classification import classification_count, serialize_bytes_tensor
 from shoal.runtime.errors import BadRequestError, PayloadTooLargeError
+from shoal.runtime.shared_memory import SharedMemoryRef, SystemSharedMemory, shared_memory_ref
 
 __all__ = [
     "DATATYPE_TO_NUMPY",
@@ -59,6 +60,8 @@ class DecodedRequest:
     binary_by_default: bool = False
     classifications: dict[str, int] = field(default_factory=dict)
     """Outputs to answer as their top classes (Triton's classification extension), with how many."""
+    shared_memory_outputs: dict[str, SharedMemoryRef] = field(default_factory=dict)
+    """Outputs to write into a registered shared-memory region instead of the response."""
 
 
 def _shape(value: Any, tensor: str) -> tuple[int, ...]:
@@ -143,8 +146,10 @@ def _values_as(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.ndarr
         raise BadRequestError(f"input {name!r}: 'data' does not hold {datatype} values (or one is out of its range)") from None
 
 
-def decode_http_request(body: bytes, header_length: int | None) -> DecodedRequest:
-    """Parse a POST .../infer body; `header_length` is Inference-Header-Content-Length, if sent."""
+def decode_http_request(body: bytes, header_length: int | None, shared_memory: SystemSharedMemory | None = None) -> DecodedRequest:
+    """Parse a POST .../infer body; `header_length` is Inference-Header-Content-Length, if sent.
+    `shared_memory`: the server's registered regions, which inputs and outputs may name (None:
+    a tensor that names one is refused)."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise BadRequestError(
@@ -176,10 +181,13 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
         chunk = None
         if not isinstance(spec.get("name"), str) or not spec["name"]:
             raise BadRequestError("every input needs a non-empty string 'name'")
-        if isinstance(parameters, dict):
-            check_no_shared_memory(parameters, f"input {spec['name']!r}")
         if spec.get("name") in inputs:
             raise BadRequestError(f"input {spec.get('name')!r} is given twice; send each input once")
+        if isinstance(parameters, dict) and (region := input_shared_memory(parameters, f"input {spec['name']!r}", shared_memory)) is not None:
+            if size is not None or spec.get("data") is not None:
+                raise BadRequestError(f"input {spec['name']!r}: give its values in shared memory or in the request, not both")
+            inputs[spec["name"]] = tensor_from_json(spec, memoryview(region), "shared_memory_byte_size")
+            continue
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadRequestError(f"input {spec.get('name')!r}: binary_data_size must be a non-negative integer")
@@ -201,16 +209,18 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
     outputs = header.get("outputs") or []
     if not isinstance(outputs, list):
         raise BadRequestError("'outputs' must be a list")
-    requested, binary_outputs, classifications = [], {}, {}
+    requested, binary_outputs, classifications, shared_memory_outputs = [], {}, {}, {}
     for output in outputs:
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise BadRequestError("each entry of 'outputs' needs a string 'name'")
         requested.append(output["name"])
         output_parameters = output.get("parameters") or {}
         if isinstance(output_parameters, dict):
-            count = check_output_parameters(output_parameters, f"output {output['name']!r}")
+            count, region = check_output_parameters(output_parameters, f"output {output['name']!r}", shared_memory)
             if count is not None:
                 classifications[output["name"]] = count
+            if region is not None:
+                shared_memory_outputs[output["name"]] = region
         if isinstance(output_parameters, dict) and "binary_data" in output_parameters:
             binary_outputs[output["name"]] = _flag(output_parameters["binary_data"], f"output {output['name']!r}: parameter 'binary_data'")
     request_id = header.get("id", "")
@@ -222,24 +232,49 @@ def decode_http_request(body: bytes, header_length: int | None) -> DecodedReques
         binary_outputs=binary_outputs,
         binary_by_default=_flag(parameters.get("binary_data_output", False), "parameter 'binary_data_output'"),
         classifications=classifications,
+        shared_memory_outputs=shared_memory_outputs,
     )
 
 
-def check_no_shared_memory(parameters: Mapping[str, Any], what: str) -> None:
-    """Triton's shared-memory extension is not served (nor advertised): a tensor that names a
-    region is refused rather than read from the body or answered in it, where its client does not look."""
-    named = sorted(key for key in parameters if key.startswith("shared_memory_"))
-    if named:
-        raise BadRequestError(f"{what}: {named[0]!r}: shared memory is not supported by this server; send the tensor in the request")
+def _named_region(parameters: Mapping[str, Any], what: str, shared_memory: SystemSharedMemory | None) -> SharedMemoryRef | None:
+    """The region a tensor's parameters name, if any. Without `shared_memory` (a server that does
+    not serve the extension: the lean and Ray Serve baselines) such a tensor is refused rather
+    than read from the body or answered in it, where its client does not look."""
+    region = shared_memory_ref(parameters, what)
+    if region is not None and shared_memory is None:
+        raise BadRequestError(f"{what}: shared memory is not supported by this server; send the tensor in the request")
+    return region
 
 
-def check_output_parameters(parameters: Mapping[str, Any], what: str) -> int | None:
-    """What an output may ask: `binary_data`, and `classification` (Triton's classification
-    extension: its top N classes instead of the tensor), whose count is returned (None: the tensor)."""
-    check_no_shared_memory(parameters, what)
+def input_shared_memory(parameters: Mapping[str, Any], what: str, shared_memory: SystemSharedMemory | None) -> bytes | None:
+    """The bytes of an input that lies in shared memory (a copy), or None when it is in the request."""
+    region = _named_region(parameters, what, shared_memory)
+    return None if region is None else shared_memory.read(region, what)
+
+
+def check_output_parameters(parameters: Mapping[str, Any], what: str, shared_memory: SystemSharedMemory | None = None) -> tuple[int | None, SharedMemoryRef | None]:
+    """What an output may ask: `binary_data`, `classification` (Triton's classification
+    extension: its top N classes instead of the tensor) and a shared-memory region to be
+    written to. Returns the class count (None: the tensor) and the region (None: the response)."""
+    region = _named_region(parameters, what, shared_memory)
     if "classification" not in parameters:
-        return None
-    return classification_count(parameters["classification"], what)
+        return None, region
+    return classification_count(parameters["classification"], what), region
+
+
+def output_bytes(array: np.ndarray) -> bytes:
+    """An output's bytes as the binary extension and shared memory carry them."""
+    return serialize_bytes_tensor(array) if array.dtype == object else np.ascontiguousarray(array).tobytes()
+
+
+def write_shared_memory_output(shared_memory: SystemSharedMemory, name: str, array: np.ndarray, region: SharedMemoryRef) -> dict[str, Any]:
+    """Write an output into its region; returns the parameters its response entry carries instead of data."""
+    raw = output_bytes(array)
+    shared_memory.write(region, raw, f"output {name!r}")
+    parameters: dict[str, Any] = {"shared_memory_region": region.region, "shared_memory_byte_size": len(raw)}
+    if region.offset:
+        parameters["shared_memory_offset"] = region.offset
+    return parameters
 
 
 def _flag(value: Any, what: str) -> bool:
@@ -257,8 +292,11 @@ def encode_http_response(
     binary_outputs: dict[str, bool],
     binary_by_default: bool,
     model_version: str = "1",
+    shared_memory_outputs: Mapping[str, SharedMemoryRef] | None = None,
+    shared_memory: SystemSharedMemory | None = None,
 ) -> tuple[bytes, int | None]:
-    """Encode a response; returns (body, json header length when any output is binary)."""
+    """Encode a response; returns (body, json header length when any output is binary). Outputs
+    in `shared_memory_outputs` are written to their regions of `shared_memory`."""
     entries, chunks = [], []
     for name, array in outputs.items():
         strings = array.dtype == object  # BYTES: a classification's strings
@@ -266,8 +304,11 @@ def encode_http_response(
         if datatype is None:
             raise TypeError(f"output {name!r} has unsupported dtype {array.dtype}")
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary_outputs.get(name, binary_by_default):
-            raw = serialize_bytes_tensor(array) if strings else np.ascontiguousarray(array).tobytes()
+        region = shared_memory_outputs.get(name) if shared_memory_outputs else None
+        if region is not None and shared_memory is not None:
+            entry["parameters"] = write_shared_memory_output(shared_memory, name, array, region)
+        elif binary_outputs.get(name, binary_by_default):
+            raw = output_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

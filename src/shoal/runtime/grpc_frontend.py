@@ -28,14 +28,22 @@ import grpc
 import numpy as np
 
 from shoal.core.errors import InvalidInputError
-from shoal.runtime.classification import serialize_bytes_tensor
-from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, check_no_shared_memory, check_output_parameters, tensor_from_json
+from shoal.runtime.codec import (
+    DATATYPE_TO_NUMPY,
+    NUMPY_TO_DATATYPE,
+    check_output_parameters,
+    input_shared_memory,
+    output_bytes,
+    tensor_from_json,
+    write_shared_memory_output,
+)
 from shoal.runtime.endpoints import ServedModels, check_admin_authorization
 from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError, ServingError
 from shoal.runtime.proto import grpc_service_pb2 as pb
 from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
+from shoal.runtime.shared_memory import SystemSharedMemory
 from shoal.runtime.sockets import host_in_url
 
 if TYPE_CHECKING:
@@ -80,22 +88,36 @@ def _set_parameter(target: pb.InferParameter, value) -> None:
         target.string_param = str(value)
 
 
-def decode_grpc_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+def decode_grpc_inputs(request: pb.ModelInferRequest, shared_memory: SystemSharedMemory | None = None) -> dict[str, np.ndarray]:
+    """The request's input tensors: from raw_input_contents, the typed contents, or a registered
+    shared-memory region of `shared_memory` (None: such an input is refused)."""
     if not request.inputs:
         raise BadRequestError("request needs at least one input")
     raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise BadRequestError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
+    # An input in shared memory has no raw_input_contents entry (tritonclient leaves it out):
+    # the entries belong, in order, to the inputs sent in the request.
+    in_shared_memory = [any(key.startswith("shared_memory_") for key in tensor.parameters) for tensor in request.inputs]
+    in_request = len(request.inputs) - sum(in_shared_memory)
+    if raw and len(raw) != in_request:
+        raise BadRequestError(f"raw_input_contents has {len(raw)} entries for {in_request} inputs sent in the request")
     inputs = {}
-    for index, tensor in enumerate(request.inputs):
+    raw_index = 0
+    for tensor, shared in zip(request.inputs, in_shared_memory):
         spec = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         if tensor.name in inputs:  # as over HTTP: the later one would silently win
             raise BadRequestError(f"input {tensor.name!r} is given twice; send each input once")
-        check_no_shared_memory(tensor.parameters, f"input {tensor.name!r}")
+        if shared:
+            parameters = {key: _parameter_value(value) for key, value in tensor.parameters.items()}
+            region = input_shared_memory(parameters, f"input {tensor.name!r}", shared_memory)
+            if tensor.HasField("contents"):
+                raise BadRequestError(f"input {tensor.name!r}: give its values in shared memory or in the request, not both")
+            inputs[tensor.name] = tensor_from_json(spec, memoryview(region), "shared_memory_byte_size")
+            continue
         if raw and tensor.HasField("contents"):  # Triton refuses the pair too
             raise BadRequestError(f"input {tensor.name!r}: give its values in 'contents' or in raw_input_contents, not both")
         if raw:
-            inputs[tensor.name] = tensor_from_json(spec, memoryview(raw[index]), f"raw_input_contents[{index}]")
+            inputs[tensor.name] = tensor_from_json(spec, memoryview(raw[raw_index]), f"raw_input_contents[{raw_index}]")
+            raw_index += 1
         else:
             field = _CONTENT_FIELDS.get(tensor.datatype)
             if field is None:
@@ -166,25 +188,31 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self.models.check(request.model_name, request.model_version)
         if self.models.refuse_at_gate(request.model_name):
             raise OverloadedError(GATE_REFUSAL_MESSAGE)
-        inputs = decode_grpc_inputs(request)
+        shared_memory = self.service.shared_memory
+        inputs = decode_grpc_inputs(request, shared_memory)
         parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
-        classifications = {}
+        classifications, regions = {}, {}
         for output in request.outputs:
             values = {key: _parameter_value(value) for key, value in output.parameters.items()}
-            count = check_output_parameters(values, f"output {output.name!r}")
+            count, region = check_output_parameters(values, f"output {output.name!r}", shared_memory)
             if count is not None:
                 classifications[output.name] = count
+            if region is not None:
+                regions[output.name] = region
         requested = [output.name for output in request.outputs]
         answer = await self.models.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms, classifications=classifications)
         response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
         for name, array in answer.outputs.items():
-            if array.dtype == object:  # BYTES: a classification's strings
-                response.outputs.add(name=name, datatype="BYTES", shape=list(array.shape))
-                response.raw_output_contents.append(serialize_bytes_tensor(array))
-                continue
-            outputs = np.ascontiguousarray(array)
-            response.outputs.add(name=name, datatype=NUMPY_TO_DATATYPE[outputs.dtype], shape=list(outputs.shape))
-            response.raw_output_contents.append(outputs.tobytes())
+            datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE[array.dtype]  # BYTES: a classification's strings
+            entry = response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+            if name in regions:
+                for key, value in write_shared_memory_output(shared_memory, name, array, regions[name]).items():
+                    _set_parameter(entry.parameters[key], value)
+                # Triton keeps raw_output_contents aligned with outputs: an empty entry for each
+                # output written to shared memory (tritonclient reads the entries by position).
+                response.raw_output_contents.append(b"")
+            else:
+                response.raw_output_contents.append(output_bytes(array))
         for key, value in answer.parameters.items():
             _set_parameter(response.parameters[key], value)
         return response
@@ -315,6 +343,31 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             self._check_admin(context)
             await self.service.unload_model(request.model_name)
             return pb.RepositoryModelUnloadResponse()
+
+        return await self._guard(context, call)
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        async def call():
+            response = pb.SystemSharedMemoryStatusResponse()
+            for region in self.service.shared_memory.status(request.name):
+                response.regions[region["name"]].MergeFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+            return response
+
+        return await self._guard(context, call)
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        async def call():
+            self._check_admin(context)
+            self.service.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+            return pb.SystemSharedMemoryRegisterResponse()
+
+        return await self._guard(context, call)
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        async def call():
+            self._check_admin(context)
+            self.service.shared_memory.unregister(request.name)
+            return pb.SystemSharedMemoryUnregisterResponse()
 
         return await self._guard(context, call)
 

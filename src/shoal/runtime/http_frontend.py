@@ -7,7 +7,9 @@ Triton's statistics extension),
 /v2/repository/index, /v2/repository/models/{m}/{load,unload}, shoal's replica extension
 (POST /v2/repository/models/{m}/replicas {"replicas": n}, GET /v2/repository/replicas),
 registration (POST /v2/repository/families/{f}/variants/{v}, the ONNX file as body: accuracy
-and profile are measured before the variant becomes selectable) /metrics and /openapi.json (this API, for clients and fuzzers). Every error is a
+and profile are measured before the variant becomes selectable), Triton's system shared-memory
+extension (/v2/systemsharedmemory[/region/{r}]/{status,register,unregister}: `shoal.runtime.shared_memory`),
+/metrics and /openapi.json (this API, for clients and fuzzers). Every error is a
 JSON body `{"error": ...}` with the status the ServingError carries; anything unexpected is
 a 500 with a generic message, logged with its traceback.
 """
@@ -218,7 +220,7 @@ def build_http_app(
         # str.isdigit takes "²"; past 20 digits int() is slow, and past 4,300 it raises.
         if header_length is not None and not (header_length.isascii() and header_length.isdigit() and len(header_length) <= 20):
             raise BadRequestError(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length[:40]!r}")
-        decoded = decode_http_request(body, int(header_length) if header_length is not None else None)
+        decoded = decode_http_request(body, int(header_length) if header_length is not None else None, service.shared_memory)
         answer = await models.infer(model, decoded.inputs, decoded.parameters, decoded.requested_outputs, received_ms=received_ms,
                                     classifications=decoded.classifications)
         payload, json_length = encode_http_response(
@@ -228,6 +230,8 @@ def build_http_app(
             parameters=answer.parameters,
             binary_outputs=decoded.binary_outputs,
             binary_by_default=decoded.binary_by_default,
+            shared_memory_outputs=decoded.shared_memory_outputs,
+            shared_memory=service.shared_memory,
         )
         if json_length is None:
             return Response(payload, media_type="application/json")
@@ -279,6 +283,26 @@ def build_http_app(
         reached = await service.set_replicas(request.path_params["model"], body["replicas"])
         return JSONResponse({"model": request.path_params["model"], "replicas": reached})
 
+    async def shared_memory_status(request: Request) -> Response:
+        return JSONResponse(service.shared_memory.status(request.path_params.get("region", "")))
+
+    async def shared_memory_register(request: Request) -> Response:
+        require_token(request)
+        usage = 'body must be JSON like {"key": "/images", "offset": 0, "byte_size": 196608}'
+        try:
+            body = json.loads(await read_body(request))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise BadRequestError(usage) from None
+        if not isinstance(body, dict) or "key" not in body or "byte_size" not in body:
+            raise BadRequestError(usage)
+        service.shared_memory.register(request.path_params["region"], body["key"], body.get("offset", 0), body["byte_size"])
+        return JSONResponse({})
+
+    async def shared_memory_unregister(request: Request) -> Response:
+        require_token(request)
+        service.shared_memory.unregister(request.path_params.get("region", ""))
+        return JSONResponse({})
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document(str(request.base_url).rstrip("/"), models.names()))
 
@@ -307,6 +331,11 @@ def build_http_app(
         Route("/v2/repository/models/{model}/replicas", guarded(replicas), methods=["POST"]),
         Route("/v2/repository/replicas", guarded(replicas), methods=["GET"]),
         Route("/v2/repository/families/{family}/variants/{variant}", guarded(register), methods=["POST"]),
+        Route("/v2/systemsharedmemory/status", guarded(shared_memory_status), methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/status", guarded(shared_memory_status), methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/register", guarded(shared_memory_register), methods=["POST"]),
+        Route("/v2/systemsharedmemory/unregister", guarded(shared_memory_unregister), methods=["POST"]),
+        Route("/v2/systemsharedmemory/region/{region}/unregister", guarded(shared_memory_unregister), methods=["POST"]),
         Route("/metrics", guarded(metrics), methods=["GET"]),
         Route("/openapi.json", guarded(openapi), methods=["GET"]),
     ]

@@ -114,6 +114,20 @@ def openapi_document(server_url: str, model_names: list[str] | None = None) -> d
                     "responses": {**_responses(400, 401, 404, 413), "201": {"description": "registered", "content": {"application/json": {"schema": {"type": "object"}}}}},
                 }
             },
+            "/v2/systemsharedmemory/status": {"get": {"summary": "Registered shared-memory regions (Triton's system shared-memory extension)", "responses": _responses(ok_schema={"type": "array"})}},
+            "/v2/systemsharedmemory/region/{region}/status": {"get": {"summary": "One registered region", "parameters": [_path("region")], "responses": _responses(404, ok_schema={"type": "array"})}},
+            "/v2/systemsharedmemory/region/{region}/register": {
+                "post": {
+                    "summary": "Register a window of a POSIX shared-memory object as a region", "parameters": [_path("region")], "security": secured,
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["key", "byte_size"],
+                        "properties": {"key": {"type": "string"}, "offset": {"type": "integer", "minimum": 0}, "byte_size": {"type": "integer", "minimum": 1}},
+                    }}}},
+                    "responses": _responses(400, 401, 404),
+                }
+            },
+            "/v2/systemsharedmemory/unregister": {"post": {"summary": "Unregister every region", "security": secured, "responses": _responses(401)}},
+            "/v2/systemsharedmemory/region/{region}/unregister": {"post": {"summary": "Unregister a region", "parameters": [_path("region")], "security": secured, "responses": _responses(401)}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": _responses()}},
         },

@@ -30,6 +30,7 @@ from shoal.runtime.loop_monitor import LoopMonitor
 from shoal.runtime.metrics import ServingMetrics
 from shoal.runtime.modelless import choose_modelless, modelless_variants, raise_unmet, variant_cost_per_1000_usd
 from shoal.runtime.scheduler import Scheduler, monotonic_ms
+from shoal.runtime.shared_memory import SystemSharedMemory
 from shoal.runtime.statistics import VariantStatistics
 from shoal.runtime.variant_queue import VariantQueue
 from shoal.runtime.worker_manager import ServeConfig, WorkerManager
@@ -106,6 +107,7 @@ class InferenceService:
         self.operator_unloaded: set[str] = set()  # unloaded on request: the controller must not bring them back
         self._gate_random = random.Random()
         self._recent_slo_ms: dict[str, float] = {}  # per served model name, see _remember_slo
+        self.shared_memory = SystemSharedMemory()  # regions same-host clients registered, for both frontends
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -144,6 +146,7 @@ class InferenceService:
         if getattr(self, "_lag_task", None):
             self._lag_task.cancel()
         await self.manager.stop()
+        self.shared_memory.close()
 
     def _on_variant_loaded(self, key: str, reply: dict) -> None:
         served = self.variants[key]
@@ -210,7 +213,7 @@ class InferenceService:
             raise ModelNotFoundError(f"model {model_name!r} has no version {version!r}: shoal serves version \"1\" of each model (or name none)")
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "shoal", "version": __version__, "extensions": ["binary_tensor_data", "classification", "model_repository", "parameters", "statistics"]}
+        return {"name": "shoal", "version": __version__, "extensions": ["binary_tensor_data", "classification", "model_repository", "parameters", "statistics", "system_shared_memory"]}
 
     def model_statistics(self, model_name: str = "") -> list[dict[str, Any]]:
         """Triton's `model_stats` for a variant, for each variant of a family, or ("") for every
