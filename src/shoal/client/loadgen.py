@@ -53,6 +53,7 @@ __all__ = [
     "LoadSpec",
     "LoadStats",
     "build_infer_body",
+    "input_bytes",
     "generate_load",
     "poisson_schedule",
     "summarise",
@@ -92,6 +93,9 @@ class LoadSpec:
     max_in_flight: int = 1024
     drain_timeout_s: float = 2.0
     datatype: Literal["FP32", "UINT8"] = "FP32"
+    shared_memory_region: str | None = None
+    """Name the input by this registered region of the server (Triton's system shared-memory
+    extension) instead of sending it; the region must hold `input_bytes(spec)`."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("open", "closed"):
@@ -290,29 +294,33 @@ def summarise(run: LoadRun) -> LoadStats:
 # -- the wire format --------------------------------------------------------------------------
 
 
+def input_bytes(spec: LoadSpec) -> bytes:
+    """The input tensor every request of `spec` carries (the same bytes each time, from its seed)."""
+    rng = np.random.default_rng(spec.seed)
+    if spec.datatype == "UINT8":
+        return rng.integers(0, 256, size=spec.input_shape, dtype=np.uint8).tobytes()
+    return rng.random(spec.input_shape, dtype=np.float32).tobytes()
+
+
 def build_infer_body(spec: LoadSpec) -> tuple[bytes, dict[str, str]]:
-    """One KServe v2 request with the tensor in Triton's binary section, and its headers.
+    """One KServe v2 request with the tensor in Triton's binary section (or named by its
+    shared-memory region), and its headers.
 
     The same bytes are sent every time: the generator must not spend CPU making inputs, and
     every system under test then sees identical requests. `slo_ms` rides in the parameters.
     """
-    rng = np.random.default_rng(spec.seed)
-    if spec.datatype == "UINT8":
-        data = rng.integers(0, 256, size=spec.input_shape, dtype=np.uint8).tobytes()
+    data = input_bytes(spec)
+    if spec.shared_memory_region is not None:
+        where = {"shared_memory_region": spec.shared_memory_region, "shared_memory_byte_size": len(data)}
     else:
-        data = rng.random(spec.input_shape, dtype=np.float32).tobytes()
+        where = {"binary_data_size": len(data)}
     header = {
-        "inputs": [
-            {
-                "name": spec.input_name,
-                "shape": list(spec.input_shape),
-                "datatype": spec.datatype,
-                "parameters": {"binary_data_size": len(data)},
-            }
-        ],
+        "inputs": [{"name": spec.input_name, "shape": list(spec.input_shape), "datatype": spec.datatype, "parameters": where}],
         "parameters": {"slo_ms": spec.slo_ms, "binary_data_output": True},
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    if spec.shared_memory_region is not None:
+        return header_bytes, {"Content-Type": "application/json"}
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header_bytes))}
     return header_bytes + data, headers
 
