@@ -3,8 +3,12 @@ written to by tritonclient over HTTP and gRPC."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
+import textwrap
 import uuid
 from multiprocessing import shared_memory
 
@@ -15,8 +19,10 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from shoal.runtime.errors import BadRequestError, NotFoundError
-from shoal.runtime.shared_memory import SharedMemoryRef, SystemSharedMemory, shared_memory_ref
+from shoal.runtime.batch_block import BatchBlock
+from shoal.runtime.codec import decode_http_request
+from shoal.runtime.errors import BadRequestError, ForbiddenError, NotFoundError, PayloadTooLargeError
+from shoal.runtime.shared_memory import SharedMemoryRef, SystemSharedMemory, check_same_host, shared_memory_ref
 
 
 @pytest.fixture()
@@ -93,6 +99,110 @@ def test_the_server_leaves_the_client_s_object_in_place_when_it_exits(shm_object
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     again = shared_memory.SharedMemory(name=shm_object.name)  # raises FileNotFoundError if it was deleted
     again.close()
+
+
+def test_an_object_shrunk_after_registration_is_an_error_not_a_crash(shm_object):
+    """Mapped, a shrunk object killed the server (SIGBUS) at the next read or write."""
+    registry = SystemSharedMemory()
+    registry.register("shrinking", shm_object.name, 0, 8192)
+    descriptor = os.open(f"/dev/shm/{shm_object.name}", os.O_RDWR)
+    try:
+        os.ftruncate(descriptor, 1024)
+    finally:
+        os.close(descriptor)
+    with pytest.raises(BadRequestError, match="its object shrank after it was registered"):
+        registry.read(SharedMemoryRef("shrinking", byte_size=4096), "input 'x'")
+    with pytest.raises(BadRequestError, match="its object shrank after it was registered"):
+        registry.write(SharedMemoryRef("shrinking", byte_size=4096, offset=2048), b"x" * 100, "output 'y'")
+    assert os.stat(f"/dev/shm/{shm_object.name}").st_size == 1024  # not grown back by the write
+    assert registry.read(SharedMemoryRef("shrinking", byte_size=16), "input 'x'") == bytes(16)  # what is left still reads
+    registry.close()
+
+
+def test_the_server_s_own_objects_cannot_be_registered_under_any_name(shm_object):
+    registry = SystemSharedMemory(reserved_names=lambda: [shm_object.name])
+    with pytest.raises(BadRequestError, match="one of this server's own objects"):
+        registry.register("own", shm_object.name, 0, 16)
+    link = f"/dev/shm/{shm_object.name}-link"
+    os.link(f"/dev/shm/{shm_object.name}", link)
+    try:
+        with pytest.raises(BadRequestError, match="one of this server's own objects"):
+            registry.register("own", os.path.basename(link), 0, 16)
+    finally:
+        os.unlink(link)
+    assert registry.status() == []
+    block = BatchBlock.create(4096)
+    name = block.name
+    assert name in BatchBlock.created_names()
+    block.release()
+    assert name not in BatchBlock.created_names()
+
+
+def test_a_live_server_refuses_to_register_its_workers_blocks(server):
+    """The blocks the server maps (its workers' batches, /proc/<pid>/maps): written through a
+    region, a client's outputs would land in other requests' batches."""
+    maps = open(f"/proc/{server.process.pid}/maps").read()
+    own = sorted(set(re.findall(r"/dev/shm/(\S+)", maps)))
+    assert own, "the server maps its workers' blocks from /dev/shm"
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    for name in own:
+        with pytest.raises(InferenceServerException, match="one of this server's own objects"):
+            client.register_system_shared_memory("own", "/" + name, 64)
+    assert client.get_system_shared_memory_status() == []
+
+
+def test_an_input_s_claimed_size_is_checked_before_anything_is_read(shm_object):
+    registry = SystemSharedMemory(max_read_bytes=8192)
+    registry.register("big", shm_object.name, 0, 16384)
+    header = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3, 16, 16],
+                          "parameters": {"shared_memory_region": "big", "shared_memory_byte_size": 16384}}]}
+    # the claim is refused for the shape (400), never read first (which the 8 KiB limit would refuse, 413)
+    with pytest.raises(BadRequestError, match="shared_memory_byte_size is 16384 bytes but shape"):
+        decode_http_request(json.dumps(header).encode(), None, registry)
+    header["inputs"][0]["shape"] = [1, 4, 32, 32]  # 16 KiB: over the server's body limit
+    with pytest.raises(PayloadTooLargeError, match="exceed the server's limit of 8192"):
+        decode_http_request(json.dumps(header).encode(), None, registry)
+    header["inputs"][0].update(shape=[2, 2], parameters={"shared_memory_region": "big", "shared_memory_byte_size": 16})
+    np.ndarray((4,), np.float32, buffer=shm_object.buf)[:] = [1, 2, 3, 4]
+    np.testing.assert_array_equal(decode_http_request(json.dumps(header).encode(), None, registry).inputs["images"], [[1, 2], [3, 4]])
+    registry.close()
+
+
+def test_keys_that_cannot_name_an_object_and_registrations_from_elsewhere_are_refused():
+    with pytest.raises(BadRequestError, match="not a shared-memory object name"):
+        SystemSharedMemory().register("r", "\ud800x", 0, 16)  # a lone surrogate from JSON: was a 500
+    for local in (None, "", "127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        check_same_host(local)
+    for remote in ("10.1.2.3", "192.168.0.7", "2001:db8::1", "example.com"):
+        with pytest.raises(ForbiddenError, match="from the server's own host"):
+            check_same_host(remote)
+
+
+def test_grpc_raw_contents_belong_to_the_inputs_sent_in_the_request(shm_object):
+    """tritonclient sends no raw_input_contents entry for an input in shared memory: the entries
+    are the other inputs', in order (they were refused as too few)."""
+    np.ndarray((2,), np.float32, buffer=shm_object.buf)[:] = [7.0, 8.0]
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import numpy as np
+        from shoal.runtime.grpc_frontend import decode_grpc_inputs, peer_host
+        from shoal.runtime.proto import grpc_service_pb2 as pb
+        from shoal.runtime.shared_memory import SystemSharedMemory
+
+        registry = SystemSharedMemory()
+        registry.register("middle", {shm_object.name!r}, 0, 8)
+        request = pb.ModelInferRequest(raw_input_contents=[np.float32([1, 2]).tobytes(), np.float32([5, 6]).tobytes()])
+        for name in ("a", "b", "c"):
+            request.inputs.add(name=name, datatype="FP32", shape=[2])
+        request.inputs[1].parameters["shared_memory_region"].string_param = "middle"
+        request.inputs[1].parameters["shared_memory_byte_size"].int64_param = 8
+        decoded = decode_grpc_inputs(request, registry)
+        print([decoded[name].tolist() for name in ("a", "b", "c")])
+        print(peer_host("ipv4:127.0.0.1:5000"), peer_host("ipv6:[::1]:5000"), peer_host("unix:/tmp/s"))
+    """)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    decoded, peers = result.stdout.strip().splitlines()
+    assert decoded == "[[1.0, 2.0], [7.0, 8.0], [5.0, 6.0]]"
+    assert peers == "127.0.0.1 ::1 None"
 
 
 def _reference_logits(server, images: np.ndarray) -> np.ndarray:

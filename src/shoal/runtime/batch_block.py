@@ -30,6 +30,10 @@ DEFAULT_BLOCK_BYTES = BATCH_SLOTS * 64 * 1024 * 1024
 images at 128 px). Pages are only backed once written, so the unused part costs no memory."""
 
 
+_created_names: set[str] = set()
+"""The blocks this process created and has not released (`BatchBlock.created_names`)."""
+
+
 def items_per_batch(block_bytes: int, item_shape: Sequence[int]) -> int:
     """The most float32 items of `item_shape` one batch of a block of `block_bytes` holds (at
     least 1): the cap on a queue's batches, since a larger batch fails every request in it."""
@@ -54,7 +58,15 @@ class BatchBlock:
 
     @classmethod
     def create(cls, size_bytes: int) -> "BatchBlock":
-        return cls(SharedMemory(create=True, size=size_bytes), size_bytes, owner=True)
+        block = cls(SharedMemory(create=True, size=size_bytes), size_bytes, owner=True)
+        _created_names.add(block.name)
+        return block
+
+    @staticmethod
+    def created_names() -> frozenset[str]:
+        """The names of the blocks this process created and still holds: the server's own
+        objects, which a client may not register as its shared memory (`shoal.runtime.shared_memory`)."""
+        return frozenset(_created_names)
 
     @classmethod
     def attach(cls, name: str, size_bytes: int, *, tracked: bool = True) -> "BatchBlock":
@@ -121,6 +133,8 @@ class BatchBlock:
         """Close this side's mapping; the owner also removes the block. Safe to call twice."""
         if self._memory is None:
             return
+        if self.owner:
+            _created_names.discard(self._memory.name)
         try:
             self._memory.close()
             if self.owner:

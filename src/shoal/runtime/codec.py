@@ -183,7 +183,7 @@ def decode_http_request(body: bytes, header_length: int | None, shared_memory: S
             raise BadRequestError("every input needs a non-empty string 'name'")
         if spec.get("name") in inputs:
             raise BadRequestError(f"input {spec.get('name')!r} is given twice; send each input once")
-        if isinstance(parameters, dict) and (region := input_shared_memory(parameters, f"input {spec['name']!r}", shared_memory)) is not None:
+        if isinstance(parameters, dict) and (region := input_shared_memory(spec, parameters, shared_memory)) is not None:
             if size is not None or spec.get("data") is not None:
                 raise BadRequestError(f"input {spec['name']!r}: give its values in shared memory or in the request, not both")
             inputs[spec["name"]] = tensor_from_json(spec, memoryview(region), "shared_memory_byte_size")
@@ -246,10 +246,20 @@ def _named_region(parameters: Mapping[str, Any], what: str, shared_memory: Syste
     return region
 
 
-def input_shared_memory(parameters: Mapping[str, Any], what: str, shared_memory: SystemSharedMemory | None) -> bytes | None:
-    """The bytes of an input that lies in shared memory (a copy), or None when it is in the request."""
-    region = _named_region(parameters, what, shared_memory)
-    return None if region is None else shared_memory.read(region, what)
+def input_shared_memory(spec: Mapping[str, Any], parameters: Mapping[str, Any], shared_memory: SystemSharedMemory | None) -> bytes | None:
+    """The bytes of an input (`spec`: its name, shape and datatype) that lies in shared memory
+    (a copy), or None when it is in the request. The size it claims is checked against its shape
+    before anything is read: a claim of 400 MB for a 3 KB tensor is refused, not copied first."""
+    name = spec["name"]
+    region = _named_region(parameters, f"input {name!r}", shared_memory)
+    if region is None:
+        return None
+    needed = math.prod(_shape(spec.get("shape"), name)) * _datatype(spec.get("datatype"), name).itemsize
+    if region.byte_size != needed:
+        raise BadRequestError(
+            f"input {name!r}: shared_memory_byte_size is {region.byte_size} bytes but shape {spec['shape']} of {spec['datatype']} needs {needed}"
+        )
+    return shared_memory.read(region, f"input {name!r}")
 
 
 def check_output_parameters(parameters: Mapping[str, Any], what: str, shared_memory: SystemSharedMemory | None = None) -> tuple[int | None, SharedMemoryRef | None]:

@@ -19,6 +19,7 @@ __all__ = [
     "UnauthorizedError",
     "RequirementsUnmetError",
     "ModelLoadError",
+    "ForbiddenError",
 ]
 
 
@@ -41,6 +42,13 @@ class BadRequestError(ServingError):
 class UnauthorizedError(ServingError):
     http_status = 401
     grpc_code = "UNAUTHENTICATED"
+
+
+class ForbiddenError(ServingError):
+    """A call this client may not make, whatever its token (a shared-memory registration from another host)."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
 
 
 class NotFoundError(ServingError):

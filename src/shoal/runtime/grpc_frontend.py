@@ -43,7 +43,7 @@ from shoal.runtime.proto import grpc_service_pb2 as pb
 from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
-from shoal.runtime.shared_memory import SystemSharedMemory
+from shoal.runtime.shared_memory import SystemSharedMemory, check_same_host
 from shoal.runtime.sockets import host_in_url
 
 if TYPE_CHECKING:
@@ -88,6 +88,17 @@ def _set_parameter(target: pb.InferParameter, value) -> None:
         target.string_param = str(value)
 
 
+def peer_host(peer: str) -> str | None:
+    """The client's address in a gRPC peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"),
+    None for a Unix socket ("unix:/path") or a form not known."""
+    kind, _, address = peer.partition(":")
+    if kind == "ipv4":
+        return address.rpartition(":")[0]
+    if kind == "ipv6":
+        return address.rpartition(":")[0].strip("[]")
+    return None
+
+
 def decode_grpc_inputs(request: pb.ModelInferRequest, shared_memory: SystemSharedMemory | None = None) -> dict[str, np.ndarray]:
     """The request's input tensors: from raw_input_contents, the typed contents, or a registered
     shared-memory region of `shared_memory` (None: such an input is refused)."""
@@ -108,7 +119,7 @@ def decode_grpc_inputs(request: pb.ModelInferRequest, shared_memory: SystemShare
             raise BadRequestError(f"input {tensor.name!r} is given twice; send each input once")
         if shared:
             parameters = {key: _parameter_value(value) for key, value in tensor.parameters.items()}
-            region = input_shared_memory(parameters, f"input {tensor.name!r}", shared_memory)
+            region = input_shared_memory(spec, parameters, shared_memory)
             if tensor.HasField("contents"):
                 raise BadRequestError(f"input {tensor.name!r}: give its values in shared memory or in the request, not both")
             inputs[tensor.name] = tensor_from_json(spec, memoryview(region), "shared_memory_byte_size")
@@ -357,6 +368,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def SystemSharedMemoryRegister(self, request, context):
         async def call():
+            check_same_host(peer_host(context.peer()))
             self._check_admin(context)
             self.service.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
             return pb.SystemSharedMemoryRegisterResponse()
@@ -365,6 +377,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def SystemSharedMemoryUnregister(self, request, context):
         async def call():
+            check_same_host(peer_host(context.peer()))
             self._check_admin(context)
             self.service.shared_memory.unregister(request.name)
             return pb.SystemSharedMemoryUnregisterResponse()

@@ -36,6 +36,7 @@ from shoal.runtime.http_body import read_limited_body
 from shoal.runtime.openapi import openapi_document
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
+from shoal.runtime.shared_memory import check_same_host
 
 if TYPE_CHECKING:
     from shoal.runtime.workflow import WorkflowExecutor
@@ -287,6 +288,7 @@ def build_http_app(
         return JSONResponse(service.shared_memory.status(request.path_params.get("region", "")))
 
     async def shared_memory_register(request: Request) -> Response:
+        check_same_host(request.client.host if request.client else None)
         require_token(request)
         usage = 'body must be JSON like {"key": "/images", "offset": 0, "byte_size": 196608}'
         try:
@@ -299,6 +301,7 @@ def build_http_app(
         return JSONResponse({})
 
     async def shared_memory_unregister(request: Request) -> Response:
+        check_same_host(request.client.host if request.client else None)
         require_token(request)
         service.shared_memory.unregister(request.path_params.get("region", ""))
         return JSONResponse({})

@@ -50,6 +50,7 @@ async def serve_forever(
 
     host = host or "0.0.0.0"  # uvicorn took "" for every interface; gRPC refused it
     service = InferenceService(config)
+    service.shared_memory.max_read_bytes = max_body_bytes  # a tensor in shared memory is held to the body limit too
     workflows = {}
     if workflow_deployment is not None:
         from shoal.runtime.workflow import WorkflowExecutor, load_deployment

@@ -23,7 +23,7 @@ from shoal.core.models import Device, Family, Profile, Variant
 from shoal.profiler.measure import summarise_latencies
 from shoal.planner.batching import loop_gate_refusal_probability
 from shoal.planner.serving_policy import Policy, Query, Selection, VariantOption, make_policy
-from shoal.runtime.batch_block import items_per_batch
+from shoal.runtime.batch_block import BatchBlock, items_per_batch
 from shoal.runtime.errors import BadRequestError, DeadlineExceededError, ModelNotFoundError, ModelNotReadyError, OverloadedError
 from shoal.runtime.inference_request import check_input, preprocess, requirements
 from shoal.runtime.loop_monitor import LoopMonitor
@@ -107,7 +107,8 @@ class InferenceService:
         self.operator_unloaded: set[str] = set()  # unloaded on request: the controller must not bring them back
         self._gate_random = random.Random()
         self._recent_slo_ms: dict[str, float] = {}  # per served model name, see _remember_slo
-        self.shared_memory = SystemSharedMemory()  # regions same-host clients registered, for both frontends
+        # Regions same-host clients registered, for both frontends; never the workers' own blocks.
+        self.shared_memory = SystemSharedMemory(reserved_names=BatchBlock.created_names)
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------------

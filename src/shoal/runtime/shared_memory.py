@@ -13,22 +13,48 @@ and copied by the frontend; from a region it is one copy into the request's tens
 Inputs are copied out of the region when the request is decoded, so a client may reuse it once
 it has its answer and an unregistered region is never read afterwards. Outputs are written into
 the region before the answer is sent.
+
+What it guards against, since a registration makes the server open an object with its own
+rights: registrations come only from the server's own host (shared memory cannot be reached
+from elsewhere anyway), need the admin token when the server has one, and may not name the
+server's own objects (its workers' batch blocks). The objects are read and written with
+pread/pwrite, never mapped: a client that shrinks its object after registering it then gets an
+error instead of killing the server with SIGBUS on the next access. Linux (POSIX shared memory
+under /dev/shm).
 """
 
 from __future__ import annotations
 
-import mmap
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.runtime.errors import BadRequestError, NotFoundError
+from shoal.runtime.errors import BadRequestError, ForbiddenError, NotFoundError, PayloadTooLargeError
 
-__all__ = ["SharedMemoryRef", "SystemSharedMemory", "shared_memory_ref"]
+__all__ = ["SharedMemoryRef", "SystemSharedMemory", "check_same_host", "shared_memory_ref"]
 
 MAX_KEY_LENGTH = 255
 """The longest object name POSIX shared memory takes on Linux (a file name in /dev/shm)."""
+MAX_REGIONS = 256
+"""Regions registered at once: each holds a file descriptor of the server's."""
+SHM_DIRECTORY = "/dev/shm"
+"""Where Linux keeps POSIX shared-memory objects (to know the server's own by their files)."""
+
+
+def check_same_host(peer_host: str | None) -> None:
+    """Refuse a registration from another host: only a client on the server's host can share
+    memory with it, and one elsewhere could only make the server open objects of its host.
+    `peer_host` is the client's address (None or "" for a Unix socket, which is local)."""
+    if not peer_host:
+        return
+    try:
+        local = ipaddress.ip_address(peer_host.strip("[]")).is_loopback
+    except ValueError:
+        local = peer_host == "localhost"
+    if not local:
+        raise ForbiddenError(f"shared memory can only be registered from the server's own host (this request came from {peer_host})")
 
 
 @dataclass(frozen=True)
@@ -68,7 +94,11 @@ def _object_name(key: str) -> str:
     tritonclient (`create_shared_memory_region(..., "/name", ...)`) and Python's
     `multiprocessing.shared_memory` ("name") write it; never a path elsewhere."""
     name = key[1:] if key.startswith("/") else key
-    if not name or "/" in name or name in (".", "..") or "\0" in name or len(name) > MAX_KEY_LENGTH:
+    try:
+        encodable = bool(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate from JSON's \ud800
+        encodable = False
+    if not encodable or "/" in name or name in (".", "..") or "\0" in name or len(name) > MAX_KEY_LENGTH:
         raise BadRequestError(f"key {key!r} is not a shared-memory object name; give the name the client created it with, like '/images'")
     return "/" + name
 
@@ -79,21 +109,27 @@ class _Region:
     key: str
     offset: int
     byte_size: int
-    mapping: mmap.mmap
+    descriptor: int
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
 
 
 class SystemSharedMemory:
-    """The regions registered with one server, shared by its HTTP and gRPC frontends."""
+    """The regions registered with one server, shared by its HTTP and gRPC frontends.
 
-    def __init__(self) -> None:
+    `reserved_names`: the names of the server's own shared-memory objects, which no region may
+    be a window of. `max_read_bytes`: the largest input read from a region (the server's
+    request-body limit, which a tensor in shared memory must not get around)."""
+
+    def __init__(self, reserved_names: Callable[[], Iterable[str]] = tuple, max_read_bytes: int = 64 * 1024 * 1024) -> None:
         self._regions: dict[str, _Region] = {}
+        self.reserved_names = reserved_names
+        self.max_read_bytes = max_read_bytes
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        """Map `byte_size` bytes at `offset` of the object `key` under `name`; a name already
-        registered is refused (Triton's rule: unregister it first)."""
+        """Open `byte_size` bytes at `offset` of the object `key` as the region `name`; a name
+        already registered is refused (Triton's rule: unregister it first)."""
         if not isinstance(name, str) or not name:
             raise BadRequestError("a region needs a non-empty name")
         if not isinstance(key, str):
@@ -105,6 +141,8 @@ class SystemSharedMemory:
             raise BadRequestError(f"region {name!r}: 'byte_size' must be at least 1")
         if name in self._regions:
             raise BadRequestError(f"region {name!r} is already registered; unregister it first")
+        if len(self._regions) >= MAX_REGIONS:
+            raise BadRequestError(f"{MAX_REGIONS} regions are registered already; unregister some first")
         object_name = _object_name(key)
         # multiprocessing.shared_memory would do, but before Python 3.13 attaching also hands
         # the object to the resource tracker, which deletes it when this server exits: the
@@ -118,50 +156,75 @@ class SystemSharedMemory:
         except OSError as error:
             raise BadRequestError(f"region {name!r}: cannot open shared-memory object {key!r}: {error.strerror}") from None
         try:
-            object_size = os.fstat(descriptor).st_size
-            if offset + byte_size > object_size:
+            status = os.fstat(descriptor)
+            if self._is_reserved(status):
+                raise BadRequestError(f"region {name!r}: {key!r} is one of this server's own objects; register an object the client created")
+            if offset + byte_size > status.st_size:
                 raise BadRequestError(
-                    f"region {name!r}: offset {offset} + byte_size {byte_size} runs past the end of {key!r} ({object_size} bytes)"
+                    f"region {name!r}: offset {offset} + byte_size {byte_size} runs past the end of {key!r} ({status.st_size} bytes)"
                 )
-            mapping = mmap.mmap(descriptor, offset + byte_size)
-        finally:
-            os.close(descriptor)  # the mapping keeps the memory
-        self._regions[name] = _Region(name, key, offset, byte_size, mapping)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        self._regions[name] = _Region(name, key, offset, byte_size, descriptor)
 
     def unregister(self, name: str = "") -> None:
         """Forget `name`'s region, or every region with "" (as Triton: an unknown name is no error)."""
         names = list(self._regions) if not name else [name] if name in self._regions else []
         for region_name in names:
-            self._regions.pop(region_name).mapping.close()
+            os.close(self._regions.pop(region_name).descriptor)
 
     def status(self, name: str = "") -> list[dict[str, Any]]:
         """Every region's name, key, offset and size, or `name`'s alone (404 when not registered)."""
         if not name:
             return [region.status() for region in self._regions.values()]
-        return [self._region(name).status()]
+        region = self._regions.get(name)
+        if region is None:
+            raise NotFoundError(f"shared-memory region {name!r} is not registered; register it first (POST /v2/systemsharedmemory/region/{name}/register)")
+        return [region.status()]
 
     def read(self, ref: SharedMemoryRef, what: str) -> bytes:
         """A copy of the bytes `ref` names (the client may overwrite them once answered)."""
-        start = self._bounds(ref, what)
-        return self._regions[ref.region].mapping[start : start + ref.byte_size]
+        if ref.byte_size > self.max_read_bytes:
+            raise PayloadTooLargeError(f"{what}: {ref.byte_size} bytes in shared memory exceed the server's limit of {self.max_read_bytes} (--max-body-mb)")
+        region, start = self._bounds(ref, what)
+        try:
+            data = os.pread(region.descriptor, ref.byte_size, start)
+        except OSError as error:
+            raise BadRequestError(f"{what}: cannot read region {ref.region!r}: {error.strerror}") from None
+        if len(data) != ref.byte_size:
+            raise BadRequestError(f"{what}: region {ref.region!r} ends early: its object shrank after it was registered; register it again")
+        return data
 
     def write(self, ref: SharedMemoryRef, data: bytes | memoryview, what: str) -> None:
         """Put `data` at the start of the window `ref` names, which must hold it."""
-        start = self._bounds(ref, what)
+        region, start = self._bounds(ref, what)
         if len(data) > ref.byte_size:
             raise BadRequestError(f"{what}: needs {len(data)} bytes but shared_memory_byte_size is {ref.byte_size}; ask for a window that holds it")
-        self._regions[ref.region].mapping[start : start + len(data)] = data
+        try:
+            # A write past the object's end would grow it: the client's object keeps its size.
+            if os.fstat(region.descriptor).st_size < start + len(data):
+                raise BadRequestError(f"{what}: region {ref.region!r} ends early: its object shrank after it was registered; register it again")
+            os.pwrite(region.descriptor, data, start)
+        except OSError as error:
+            raise BadRequestError(f"{what}: cannot write region {ref.region!r}: {error.strerror}") from None
 
     def close(self) -> None:
         self.unregister()
 
-    def _region(self, name: str) -> _Region:
-        region = self._regions.get(name)
-        if region is None:
-            raise NotFoundError(f"shared-memory region {name!r} is not registered; register it first (POST /v2/systemsharedmemory/region/{name}/register)")
-        return region
+    def _is_reserved(self, status: os.stat_result) -> bool:
+        """Whether an opened object is one of the server's own, under its name or any other (a
+        hard link in /dev/shm would be another name for the same file)."""
+        for reserved in self.reserved_names():
+            try:
+                own = os.stat(os.path.join(SHM_DIRECTORY, reserved.lstrip("/")))
+            except OSError:
+                continue
+            if (own.st_dev, own.st_ino) == (status.st_dev, status.st_ino):
+                return True
+        return False
 
-    def _bounds(self, ref: SharedMemoryRef, what: str) -> int:
+    def _bounds(self, ref: SharedMemoryRef, what: str) -> tuple[_Region, int]:
         region = self._regions.get(ref.region)
         if region is None:  # the request is at fault (400), not a missing resource of the path (404)
             raise BadRequestError(f"{what}: shared-memory region {ref.region!r} is not registered; register it first")
@@ -169,4 +232,4 @@ class SystemSharedMemory:
             raise BadRequestError(
                 f"{what}: shared_memory_offset {ref.offset} + shared_memory_byte_size {ref.byte_size} runs past region {ref.region!r} ({region.byte_size} bytes)"
             )
-        return region.offset + ref.offset
+        return region, region.offset + ref.offset
