@@ -3,7 +3,7 @@ same open-loop load with the input in the request body (Triton's binary extensio
 `shoal bench serve` sends) and named by a registered shared-memory region, interleaved (ABBA)
 at each rate, with the frontend's and the load generator's CPU from /proc.
 
-    .venv/bin/python benchmarks/shared_memory_ab.py --rates-rps 150,300,450 --rounds 4 \\
+    .venv/bin/python benchmarks/shared_memory_ab.py --rates-rps 150,300,420 --rounds 4 --duration-s 8 \\
         --out benchmarks/results/serve-shared-memory/heavy.json
 """
 
@@ -32,7 +32,7 @@ REGION = "bench-input"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates-rps", default="150,300,450", help="comma-separated open-loop rates")
+    parser.add_argument("--rates-rps", default="150,300,420", help="comma-separated open-loop rates")
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--slo-ms", type=float, default=50.0)

@@ -98,7 +98,7 @@ def test_grpc_typed_contents_decode_like_raw_contents_and_raw_lengths_are_named_
     out = _in_fresh_interpreter("""
         import numpy as np
         from shoal.runtime.errors import BadRequestError
-        from shoal.runtime.grpc_frontend import decode_grpc_inputs
+        from shoal.runtime.grpc_tensors import decode_grpc_inputs
         from shoal.runtime.proto import grpc_service_pb2 as pb
 
         def tensor(name, datatype, shape):
@@ -127,7 +127,7 @@ def test_grpc_inputs_given_twice_or_in_both_forms_are_refused():
     out = _in_fresh_interpreter("""
         import numpy as np
         from shoal.runtime.errors import BadRequestError
-        from shoal.runtime.grpc_frontend import decode_grpc_inputs
+        from shoal.runtime.grpc_tensors import decode_grpc_inputs
         from shoal.runtime.proto import grpc_service_pb2 as pb
 
         data = np.ones(2, np.float32).tobytes()

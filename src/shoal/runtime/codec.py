@@ -183,10 +183,11 @@ def decode_http_request(body: bytes, header_length: int | None, shared_memory: S
             raise BadRequestError("every input needs a non-empty string 'name'")
         if spec.get("name") in inputs:
             raise BadRequestError(f"input {spec.get('name')!r} is given twice; send each input once")
-        if isinstance(parameters, dict) and (region := input_shared_memory(spec, parameters, shared_memory)) is not None:
+        region = named_region(parameters, f"input {spec['name']!r}", shared_memory) if isinstance(parameters, dict) else None
+        if region is not None:
             if size is not None or spec.get("data") is not None:
                 raise BadRequestError(f"input {spec['name']!r}: give its values in shared memory or in the request, not both")
-            inputs[spec["name"]] = tensor_from_json(spec, memoryview(region), "shared_memory_byte_size")
+            inputs[spec["name"]] = tensor_from_json(spec, memoryview(read_input_region(spec, region, shared_memory)), "shared_memory_byte_size")
             continue
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -236,7 +237,7 @@ def decode_http_request(body: bytes, header_length: int | None, shared_memory: S
     )
 
 
-def _named_region(parameters: Mapping[str, Any], what: str, shared_memory: SystemSharedMemory | None) -> SharedMemoryRef | None:
+def named_region(parameters: Mapping[str, Any], what: str, shared_memory: SystemSharedMemory | None) -> SharedMemoryRef | None:
     """The region a tensor's parameters name, if any. Without `shared_memory` (a server that does
     not serve the extension: the lean and Ray Serve baselines) such a tensor is refused rather
     than read from the body or answered in it, where its client does not look."""
@@ -246,14 +247,11 @@ def _named_region(parameters: Mapping[str, Any], what: str, shared_memory: Syste
     return region
 
 
-def input_shared_memory(spec: Mapping[str, Any], parameters: Mapping[str, Any], shared_memory: SystemSharedMemory | None) -> bytes | None:
-    """The bytes of an input (`spec`: its name, shape and datatype) that lies in shared memory
-    (a copy), or None when it is in the request. The size it claims is checked against its shape
-    before anything is read: a claim of 400 MB for a 3 KB tensor is refused, not copied first."""
+def read_input_region(spec: Mapping[str, Any], region: SharedMemoryRef, shared_memory: SystemSharedMemory) -> bytes:
+    """The bytes of an input (`spec`: its name, shape and datatype) in its shared-memory region
+    (a copy). The size it claims is checked against its shape before anything is read: a claim
+    of 400 MB for a 3 KB tensor is refused, not copied first."""
     name = spec["name"]
-    region = _named_region(parameters, f"input {name!r}", shared_memory)
-    if region is None:
-        return None
     needed = math.prod(_shape(spec.get("shape"), name)) * _datatype(spec.get("datatype"), name).itemsize
     if region.byte_size != needed:
         raise BadRequestError(
@@ -266,7 +264,7 @@ def check_output_parameters(parameters: Mapping[str, Any], what: str, shared_mem
     """What an output may ask: `binary_data`, `classification` (Triton's classification
     extension: its top N classes instead of the tensor) and a shared-memory region to be
     written to. Returns the class count (None: the tensor) and the region (None: the response)."""
-    region = _named_region(parameters, what, shared_memory)
+    region = named_region(parameters, what, shared_memory)
     if "classification" not in parameters:
         return None, region
     return classification_count(parameters["classification"], what), region

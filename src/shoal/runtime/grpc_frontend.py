@@ -1,8 +1,8 @@
 """KServe v2 / Open Inference Protocol over gRPC (grpc.aio), served on the same event loop.
 
-Tensors arrive either in `raw_input_contents` (what tritonclient sends) or in typed
-`contents`; both become numpy arrays checked by the same rules as HTTP, and answers go back in
-`raw_output_contents`. ServingErrors map to their gRPC status codes, with `retry-after` in the
+Tensors arrive in `raw_input_contents` (what tritonclient sends), in typed `contents` or in a
+registered shared-memory region; all become numpy arrays checked by the same rules as HTTP
+(`shoal.runtime.grpc_tensors`), and answers go back in `raw_output_contents` or their regions. ServingErrors map to their gRPC status codes, with `retry-after` in the
 trailing metadata for RESOURCE_EXHAUSTED.
 
 `ModelStreamInfer` (Triton's bidirectional stream, `tritonclient.grpc`'s `start_stream` and
@@ -25,25 +25,17 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 import grpc
-import numpy as np
 
 from shoal.core.errors import InvalidInputError
-from shoal.runtime.codec import (
-    DATATYPE_TO_NUMPY,
-    NUMPY_TO_DATATYPE,
-    check_output_parameters,
-    input_shared_memory,
-    output_bytes,
-    tensor_from_json,
-    write_shared_memory_output,
-)
+from shoal.runtime.codec import check_output_parameters
 from shoal.runtime.endpoints import ServedModels, check_admin_authorization
-from shoal.runtime.errors import BadRequestError, OverloadedError, RequirementsUnmetError, ServingError
+from shoal.runtime.errors import OverloadedError, RequirementsUnmetError, ServingError
+from shoal.runtime.grpc_tensors import decode_grpc_inputs, encode_grpc_outputs, parameter_value, peer_host, set_parameter
 from shoal.runtime.proto import grpc_service_pb2 as pb
 from shoal.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 from shoal.runtime.scheduler import monotonic_ms
 from shoal.runtime.service import GATE_REFUSAL_MESSAGE, InferenceService
-from shoal.runtime.shared_memory import SystemSharedMemory, check_same_host
+from shoal.runtime.shared_memory import check_same_host
 from shoal.runtime.sockets import host_in_url
 
 if TYPE_CHECKING:
@@ -56,89 +48,6 @@ STREAM_MAX_PENDING = 128
 """Requests of one ModelStreamInfer stream read and not yet answered to gRPC; past it, the
 stream's next requests are not read until the client takes answers (flow control then holds
 the client)."""
-
-_CONTENT_FIELDS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
-
-
-def _parameter_value(parameter: pb.InferParameter):
-    choice = parameter.WhichOneof("parameter_choice")
-    return None if choice is None else getattr(parameter, choice)
-
-
-def _set_parameter(target: pb.InferParameter, value) -> None:
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int):
-        target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    else:
-        target.string_param = str(value)
-
-
-def peer_host(peer: str) -> str | None:
-    """The client's address in a gRPC peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"),
-    None for a Unix socket ("unix:/path") or a form not known."""
-    kind, _, address = peer.partition(":")
-    if kind == "ipv4":
-        return address.rpartition(":")[0]
-    if kind == "ipv6":
-        return address.rpartition(":")[0].strip("[]")
-    return None
-
-
-def decode_grpc_inputs(request: pb.ModelInferRequest, shared_memory: SystemSharedMemory | None = None) -> dict[str, np.ndarray]:
-    """The request's input tensors: from raw_input_contents, the typed contents, or a registered
-    shared-memory region of `shared_memory` (None: such an input is refused)."""
-    if not request.inputs:
-        raise BadRequestError("request needs at least one input")
-    raw = list(request.raw_input_contents)
-    # An input in shared memory has no raw_input_contents entry (tritonclient leaves it out):
-    # the entries belong, in order, to the inputs sent in the request.
-    in_shared_memory = [any(key.startswith("shared_memory_") for key in tensor.parameters) for tensor in request.inputs]
-    in_request = len(request.inputs) - sum(in_shared_memory)
-    if raw and len(raw) != in_request:
-        raise BadRequestError(f"raw_input_contents has {len(raw)} entries for {in_request} inputs sent in the request")
-    inputs = {}
-    raw_index = 0
-    for tensor, shared in zip(request.inputs, in_shared_memory):
-        spec = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-        if tensor.name in inputs:  # as over HTTP: the later one would silently win
-            raise BadRequestError(f"input {tensor.name!r} is given twice; send each input once")
-        if shared:
-            parameters = {key: _parameter_value(value) for key, value in tensor.parameters.items()}
-            region = input_shared_memory(spec, parameters, shared_memory)
-            if tensor.HasField("contents"):
-                raise BadRequestError(f"input {tensor.name!r}: give its values in shared memory or in the request, not both")
-            inputs[tensor.name] = tensor_from_json(spec, memoryview(region), "shared_memory_byte_size")
-            continue
-        if raw and tensor.HasField("contents"):  # Triton refuses the pair too
-            raise BadRequestError(f"input {tensor.name!r}: give its values in 'contents' or in raw_input_contents, not both")
-        if raw:
-            inputs[tensor.name] = tensor_from_json(spec, memoryview(raw[raw_index]), f"raw_input_contents[{raw_index}]")
-            raw_index += 1
-        else:
-            field = _CONTENT_FIELDS.get(tensor.datatype)
-            if field is None:
-                raise BadRequestError(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not supported")
-            # The repeated field as a buffer: its values through a Python list took ~0.7 s for
-            # 48 MB of FP32, on the event loop.
-            spec["data"] = np.asarray(getattr(tensor.contents, field))
-            inputs[tensor.name] = tensor_from_json(spec)
-    return inputs
-
 
 class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: InferenceService, models: ServedModels, admin_token: str | None = None):
@@ -201,10 +110,10 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             raise OverloadedError(GATE_REFUSAL_MESSAGE)
         shared_memory = self.service.shared_memory
         inputs = decode_grpc_inputs(request, shared_memory)
-        parameters = {key: _parameter_value(value) for key, value in request.parameters.items()}
+        parameters = {key: parameter_value(value) for key, value in request.parameters.items()}
         classifications, regions = {}, {}
         for output in request.outputs:
-            values = {key: _parameter_value(value) for key, value in output.parameters.items()}
+            values = {key: parameter_value(value) for key, value in output.parameters.items()}
             count, region = check_output_parameters(values, f"output {output.name!r}", shared_memory)
             if count is not None:
                 classifications[output.name] = count
@@ -213,19 +122,9 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         requested = [output.name for output in request.outputs]
         answer = await self.models.infer(request.model_name, inputs, parameters, requested, received_ms=received_ms, classifications=classifications)
         response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
-        for name, array in answer.outputs.items():
-            datatype = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE[array.dtype]  # BYTES: a classification's strings
-            entry = response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-            if name in regions:
-                for key, value in write_shared_memory_output(shared_memory, name, array, regions[name]).items():
-                    _set_parameter(entry.parameters[key], value)
-                # Triton keeps raw_output_contents aligned with outputs: an empty entry for each
-                # output written to shared memory (tritonclient reads the entries by position).
-                response.raw_output_contents.append(b"")
-            else:
-                response.raw_output_contents.append(output_bytes(array))
+        encode_grpc_outputs(response, answer.outputs, regions, shared_memory)
         for key, value in answer.parameters.items():
-            _set_parameter(response.parameters[key], value)
+            set_parameter(response.parameters[key], value)
         return response
 
     async def ModelInfer(self, request, context):
@@ -416,5 +315,3 @@ def bind_grpc_server(
         )
     return server, bound_port
 
-
-assert set(_CONTENT_FIELDS) <= set(DATATYPE_TO_NUMPY)

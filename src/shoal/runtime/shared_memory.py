@@ -50,7 +50,9 @@ def check_same_host(peer_host: str | None) -> None:
     if not peer_host:
         return
     try:
-        local = ipaddress.ip_address(peer_host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(peer_host.strip("[]"))
+        # an IPv4 client of a dual-stack socket shows as ::ffff:127.0.0.1
+        local = address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
     except ValueError:
         local = peer_host == "localhost"
     if not local:
@@ -205,9 +207,11 @@ class SystemSharedMemory:
             # A write past the object's end would grow it: the client's object keeps its size.
             if os.fstat(region.descriptor).st_size < start + len(data):
                 raise BadRequestError(f"{what}: region {ref.region!r} ends early: its object shrank after it was registered; register it again")
-            os.pwrite(region.descriptor, data, start)
+            written = os.pwrite(region.descriptor, data, start)
         except OSError as error:
             raise BadRequestError(f"{what}: cannot write region {ref.region!r}: {error.strerror}") from None
+        if written != len(data):
+            raise BadRequestError(f"{what}: wrote {written} of {len(data)} bytes into region {ref.region!r}; register it again")
 
     def close(self) -> None:
         self.unregister()
