@@ -234,6 +234,46 @@ def test_registration_over_http_needs_a_local_client_and_the_token(shm_object, f
     assert service.shared_memory.status() == []
 
 
+def test_registration_over_grpc_needs_a_local_peer_and_the_token(shm_object):
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import asyncio
+        from types import SimpleNamespace
+        import grpc
+        from shoal.runtime.grpc_frontend import _Servicer
+        from shoal.runtime.proto import grpc_service_pb2 as pb
+        from shoal.runtime.shared_memory import SystemSharedMemory
+
+        class Context:
+            def __init__(self, peer, token=None):
+                self._peer, self._metadata = peer, (("authorization", f"Bearer {{token}}"),) if token else ()
+            def peer(self): return self._peer
+            def invocation_metadata(self): return self._metadata
+            def set_trailing_metadata(self, metadata): pass
+            async def abort(self, code, details):
+                raise grpc.aio.AbortError(code.name)
+
+        async def main():
+            registry = SystemSharedMemory()
+            servicer = _Servicer(SimpleNamespace(shared_memory=registry), None, admin_token="secret")
+            register = pb.SystemSharedMemoryRegisterRequest(name="r", key={shm_object.name!r}, byte_size=16)
+            for context in (Context("ipv4:10.1.2.3:5000", "secret"), Context("ipv6:%5B::1%5D:5000"), Context("ipv6:%5B::1%5D:5000", "secret")):
+                try:
+                    await servicer.SystemSharedMemoryRegister(register, context)
+                    print("registered", [region["name"] for region in registry.status()])
+                except grpc.aio.AbortError as error:
+                    print(error.args[0])
+            try:
+                await servicer.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="r"), Context("ipv4:10.1.2.3:5000", "secret"))
+            except grpc.aio.AbortError as error:
+                print(error.args[0])
+            registry.close()
+
+        asyncio.run(main())
+    """)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["PERMISSION_DENIED", "UNAUTHENTICATED", "registered", "['r']", "PERMISSION_DENIED"]
+
+
 def test_regions_are_capped(shm_object, monkeypatch):
     monkeypatch.setattr("shoal.runtime.shared_memory.MAX_REGIONS", 2)
     registry = SystemSharedMemory()
