@@ -87,6 +87,14 @@ def _datatype(value: Any, tensor: str) -> np.dtype:
     return DATATYPE_TO_NUMPY[value]
 
 
+def _check_byte_size(name: str, shape: tuple[int, ...], dtype: np.dtype, datatype: str, byte_size: int, field_name: str) -> None:
+    """An input's bytes (in the body, or claimed for a shared-memory region) must be exactly
+    its shape's worth of its datatype."""
+    needed = math.prod(shape) * dtype.itemsize
+    if byte_size != needed:
+        raise BadRequestError(f"input {name!r}: {field_name} is {byte_size} bytes but shape {list(shape)} of {datatype} needs {needed}")
+
+
 def tensor_from_json(spec: dict[str, Any], binary: memoryview | None = None, binary_field: str = "binary_data_size") -> np.ndarray:
     """Build an array from one `inputs[]` entry, with its data inline or in the binary section
     (`binary_field`: what the client called the binary part, for the error message)."""
@@ -97,10 +105,7 @@ def tensor_from_json(spec: dict[str, Any], binary: memoryview | None = None, bin
     dtype = _datatype(spec.get("datatype"), name)
     count = math.prod(shape)
     if binary is not None:
-        if len(binary) != count * dtype.itemsize:
-            raise BadRequestError(
-                f"input {name!r}: {binary_field} is {len(binary)} bytes but shape {list(shape)} of {spec['datatype']} needs {count * dtype.itemsize}"
-            )
+        _check_byte_size(name, shape, dtype, spec["datatype"], len(binary), binary_field)
         return np.frombuffer(binary, dtype=dtype).reshape(shape)
     data = spec.get("data")
     if data is None:
@@ -252,11 +257,8 @@ def read_input_region(spec: Mapping[str, Any], region: SharedMemoryRef, shared_m
     (a copy). The size it claims is checked against its shape before anything is read: a claim
     of 400 MB for a 3 KB tensor is refused, not copied first."""
     name = spec["name"]
-    needed = math.prod(_shape(spec.get("shape"), name)) * _datatype(spec.get("datatype"), name).itemsize
-    if region.byte_size != needed:
-        raise BadRequestError(
-            f"input {name!r}: shared_memory_byte_size is {region.byte_size} bytes but shape {spec['shape']} of {spec['datatype']} needs {needed}"
-        )
+    _check_byte_size(name, _shape(spec.get("shape"), name), _datatype(spec.get("datatype"), name), spec["datatype"], region.byte_size,
+                     "shared_memory_byte_size")  # fmt: skip
     return shared_memory.read(region, f"input {name!r}")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from shoal.runtime.codec import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, named_region, output_bytes, read_input_region, tensor_from_json, write_shared_memory_output
 from shoal.runtime.errors import BadRequestError
 from shoal.runtime.proto import grpc_service_pb2 as pb
-from shoal.runtime.shared_memory import SharedMemoryRef, SystemSharedMemory
+from shoal.runtime.shared_memory import SharedMemoryRef, SystemSharedMemory, names_shared_memory
 
 __all__ = ["decode_grpc_inputs", "encode_grpc_outputs", "parameter_value", "peer_host", "set_parameter"]
 
@@ -71,7 +71,7 @@ def decode_grpc_inputs(request: pb.ModelInferRequest, shared_memory: SystemShare
     raw = list(request.raw_input_contents)
     # An input in shared memory has no raw_input_contents entry (tritonclient leaves it out):
     # the entries belong, in order, to the inputs sent in the request.
-    in_shared_memory = [any(key.startswith("shared_memory_") for key in tensor.parameters) for tensor in request.inputs]
+    in_shared_memory = [names_shared_memory(tensor.parameters) for tensor in request.inputs]
     in_request = len(request.inputs) - sum(in_shared_memory)
     if raw and len(raw) != in_request:
         raise BadRequestError(f"raw_input_contents has {len(raw)} entries for {in_request} inputs sent in the request")

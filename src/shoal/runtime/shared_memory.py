@@ -33,7 +33,7 @@ from typing import Any
 
 from shoal.runtime.errors import BadRequestError, ForbiddenError, NotFoundError, PayloadTooLargeError
 
-__all__ = ["SharedMemoryRef", "SystemSharedMemory", "check_same_host", "shared_memory_ref"]
+__all__ = ["SharedMemoryRef", "SystemSharedMemory", "check_same_host", "names_shared_memory", "shared_memory_ref"]
 
 MAX_KEY_LENGTH = 255
 """The longest object name POSIX shared memory takes on Linux (a file name in /dev/shm)."""
@@ -68,10 +68,15 @@ class SharedMemoryRef:
     offset: int = 0
 
 
+def names_shared_memory(parameter_names: Iterable[str]) -> bool:
+    """Whether a tensor's parameters put it in shared memory (any `shared_memory_*` one)."""
+    return any(name.startswith("shared_memory_") for name in parameter_names)
+
+
 def shared_memory_ref(parameters: Mapping[str, Any], what: str) -> SharedMemoryRef | None:
     """The region a tensor's `parameters` name (None when they name none), checked: a region
     name, a byte size and, if given, an offset, both non-negative integers."""
-    if not any(key.startswith("shared_memory_") for key in parameters):
+    if not names_shared_memory(parameters):
         return None
     known = {"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
     unknown = sorted(key for key in parameters if key.startswith("shared_memory_") and key not in known)
